@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh clone: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint bench reliability clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU build, from local disk: a plain `torch` requirement could pull a multi-GB CUDA build
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py --out demo-out
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q tests -k bench -p no:cacheprovider || true
+	$(BIN)/python benchmarks/bench_collector.py
+
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+clean:
+	rm -rf demo-out bench-out .pytest_cache .ruff_cache

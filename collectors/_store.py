@@ -1,0 +1,685 @@
+"""The ensemble store: a Zarr v3 group laid out by ``ensemble_stats.schema``, written only through here.
+
+Layout rules (DESIGN.md, "The store"):
+
+* every chunk of a per-run array holds exactly one run (or one seed block of ``seed_chunk`` seeds), so
+  concurrent writers never share a chunk;
+* ``time`` is chunked, so a writer flushes completed time chunks without rewriting earlier ones;
+* every array carries a crc32c checksum, so corruption is an error on read, never a wrong number;
+* ``written`` is the commit mark, set after the data and scalars of a record are stored;
+* no consolidated metadata (it goes stale).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec
+
+import ensemble_stats
+from ensemble_stats import schema
+from ensemble_stats.errors import (
+    GridMismatchError,
+    RunNotFoundError,
+    SpecMismatchError,
+    StoreNotFoundError,
+    ValidationError,
+)
+
+from ._grid import EvalGrid
+
+_RECORD_TARGET_BYTES = 1 << 20  # default time chunk aims at about 1 MiB of predictions per chunk
+_FLOAT_DTYPES = ("float32", "float64")
+
+
+def _codecs():
+    return [Crc32cCodec()]
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything that defines a store's layout; two stores with equal specs are interchangeable.
+
+    ``extra`` maps each extra sweep dim (e.g. ``data_seed``) to its coordinate values, in dim order.
+    """
+
+    gammas: tuple[float, ...]
+    widths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    times: tuple[float, ...]
+    time_units: str
+    n_points: int
+    n_features: int
+    output_size: int
+    grid_hash: str
+    time_chunk: int
+    seed_chunk: int = 1
+    dtype: str = "float32"
+    extra: tuple[tuple[str, tuple[float, ...]], ...] = field(default_factory=tuple)
+
+    @property
+    def extra_dims(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.extra)
+
+    @property
+    def run_shape(self) -> tuple[int, ...]:
+        return (len(self.gammas), len(self.widths), len(self.seeds), *(len(v) for _, v in self.extra))
+
+    @property
+    def run_chunks(self) -> tuple[int, ...]:
+        return (1, 1, self.seed_chunk, *(1 for _ in self.extra))
+
+    def differences(self, other: StoreSpec) -> list[str]:
+        """Human-readable differences, field by field."""
+        out = []
+        for name in self.__dataclass_fields__:
+            a, b = getattr(self, name), getattr(other, name)
+            if a != b:
+                out.append(f"{name}: store has {_short(a)}, requested {_short(b)}")
+        return out
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def _default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chunk: int) -> int:
+    record = max(1, n_points * output_size * 4 * seed_chunk)
+    return int(max(1, min(n_times, _RECORD_TARGET_BYTES // record)))
+
+
+def _validate_layout(spec: StoreSpec) -> list[str]:
+    problems = []
+    problems += schema.validate_gammas(spec.gammas)
+    problems += schema.validate_widths(spec.widths)
+    problems += schema.validate_seeds(spec.seeds)
+    problems += schema.validate_times(spec.times, spec.time_units)
+    for name, values in spec.extra:
+        if name in (*schema.RUN_DIMS, schema.TIME, schema.POINT, schema.OUTPUT, schema.FEATURE):
+            problems.append(f"extra dim '{name}' clashes with a schema dim; choose another name.")
+        problems += schema.validate_seeds(values, name) if name.endswith("seed") else []
+    if spec.dtype not in _FLOAT_DTYPES:
+        problems.append(f"dtype {spec.dtype!r} is not one of {_FLOAT_DTYPES}.")
+    if not (isinstance(spec.time_chunk, int) and spec.time_chunk >= 1):
+        problems.append(f"time_chunk must be an integer >= 1, got {spec.time_chunk!r}.")
+    if not (isinstance(spec.seed_chunk, int) and spec.seed_chunk >= 1):
+        problems.append(f"seed_chunk must be an integer >= 1, got {spec.seed_chunk!r}.")
+    elif len(spec.seeds) % spec.seed_chunk:
+        problems.append(
+            f"seed_chunk={spec.seed_chunk} does not divide the {len(spec.seeds)} seeds: the last chunk would be "
+            "shared by a partial block; choose a seed_chunk that divides the number of seeds."
+        )
+    if spec.output_size < 1:
+        problems.append(f"output_size must be >= 1, got {spec.output_size}.")
+    return problems
+
+
+def check_chunk_ownership(shape: Sequence[int], chunks: Sequence[int], n_run_dims: int, seed_chunk: int) -> list[str]:
+    """Problems with a chunk layout that would let two writers share a chunk.
+
+    A per-run array of dims (run dims..., time[, point, output]) may chunk the run dims only by 1, except
+    ``seed`` (axis 2), which may be chunked by the writer's seed block.
+    """
+    problems = []
+    for axis in range(n_run_dims):
+        allowed = seed_chunk if axis == 2 else 1
+        if chunks[axis] != allowed:
+            problems.append(
+                f"chunk size {chunks[axis]} along run axis {axis} puts {chunks[axis]} runs in one chunk; "
+                f"writers own whole chunks, so it must be {allowed}."
+            )
+    for axis in range(n_run_dims + 1, len(shape)):
+        if chunks[axis] != shape[axis]:
+            problems.append(
+                f"axis {axis} is chunked by {chunks[axis]} of {shape[axis]}; point and output must be whole in a chunk."
+            )
+    return problems
+
+
+class EnsembleStore:
+    """A Zarr v3 ensemble store on a local path (see DESIGN.md, "The store").
+
+    Use :meth:`create` or :meth:`open`; write through :class:`~collectors.OutputCollector` or
+    :meth:`write_records`.
+    """
+
+    def __init__(self, path: str | os.PathLike, group: zarr.Group, spec: StoreSpec):
+        self.path = Path(path)
+        self.group = group
+        self.spec = spec
+        self._arrays: dict[str, zarr.Array] = {}
+        self._coords = {
+            schema.GAMMA: np.asarray(spec.gammas, dtype=np.float64),
+            schema.WIDTH: np.asarray(spec.widths, dtype=np.int64),
+            schema.SEED: np.asarray(spec.seeds, dtype=np.int64),
+            **{name: np.asarray(v) for name, v in spec.extra},
+        }
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        grid: EvalGrid,
+        *,
+        gammas: Sequence[float],
+        widths: Sequence[int],
+        seeds: Sequence[int],
+        times: Sequence[float],
+        time_units: str = "scaled",
+        output_size: int | None = None,
+        extra_dims: Mapping[str, Sequence] | None = None,
+        time_chunk: int | None = None,
+        seed_chunk: int = 1,
+        dtype: str = "float32",
+        **attrs,
+    ) -> EnsembleStore:
+        """Create a store, or open it if an identical one exists (safe under concurrent creators).
+
+        Parameters
+        ----------
+        path
+            Local directory to create (``*.zarr`` by convention).
+        grid
+            The evaluation grid, dims x (point, feature), target (point, output).
+        gammas, widths, seeds, times
+            Coordinates of the sweep dims and recording times.
+        time_units
+            ``"scaled"`` (t = k / N), ``"step"`` or ``"epoch"``.
+        output_size
+            Number of network outputs; defaults to the grid's target width.
+        extra_dims
+            Further sweep dims in order, e.g. ``{"data_seed": [0, 1]}``.
+        time_chunk, seed_chunk
+            Records per time chunk (default: about 1 MiB per chunk) and seeds per chunk (one writer's block).
+        dtype
+            Storage dtype of ``prediction``: ``"float32"`` (default) or ``"float64"``.
+        **attrs
+            Stored as group attributes, e.g. ``model={...}`` describing architecture, init law, lr rule.
+
+        Raises
+        ------
+        ValidationError
+            Listing every problem with the arguments.
+        SpecMismatchError
+            A store exists at ``path`` with a different specification.
+        """
+        if not isinstance(grid, EvalGrid):
+            raise ValidationError(f"grid must be a collectors.EvalGrid, got {type(grid).__name__}.", "create")
+        output_size = grid.output_size if output_size is None else int(output_size)
+        problems = []
+        if output_size != grid.output_size:
+            problems.append(f"output_size={output_size} but the grid's target has {grid.output_size} columns.")
+        extra = tuple((str(k), tuple(np.asarray(v).tolist())) for k, v in (extra_dims or {}).items())
+        times_t = tuple(float(t) for t in np.asarray(times, dtype=np.float64).ravel()) if _numeric(times) else ()
+        if not times_t:
+            problems.append(f"times: expected a non-empty list of numbers, got {times!r}.")
+        base = dict(
+            gammas=_tuple(gammas, float),
+            widths=_tuple(widths, int),
+            seeds=_tuple(seeds, int),
+            times=times_t,
+            time_units=time_units,
+            n_points=grid.n_points,
+            n_features=grid.n_features,
+            output_size=output_size,
+            grid_hash=grid.hash,
+            seed_chunk=seed_chunk,
+            dtype=str(dtype),
+            extra=extra,
+        )
+        # validate raw values first (coercion above keeps them comparable but may hide non-integers)
+        problems += schema.validate_gammas(gammas) + schema.validate_widths(widths) + schema.validate_seeds(seeds)
+        if times_t:
+            problems += schema.validate_times(times, time_units)
+        ValidationError.raise_if(problems, "EnsembleStore.create")
+        tc = time_chunk or _default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk)
+        spec = StoreSpec(**base, time_chunk=tc)
+        ValidationError.raise_if(_validate_layout(spec), "EnsembleStore.create")
+
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            return cls._open_existing(path, spec, explicit_time_chunk=time_chunk is not None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
+        try:
+            cls._build(tmp, grid, spec, attrs)
+            try:
+                os.rename(tmp, path)  # atomic: the first creator wins, the others see a complete store
+            except OSError:
+                if not (path.exists() and any(path.iterdir())):
+                    raise
+                return cls._open_existing(path, spec, explicit_time_chunk=time_chunk is not None)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(path)
+
+    @classmethod
+    def _open_existing(cls, path: Path, spec: StoreSpec, explicit_time_chunk: bool) -> EnsembleStore:
+        store = cls.open(path)
+        requested = spec
+        if not explicit_time_chunk:
+            requested = StoreSpec(**{**spec.__dict__, "time_chunk": store.spec.time_chunk})
+        diffs = store.spec.differences(requested)
+        if diffs:
+            raise SpecMismatchError(
+                [*diffs, "Use a new path for a different sweep, or open this one with EnsembleStore.open(path)."],
+                f"a different store already exists at {path}",
+            )
+        return store
+
+    @classmethod
+    def _build(cls, path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict) -> None:
+        try:
+            import torch
+
+            torch_version = torch.__version__
+        except ImportError:  # pragma: no cover - collectors always has torch
+            torch_version = None
+        g = zarr.open_group(str(path), mode="w", zarr_format=3)
+        g.attrs.update(
+            {
+                **_jsonable(attrs),
+                schema.ATTR_SCHEMA_VERSION: schema.SCHEMA_VERSION,
+                schema.ATTR_TOOLKIT_VERSION: ensemble_stats.__version__,
+                schema.ATTR_GRID_HASH: spec.grid_hash,
+                schema.ATTR_EXTRA_DIMS: list(spec.extra_dims),
+                schema.ATTR_TORCH_VERSION: torch_version,
+                schema.ATTR_CREATED: _dt.datetime.now(_dt.UTC).isoformat(),
+                "layout": {"time_chunk": spec.time_chunk, "seed_chunk": spec.seed_chunk, "dtype": spec.dtype},
+            }
+        )
+
+        def coord(name, values, dtype, **a):
+            arr = g.create_array(
+                name, shape=(len(values),), dtype=dtype, dimension_names=(name,), compressors=_codecs(), fill_value=0
+            )
+            arr[:] = np.asarray(values, dtype=dtype)
+            arr.attrs.update(a)
+
+        coord(schema.GAMMA, spec.gammas, "float64")
+        coord(schema.WIDTH, spec.widths, "int64")
+        coord(schema.SEED, spec.seeds, "int64")
+        for name, values in spec.extra:
+            coord(name, values, np.asarray(values).dtype.str)
+        coord(schema.TIME, spec.times, "float64", units=spec.time_units)
+        coord(schema.POINT, np.arange(spec.n_points), "int64")
+        coord(schema.OUTPUT, np.arange(spec.output_size), "int64")
+        coord(schema.FEATURE, np.arange(spec.n_features), "int64")
+        for name, values in ((schema.X, grid.x), (schema.TARGET, grid.target)):
+            dims = (schema.POINT, schema.FEATURE) if name == schema.X else (schema.POINT, schema.OUTPUT)
+            arr = g.create_array(
+                name,
+                shape=values.shape,
+                dtype="float64",
+                dimension_names=dims,
+                compressors=_codecs(),
+                fill_value=np.nan,
+            )
+            arr[:] = values
+
+        rshape, rchunks = spec.run_shape, spec.run_chunks
+        T, tc = len(spec.times), spec.time_chunk
+        rdims = schema.record_dims(spec.extra_dims)
+        pshape = (*rshape, T, spec.n_points, spec.output_size)
+        pchunks = (*rchunks, tc, spec.n_points, spec.output_size)
+        ValidationError.raise_if(check_chunk_ownership(pshape, pchunks, len(rshape), spec.seed_chunk), "layout")
+        g.create_array(
+            schema.PREDICTION,
+            shape=pshape,
+            chunks=pchunks,
+            dtype=spec.dtype,
+            fill_value=np.nan,
+            dimension_names=schema.prediction_dims(spec.extra_dims),
+            compressors=_codecs(),
+        ).attrs.update({"long_name": "raw network output (pre-softmax)"})
+        for name, dtype, fill in (
+            (schema.WRITTEN, "bool", False),
+            (schema.STEP, "int64", schema.MISSING_STEP),
+            *((s, "float32", np.nan) for s in schema.SCALAR_VARIABLES),
+        ):
+            g.create_array(
+                name,
+                shape=(*rshape, T),
+                chunks=(*rchunks, tc),
+                dtype=dtype,
+                fill_value=fill,
+                dimension_names=rdims,
+                compressors=_codecs(),
+            )
+        g.create_array(
+            schema.DIVERGED_STEP,
+            shape=rshape,
+            chunks=rchunks,
+            dtype="int64",
+            fill_value=schema.MISSING_STEP,
+            dimension_names=rdims[:-1],
+            compressors=_codecs(),
+        ).attrs.update({"long_name": "first optimizer step with non-finite outputs, -1 if none"})
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r+") -> EnsembleStore:
+        """Open an existing store for writing (``mode="r+"``) or reading (``"r"``).
+
+        Raises
+        ------
+        StoreNotFoundError
+            ``path`` does not exist or is not an ensemble store.
+        """
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreNotFoundError(
+                f"{path} is not an ensemble store (no zarr.json found); create one with EnsembleStore.create(...) "
+                "or check the path."
+            )
+        try:
+            g = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        except Exception as e:  # noqa: BLE001 - any failure to parse means "not a store"
+            raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 group ({e}).") from None
+        attrs = g.attrs.asdict()
+        if attrs.get(schema.ATTR_SCHEMA_VERSION) != schema.SCHEMA_VERSION:
+            raise StoreNotFoundError(
+                f"{path} is a Zarr group but not an ensemble store of schema v{schema.SCHEMA_VERSION} "
+                f"(schema_version={attrs.get(schema.ATTR_SCHEMA_VERSION)!r})."
+            )
+        layout = attrs.get("layout", {})
+        extra = tuple((name, tuple(g[name][:].tolist())) for name in attrs.get(schema.ATTR_EXTRA_DIMS, []))
+        pred = g[schema.PREDICTION]
+        spec = StoreSpec(
+            gammas=tuple(g[schema.GAMMA][:].tolist()),
+            widths=tuple(g[schema.WIDTH][:].tolist()),
+            seeds=tuple(g[schema.SEED][:].tolist()),
+            times=tuple(g[schema.TIME][:].tolist()),
+            time_units=g[schema.TIME].attrs["units"],
+            n_points=pred.shape[-2],
+            n_features=g[schema.X].shape[1],
+            output_size=pred.shape[-1],
+            grid_hash=attrs[schema.ATTR_GRID_HASH],
+            time_chunk=int(layout.get("time_chunk", pred.chunks[-3])),
+            seed_chunk=int(layout.get("seed_chunk", pred.chunks[2])),
+            dtype=str(pred.dtype),
+            extra=extra,
+        )
+        return cls(path, g, spec)
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"EnsembleStore({str(self.path)!r}, gammas={len(s.gammas)}, widths={len(s.widths)}, seeds={len(s.seeds)}, "
+            f"times={len(s.times)} [{s.time_units}], points={s.n_points}, outputs={s.output_size})"
+        )
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
+    @property
+    def attrs(self) -> dict:
+        return self.group.attrs.asdict()
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.asarray(self.spec.times)
+
+    def grid(self) -> EvalGrid:
+        return EvalGrid(self.array(schema.X)[:], self.array(schema.TARGET)[:])
+
+    # ------------------------------------------------------------------ runs
+    def run_index(self, gamma: float, width: int, seed: int, **extra) -> tuple[int, ...]:
+        """Integer index of a run along (gamma, width, seed, *extra dims).
+
+        Raises
+        ------
+        RunNotFoundError
+            A coordinate value is not in the store.
+        """
+        wanted = {schema.GAMMA: gamma, schema.WIDTH: width, schema.SEED: seed, **extra}
+        unknown = set(extra) - set(self.spec.extra_dims)
+        missing = [d for d in self.spec.extra_dims if d not in extra]
+        problems = []
+        if unknown:
+            problems.append(
+                f"unknown sweep dims {sorted(unknown)}; this store has extra dims {list(self.spec.extra_dims)}."
+            )
+        if missing:
+            problems.append(f"missing values for sweep dims {missing}; pass them as keyword arguments.")
+        idx = []
+        for dim in (*schema.RUN_DIMS, *self.spec.extra_dims):
+            if dim not in wanted:
+                continue
+            coord = self._coords[dim]
+            hits = np.flatnonzero(np.isclose(coord, float(wanted[dim]), rtol=1e-12, atol=1e-12))
+            if hits.size != 1:
+                problems.append(f"{dim}={wanted[dim]!r} is not in the store; it has {dim} in {coord.tolist()}.")
+            else:
+                idx.append(int(hits[0]))
+        if problems:
+            raise RunNotFoundError("run not in store: " + " ".join(problems))
+        return tuple(idx)
+
+    def run_coords(self, index: Sequence[int]) -> dict:
+        """Coordinate values of a run index, e.g. ``{'gamma': 0.75, 'width': 128, 'seed': 3}``."""
+        dims = (*schema.RUN_DIMS, *self.spec.extra_dims)
+        return {d: self._coords[d][i].item() for d, i in zip(dims, index, strict=True)}
+
+    def record_steps(self, width: int, steps_per_epoch: int | None = None) -> np.ndarray:
+        """Optimizer step of each recording time for a run of ``width`` (t = k/N for scaled time).
+
+        Raises
+        ------
+        ValidationError
+            Two recording times map to the same step, or epoch units without ``steps_per_epoch``.
+        """
+        t = self.times
+        units = self.spec.time_units
+        if units == "step":
+            steps = np.rint(t).astype(np.int64)
+        elif units == "scaled":
+            steps = np.rint(t * width).astype(np.int64)
+        else:
+            if not steps_per_epoch or steps_per_epoch < 1:
+                raise ValidationError(
+                    "time_units='epoch' needs steps_per_epoch (optimizer steps per epoch, an integer >= 1); "
+                    f"got {steps_per_epoch!r}."
+                )
+            steps = np.rint(t * steps_per_epoch).astype(np.int64)
+        if np.any(np.diff(steps) <= 0):
+            i = int(np.argmax(np.diff(steps) <= 0))
+            raise ValidationError(
+                f"recording times {t[i]} and {t[i + 1]} ({units}) both map to optimizer step {steps[i]} at "
+                f"width {width}; use coarser times or larger widths so each time is a distinct step."
+            )
+        return steps
+
+    def written_mask(self, index: Sequence[int]) -> np.ndarray:
+        """Bool (time,) of committed records of one run."""
+        return np.asarray(self.array(schema.WRITTEN)[tuple(index)])
+
+    def diverged_step(self, index: Sequence[int]) -> int:
+        return int(self.array(schema.DIVERGED_STEP)[tuple(index)])
+
+    def check_grid(self, grid: EvalGrid) -> None:
+        """Raise :class:`GridMismatchError` naming the first differing point if ``grid`` is not the store's."""
+        if grid.hash == self.spec.grid_hash:
+            return
+        mine = self.grid()
+        if mine.x.shape != grid.x.shape or mine.target.shape != grid.target.shape:
+            detail = f"store grid has x {mine.x.shape}, target {mine.target.shape}; given x {grid.x.shape}, target {grid.target.shape}"
+        else:
+            diff = np.flatnonzero(np.any(mine.x != grid.x, axis=1) | np.any(mine.target != grid.target, axis=1))
+            i = int(diff[0])
+            detail = f"first difference at point {i}: store x={mine.x[i].tolist()}, given x={grid.x[i].tolist()}"
+        raise GridMismatchError(
+            f"the evaluation grid differs from the store's ({detail}); use the store's grid: store.grid()."
+        )
+
+    # ------------------------------------------------------------------ writing
+    def write_records(
+        self,
+        index: Sequence[int | slice],
+        time_index: Sequence[int],
+        prediction: np.ndarray,
+        step: Sequence[int],
+        scalars: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Write records of one run (or one whole seed block) and commit them.
+
+        Parameters
+        ----------
+        index
+            Run index along (gamma, width, seed, *extra); ``seed`` may be a slice covering whole seed chunks.
+        time_index : (n,)
+            Strictly increasing indices into ``time``.
+        prediction : array, dims ([seed,] n, point, output)
+            Raw outputs; a leading seed axis only when ``index`` has a seed slice.
+        step : (n,)
+            Optimizer step of each record.
+        scalars
+            Optional per-record scalars from ``schema.SCALAR_VARIABLES``, shape ([seed,] n).
+
+        Writes data, then scalars and steps, then ``written`` (the commit mark). Writing the same records
+        twice leaves the same store.
+        """
+        sel, block = self._selection(index)
+        ti = np.asarray(time_index, dtype=np.int64)
+        steps = np.asarray(step)
+        pred = np.asarray(prediction)
+        lead = (block,) if block else ()
+        problems = []
+        T = len(self.spec.times)
+        if ti.ndim != 1 or ti.size == 0 or np.any(np.diff(ti) <= 0) or ti.min() < 0 or ti.max() >= T:
+            problems.append(f"time_index must be strictly increasing indices in [0, {T}), got {ti.tolist()}.")
+        expected = (*lead, ti.size, self.spec.n_points, self.spec.output_size)
+        if pred.shape != expected:
+            problems.append(f"prediction has shape {pred.shape}, expected {expected} ([seed,] time, point, output).")
+        if not np.issubdtype(pred.dtype, np.floating):
+            problems.append(
+                f"prediction has dtype {pred.dtype}; expected floating point (stored as {self.spec.dtype})."
+            )
+        if steps.shape != (ti.size,) or not np.issubdtype(steps.dtype, np.integer) or (steps.size and steps.min() < 0):
+            problems.append(f"step must be {ti.size} non-negative integers, got {steps.tolist()}.")
+        elif np.any(np.diff(steps) <= 0):
+            problems.append(f"steps must be strictly increasing, got {steps.tolist()}.")
+        scalars = dict(scalars or {})
+        for name, values in scalars.items():
+            if name not in schema.SCALAR_VARIABLES:
+                problems.append(f"unknown scalar {name!r}; allowed: {list(schema.SCALAR_VARIABLES)}.")
+            elif np.shape(values) != (*lead, ti.size):
+                problems.append(f"scalar {name!r} has shape {np.shape(values)}, expected {(*lead, ti.size)}.")
+        ValidationError.raise_if(problems, f"write_records({self._describe(index)})")
+
+        contiguous = ti[-1] - ti[0] + 1 == ti.size
+        region = (*sel, slice(int(ti[0]), int(ti[-1]) + 1) if contiguous else ti)
+        full = (*tuple(_len(r) for r in sel), ti.size)
+
+        def put(name: str, values: np.ndarray, dtype) -> None:
+            arr = self.array(name)
+            values = np.asarray(values, dtype=dtype).reshape(full + values.shape[len(lead) + 1 :])
+            if contiguous:
+                arr[region] = values
+            else:
+                arr.oindex[region] = values
+
+        put(schema.PREDICTION, pred, self.spec.dtype)
+        for name, values in scalars.items():
+            put(name, np.asarray(values), np.float32)
+        put(schema.STEP, np.broadcast_to(steps, (*lead, ti.size)), np.int64)
+        finite = np.isfinite(pred).reshape(*lead, ti.size, -1).all(axis=-1)
+        if not finite.all():
+            self._mark_diverged(sel, finite, steps)
+        put(schema.WRITTEN, np.ones((*lead, ti.size), dtype=bool), bool)
+
+    def _mark_diverged(self, sel, finite, steps) -> None:
+        """Keep the earliest step with non-finite outputs per run (idempotent under rewrites)."""
+        arr = self.array(schema.DIVERGED_STEP)
+        never = np.iinfo(np.int64).max
+        finite = finite.reshape(-1, finite.shape[-1])
+        candidate = np.where(finite.all(axis=-1), never, steps[np.argmax(~finite, axis=-1)])
+        current = np.asarray(arr[sel])
+        first = np.minimum(candidate.reshape(current.shape), np.where(current == schema.MISSING_STEP, never, current))
+        arr[sel] = np.where(first == never, schema.MISSING_STEP, first)
+
+    def _selection(self, index: Sequence[int | slice]) -> tuple[tuple, int]:
+        n = len(self.spec.run_shape)
+        if len(index) != n:
+            raise ValidationError(
+                f"run index has {len(index)} entries, expected {n} ({(*schema.RUN_DIMS, *self.spec.extra_dims)})."
+            )
+        sel, block = [], 0
+        for axis, i in enumerate(index):
+            size = self.spec.run_shape[axis]
+            if isinstance(i, slice):
+                start, stop, stride = i.indices(size)
+                if axis != 2 or stride != 1:
+                    raise ValidationError(f"only the seed axis may be written as a block, got a slice on axis {axis}.")
+                c = self.spec.seed_chunk
+                if start % c or (stop % c and stop != size) or stop <= start:
+                    raise ValidationError(
+                        f"seed block {start}:{stop} does not cover whole seed chunks of {c}; writers own whole "
+                        "chunks, so write blocks aligned to seed_chunk."
+                    )
+                sel.append(slice(start, stop))
+                block = stop - start
+            else:
+                i = int(i)
+                if not 0 <= i < size:
+                    raise RunNotFoundError(f"run index {i} on axis {axis} is outside [0, {size}).")
+                if axis == 2 and self.spec.seed_chunk != 1:
+                    raise ValidationError(
+                        f"this store chunks {self.spec.seed_chunk} seeds together, so one seed cannot be written alone "
+                        "without sharing a chunk; write the whole seed block (the vectorised trainer does)."
+                    )
+                sel.append(slice(i, i + 1))
+        return tuple(sel), block
+
+    def _describe(self, index) -> str:
+        try:
+            return schema.describe_run(self.run_coords(index))
+        except Exception:  # noqa: BLE001 - slices or bad indices: fall back to the raw index
+            return repr(tuple(index))
+
+
+def _len(s: slice) -> int:
+    return s.stop - s.start
+
+
+def _tuple(values, kind) -> tuple:
+    try:
+        return tuple(kind(v) for v in np.asarray(values).ravel().tolist())
+    except (TypeError, ValueError):
+        return ()
+
+
+def _numeric(values) -> bool:
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return a.ndim == 1 and a.size > 0
+
+
+def _jsonable(obj):
+    """Attrs must be plain JSON; numpy scalars and tuples are converted, anything else is refused."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    raise ValidationError(
+        f"store attribute value {obj!r} of type {type(obj).__name__} is not JSON; pass str/number/list/dict."
+    )

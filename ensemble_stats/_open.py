@@ -1,0 +1,110 @@
+"""Opening ensemble stores as lazy, validated, masked xarray Datasets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import schema
+from ._verify import verify_store
+from .errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
+
+PathLike = str | os.PathLike
+
+
+def _is_url(p: PathLike) -> bool:
+    return "://" in str(p)
+
+
+def _open_one(path: PathLike) -> xr.Dataset:
+    if not _is_url(path) and not (Path(path) / "zarr.json").is_file():
+        raise StoreNotFoundError(
+            f"{path} is not an ensemble store (no zarr.json); pass the directory created by EnsembleStore.create "
+            "or `ensemble-stats run`."
+        )
+    try:
+        ds = xr.open_zarr(str(path), consolidated=False, chunks={}, zarr_format=3, use_zarr_fill_value_as_mask=False)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 ensemble store ({e}).") from None
+    problems = schema.validate_dataset(ds)
+    ValidationError.raise_if(problems, f"{path} does not follow ensemble schema v{schema.SCHEMA_VERSION}")
+    ds.encoding["source"] = str(path)
+    return ds
+
+
+def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Concatenate stores along the one sweep dim whose coordinates differ."""
+    hashes = {p.attrs[schema.ATTR_GRID_HASH] for p in parts}
+    if len(hashes) > 1:
+        raise GridMismatchError(
+            f"stores have {len(hashes)} different evaluation grids; only stores with identical grids combine. "
+            "Open them separately."
+        )
+    extra = tuple(parts[0].attrs.get(schema.ATTR_EXTRA_DIMS, ()))
+    problems = []
+    for p in parts[1:]:
+        if tuple(p.attrs.get(schema.ATTR_EXTRA_DIMS, ())) != extra:
+            problems.append(f"extra dims differ: {extra} vs {tuple(p.attrs.get(schema.ATTR_EXTRA_DIMS, ()))}.")
+        if not np.array_equal(p[schema.TIME].values, parts[0][schema.TIME].values):
+            problems.append("recording times differ between stores; only stores with the same times combine.")
+        if p[schema.TIME].attrs.get("units") != parts[0][schema.TIME].attrs.get("units"):
+            problems.append("time units differ between stores.")
+    ValidationError.raise_if(problems, "open_ensemble")
+    sweep = (*schema.RUN_DIMS, *extra)
+    differing = [d for d in sweep if any(not np.array_equal(p[d].values, parts[0][d].values) for p in parts[1:])]
+    if len(differing) != 1:
+        raise ValidationError(
+            f"stores differ along {differing or 'no'} sweep dims; they combine along exactly one (e.g. more seeds "
+            "run later into a second store with the same gammas, widths and times).",
+            "open_ensemble",
+        )
+    dim = differing[0]
+    values = np.concatenate([p[dim].values for p in parts])
+    uniq, counts = np.unique(values, return_counts=True)
+    if np.any(counts > 1):
+        raise ValidationError(
+            f"{dim} values {uniq[counts > 1].tolist()} appear in more than one store.", "open_ensemble"
+        )
+    combined = xr.concat(
+        parts, dim=dim, data_vars="minimal", coords="minimal", compat="override", join="exact", combine_attrs="override"
+    )
+    return combined.sortby(dim)
+
+
+def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool = False) -> xr.Dataset:
+    """Open one or several ensemble stores as one lazy, labelled Dataset.
+
+    Parameters
+    ----------
+    path_or_paths
+        A store path (or fsspec URL), or a list of stores with identical grids that differ along one sweep dim.
+    verify
+        Read every chunk first and raise :class:`StoreCorruptionError` listing missing, corrupt and stray
+        partial files.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed; ``prediction`` (gamma, width, seed, [extra...], time, point, output) and the per-record
+        scalars are NaN where ``written`` is false; ``written`` and ``step`` are kept, as is
+        ``diverged_step`` (run dims; -1 for runs that never produced non-finite outputs).
+    """
+    paths = [path_or_paths] if isinstance(path_or_paths, str | os.PathLike) else list(path_or_paths)
+    if not paths:
+        raise ValidationError("no store paths given; pass a path or a non-empty list of paths.", "open_ensemble")
+    if verify:
+        for p in paths:
+            problems = verify_store(p)
+            if problems:
+                raise StoreCorruptionError(problems, str(p))
+    parts = [_open_one(p) for p in paths]
+    ds = parts[0] if len(parts) == 1 else _combine(parts)
+    written = ds[schema.WRITTEN]
+    for name in (schema.PREDICTION, *schema.SCALAR_VARIABLES):
+        if name in ds:
+            ds[name] = ds[name].where(written)
+    return ds

@@ -1,0 +1,210 @@
+"""Names and rules of the ensemble store, schema v1 (see DESIGN.md, "The store").
+
+Every dimension and variable name used anywhere in the toolkit is defined here once. The ``validate_*``
+functions return a list of problems (complete sentences) so callers can report all of them at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# dimensions
+GAMMA = "gamma"
+WIDTH = "width"
+SEED = "seed"
+TIME = "time"
+POINT = "point"
+OUTPUT = "output"
+FEATURE = "feature"
+
+RUN_DIMS: tuple[str, ...] = (GAMMA, WIDTH, SEED)
+"""Dims that identify one training run (extra sweep dims such as ``data_seed`` are appended)."""
+GRID_DIMS: tuple[str, ...] = (POINT, OUTPUT)
+KNOWN_EXTRA_DIMS: tuple[str, ...] = ("data_seed", "gamma_1", "gamma_2", "gamma_3", "depth")
+
+# variables
+PREDICTION = "prediction"
+X = "x"
+TARGET = "target"
+WRITTEN = "written"
+STEP = "step"
+TRAIN_LOSS = "train_loss"
+TEST_LOSS = "test_loss"
+ACCURACY = "accuracy"
+OUTPUT_WEIGHT_NORM = "output_weight_norm"
+DIVERGED_STEP = "diverged_step"
+
+SCALAR_VARIABLES: tuple[str, ...] = (TRAIN_LOSS, TEST_LOSS, ACCURACY, OUTPUT_WEIGHT_NORM)
+"""Optional per-record float32 scalars, dims (run dims..., time)."""
+
+TIME_UNITS: tuple[str, ...] = ("scaled", "step", "epoch")
+GAMMA_RANGE = (0.5, 1.0)
+
+# store attributes
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_TOOLKIT_VERSION = "toolkit_version"
+ATTR_GRID_HASH = "grid_hash"
+ATTR_EXTRA_DIMS = "extra_dims"
+ATTR_MODEL = "model"
+ATTR_TORCH_VERSION = "torch_version"
+ATTR_CREATED = "created"
+ATTR_CONFIG = "config"
+MISSING_STEP = -1
+
+
+def record_dims(extra_dims: Sequence[str] = ()) -> tuple[str, ...]:
+    """Dims of one record: ``(gamma, width, seed, *extra_dims, time)``."""
+    return (*RUN_DIMS, *extra_dims, TIME)
+
+
+def prediction_dims(extra_dims: Sequence[str] = ()) -> tuple[str, ...]:
+    """Dims of ``prediction``: ``(gamma, width, seed, *extra_dims, time, point, output)``."""
+    return (*record_dims(extra_dims), POINT, OUTPUT)
+
+
+def grid_hash(x: np.ndarray, target: np.ndarray) -> str:
+    """Content hash of an evaluation grid (shapes and float64 values of ``x`` and ``target``)."""
+    h = hashlib.sha256()
+    for a in (x, target):
+        a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _as_1d(values, name: str, problems: list[str]) -> np.ndarray | None:
+    try:
+        arr = np.asarray(values)
+    except Exception:  # noqa: BLE001 - anything unconvertible is reported, not raised
+        problems.append(f"{name}: could not be read as an array (got {values!r}); pass a list of numbers.")
+        return None
+    if arr.ndim != 1 or arr.size == 0:
+        problems.append(f"{name}: expected a non-empty 1-D list, got shape {arr.shape}.")
+        return None
+    return arr
+
+
+def _check_unique(arr: np.ndarray, name: str, problems: list[str]) -> None:
+    vals, counts = np.unique(arr, return_counts=True)
+    dups = vals[counts > 1]
+    if dups.size:
+        problems.append(f"{name}: duplicate values {dups.tolist()}; each value may appear once.")
+
+
+def validate_gammas(values, name: str = GAMMA) -> list[str]:
+    """Problems with normalization exponents: finite, in [0.5, 1], unique."""
+    problems: list[str] = []
+    arr = _as_1d(values, name, problems)
+    if arr is None:
+        return problems
+    if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
+        return [f"{name}: expected numbers in [0.5, 1], got {arr.tolist()!r}."]
+    arr = arr.astype(np.float64)
+    bad = [v for v in arr.tolist() if not (math.isfinite(v) and GAMMA_RANGE[0] <= v <= GAMMA_RANGE[1])]
+    if bad:
+        problems.append(
+            f"{name}: {bad} outside [0.5, 1] or not finite; the 1/N^gamma theory covers gamma in [0.5, 1] "
+            "(0.5 = NTK, 1 = mean field)."
+        )
+    _check_unique(arr, name, problems)
+    return problems
+
+
+def validate_widths(values, name: str = WIDTH) -> list[str]:
+    """Problems with hidden widths: positive integers, unique."""
+    problems: list[str] = []
+    arr = _as_1d(values, name, problems)
+    if arr is None:
+        return problems
+    bad = [v for v in arr.tolist() if isinstance(v, bool) or not float(v).is_integer() or v < 1]
+    if not np.issubdtype(arr.dtype, np.number) or bad:
+        problems.append(f"{name}: {bad or arr.tolist()} not positive integers; widths N must be integers >= 1.")
+        return problems
+    _check_unique(arr, name, problems)
+    return problems
+
+
+def validate_seeds(values, name: str = SEED) -> list[str]:
+    """Problems with seeds (or any integer sweep coordinate): non-negative integers, unique."""
+    problems: list[str] = []
+    arr = _as_1d(values, name, problems)
+    if arr is None:
+        return problems
+    if not np.issubdtype(arr.dtype, np.integer) and not (
+        np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0)
+    ):
+        problems.append(f"{name}: expected integers, got {arr.tolist()!r}.")
+        return problems
+    if np.any(arr < 0):
+        problems.append(f"{name}: negative values {arr[arr < 0].tolist()}; seeds must be >= 0.")
+    _check_unique(arr, name, problems)
+    return problems
+
+
+def validate_times(values, units: str, name: str = TIME) -> list[str]:
+    """Problems with recording times: finite, >= 0, strictly increasing; known units."""
+    problems: list[str] = []
+    if units not in TIME_UNITS:
+        problems.append(f"time_units: {units!r} is not one of {list(TIME_UNITS)}.")
+    arr = _as_1d(values, name, problems)
+    if arr is None:
+        return problems
+    try:
+        arr = arr.astype(np.float64)
+    except (TypeError, ValueError):
+        return [*problems, f"{name}: expected numbers, got {arr.tolist()!r}."]
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        problems.append(f"{name}: values must be finite and >= 0, got {arr.tolist()}.")
+    diffs = np.diff(arr)
+    if np.any(diffs <= 0):
+        i = int(np.argmax(diffs <= 0))
+        problems.append(
+            f"{name}: not strictly increasing at index {i + 1} ({arr[i]} then {arr[i + 1]}); "
+            "list each recording time once, in increasing order."
+        )
+    if units == "step" and np.all(np.isfinite(arr)) and not np.all(np.mod(arr, 1) == 0):
+        problems.append(f"{name}: with time_units='step' times must be whole optimizer steps, got {arr.tolist()}.")
+    return problems
+
+
+def validate_dataset(ds, extra_dims: Sequence[str] | None = None) -> list[str]:
+    """Problems with an opened ensemble Dataset against schema v1 (structure only, no data read)."""
+    problems: list[str] = []
+    version = ds.attrs.get(ATTR_SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        problems.append(f"attrs['{ATTR_SCHEMA_VERSION}'] is {version!r}, expected {SCHEMA_VERSION}.")
+    if extra_dims is None:
+        extra_dims = tuple(ds.attrs.get(ATTR_EXTRA_DIMS, ()))
+    pdims = prediction_dims(extra_dims)
+    for name, dims in (
+        (PREDICTION, pdims),
+        (WRITTEN, record_dims(extra_dims)),
+        (STEP, record_dims(extra_dims)),
+        (X, (POINT, FEATURE)),
+        (TARGET, (POINT, OUTPUT)),
+    ):
+        if name not in ds.variables:
+            problems.append(f"variable '{name}' is missing; expected dims {dims}.")
+        elif tuple(ds[name].dims) != dims:
+            problems.append(f"variable '{name}' has dims {tuple(ds[name].dims)}, expected {dims}.")
+    for dim in (*RUN_DIMS, *extra_dims, TIME):
+        if dim not in ds.coords:
+            problems.append(f"coordinate '{dim}' is missing.")
+    if GAMMA in ds.coords:
+        problems += validate_gammas(ds[GAMMA].values)
+    if WIDTH in ds.coords:
+        problems += validate_widths(ds[WIDTH].values)
+    if TIME in ds.coords:
+        problems += validate_times(ds[TIME].values, ds[TIME].attrs.get("units", "<missing>"))
+    return problems
+
+
+def describe_run(run: Mapping[str, object]) -> str:
+    """``gamma=0.75, width=128, seed=3`` for messages."""
+    return ", ".join(f"{k}={v}" for k, v in run.items())
