@@ -248,7 +248,7 @@ class EnsembleStore:
 
         path = Path(path)
         if path.exists() and any(path.iterdir()):
-            return cls._open_existing(path, spec, explicit_time_chunk=time_chunk is not None)
+            return cls._open_existing(path, grid, spec, explicit_time_chunk=time_chunk is not None)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
         try:
@@ -258,15 +258,16 @@ class EnsembleStore:
             except OSError:
                 if not (path.exists() and any(path.iterdir())):
                     raise
-                return cls._open_existing(path, spec, explicit_time_chunk=time_chunk is not None)
+                return cls._open_existing(path, grid, spec, explicit_time_chunk=time_chunk is not None)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return cls.open(path)
 
     @classmethod
-    def _open_existing(cls, path: Path, spec: StoreSpec, explicit_time_chunk: bool) -> EnsembleStore:
+    def _open_existing(cls, path: Path, grid: EvalGrid, spec: StoreSpec, explicit_time_chunk: bool) -> EnsembleStore:
         store = cls.open(path)
+        store.check_grid(grid)
         requested = spec
         if not explicit_time_chunk:
             requested = StoreSpec(**{**spec.__dict__, "time_chunk": store.spec.time_chunk})

@@ -59,7 +59,7 @@ def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
     if len(differing) != 1:
         raise ValidationError(
             f"stores differ along {differing or 'no'} sweep dims; they combine along exactly one (e.g. more seeds "
-            "run later into a second store with the same gammas, widths and times).",
+            "run later into a second store with the same gammas, widths and times). Was a store given twice?",
             "open_ensemble",
         )
     dim = differing[0]

@@ -1,0 +1,181 @@
+"""OutputCollector: scheduling, hooks, eval-mode handling, scalars, state_dict, divergence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ensemble_stats as es
+from collectors import EnsembleStore, EvalGrid, OutputCollector
+from ensemble_stats.errors import RunExistsError, ValidationError
+
+from ._models import Shallow, TableModel
+from .conftest import oracle
+
+
+def _train(model, opt, x, y, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = 0.5 * ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+
+def test_attach_records_scaled_times_without_changing_the_loop(tmp_path):
+    rng = np.random.default_rng(1)
+    grid = EvalGrid(rng.normal(size=(6, 2)), rng.normal(size=(6, 1)))
+    times = [0.0, 0.25, 0.5, 1.0]
+    store = EnsembleStore.create(tmp_path / "a.zarr", grid, gammas=[0.75], widths=[8, 16], seeds=[0], times=times)
+    x = torch.tensor(rng.normal(size=(10, 2)), dtype=torch.float32)
+    y = torch.tensor(rng.normal(size=(10, 1)), dtype=torch.float32)
+    expected = {}
+    for width in (8, 16):
+        torch.manual_seed(0)
+        model = Shallow(2, width, 0.75)
+        opt = torch.optim.SGD(model.parameters(), lr=width ** (2 * 0.75 - 2))
+        col = OutputCollector(store, gamma=0.75, width=width, seed=0)
+        # reference: the same run, outputs taken by hand at steps round(t * width)
+        torch.manual_seed(0)
+        ref = Shallow(2, width, 0.75)
+        ref_opt = torch.optim.SGD(ref.parameters(), lr=width ** (2 * 0.75 - 2))
+        gx = torch.tensor(grid.x, dtype=torch.float32)
+        outs, k = [], 0
+        for t in times:
+            _train(ref, ref_opt, x, y, round(t * width) - k)
+            k = round(t * width)
+            with torch.no_grad():
+                outs.append(ref(gx).numpy())
+        expected[width] = np.stack(outs)
+        with col.attach(model, opt):
+            _train(model, opt, x, y, width)
+        assert col.done and col.step == width
+    ds = es.open_ensemble(tmp_path / "a.zarr")
+    for width in (8, 16):
+        got = ds.prediction.sel(gamma=0.75, width=width, seed=0).values
+        np.testing.assert_array_equal(got, expected[width])
+        np.testing.assert_array_equal(
+            ds.step.sel(gamma=0.75, width=width, seed=0).values, [round(t * width) for t in times]
+        )
+    assert bool(ds.written.all())
+
+
+def test_eval_mode_is_restored_and_no_grad_is_used(make_store, small_grid):
+    store = make_store()
+    seen = []
+
+    class Probe(TableModel):
+        def forward(self, x):
+            seen.append((self.training, torch.is_grad_enabled()))
+            return super().forward(x)
+
+    model = Probe(7, 2)
+    model.train()
+    col = OutputCollector(store, gamma=0.5, width=4, seed=0)
+    col.record(model, 0)
+    assert seen == [(False, False)]
+    assert model.training
+    model.eval()
+    col.record(model, 1)
+    assert not model.training
+
+
+def test_scalars_loss_accuracy_and_metrics(make_store, small_grid):
+    store = make_store()
+    model = TableModel(7, 2)
+    model.set(small_grid.target * 2)
+    col = OutputCollector(
+        store,
+        gamma=0.5,
+        width=4,
+        seed=1,
+        loss_fn=lambda out, tgt: ((out - tgt) ** 2).mean(),
+        metrics=lambda m: {"output_weight_norm": 3.5},
+    )
+    col.record(model, 0, train_loss=0.25)
+    col.flush()
+    ds = es.open_ensemble(store.path)
+    rec = ds.isel(time=0).sel(gamma=0.5, width=4, seed=1)
+    np.testing.assert_allclose(float(rec.test_loss), np.mean(small_grid.target**2), rtol=1e-6)
+    assert float(rec.accuracy) == 1.0  # 2 * one-hot-ish rows keep their argmax
+    assert float(rec.train_loss) == 0.25
+    assert float(rec.output_weight_norm) == 3.5
+    # unrecorded scalars of other records stay NaN (masked, since not written)
+    assert np.isnan(float(ds.train_loss.isel(time=1).sel(gamma=0.5, width=4, seed=1)))
+
+
+def test_unknown_scalar_and_unscheduled_step_are_refused(make_store):
+    store = make_store()
+    col = OutputCollector(store, gamma=0.5, width=4, seed=0)
+    with pytest.raises(ValidationError, match="unknown scalars"):
+        col.record(TableModel(7, 2), 0, loss_of_doom=1.0)
+    with pytest.raises(ValidationError, match="not a recording step"):
+        col.record(TableModel(7, 2), 7)
+    col.record(TableModel(7, 2), 2)
+    with pytest.raises(ValidationError, match="already recorded"):
+        col.record(TableModel(7, 2), 1)
+
+
+def test_state_dict_resume_continues_without_loss_or_duplicates(make_store):
+    store = make_store(time_chunk=2)
+    model = TableModel(7, 2)
+    col = OutputCollector(store, gamma=1.0, width=8, seed=2)
+    for t in range(3):
+        model.set(oracle(1.0, 8, 2, t, 7, 2))
+        col.record(model, t)
+    state = col.state_dict()  # flushes the half-full second chunk
+    assert store.written_mask(col.index).tolist() == [True, True, True, False, False]
+    with pytest.raises(RunExistsError, match="resume=True"):
+        OutputCollector(store, gamma=1.0, width=8, seed=2)
+    col2 = OutputCollector(store, gamma=1.0, width=8, seed=2, resume=True)
+    col2.load_state_dict(state)
+    assert col2.step == 2
+    for t in range(3, 5):
+        model.set(oracle(1.0, 8, 2, t, 7, 2))
+        col2.record(model, t)
+    col2.flush()
+    ds = es.open_ensemble(store.path)
+    got = ds.prediction.sel(gamma=1.0, width=8, seed=2).values
+    np.testing.assert_array_equal(got, np.stack([oracle(1.0, 8, 2, t, 7, 2) for t in range(5)]))
+    np.testing.assert_array_equal(ds.step.sel(gamma=1.0, width=8, seed=2).values, np.arange(5))
+
+
+def test_load_state_dict_of_another_run_is_refused(make_store):
+    store = make_store()
+    a = OutputCollector(store, gamma=1.0, width=8, seed=2)
+    b = OutputCollector(store, gamma=1.0, width=8, seed=1)
+    with pytest.raises(ValidationError, match="belongs to run"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_diverged_run_is_stored_as_is_and_reported(make_store):
+    store = make_store()
+    model = TableModel(7, 2)
+    col = OutputCollector(store, gamma=0.75, width=4, seed=1)
+    for t in range(5):
+        vals = oracle(0.75, 4, 1, t, 7, 2)
+        if t >= 3:
+            vals[0, 0] = np.nan if t == 3 else np.inf
+        model.set(vals)
+        col.record(model, t)
+    ds = es.open_ensemble(store.path)
+    run = ds.sel(gamma=0.75, width=4, seed=1)
+    assert bool(run.written.all()), "a diverged record is written, not missing"
+    assert np.isnan(run.prediction.values[3, 0, 0]) and np.isinf(run.prediction.values[4, 0, 0])
+    assert int(run.diverged_step) == 3
+    assert es.diverged_runs(ds) == [{"gamma": 0.75, "width": 4, "seed": 1, "step": 3}]
+    assert int(ds.diverged_step.sel(gamma=0.75, width=4, seed=0)) == -1
+
+
+def test_epoch_units_need_steps_per_epoch(make_store):
+    store = make_store(name="e.zarr", time_units="epoch", times=[0, 1, 2])
+    with pytest.raises(ValidationError, match="steps_per_epoch"):
+        OutputCollector(store, gamma=0.5, width=4, seed=0)
+    col = OutputCollector(store, gamma=0.5, width=4, seed=0, steps_per_epoch=5)
+    assert col.schedule.tolist() == [0, 5, 10]
+
+
+def test_scaled_times_too_fine_for_a_width_are_refused(make_store):
+    store = make_store(name="f.zarr", time_units="scaled", times=[0.0, 0.01, 0.02])
+    with pytest.raises(ValidationError, match="both map to optimizer step"):
+        OutputCollector(store, gamma=0.5, width=4, seed=0)
