@@ -26,7 +26,6 @@ test: lint
 	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q tests -k bench -p no:cacheprovider || true
 	$(BIN)/python benchmarks/bench_collector.py
 
 reliability: $(STAMP)

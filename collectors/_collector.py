@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,10 +27,11 @@ class CollectorHandle:
         self._hook = hook
 
     def detach(self) -> None:
+        """Remove the hook, write what is buffered and stop the background worker."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-            self._collector.flush()
+            self._collector.close()
 
     def __enter__(self) -> CollectorHandle:
         return self
@@ -55,12 +59,18 @@ class OutputCollector:
     metrics
         ``metrics(model) -> {name: float}`` for further per-record scalars (``train_loss``,
         ``output_weight_norm``, ...); names must be in ``schema.SCALAR_VARIABLES``.
+    background
+        Evaluate and write on a worker thread: at each record the parameters and buffers are copied into a
+        private copy of the model, which is evaluated concurrently with training. It pays only where spare
+        cores exist; on 2 cores it slowed the reference loop down (``benchmarks/bench_collector.py`` measures
+        both). The default evaluates the model itself, synchronously.
 
     Notes
     -----
     Records are buffered and written when a time chunk completes, on :meth:`flush`, :meth:`state_dict`,
-    ``detach()`` and context-manager exit. Evaluation runs under ``torch.no_grad()`` in eval mode, and the
-    model's mode is restored afterwards.
+    ``detach()`` and context-manager exit; these wait for background work and re-raise its errors.
+    Evaluation runs under ``torch.no_grad()`` in eval mode; the user's model keeps its mode.
+    ``metrics`` receives the model that was evaluated (the private copy when ``background=True``).
     """
 
     def __init__(
@@ -74,6 +84,7 @@ class OutputCollector:
         resume: bool = False,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         metrics: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
+        background: bool = False,
         **extra_coords: Any,
     ):
         self.store = store
@@ -95,6 +106,11 @@ class OutputCollector:
         self._buffer: list[tuple[int, int, np.ndarray, dict[str, float]]] = []
         self._grid_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._time_chunk = store.spec.time_chunk
+        self.background = background
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._shadow: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (source model, private copy)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ hooks
     def attach(
@@ -186,19 +202,77 @@ class OutputCollector:
             )
         if j < self._next:
             raise ValidationError(f"step {step} was already recorded for run ({schema.describe_run(self.run)}).")
+        unknown = set(scalars) - set(schema.SCALAR_VARIABLES)
+        if unknown:
+            raise ValidationError(f"unknown scalars {sorted(unknown)}; allowed: {list(schema.SCALAR_VARIABLES)}.")
+        self._raise_background_error()
+        self._next = j + 1
+        self._step = max(self._step, step)
+        extra = {k: float(v) for k, v in scalars.items()}
+        if not self.background:
+            self._take(model, j, step, extra)
+            return
+        shadow = self._shadow_of(model)
+        with torch.no_grad():
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._pending.append(self._pool().submit(self._take_snapshot, shadow, state, j, step, extra))
+
+    def _take_snapshot(self, shadow: torch.nn.Module, state: dict, j: int, step: int, extra: dict) -> None:
+        shadow.load_state_dict(state)
+        self._take(shadow, j, step, extra)
+
+    def _take(self, model: torch.nn.Module, j: int, step: int, extra: dict[str, float]) -> None:
         out, auto = self.evaluate(model)
-        auto.update({k: float(v) for k, v in scalars.items()})
+        auto.update(extra)
         unknown = set(auto) - set(schema.SCALAR_VARIABLES)
         if unknown:
             raise ValidationError(f"unknown scalars {sorted(unknown)}; allowed: {list(schema.SCALAR_VARIABLES)}.")
-        self._buffer.append((j, step, out, auto))
-        self._next = j + 1
-        self._step = max(self._step, step)
-        if (j + 1) % self._time_chunk == 0 or j + 1 == len(self.schedule):
-            self.flush()
+        with self._lock:
+            self._buffer.append((j, step, out, auto))
+            if (j + 1) % self._time_chunk == 0 or j + 1 == len(self.schedule):
+                self._write_buffer()
+
+    def _shadow_of(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self._shadow is None or self._shadow[0] is not model:
+            self.wait()
+            try:
+                copy_ = copy.deepcopy(model)
+            except Exception as e:  # noqa: BLE001 - any failure to copy means background mode cannot work
+                raise ValidationError(
+                    f"the model could not be copied for background evaluation ({type(e).__name__}: {e}); "
+                    "pass background=False to OutputCollector."
+                ) from None
+            copy_.eval()
+            self._shadow = (model, copy_)
+        return self._shadow[1]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            # one intra-op thread in the worker: two OpenMP pools spinning on the same cores slow training down
+            self._executor = ThreadPoolExecutor(
+                1, thread_name_prefix="ensemble-collector", initializer=torch.set_num_threads, initargs=(1,)
+            )
+        return self._executor
+
+    def _raise_background_error(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            f.result()  # re-raises an error from the worker in the training thread
+
+    def wait(self) -> None:
+        """Block until background evaluations are done; re-raise the first error."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
     def flush(self) -> None:
-        """Write and commit every buffered record."""
+        """Wait for background work, then write and commit every buffered record."""
+        self.wait()
+        with self._lock:
+            self._write_buffer()
+
+    def _write_buffer(self) -> None:
         if not self._buffer:
             return
         ti = np.array([b[0] for b in self._buffer])
@@ -209,11 +283,21 @@ class OutputCollector:
         self.store.write_records(self.index, ti, pred, steps, scalars)
         self._buffer.clear()
 
+    def close(self) -> None:
+        """Flush and stop the background worker."""
+        try:
+            self.flush()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._shadow = None
+
     def __enter__(self) -> OutputCollector:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.flush()
+        self.close()
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -241,6 +325,7 @@ class OutputCollector:
         if run != dict(self.run):
             problems.append(f"state belongs to run {run}, not ({schema.describe_run(self.run)}).")
         ValidationError.raise_if(problems, "OutputCollector.load_state_dict")
+        self.wait()
         self._buffer.clear()
         self._step = int(state["step"])
         self._next = int(state["next_index"])

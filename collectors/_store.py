@@ -12,6 +12,7 @@ Layout rules (DESIGN.md, "The store"):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync as _sync
 
 import ensemble_stats
 from ensemble_stats import schema
@@ -36,12 +38,17 @@ from ensemble_stats.errors import (
 
 from ._grid import EvalGrid
 
-_RECORD_TARGET_BYTES = 1 << 20  # default time chunk aims at about 1 MiB of predictions per chunk
+_RECORD_TARGET_BYTES = 4 << 20  # default time chunk aims at about 4 MiB of predictions per chunk
 _FLOAT_DTYPES = ("float32", "float64")
 
 
 def _codecs():
     return [Crc32cCodec()]
+
+
+# A chunk equal to the fill value (an all-NaN diverged record) must still be written: otherwise `written`
+# would mark a chunk that does not exist. It also spares zarr a full comparison of every chunk to the fill.
+_ALWAYS_WRITE = {"write_empty_chunks": True}
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ class EnsembleStore:
         extra_dims
             Further sweep dims in order, e.g. ``{"data_seed": [0, 1]}``.
         time_chunk, seed_chunk
-            Records per time chunk (default: about 1 MiB per chunk) and seeds per chunk (one writer's block).
+            Records per time chunk (default: about 4 MiB per chunk) and seeds per chunk (one writer's block).
         dtype
             Storage dtype of ``prediction``: ``"float32"`` (default) or ``"float64"``.
         **attrs
@@ -422,8 +429,9 @@ class EnsembleStore:
         )
 
     def array(self, name: str) -> zarr.Array:
+        """The zarr array ``name``, configured to write every chunk (array config is not persisted)."""
         if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+            self._arrays[name] = self.group[name].with_config(_ALWAYS_WRITE)
         return self._arrays[name]
 
     @property
@@ -583,24 +591,32 @@ class EnsembleStore:
 
         contiguous = ti[-1] - ti[0] + 1 == ti.size
         region = (*sel, slice(int(ti[0]), int(ti[-1]) + 1) if contiguous else ti)
-        full = (*tuple(_len(r) for r in sel), ti.size)
+        full = (*(_len(r) for r in sel), ti.size)
 
-        def put(name: str, values: np.ndarray, dtype) -> None:
-            arr = self.array(name)
-            values = np.asarray(values, dtype=dtype).reshape(full + values.shape[len(lead) + 1 :])
-            if contiguous:
-                arr[region] = values
-            else:
-                arr.oindex[region] = values
+        def shaped(values, dtype) -> np.ndarray:
+            values = np.asarray(values, dtype=dtype)
+            return values.reshape(full + values.shape[len(lead) + 1 :])
 
-        put(schema.PREDICTION, pred, self.spec.dtype)
-        for name, values in scalars.items():
-            put(name, np.asarray(values), np.float32)
-        put(schema.STEP, np.broadcast_to(steps, (*lead, ti.size)), np.int64)
+        data = {
+            schema.PREDICTION: shaped(pred, self.spec.dtype),
+            schema.STEP: shaped(np.broadcast_to(steps, (*lead, ti.size)), np.int64),
+        }
+        data.update({name: shaped(values, np.float32) for name, values in scalars.items()})
+        if contiguous:
+            # data, scalars and steps go out concurrently on zarr's event loop: one round trip, not one per array
+            _sync(_gather([self.array(n)._async_array.setitem(region, v) for n, v in data.items()]))
+        else:
+            for name, values in data.items():
+                self.array(name).oindex[region] = values
         finite = np.isfinite(pred).reshape(*lead, ti.size, -1).all(axis=-1)
         if not finite.all():
             self._mark_diverged(sel, finite, steps)
-        put(schema.WRITTEN, np.ones((*lead, ti.size), dtype=bool), bool)
+        # the commit mark, only once everything above is stored
+        ones = shaped(np.ones((*lead, ti.size), dtype=bool), bool)
+        if contiguous:
+            self.array(schema.WRITTEN)[region] = ones
+        else:
+            self.array(schema.WRITTEN).oindex[region] = ones
 
     def _mark_diverged(self, sel, finite, steps) -> None:
         """Keep the earliest step with non-finite outputs per run (idempotent under rewrites)."""
@@ -650,6 +666,10 @@ class EnsembleStore:
             return schema.describe_run(self.run_coords(index))
         except Exception:  # noqa: BLE001 - slices or bad indices: fall back to the raw index
             return repr(tuple(index))
+
+
+async def _gather(coros):
+    return await asyncio.gather(*coros)
 
 
 def _len(s: slice) -> int:

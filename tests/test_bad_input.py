@@ -82,9 +82,11 @@ def test_wrong_prediction_shape_dtype_and_steps(store):
         store.write_records(idx, [0], np.zeros((1, 7, 2), dtype=np.int32), [0])
     with pytest.raises(errors.ValidationError, match="strictly increasing"):
         store.write_records(idx, [1, 0], np.zeros((2, 7, 2)), [1, 0])
-    col = OutputCollector(store, gamma=0.5, width=4, seed=0)
-    with pytest.raises(errors.ValidationError, match=r"model output on the grid has shape \(7, 5\)"):
-        col.record(TableModel(7, 5), 0)
+    for background in (False, True):
+        col = OutputCollector(store, gamma=0.5, width=4, seed=0, background=background)
+        with pytest.raises(errors.ValidationError, match=r"model output on the grid has shape \(7, 5\)"):
+            col.record(TableModel(7, 5), 0)
+            col.flush()  # in background mode the worker's error surfaces here
     assert tree_digest(store.path) == before
 
 

@@ -22,7 +22,8 @@ def _train(model, opt, x, y, steps):
         opt.step()
 
 
-def test_attach_records_scaled_times_without_changing_the_loop(tmp_path):
+@pytest.mark.parametrize("background", [True, False])
+def test_attach_records_scaled_times_without_changing_the_loop(tmp_path, background):
     rng = np.random.default_rng(1)
     grid = EvalGrid(rng.normal(size=(6, 2)), rng.normal(size=(6, 1)))
     times = [0.0, 0.25, 0.5, 1.0]
@@ -34,7 +35,7 @@ def test_attach_records_scaled_times_without_changing_the_loop(tmp_path):
         torch.manual_seed(0)
         model = Shallow(2, width, 0.75)
         opt = torch.optim.SGD(model.parameters(), lr=width ** (2 * 0.75 - 2))
-        col = OutputCollector(store, gamma=0.75, width=width, seed=0)
+        col = OutputCollector(store, gamma=0.75, width=width, seed=0, background=background)
         # reference: the same run, outputs taken by hand at steps round(t * width)
         torch.manual_seed(0)
         ref = Shallow(2, width, 0.75)
@@ -60,7 +61,8 @@ def test_attach_records_scaled_times_without_changing_the_loop(tmp_path):
     assert bool(ds.written.all())
 
 
-def test_eval_mode_is_restored_and_no_grad_is_used(make_store, small_grid):
+@pytest.mark.parametrize("background", [False, True])
+def test_eval_mode_is_restored_and_no_grad_is_used(make_store, small_grid, background):
     store = make_store()
     seen = []
 
@@ -71,13 +73,27 @@ def test_eval_mode_is_restored_and_no_grad_is_used(make_store, small_grid):
 
     model = Probe(7, 2)
     model.train()
-    col = OutputCollector(store, gamma=0.5, width=4, seed=0)
+    col = OutputCollector(store, gamma=0.5, width=4, seed=0, background=background)
     col.record(model, 0)
+    col.flush()
     assert seen == [(False, False)]
     assert model.training
     model.eval()
     col.record(model, 1)
     assert not model.training
+
+
+def test_background_errors_surface_in_the_training_thread(make_store):
+    store = make_store()
+
+    def bad_metrics(model):
+        raise RuntimeError("metric exploded")
+
+    col = OutputCollector(store, gamma=0.5, width=4, seed=0, metrics=bad_metrics)
+    col.record(TableModel(7, 2), 0)
+    with pytest.raises(RuntimeError, match="metric exploded"):
+        col.flush()
+    assert not store.written_mask(col.index).any()
 
 
 def test_scalars_loss_accuracy_and_metrics(make_store, small_grid):
@@ -158,6 +174,7 @@ def test_diverged_run_is_stored_as_is_and_reported(make_store):
             vals[0, 0] = np.nan if t == 3 else np.inf
         model.set(vals)
         col.record(model, t)
+    col.close()
     ds = es.open_ensemble(store.path)
     run = ds.sel(gamma=0.75, width=4, seed=1)
     assert bool(run.written.all()), "a diverged record is written, not missing"

@@ -98,3 +98,18 @@ def test_info_on_a_missing_store_is_one_clear_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "not an ensemble store" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_all_nan_record_chunk_is_written_and_verifies_clean(make_store):
+    """A diverged run whose chunk equals the fill value must exist on disk, not only in the commit mark."""
+    store = make_store(time_chunk=1)
+    model = TableModel(7, 2)
+    with OutputCollector(store, gamma=1.0, width=4, seed=0) as col:
+        for t in range(5):
+            model.set(np.full((7, 2), np.nan, dtype=np.float32))
+            col.record(model, t)
+    assert es.verify_store(store.path) == []
+    assert (store.path / "prediction" / "c" / "2" / "0" / "0" / "4" / "0" / "0").exists()
+    ds = es.open_ensemble(store.path)
+    assert bool(ds.written.sel(gamma=1.0, width=4, seed=0).all())
+    assert es.diverged_runs(ds) == [{"gamma": 1.0, "width": 4, "seed": 0, "step": 0}]
