@@ -5,18 +5,28 @@ The analysis side never imports torch; the training side lives in the ``collecto
 
 __version__ = "0.1.0"
 
-from . import errors, schema
+from . import errors, schema, testing, theory
+from ._accessor import EnsembleAccessor
+from ._fit import STATUS, fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
 from ._open import open_ensemble
+from ._stats import bias_variance
 from ._verify import StoreProblem, verify_store
 
 __all__ = [
     "__version__",
+    "bias_variance",
     "completeness",
     "diverged_runs",
+    "EnsembleAccessor",
     "errors",
+    "fit_expansion",
+    "fit_rate",
     "open_ensemble",
     "schema",
+    "STATUS",
     "StoreProblem",
+    "testing",
+    "theory",
     "verify_store",
 ]

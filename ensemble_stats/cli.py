@@ -54,5 +54,98 @@ def info(store, verify, clean):
             sys.exit(1)
 
 
+def _check_out(out: str) -> None:
+    from .errors import ValidationError
+
+    if not out.endswith((".zarr", ".nc")):
+        raise ValidationError(f"--out {out}: use a path ending in .zarr or .nc.")
+
+
+def _write(ds, out: str) -> None:
+    """Write a result Dataset as .zarr or .nc by extension."""
+    if out.endswith(".zarr"):
+        ds.to_zarr(out, mode="w", consolidated=False)
+    else:
+        ds.to_netcdf(out)
+
+
+def _client(scheduler: str | None):
+    """Join an existing Dask cluster if asked; otherwise the threaded scheduler does the work in-process."""
+    if not scheduler:
+        return None
+    from dask.distributed import Client
+
+    return Client(scheduler)
+
+
+@main.command()
+@click.argument("store", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Result path (.zarr or .nc).")
+@click.option("--quantity", type=click.Choice(["mean", "variance"]), default="variance", show_default=True)
+@click.option("--terms", default="theory", show_default=True, help="'theory', 'free' or comma-separated exponents.")
+@click.option("--width-min", type=int, default=None, help="Use only widths N >= this.")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
+def fit(store, out, quantity, terms, width_min, scheduler):
+    """Fit the asymptotic expansion in N pointwise, and the pooled log-log rate."""
+    from ._fit import fit_expansion, fit_rate
+    from ._open import open_ensemble
+
+    _check_out(out)
+    if terms not in ("theory", "free"):
+        try:
+            terms = [float(t) for t in terms.split(",")]
+        except ValueError:
+            from .errors import FitError
+
+            raise FitError(f"--terms {terms!r}: use 'theory', 'free' or comma-separated numbers like 0,0.25.") from None
+    client = _client(scheduler)
+    try:
+        ds = open_ensemble(list(store))
+        res = fit_expansion(ds, quantity=quantity, terms=terms, width_min=width_min)
+        _write(res, out)
+        rate = fit_rate(ds, quantity="variance", width_min=width_min).compute()
+        ok = int((res["status"] == 0).sum())
+        click.echo(f"fit_expansion({quantity}, terms={terms}): {ok} of {res['status'].size} cells fitted -> {out}")
+        click.echo("variance rate, pooled over the grid (slope of log Var vs log N) at the last time:")
+        last = rate.isel({"time": -1}) if "time" in rate.dims else rate
+        click.echo(f"{'gamma':>7} {'slope':>8} {'95% CI':>18} {'theory':>7}")
+        for g in last["gamma"].values:
+            r = last.sel(gamma=g)
+            click.echo(
+                f"{g:>7.3f} {float(r.slope):>8.3f}   [{float(r.slope_lo):6.3f}, {float(r.slope_hi):6.3f}] {float(r.theory):>7.3f}"
+            )
+    finally:
+        if client is not None:
+            client.close()
+
+
+@main.command()
+@click.argument("store", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Result path (.zarr or .nc).")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
+def decompose(store, out, scheduler):
+    """Bias^2 / variance / MSE against the target per (gamma, width, time), with seed-jackknife CIs."""
+    from ._open import open_ensemble
+    from ._stats import bias_variance
+
+    _check_out(out)
+    client = _client(scheduler)
+    try:
+        res = bias_variance(open_ensemble(list(store)))
+        _write(res, out)
+        last = res.isel(time=-1).compute()
+        click.echo(f"bias-variance decomposition -> {out}; at the last time (t = {float(last.time):g}):")
+        click.echo(f"{'gamma':>7} {'width':>7} {'mse':>10} {'bias2':>10} {'variance':>10} {'seeds':>6}")
+        for g in last["gamma"].values:
+            for w in last["width"].values:
+                r = last.sel(gamma=g, width=w)
+                click.echo(
+                    f"{g:>7.3f} {int(w):>7d} {float(r.mse):>10.4g} {float(r.bias2):>10.4g} {float(r.variance):>10.4g} {int(r.n_seeds):>6d}"
+                )
+    finally:
+        if client is not None:
+            client.close()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -49,3 +49,29 @@ def make_store(tmp_path, small_grid):
         return EnsembleStore.create(tmp_path / name, kw.pop("grid", small_grid), **args)
 
     return make
+
+
+def store_from_synthetic(path, ds, **create_kw):
+    """Write a synthetic ensemble into a real store through EnsembleStore.write_records (one write per run)."""
+    from collectors import EnsembleStore, EvalGrid
+
+    grid = EvalGrid(ds.x.values, ds.target.values)
+    store = EnsembleStore.create(
+        path,
+        grid,
+        gammas=ds.gamma.values,
+        widths=ds.width.values,
+        seeds=ds.seed.values,
+        times=ds.time.values,
+        time_units=ds.time.attrs["units"],
+        **create_kw,
+    )
+    pred = ds.prediction.values
+    T = ds.sizes["time"]
+    for gi in range(ds.sizes["gamma"]):
+        for wi in range(ds.sizes["width"]):
+            steps = np.rint(ds.time.values * ds.width.values[wi]).astype(np.int64)
+            steps = np.maximum.accumulate(steps + np.arange(T) * (np.diff(steps, prepend=-1) <= 0))
+            for si in range(ds.sizes["seed"]):
+                store.write_records((gi, wi, si), np.arange(T), pred[gi, wi, si], steps)
+    return store

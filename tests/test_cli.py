@@ -1,0 +1,56 @@
+"""The ensemble-stats CLI: fit / decompose write results, print tables, and fail in one clear line."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from click.testing import CliRunner
+
+import ensemble_stats as es
+from ensemble_stats.cli import main
+from ensemble_stats.testing import synthetic_ensemble
+
+from .conftest import store_from_synthetic
+
+
+def test_fit_and_decompose_on_a_real_store(tmp_path):
+    ds = synthetic_ensemble(gammas=[0.5, 0.75, 1.0], widths=[64, 256, 1024], n_seeds=16, n_points=5, seed=21)
+    store = store_from_synthetic(tmp_path / "s.zarr", ds)
+    runner = CliRunner()
+    r = runner.invoke(main, ["fit", str(store.path), "--out", str(tmp_path / "fit.nc"), "--quantity", "variance"])
+    assert r.exit_code == 0, r.output
+    assert "variance rate" in r.output and "0.750" in r.output
+    got = xr.open_dataset(tmp_path / "fit.nc")
+    want = es.fit_expansion(es.open_ensemble(store.path), quantity="variance")
+    xr.testing.assert_allclose(got.load().drop_vars(list(got.coords)), want.compute().drop_vars(list(want.coords)))
+    got.close()
+
+    r = runner.invoke(main, ["decompose", str(store.path), "--out", str(tmp_path / "bv.zarr")])
+    assert r.exit_code == 0, r.output
+    bv = xr.open_zarr(tmp_path / "bv.zarr", consolidated=False).load()
+    np.testing.assert_allclose(bv.variance, es.bias_variance(ds).variance, rtol=1e-6)
+    assert "1024" in r.output and "bias2" in r.output
+
+    r = runner.invoke(
+        main, ["fit", str(store.path), "--out", str(tmp_path / "f.zarr"), "--terms", "0,0.25", "--quantity", "mean"]
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    ds = synthetic_ensemble(widths=[64], n_seeds=4, n_points=3, gammas=[0.5], seed=22)
+    store = store_from_synthetic(tmp_path / "one.zarr", ds)
+    runner = CliRunner()
+    for args, words in (
+        (["fit", str(store.path), "--out", str(tmp_path / "x.nc")], "at least 2 widths"),
+        (["fit", str(store.path), "--out", str(tmp_path / "x.txt")], None),
+        (["fit", str(store.path), "--out", str(tmp_path / "x.nc"), "--terms", "a,b"], "--terms"),
+        (["decompose", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "y.nc")], "not an ensemble store"),
+    ):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("error: ") and r.output.count("\n") == 1, r.output
+        if words:
+            assert words in r.output
+    r = runner.invoke(main, ["--debug", "decompose", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "y.nc")])
+    assert "Traceback" in r.output

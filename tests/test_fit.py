@@ -1,0 +1,164 @@
+"""fit_expansion / fit_rate: statsmodels oracle, coverage, recovery, laziness on a real cluster, bad input."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+import statsmodels.api as sm
+import xarray as xr
+
+import ensemble_stats as es
+from ensemble_stats import errors, theory
+from ensemble_stats._fit import wls_kernel
+from ensemble_stats.testing import synthetic_ensemble
+
+
+def test_wls_kernel_equals_statsmodels_on_200_random_cells():
+    rng = np.random.default_rng(0)
+    widths = np.array([64, 128, 256, 512, 1024, 2048])
+    cells = 200
+    p = np.stack([np.zeros(cells), rng.uniform(0.05, 0.5, cells), rng.uniform(0.55, 1.0, cells)], -1)
+    X = widths[None, :, None] ** -p[:, None, :]
+    coef_true = rng.normal(size=(cells, 3))
+    w = rng.uniform(0.5, 20.0, size=(cells, widths.size))
+    y = (X * coef_true[:, None, :]).sum(-1) + rng.normal(size=(cells, widths.size)) / np.sqrt(w)
+    coef, se, cov, chi2_dof, n, status = wls_kernel(y, w, p, widths=widths)
+    assert (status == 0).all() and (n == 6).all()
+    for i in range(cells):
+        fit = sm.WLS(y[i], X[i], weights=w[i]).fit()
+        np.testing.assert_allclose(coef[i], fit.params, rtol=1e-8)
+        np.testing.assert_allclose(se[i], fit.bse, rtol=1e-8)
+        np.testing.assert_allclose(cov[i], fit.cov_params(), rtol=1e-7, atol=1e-14)
+        np.testing.assert_allclose(chi2_dof[i], fit.scale, rtol=1e-8)
+
+
+def test_mean_coefficients_recovered_with_honest_95pct_intervals():
+    ds, truth = synthetic_ensemble(
+        gammas=[0.75], n_seeds=32, times=[0.5], n_points=2000, mean_terms=[0, 0.25], return_truth=True, seed=11
+    )
+    fit = es.fit_expansion(ds, quantity="mean", terms=[0, 0.25])
+    inside = (fit.coef_lo <= truth.mean_coef) & (truth.mean_coef <= fit.coef_hi)
+    for k in range(2):
+        cover = float(inside.isel(term=k).mean())
+        assert 0.93 <= cover <= 0.97, (k, cover)
+    # standardized errors follow Student t with the residual dof (5 widths - 2 terms)
+    from scipy import stats
+
+    z = ((fit.coef - truth.mean_coef) / fit.stderr).values.ravel()
+    assert stats.kstest(z, stats.t(3).cdf).pvalue > 0.001
+    assert stats.kstest(z, stats.norm.cdf).pvalue < 0.001, "a normal reference would be wrong at 3 dof"
+
+
+def test_variance_law_coefficient_covered_and_exponent_recovered():
+    ds, truth = synthetic_ensemble(
+        gammas=[0.625, 0.875], n_seeds=64, times=[0.5], n_points=1000, return_truth=True, seed=12
+    )
+    cover = []
+    for g in (0.625, 0.875):
+        sub = ds.sel(gamma=[g])
+        f = es.fit_expansion(sub, quantity="variance", terms=[2 * g - 1])
+        tv = truth.variance_coef.sel(gamma=[g]).isel(variance_term=0)
+        cover.append(float(((f.coef_lo.isel(term=0) <= tv) & (tv <= f.coef_hi.isel(term=0))).mean()))
+    assert all(0.92 <= c <= 0.975 for c in cover), cover
+    free = es.fit_expansion(ds, quantity="variance", terms="free")
+    true_p = 2 * ds.gamma - 1
+    inside = (free.exponent_lo <= true_p) & (true_p <= free.exponent_hi)
+    assert 0.9 <= float(inside.mean()) <= 0.985, float(inside.mean())
+    assert float(np.abs(free.exponent.isel(term=0) - true_p).median()) < 0.1
+
+
+def test_fit_rate_recovers_one_minus_two_gamma_within_its_interval():
+    ds = synthetic_ensemble(n_seeds=48, n_points=16, seed=13)
+    r = es.fit_rate(ds)
+    inside = (r.slope_lo <= r.theory) & (r.theory <= r.slope_hi)
+    assert float(inside.mean()) >= 0.8  # 15 cells at 95%
+    assert (np.abs(r.slope - r.theory) < 4 * r.stderr).all()
+    np.testing.assert_allclose(r.theory.values, 1 - 2 * ds.gamma.values)
+
+
+def test_fit_rate_bias_against_a_known_limit():
+    ds, truth = synthetic_ensemble(
+        gammas=[0.875, 0.95], n_seeds=64, n_points=32, times=[1.0], mean_terms=[0, 0.125], return_truth=True, seed=14
+    )
+    h = truth.mean_coef.isel(term=0, gamma=0, drop=True)  # the limit h_t, the same for every gamma
+    r = es.fit_rate(ds, quantity="bias", reference=h)
+    # the synthetic bias decays like N^-0.125 whatever gamma: the fitted slope says so
+    assert (np.abs(r.slope + 0.125) < 4 * r.stderr).all(), (r.slope.values, r.stderr.values)
+
+
+def test_theory_terms_follow_nu_and_failed_cells_become_nan_with_status():
+    ds = synthetic_ensemble(gammas=[0.7, 0.8, 0.9], widths=[32, 64, 128, 256, 512, 1024], n_seeds=16, seed=15)
+    f = es.fit_expansion(ds, quantity="mean")
+    for g in (0.7, 0.8, 0.9):
+        e = f.exponent.sel(gamma=g).values
+        want = theory.mean_exponents(g)
+        np.testing.assert_allclose(e[: len(want)], want)
+        assert np.isnan(e[len(want) :]).all()
+    assert theory.nu(0.7) == 1 and theory.nu(0.8) == 2 and theory.nu(0.9) == 4
+    # cells with every width missing (all seeds unwritten at gamma 0.7, time 0): NaN and a status, no abort
+    bad = ds.copy(deep=True)
+    bad["prediction"][dict(gamma=0, time=0)] = np.nan
+    g = es.fit_expansion(bad, quantity="mean")
+    assert (g.status.isel(gamma=0, time=0) == 4).all()
+    assert g.coef.isel(gamma=0, time=0).isnull().all()
+    assert (g.status.isel(gamma=0, time=slice(1, None)) == 0).all() and (g.status.isel(gamma=slice(1, None)) == 0).all()
+    with pytest.raises(errors.FitError, match="could not be fitted"):
+        es.fit_expansion(bad, quantity="mean", errors="raise")
+
+
+def test_graph_building_computes_nothing_and_cluster_result_equals_in_memory():
+    from dask.distributed import Client, LocalCluster
+
+    ds = synthetic_ensemble(n_seeds=12, n_points=6, seed=16)
+    lazy = ds.chunk({"gamma": 1, "seed": 4, "width": 1})
+    calls = []
+
+    def spy(dsk, keys, **kw):
+        calls.append(1)
+        return dask.get(dsk, keys, **kw)
+
+    with dask.config.set(scheduler=spy):
+        fit = es.fit_expansion(lazy, quantity="variance")
+        rate = es.fit_rate(lazy)
+        bv = es.bias_variance(lazy)
+    assert calls == [], "building the graph must not compute"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
+        got = xr.merge([fit.rename({v: f"fit_{v}" for v in fit.data_vars}), bv], compat="override").compute()
+        got_rate = rate.compute()
+    want = es.fit_expansion(ds, quantity="variance")
+    xr.testing.assert_allclose(
+        got[[f"fit_{v}" for v in want.data_vars]].rename({f"fit_{v}": v for v in want.data_vars}), want
+    )
+    xr.testing.assert_allclose(got_rate, es.fit_rate(ds))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"quantity": "median"}, "quantity='median'"),
+        ({"terms": [0, float("nan")]}, "finite exponents"),
+        ({"terms": ["a"]}, "not numbers"),
+        ({"terms": [0, 0]}, "repeat an exponent"),
+        ({"terms": "all"}, "terms='all'"),
+        ({"terms": [0, 0.1, 0.2, 0.3, 0.4, 0.5]}, "cannot determine 6 terms"),
+        ({"width_min": 4096}, "at least 2 widths"),
+    ],
+)
+def test_bad_fit_arguments(kwargs, words):
+    ds = synthetic_ensemble(n_seeds=4, seed=17)
+    with pytest.raises(errors.FitError, match=words) as info:
+        es.fit_expansion(ds, **kwargs)
+    assert isinstance(info.value, ValueError)
+
+
+def test_one_width_is_refused_by_both_fits():
+    ds = synthetic_ensemble(widths=[64], n_seeds=4, seed=18)
+    for call in (es.fit_expansion, es.fit_rate):
+        with pytest.raises(errors.FitError, match="at least 2 widths"):
+            call(ds)
+    with pytest.raises(errors.FitError, match="quantity='mean'"):
+        es.fit_rate(synthetic_ensemble(n_seeds=4), quantity="mean")
