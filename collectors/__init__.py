@@ -1,11 +1,38 @@
 """collectors: the training side of ensemble-stats (PyTorch).
 
 Create a store with a fixed evaluation grid, attach an :class:`OutputCollector` to a training run, and the
-run's outputs on the grid are written at the scheduled times.
+run's outputs on the grid are written at the scheduled times. Or train whole blocks of the ensemble with the
+vectorised trainer (:func:`train_block`) and :class:`ScaledMLP` models with the theory's learning rates.
 """
 
 from ._collector import CollectorHandle, OutputCollector
+from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
 from ._grid import EvalGrid
+from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._store import EnsembleStore, StoreSpec
+from ._trainer import BlockResult, TrainConfig, train_block
 
-__all__ = ["CollectorHandle", "EnsembleStore", "EvalGrid", "OutputCollector", "StoreSpec"]
+__all__ = [
+    "ACTIVATIONS",
+    "Architecture",
+    "BlockResult",
+    "CollectorHandle",
+    "DataSet",
+    "EnsembleStore",
+    "EvalGrid",
+    "OutputCollector",
+    "ScaledMLP",
+    "StoreSpec",
+    "TrainConfig",
+    "cifar10",
+    "digits",
+    "init_params",
+    "learning_rates",
+    "load_dataset",
+    "mnist",
+    "mnist1d",
+    "paper_init",
+    "teacher",
+    "theory_init",
+    "train_block",
+]

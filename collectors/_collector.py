@@ -191,8 +191,8 @@ class OutputCollector:
             )
         return out.detach().cpu().numpy(), scalars
 
-    def record(self, model: torch.nn.Module, step: int, **scalars: float) -> None:
-        """Evaluate ``model`` on the grid and record it as optimizer step ``step`` (must be scheduled)."""
+    def _claim(self, step: int, scalars: Mapping[str, float]) -> int:
+        """Check that ``step`` is the next (or a later) scheduled record; return its time index."""
         step = int(step)
         j = int(np.searchsorted(self.schedule, step))
         if j >= len(self.schedule) or self.schedule[j] != step:
@@ -208,14 +208,32 @@ class OutputCollector:
         self._raise_background_error()
         self._next = j + 1
         self._step = max(self._step, step)
+        return j
+
+    def record(self, model: torch.nn.Module, step: int, **scalars: float) -> None:
+        """Evaluate ``model`` on the grid and record it as optimizer step ``step`` (must be scheduled)."""
+        j = self._claim(step, scalars)
         extra = {k: float(v) for k, v in scalars.items()}
         if not self.background:
-            self._take(model, j, step, extra)
+            self._take(model, j, int(step), extra)
             return
         shadow = self._shadow_of(model)
         with torch.no_grad():
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self._pending.append(self._pool().submit(self._take_snapshot, shadow, state, j, step, extra))
+        self._pending.append(self._pool().submit(self._take_snapshot, shadow, state, j, int(step), extra))
+
+    def record_output(self, step: int, output: np.ndarray, **scalars: float) -> None:
+        """Record outputs computed elsewhere (e.g. by a vectorised trainer): ``output`` dims (point, output)."""
+        j = self._claim(step, scalars)
+        out = np.asarray(output)
+        expected = (self.store.spec.n_points, self.store.spec.output_size)
+        if out.shape != expected:
+            raise ValidationError(f"output has shape {out.shape}, expected {expected} (point, output).")
+        self._append(j, int(step), out, {k: float(v) for k, v in scalars.items()})
+
+    def mark_diverged(self, step: int) -> None:
+        """Record that the run produced non-finite values at optimizer ``step`` (earliest step kept)."""
+        self.store.mark_diverged(self.index, int(step))
 
     def _take_snapshot(self, shadow: torch.nn.Module, state: dict, j: int, step: int, extra: dict) -> None:
         shadow.load_state_dict(state)
@@ -227,8 +245,11 @@ class OutputCollector:
         unknown = set(auto) - set(schema.SCALAR_VARIABLES)
         if unknown:
             raise ValidationError(f"unknown scalars {sorted(unknown)}; allowed: {list(schema.SCALAR_VARIABLES)}.")
+        self._append(j, step, out, auto)
+
+    def _append(self, j: int, step: int, out: np.ndarray, scalars: dict[str, float]) -> None:
         with self._lock:
-            self._buffer.append((j, step, out, auto))
+            self._buffer.append((j, step, out, scalars))
             if (j + 1) % self._time_chunk == 0 or j + 1 == len(self.schedule):
                 self._write_buffer()
 

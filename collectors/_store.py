@@ -618,6 +618,14 @@ class EnsembleStore:
         else:
             self.array(schema.WRITTEN).oindex[region] = ones
 
+    def mark_diverged(self, index: Sequence[int], step: int) -> None:
+        """Set a run's ``diverged_step`` to ``step`` unless an earlier step is already recorded."""
+        sel, _ = self._selection(index)
+        arr = self.array(schema.DIVERGED_STEP)
+        current = int(np.asarray(arr[sel]).reshape(-1)[0])
+        if current == schema.MISSING_STEP or step < current:
+            arr[sel] = np.full(np.shape(arr[sel]), int(step), dtype=np.int64)
+
     def _mark_diverged(self, sel, finite, steps) -> None:
         """Keep the earliest step with non-finite outputs per run (idempotent under rewrites)."""
         arr = self.array(schema.DIVERGED_STEP)

@@ -30,7 +30,8 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True):
     y, w : arrays (..., width)
         Values and weights (inverse variances). Non-finite y or w, or w <= 0, drop that width from the cell.
     p : array (..., term)
-        Exponents per cell; NaN marks an unused term (its outputs are NaN).
+        Exponents per cell (broadcastable against y's leading axes); NaN marks an unused term (its outputs are
+        NaN).
     widths : array (width,)
     scaled : bool
         Scale the covariance by chi^2/dof as ``statsmodels.WLS`` does (default); False treats the weights as
@@ -44,41 +45,50 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True):
     w = np.asarray(w, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     N = np.asarray(widths, dtype=np.float64)
-    lead = np.broadcast_shapes(y.shape[:-1], w.shape[:-1], p.shape[:-1])
-    y = np.broadcast_to(y, (*lead, N.size))
-    w = np.broadcast_to(w, (*lead, N.size))
-    p = np.broadcast_to(p, (*lead, p.shape[-1]))
     K = p.shape[-1]
-    used = np.isfinite(p)
+    used_cols = np.isfinite(p).reshape(-1, K).any(0)
+    if not used_cols.all():  # terms unused by every cell (e.g. padding for a smaller gamma): solve without them
+        sub = wls_kernel(y, w, p[..., used_cols], widths=N, scaled=scaled)
+        lead = sub[3].shape
+        coef = np.full((*lead, K), np.nan)
+        cov = np.full((*lead, K, K), np.nan)
+        coef[..., used_cols] = sub[0]
+        cov[..., np.ix_(used_cols, used_cols)[0], np.ix_(used_cols, used_cols)[1]] = sub[2]
+        stderr = np.full((*lead, K), np.nan)
+        stderr[..., used_cols] = sub[1]
+        return coef, stderr, cov, sub[3], sub[4], sub[5]
+    lead = np.broadcast_shapes(y.shape[:-1], w.shape[:-1], p.shape[:-1])
+    used = np.broadcast_to(np.isfinite(p), (*lead, K))
     good = np.isfinite(y) & np.isfinite(w) & (w > 0)
-    n_used = good.sum(-1)
+    n_used = np.broadcast_to(good.sum(-1), lead)
     k_used = used.sum(-1)
-    sw = np.sqrt(np.where(good, w, 0.0))
+    wg = np.where(good, w, 0.0)
+    sw = np.sqrt(wg)
+    # basis columns, computed at the exponents' own (small, broadcast) shape: (..., K, W)
     with np.errstate(over="ignore", invalid="ignore"):
-        X = N[:, None] ** -np.where(used, p, 0.0)[..., None, :]  # (..., W, K)
-    X = np.where(used[..., None, :], X, 0.0)
-    A = sw[..., None] * X
-    norm = np.sqrt((A**2).sum(-2))
+        basis = N ** -np.where(np.isfinite(p), p, 0.0)[..., None]
+    basis = np.where(np.isfinite(p)[..., None], basis, 0.0)
+    cols = sw[..., None, :] * basis  # (..., K, W)
+    norm = np.sqrt((cols**2).sum(-1))
     norm = np.where(norm > 0, norm, 1.0)
-    A = A / norm[..., None, :]
-    # unused terms get an identity row so the system stays square; their coefficients solve to 0
-    aug = np.zeros((*lead, K, K))
-    idx = np.arange(K)
-    aug[..., idx, idx] = (~used).astype(np.float64)
-    A = np.concatenate([A, aug], axis=-2)
-    b = np.concatenate([sw * np.where(good, y, 0.0), np.zeros((*lead, K))], axis=-1)
-    Q, R = np.linalg.qr(A)
+    cols = cols / norm[..., None]
+    rhs = sw * np.where(good, y, 0.0)
+    if not used.all():  # cells that leave some terms out get identity rows, so their system stays square
+        eye = np.broadcast_to(~used[..., :, None] & np.eye(K, dtype=bool), (*lead, K, K)).astype(np.float64)
+        cols = np.concatenate([np.broadcast_to(cols, (*lead, K, N.size)), eye], axis=-1)
+        rhs = np.concatenate([np.broadcast_to(rhs, (*lead, N.size)), np.zeros((*lead, K))], axis=-1)
+    cols = np.broadcast_to(cols, (*lead, *cols.shape[-2:]))
+    rhs = np.broadcast_to(rhs, (*lead, rhs.shape[-1]))
+    R, qb = _mgs(np.moveaxis(cols, (-2, -1), (0, 1)), np.moveaxis(rhs, -1, 0))
     diag = np.abs(np.diagonal(R, axis1=-2, axis2=-1))
     singular = (diag < 1e-10).any(-1)
     R_safe = np.where(singular[..., None, None], np.eye(K), R)
-    qb = np.einsum("...wk,...w->...k", Q, b)
-    cs = np.linalg.solve(R_safe, qb[..., None])[..., 0]
-    Rinv = np.linalg.solve(R_safe, np.broadcast_to(np.eye(K), R_safe.shape))
-    cov_s = Rinv @ np.swapaxes(Rinv, -1, -2)
+    cs = _back_substitute(R_safe, qb[..., None])[..., 0]
+    Rinv = _back_substitute(R_safe, np.broadcast_to(np.eye(K), R_safe.shape))
+    cov = np.einsum("...ik,...jk->...ij", Rinv, Rinv) / (norm[..., :, None] * norm[..., None, :])
     coef = cs / norm
-    cov = cov_s / (norm[..., :, None] * norm[..., None, :])
-    resid = np.where(good, y - np.einsum("...wk,...k->...w", X, coef), 0.0)
-    chi2 = (np.where(good, w, 0.0) * resid**2).sum(-1)
+    fitted = np.einsum("...kw,...k->...w", basis, coef)
+    chi2 = (wg * (np.where(good, y, 0.0) - fitted) ** 2 * good).sum(-1)
     dof = n_used - k_used
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2_dof = np.where(dof > 0, chi2 / dof, np.nan)
@@ -92,11 +102,47 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True):
     bad = status != _OK
     if not scaled:
         bad = bad & (status != _NODOF)
-    pair = used[..., :, None] & used[..., None, :]
     coef = np.where(bad[..., None] | ~used, np.nan, coef)
-    cov = np.where(bad[..., None, None] | ~pair, np.nan, cov)
+    cov = np.where(bad[..., None, None] | ~(used[..., :, None] & used[..., None, :]), np.nan, cov)
     stderr = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
     return coef, stderr, cov, chi2_dof, n_used.astype(np.int64), status
+
+
+def _mgs(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Modified Gram-Schmidt QR of columns A (K, M, ...) batched over trailing cell axes; returns R
+    (..., K, K) and Q^T b (..., K) for b (M, ...).
+
+    Applied to the augmented system [A | b] it is backward stable for least squares (Bjorck). Cells sit on
+    the trailing (contiguous) axes, so each of the K^2 steps is a few long vector operations instead of one
+    LAPACK call per tiny matrix.
+    """
+    K = A.shape[0]
+    Q = np.array(A, dtype=np.float64)
+    z = np.array(b, dtype=np.float64)
+    R = np.zeros((K, K, *A.shape[2:]))
+    qb = np.zeros((K, *A.shape[2:]))
+    for j in range(K):
+        r = np.sqrt((Q[j] ** 2).sum(0))
+        R[j, j] = r
+        q = Q[j] / np.where(r > 0, r, 1.0)
+        for k in range(j + 1, K):
+            rjk = (q * Q[k]).sum(0)
+            R[j, k] = rjk
+            Q[k] -= rjk * q
+        zj = (q * z).sum(0)
+        qb[j] = zj
+        z -= zj * q
+    return np.moveaxis(R, (0, 1), (-2, -1)), np.moveaxis(qb, 0, -1)
+
+
+def _back_substitute(R: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve R X = B for upper-triangular R (..., K, K), B (..., K, m), batched."""
+    K = R.shape[-1]
+    X = np.zeros(np.broadcast_shapes(R.shape[:-2], B.shape[:-2]) + B.shape[-2:])
+    for i in range(K - 1, -1, -1):
+        acc = B[..., i, :] - np.einsum("...k,...km->...m", R[..., i, i + 1 :], X[..., i + 1 :, :])
+        X[..., i, :] = acc / R[..., i, i][..., None]
+    return X
 
 
 def _variance_fit_kernel(v, n, p, *, widths, iterations: int = 4, scaled: bool = True):
@@ -277,7 +323,8 @@ def fit_expansion(
         else int(np.isfinite(table.values).sum(-1).max())
     )
     ds = _check_widths(ds, width_min, n_terms + (1 if table is None else 0))
-    mom = seed_moments(ds[schema.PREDICTION].chunk({schema.WIDTH: -1}) if ds.chunks else ds[schema.PREDICTION])
+    pred = ds[schema.PREDICTION]
+    mom = seed_moments(pred.chunk({schema.WIDTH: -1}) if pred.chunks else pred)
     widths = ds[schema.WIDTH].values
     scaled = cov == "scaled"
     W = schema.WIDTH
@@ -419,7 +466,7 @@ def fit_rate(
         se_log = half * se / val
     w = 1.0 / se_log**2
     logN = np.log(ds[schema.WIDTH].values.astype(np.float64))
-    if ds.chunks:
+    if y.chunks:
         y, w = y.chunk({schema.WIDTH: -1}), w.chunk({schema.WIDTH: -1})
     outs = xr.apply_ufunc(
         _loglog_kernel,

@@ -15,6 +15,7 @@ __all__ = [
     "GridMismatchError",
     "SpecMismatchError",
     "StoreNotFoundError",
+    "DataNotFoundError",
     "RunNotFoundError",
     "RunExistsError",
     "RunLockedError",
@@ -70,6 +71,10 @@ class ConfigError(ValidationError):
 
 class StoreNotFoundError(EnsembleStatsError, FileNotFoundError):
     """A path is not an ensemble store."""
+
+
+class DataNotFoundError(EnsembleStatsError, FileNotFoundError):
+    """A local data set path is missing or its files are malformed."""
 
 
 class RunNotFoundError(EnsembleStatsError, LookupError):

@@ -89,7 +89,7 @@ def test_background_errors_surface_in_the_training_thread(make_store):
     def bad_metrics(model):
         raise RuntimeError("metric exploded")
 
-    col = OutputCollector(store, gamma=0.5, width=4, seed=0, metrics=bad_metrics)
+    col = OutputCollector(store, gamma=0.5, width=4, seed=0, metrics=bad_metrics, background=True)
     col.record(TableModel(7, 2), 0)
     with pytest.raises(RuntimeError, match="metric exploded"):
         col.flush()

@@ -1,0 +1,169 @@
+"""Benchmark: fit_expansion on 10^6 fit cells, against a statsmodels WLS loop, and out-of-core peak memory.
+
+1. speed: a store with 4 gammas x 10 times x 25,000 points = 10^6 cells, 6 widths x 32 seeds (768 MB);
+   fit_expansion(quantity="mean") computed on 2 threads; statsmodels WLS timed on 300 cells, extrapolated.
+2. memory: the same cells with 340 seeds (8.2 GB of predictions on disk); fit_expansion run in a fresh
+   process on the threaded scheduler, whose peak RSS (ru_maxrss) is reported.
+
+Run: make bench   (or python benchmarks/bench_fit.py [--seeds-large 340] [--keep DIR])
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GAMMAS = [0.6, 0.7, 0.8, 0.9]
+WIDTHS = [64, 128, 256, 512, 1024, 2048]
+TIMES = list(np.linspace(0.1, 1.0, 10))
+POINTS = 25_000
+BLOCK = 4
+
+
+def build(path: Path, n_seeds: int) -> float:
+    """Write a store of known-law predictions through EnsembleStore.write_records, one seed block per call."""
+    from collectors import EnsembleStore, EvalGrid
+
+    rng = np.random.default_rng(0)
+    grid = EvalGrid(rng.normal(size=(POINTS, 2)), rng.normal(size=(POINTS, 1)))
+    store = EnsembleStore.create(
+        path,
+        grid,
+        gammas=GAMMAS,
+        widths=WIDTHS,
+        seeds=list(range(n_seeds)),
+        times=TIMES,
+        time_units="scaled",
+        seed_chunk=BLOCK,
+        time_chunk=len(TIMES),
+    )
+    h = rng.normal(size=(len(TIMES), POINTS, 1)).astype(np.float32)
+    q = rng.normal(size=(len(TIMES), POINTS, 1)).astype(np.float32)
+    t0 = time.perf_counter()
+    for gi, g in enumerate(GAMMAS):
+        for wi, n in enumerate(WIDTHS):
+            mean = h + q * np.float32(n ** (g - 1))
+            sd = np.float32(n ** ((1 - 2 * g) / 2))
+            steps = np.rint(np.asarray(TIMES) * n).astype(np.int64)
+            for s0 in range(0, n_seeds, BLOCK):
+                block = mean + sd * rng.standard_normal((BLOCK, *mean.shape), dtype=np.float32)
+                store.write_records((gi, wi, slice(s0, s0 + BLOCK)), np.arange(len(TIMES)), block, steps)
+    return time.perf_counter() - t0
+
+
+def run_fit(path: str) -> dict:
+    """In this process: fit_expansion on the threaded scheduler, 2 threads; wall time and peak RSS."""
+    import resource
+
+    import dask
+
+    import ensemble_stats as es
+
+    dask.config.set(scheduler="threads", num_workers=2)
+    t0 = time.perf_counter()
+    ds = es.open_ensemble(path)
+    fit = es.fit_expansion(ds, quantity="mean").compute()
+    wall = time.perf_counter() - t0
+    cells = int(fit["status"].size)
+    return {
+        "wall_s": wall,
+        "cells": cells,
+        "ok_cells": int((fit["status"] == 0).sum()),
+        "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "gb": float(ds["prediction"].nbytes / 1e9),
+    }
+
+
+def statsmodels_per_cell(path: str, n_cells: int = 300) -> float:
+    """Seconds per cell of a loop calling statsmodels WLS (moments from the same store)."""
+    import statsmodels.api as sm
+
+    import ensemble_stats as es
+    from ensemble_stats import theory
+
+    ds = es.open_ensemble(path)
+    sub = ds.prediction.isel(gamma=0, time=0, point=slice(0, n_cells), output=0).astype(np.float64).load()
+    mean = sub.mean("seed").values  # (width, point)
+    w = (sub.sizes["seed"] / sub.var("seed", ddof=1)).values
+    p = theory.mean_exponents(GAMMAS[0])
+    X = np.asarray(WIDTHS, dtype=np.float64)[:, None] ** -p[None, :]
+    t0 = time.perf_counter()
+    for j in range(n_cells):
+        fit = sm.WLS(mean[:, j], X, weights=w[:, j]).fit()
+        fit.params, fit.bse, fit.cov_params(), fit.scale  # what fit_expansion returns per cell (bse is lazy)
+    return (time.perf_counter() - t0) / n_cells
+
+
+def kernel_seconds(cells: int) -> float:
+    """The WLS kernel alone on `cells` cells split over GAMMAS (moments given), for a like-for-like ratio."""
+    from ensemble_stats import theory
+    from ensemble_stats._fit import wls_kernel
+
+    rng = np.random.default_rng(0)
+    per = cells // len(GAMMAS)
+    sets = [theory.mean_exponents(g) for g in GAMMAS]
+    K = max(len(p) for p in sets)
+    total = 0.0
+    for p in sets:
+        pad = np.full((1, K), np.nan)
+        pad[0, : len(p)] = p
+        y, w = rng.normal(size=(per, len(WIDTHS))), rng.uniform(1, 2, size=(per, len(WIDTHS)))
+        t0 = time.perf_counter()
+        wls_kernel(y, w, pad, widths=np.asarray(WIDTHS))
+        total += time.perf_counter() - t0
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds-small", type=int, default=32)
+    ap.add_argument("--seeds-large", type=int, default=340)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the stores in this directory")
+    ap.add_argument("--fit-only", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.fit_only:
+        print(json.dumps(run_fit(args.fit_only)))
+        return
+    root = args.keep or Path(tempfile.mkdtemp(dir="."))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = {}
+        for name, seeds in (("speed", args.seeds_small), ("memory", args.seeds_large)):
+            path = root / f"{name}.zarr"
+            built = build(path, seeds) if not path.exists() else float("nan")
+            out = subprocess.run(
+                [sys.executable, __file__, "--fit-only", str(path)], capture_output=True, text=True, check=True
+            )
+            rows[name] = json.loads(out.stdout.strip().splitlines()[-1]) | {"build_s": built, "seeds": seeds}
+            if name == "speed":
+                rows[name]["sm_per_cell"] = statsmodels_per_cell(str(path))
+                rows[name]["kernel_s"] = kernel_seconds(rows[name]["cells"])
+        s, m = rows["speed"], rows["memory"]
+        sm_total = s["sm_per_cell"] * s["cells"]
+        print(
+            f"fit_expansion(quantity='mean', terms='theory') on {s['cells']:,} cells, {len(WIDTHS)} widths, 2 threads"
+        )
+        print(
+            f"  {s['seeds']} seeds ({s['gb']:.2f} GB): {s['wall_s']:.1f} s wall (target <= 30 s), {s['ok_cells']:,} cells ok, peak RSS {s['peak_rss_GB']:.2f} GB"
+        )
+        print(
+            f"  statsmodels WLS loop: {1e3 * s['sm_per_cell']:.3f} ms/cell -> {sm_total:.0f} s extrapolated; speed-up {sm_total / s['wall_s']:.0f}x (target >= 100x)"
+        )
+        print(
+            f"  {m['seeds']} seeds ({m['gb']:.2f} GB on disk): {m['wall_s']:.1f} s wall, peak RSS {m['peak_rss_GB']:.2f} GB (target <= 2.5 GB)"
+        )
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Offline data sets: synthetic teacher, scikit-learn digits, mnist1d's generator, MNIST / CIFAR-10 from disk.
+
+Nothing here downloads. Every loader returns a :class:`DataSet` whose test inputs form the evaluation grid.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_stats.errors import DataNotFoundError, ValidationError
+
+from ._grid import EvalGrid
+
+
+@dataclass(frozen=True, eq=False)
+class DataSet:
+    """Training data and the evaluation grid.
+
+    Attributes
+    ----------
+    x_train : (n, d) float64
+    y_train : (n, output) float64
+        Regression targets, or one-hot rows for classification.
+    grid : EvalGrid
+        Test inputs and targets: where outputs are recorded.
+    labels_train : (n,) int64 or None
+        Class labels (classification).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    grid: EvalGrid
+    labels_train: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.labels_train is not None else "regression"
+
+    @property
+    def d_in(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def output_size(self) -> int:
+        return self.y_train.shape[1]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "n_train": len(self.x_train),
+            "n_grid": self.grid.n_points,
+            "d_in": self.d_in,
+            "outputs": self.output_size,
+            **self.info,
+        }
+
+
+def _classification(name, x, labels, x_test, labels_test, n_classes, info) -> DataSet:
+    eye = np.eye(n_classes)
+    return DataSet(
+        name,
+        np.asarray(x, np.float64),
+        eye[labels],
+        EvalGrid(x_test, eye[labels_test]),
+        labels_train=np.asarray(labels, np.int64),
+        info=info,
+    )
+
+
+def teacher(
+    *,
+    kind: str = "circle",
+    d: int = 2,
+    n_train: int = 8,
+    n_test: int = 5,
+    teacher_width: int = 64,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> DataSet:
+    """Synthetic regression.
+
+    ``kind="circle"``: THEORY.md 1.6, ``n_train`` points on the unit circle, y = sin 3 theta + cos(theta)/2,
+    grid at ``n_test`` angles between them. ``kind="mlp"``: inputs N(0, I_d / d), targets from a random tanh
+    teacher network of ``teacher_width`` units (plus Gaussian ``noise``).
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "circle":
+
+        def circle(n, offset):
+            th = 2 * np.pi * (np.arange(n) + offset) / n
+            return np.stack([np.cos(th), np.sin(th)], 1), (np.sin(3 * th) + 0.5 * np.cos(th))[:, None]
+
+        x, y = circle(n_train, 0.0)
+        xt, yt = circle(n_test, 0.5)
+        info = {"teacher": "sin(3 theta) + cos(theta)/2 on the unit circle"}
+    elif kind == "mlp":
+        w = rng.normal(size=(d, teacher_width))
+        c = rng.normal(size=(teacher_width, 1)) / np.sqrt(teacher_width)
+        x = rng.normal(size=(n_train, d)) / np.sqrt(d)
+        xt = rng.normal(size=(n_test, d)) / np.sqrt(d)
+        y, yt = np.tanh(x @ w) @ c, np.tanh(xt @ w) @ c
+        info = {"teacher": f"tanh MLP, width {teacher_width}, seed {seed}"}
+    else:
+        raise ValidationError(f"teacher kind={kind!r}: use 'circle' or 'mlp'.")
+    if noise:
+        y = y + noise * rng.normal(size=y.shape)
+    return DataSet(f"teacher-{kind}", x, y, EvalGrid(xt, yt), info={**info, "noise": noise})
+
+
+def digits(*, n_train: int | None = None, n_test: int = 300, seed: int = 0, standardize: bool = True) -> DataSet:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), split by a seeded permutation."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, labels = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(x))
+    test, train = perm[:n_test], perm[n_test:]
+    if n_train is not None:
+        train = train[:n_train]
+    if standardize:
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
+        x = (x - mu) / sd
+    return _classification(
+        "digits",
+        x[train],
+        labels[train],
+        x[test],
+        labels[test],
+        10,
+        {"source": "sklearn.datasets.load_digits", "split_seed": seed},
+    )
+
+
+def mnist1d(*, n_samples: int = 5000, seed: int = 42, n_test: int | None = None) -> DataSet:
+    """mnist1d generated offline by its package (never its download URL); 40 features, 10 classes."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = int(n_samples), int(seed)
+    d = make_dataset(args)
+    xt, yt = d["x_test"], d["y_test"]
+    if n_test is not None:
+        xt, yt = xt[:n_test], yt[:n_test]
+    return _classification("mnist1d", d["x"], d["y"], xt, yt, 10, {"source": "mnist1d.data.make_dataset", "seed": seed})
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataNotFoundError(f"{path} is not an IDX file of unsigned bytes (bad magic number {raw[:4]!r}).")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataNotFoundError(f"{path}: header says {shape} but holds {data.size} bytes; the file is truncated.")
+    return data.reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DataNotFoundError(f"{root} has no {stem} (or {stem}.gz); expected the four MNIST IDX files there.")
+
+
+def mnist(path: str | os.PathLike, *, n_train: int | None = None, n_test: int | None = None) -> DataSet:
+    """MNIST from a local directory of IDX files (``train-images-idx3-ubyte`` etc., optionally .gz), normalized
+    with mean 0.1307 and std 0.3081 as in the authors' code. Never downloads."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"MNIST directory {root} does not exist; download the IDX files yourself and pass their folder."
+        )
+    xi = _read_idx(_find(root, "train-images-idx3-ubyte"))
+    yi = _read_idx(_find(root, "train-labels-idx1-ubyte"))
+    xt = _read_idx(_find(root, "t10k-images-idx3-ubyte"))
+    yt = _read_idx(_find(root, "t10k-labels-idx1-ubyte"))
+    norm = lambda a: (a.reshape(len(a), -1) / 255.0 - 0.1307) / 0.3081  # noqa: E731
+    return _classification(
+        "mnist",
+        norm(xi)[:n_train],
+        yi[:n_train].astype(np.int64),
+        norm(xt)[:n_test],
+        yt[:n_test].astype(np.int64),
+        10,
+        {"source": str(root)},
+    )
+
+
+def cifar10(path: str | os.PathLike, *, n_train: int | None = None, n_test: int | None = None) -> DataSet:
+    """CIFAR-10 from a local ``cifar-10-batches-bin`` directory (the binary version: fixed-size records, no
+    pickle is ever loaded), normalized per channel. Never downloads."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"CIFAR-10 directory {root} does not exist; pass the folder of the binary version (data_batch_1.bin ...)."
+        )
+
+    def load(names):
+        xs, ys = [], []
+        for n in names:
+            p = root / n
+            if not p.is_file():
+                raise DataNotFoundError(
+                    f"{p} is missing; expected data_batch_1..5.bin and test_batch.bin (CIFAR-10 binary version)."
+                )
+            raw = np.fromfile(p, dtype=np.uint8)
+            if raw.size % 3073:
+                raise DataNotFoundError(f"{p} has {raw.size} bytes, not a multiple of 3073; the file is malformed.")
+            rec = raw.reshape(-1, 3073)
+            ys.append(rec[:, 0].astype(np.int64))
+            xs.append(rec[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0)
+        return np.concatenate(xs), np.concatenate(ys)
+
+    x, y = load([f"data_batch_{i}.bin" for i in range(1, 6)])
+    xt, yt = load(["test_batch.bin"])
+    mu, sd = x.mean((0, 2), keepdims=True), x.std((0, 2), keepdims=True)
+    flat = lambda a: ((a - mu) / sd).reshape(len(a), -1)  # noqa: E731
+    return _classification(
+        "cifar10", flat(x)[:n_train], y[:n_train], flat(xt)[:n_test], yt[:n_test], 10, {"source": str(root)}
+    )
+
+
+LOADERS = {"teacher": teacher, "digits": digits, "mnist1d": mnist1d, "mnist": mnist, "cifar10": cifar10}
+
+
+def load_dataset(name: str, **kwargs) -> DataSet:
+    """Load a data set by name (``teacher``, ``digits``, ``mnist1d``, ``mnist``, ``cifar10``)."""
+    if name not in LOADERS:
+        raise ValidationError(f"data set {name!r} is not one of {sorted(LOADERS)}.")
+    try:
+        return LOADERS[name](**kwargs)
+    except TypeError as e:
+        raise ValidationError(f"data set {name!r}: {e}.") from None

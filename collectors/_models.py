@@ -1,0 +1,322 @@
+"""1/N^gamma-scaled MLPs, their initialisation laws and the theory's learning-rate rules (THEORY.md 1, 2, 8).
+
+Network with L hidden layers of widths N_1..N_L and exponents gamma_1..gamma_L:
+
+    h_1 = s(W_1 x + b_1)
+    h_l = s(N_{l-1}^-gamma_{l-1} W_l h_{l-1} + b_l)         (l = 2..L)
+    g   = N_L^-gamma_L C h_L + c_0
+
+The same functional forward serves one model (:class:`ScaledMLP`, an ``nn.Module`` a user trains with
+``torch.optim.SGD``) and a block of B members with stacked parameters (leading axis B) in the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ensemble_stats import schema
+from ensemble_stats.errors import ValidationError
+
+_SQRT_PI = math.sqrt(math.pi)
+
+
+def _normalized_relu(x: torch.Tensor) -> torch.Tensor:
+    """(sqrt(2) relu(x) - 1/sqrt(pi)) / sqrt(1 - 1/pi): zero mean, unit second moment under N(0,1) (5)."""
+    return (math.sqrt(2.0) * torch.relu(x) - 1 / _SQRT_PI) / math.sqrt(1 - 1 / math.pi)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "erf": torch.special.erf,
+    "normalized_relu": _normalized_relu,
+}
+
+
+def activation_fn(activation: str | Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The torch function for an activation name (see ``ACTIVATIONS``) or a callable passed through."""
+    if callable(activation):
+        return activation
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise ValidationError(
+            f"activation {activation!r} is not one of {sorted(ACTIVATIONS)} (or pass a callable)."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- architecture
+@dataclass(frozen=True)
+class Architecture:
+    """Shapes and scalings of a ScaledMLP; validated on creation.
+
+    Parameters
+    ----------
+    d_in : input dimension
+    hidden : widths N_1..N_L of the hidden layers (N_L is the width N of the expansion)
+    gammas : exponents gamma_1..gamma_L, each in [0.5, 1]
+    d_out : number of outputs
+    activation : name in ``ACTIVATIONS`` or a callable
+    bias : hidden and output biases
+    """
+
+    d_in: int
+    hidden: tuple[int, ...]
+    gammas: tuple[float, ...]
+    d_out: int = 1
+    activation: str | Callable = "tanh"
+    bias: bool = False
+
+    def __post_init__(self):
+        problems = []
+        hidden = tuple(self.hidden) if isinstance(self.hidden, Sequence) else (self.hidden,)
+        gammas = tuple(self.gammas) if isinstance(self.gammas, Sequence) else (self.gammas,)
+        object.__setattr__(self, "hidden", hidden)
+        object.__setattr__(
+            self,
+            "gammas",
+            tuple(float(g) for g in gammas) if all(isinstance(g, int | float) for g in gammas) else gammas,
+        )
+        if not (isinstance(self.d_in, int) and self.d_in >= 1):
+            problems.append(f"d_in must be an integer >= 1, got {self.d_in!r}.")
+        if not (isinstance(self.d_out, int) and self.d_out >= 1):
+            problems.append(f"d_out must be an integer >= 1, got {self.d_out!r}.")
+        if not hidden:
+            problems.append("hidden must list at least one width.")
+        problems += schema.validate_widths(list(hidden), "hidden") if hidden else []
+        problems += [
+            p.replace("duplicate values", "duplicate")
+            for p in schema.validate_gammas(list(gammas), "gammas")
+            if "duplicate" not in p
+        ]
+        if len(hidden) != len(gammas):
+            problems.append(f"{len(hidden)} hidden widths but {len(gammas)} gammas; give one gamma per hidden layer.")
+        if not callable(self.activation) and self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)} (or pass a callable).")
+        ValidationError.raise_if(problems, "ScaledMLP")
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden)
+
+    @property
+    def width(self) -> int:
+        """N_L, the width of the expansion and of scaled time t = k / N_L."""
+        return self.hidden[-1]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes: W1..WL, C (weights), b1..bL, c0 (biases when ``bias``)."""
+        dims = (self.d_in, *self.hidden)
+        out = {}
+        for layer in range(1, self.depth + 1):
+            out[f"W{layer}"] = (dims[layer], dims[layer - 1])
+            if self.bias:
+                out[f"b{layer}"] = (dims[layer],)
+        out["C"] = (self.d_out, self.width)
+        if self.bias:
+            out["c0"] = (self.d_out,)
+        return out
+
+    def scales(self) -> list[float]:
+        """N_l^-gamma_l for l = 1..L."""
+        return [n**-g for n, g in zip(self.hidden, self.gammas, strict=True)]
+
+    def describe(self) -> dict:
+        act = self.activation if isinstance(self.activation, str) else getattr(self.activation, "__name__", "callable")
+        return {
+            "architecture": f"{self.depth}-hidden-layer MLP, d_in={self.d_in}, d_out={self.d_out}, bias={self.bias}",
+            "activation": act,
+            "formula": "h_1 = s(W_1 x + b_1); h_l = s(N_{l-1}^-gamma_{l-1} W_l h_{l-1} + b_l); g = N_L^-gamma_L C h_L + c0",
+        }
+
+
+def forward(params: Mapping[str, torch.Tensor], arch: Architecture, x: torch.Tensor, scales=None) -> torch.Tensor:
+    """The ScaledMLP forward for one model or a block (parameters with a leading axis B).
+
+    Parameters
+    ----------
+    params : W1..WL, C (and biases); shapes of ``arch.shapes()``, optionally with a leading block axis B
+    x : (n, d_in), or (B, n, d_in)
+    scales : per-layer scales, floats or tensors broadcastable to (B, 1, 1); default ``arch.scales()``
+
+    Returns
+    -------
+    (n, d_out), or (B, n, d_out) for a block
+    """
+    act = activation_fn(arch.activation)
+    scales = arch.scales() if scales is None else scales
+    block = params["C"].ndim == 3
+
+    def bias(name):
+        b = params[name]
+        return b[:, None, :] if block else b
+
+    h = x @ params["W1"].transpose(-1, -2)
+    if arch.bias:
+        h = h + bias("b1")
+    h = act(h)
+    for layer in range(2, arch.depth + 1):
+        z = scales[layer - 2] * (h @ params[f"W{layer}"].transpose(-1, -2))
+        if arch.bias:
+            z = z + bias(f"b{layer}")
+        h = act(z)
+    out = scales[-1] * (h @ params["C"].transpose(-1, -2))
+    if arch.bias:
+        out = out + bias("c0")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- init laws
+InitLaw = Callable[[Architecture, torch.Generator, torch.dtype], dict[str, torch.Tensor]]
+
+
+def theory_init(
+    arch: Architecture, gen: torch.Generator, dtype=torch.float32, sigma_w: float = 1.0, sigma_b: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """The theory's law: W_1 ~ N(0, sigma_w^2 / d_in), inner W_l ~ N(0, 1), C ~ N(0, 1) (mean zero), biases
+    N(0, sigma_b^2). The inner N^-gamma scaling replaces a 1/sqrt(fan_in) factor. Independent of gamma."""
+    out = {}
+    for name, shape in arch.shapes().items():
+        z = torch.randn(shape, generator=gen, dtype=dtype)
+        if name == "W1":
+            z = z * (sigma_w / math.sqrt(arch.d_in))
+        elif name.startswith("b") or name == "c0":
+            z = z * sigma_b
+        out[name] = z
+    return out
+
+
+def paper_init(arch: Architecture, gen: torch.Generator, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """The authors' code (THEORY.md 1.5): hidden W ~ N(0, 1), output C ~ U(0, 1), PyTorch default biases
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Output weights are not mean zero."""
+    out = {}
+    shapes = arch.shapes()
+    for name, shape in shapes.items():
+        if name == "C":
+            out[name] = torch.rand(shape, generator=gen, dtype=dtype)
+        elif name.startswith("W"):
+            out[name] = torch.randn(shape, generator=gen, dtype=dtype)
+        else:
+            weight = "C" if name == "c0" else "W" + name[1:]
+            bound = 1 / math.sqrt(shapes[weight][1])
+            out[name] = (torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1) * bound
+    return out
+
+
+INIT_LAWS: dict[str, InitLaw] = {"theory": theory_init, "paper": paper_init}
+INIT_DESCRIPTIONS = {
+    "theory": "W1 ~ N(0, 1/d_in), inner W ~ N(0,1), C ~ N(0,1), biases 0",
+    "paper": "W ~ N(0,1), C ~ U(0,1), PyTorch default biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))",
+}
+
+
+def init_params(arch: Architecture, law: str | InitLaw, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Initial parameters of run ``seed``: a function of (seed, shapes) only, so the same for every gamma
+    (common random numbers)."""
+    fn = INIT_LAWS.get(law) if isinstance(law, str) else law
+    if fn is None:
+        raise ValidationError(f"init law {law!r} is not one of {sorted(INIT_LAWS)} (or pass a callable).")
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + sum(arch.hidden) * 7919 + arch.d_in)
+    params = fn(arch, gen, dtype)
+    wrong = {k: tuple(v.shape) for k, v in params.items() if tuple(v.shape) != arch.shapes().get(k)}
+    if set(params) != set(arch.shapes()) or wrong:
+        raise ValidationError(
+            f"init law returned {sorted(params)} with shapes {wrong or 'ok'}; expected {arch.shapes()}."
+        )
+    return params
+
+
+# ---------------------------------------------------------------------------------------------- lr rules
+def learning_rates(arch: Architecture, alpha: float = 1.0) -> dict[str, float]:
+    """Per-parameter learning rates of the theory (THEORY.md 1.1 and 2).
+
+    Output layer: alpha * N_L^-(2 - 2 gamma_L). Hidden layer l: alpha * prod_{m=max(1,l-1)}^{L-1}
+    N_m^-(1 - 2 gamma_m) * N_L^-(2 - 2 gamma_L) * prod_{m=l+1}^{L} N_m^-1. This reproduces the authors'
+    2- and 3-hidden-layer tables exactly and gives the shallow rule alpha N^(2 gamma - 2) for every parameter
+    at L = 1. Biases take their layer's rate.
+    """
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
+        raise ValidationError(f"alpha must be a positive finite number, got {alpha!r}.")
+    N, g, L = arch.hidden, arch.gammas, arch.depth
+    a = [N[m] ** -(1 - 2 * g[m]) for m in range(L)]  # a[m] for layer m+1
+    b_L = N[L - 1] ** -(2 - 2 * g[L - 1])
+    rates = {}
+    for layer in range(1, L + 1):
+        r = alpha * b_L
+        for m in range(max(1, layer - 1), L):
+            r *= a[m - 1]
+        for m in range(layer + 1, L + 1):
+            r /= N[m - 1]
+        rates[f"W{layer}"] = r
+        rates[f"b{layer}"] = r
+    rates["C"] = rates["c0"] = alpha * b_L
+    return {k: v for k, v in rates.items() if k in arch.shapes()}
+
+
+LR_FORMULA = (
+    "lr(C) = alpha N_L^-(2-2 gamma_L); lr(W_l) = alpha prod_{m=max(1,l-1)}^{L-1} N_m^-(1-2 gamma_m) "
+    "N_L^-(2-2 gamma_L) prod_{m=l+1}^{L} 1/N_m; shallow: alpha N^(2 gamma - 2)"
+)
+
+
+# ---------------------------------------------------------------------------------------------- nn.Module
+class ScaledMLP(nn.Module):
+    """A 1/N^gamma-scaled MLP as an ordinary ``nn.Module``.
+
+    Parameters
+    ----------
+    d_in : int
+    hidden : int or sequence of int
+        Widths N_1..N_L; an int means one hidden layer.
+    gammas : float or sequence of float
+        gamma_l per hidden layer, in [0.5, 1].
+    d_out, activation, bias
+        See :class:`Architecture`.
+    init : "theory", "paper" or callable
+    seed : int
+        Seed of the initial parameters (the same for every gamma).
+
+    Examples
+    --------
+    >>> model = ScaledMLP(2, 256, 0.75)
+    >>> opt = torch.optim.SGD(model.param_groups(alpha=1.0))
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        hidden,
+        gammas,
+        d_out: int = 1,
+        *,
+        activation="tanh",
+        bias=False,
+        init: str | InitLaw = "theory",
+        seed: int = 0,
+        dtype=torch.float32,
+    ):
+        super().__init__()
+        hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        gammas = (gammas,) * len(hidden) if isinstance(gammas, int | float) else tuple(gammas)
+        self.arch = Architecture(d_in, hidden, gammas, d_out, activation, bias)
+        self.params = nn.ParameterDict(
+            {k: nn.Parameter(v) for k, v in init_params(self.arch, init, seed, dtype).items()}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward(self.params, self.arch, x)
+
+    def param_groups(self, alpha: float = 1.0) -> list[dict]:
+        """Parameter groups with the theory's learning rates, for ``torch.optim.SGD``."""
+        rates = learning_rates(self.arch, alpha)
+        return [{"params": [p], "lr": rates[name], "name": name} for name, p in self.params.items()]
+
+    def output_weight_norm(self) -> float:
+        """(1/N_L) sum_i c_i^2 (summed over outputs): the 2-norm of the measure (THEORY.md 4)."""
+        return float((self.params["C"] ** 2).sum() / self.arch.width)

@@ -1,0 +1,281 @@
+"""The vectorised ensemble trainer: one width, a block of seeds x gammas trained in one set of batched ops.
+
+Every member b = (gamma, seed) has its own parameters, stacked along a leading axis; the loss is the sum of the
+members' losses, so autograd gives each member exactly its own gradient, and the update is plain SGD with the
+member's own learning rates (THEORY.md 1.1, 2). The data order (``data_seed``) is shared by the block.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ensemble_stats import schema
+from ensemble_stats.errors import ValidationError
+
+from ._collector import OutputCollector
+from ._data import DataSet
+from ._models import INIT_DESCRIPTIONS, LR_FORMULA, Architecture, forward, init_params, learning_rates
+from ._store import EnsembleStore
+
+LOSSES = ("mse", "cross_entropy")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How every member of a block is trained. Frozen and validated once.
+
+    Parameters
+    ----------
+    inner_widths, inner_gammas
+        Widths N_1..N_{L-1} and exponents of hidden layers before the last (empty: one hidden layer). The last
+        hidden width is the swept width N and its gamma the swept gamma.
+    activation, bias, init
+        See :class:`ScaledMLP`.
+    alpha
+        Learning-rate constant of the theory's rules (:func:`learning_rates`).
+    loss
+        ``"mse"`` (1/2 mean over batch and outputs of the squared error) or ``"cross_entropy"``.
+    batch_size
+        None for full-batch gradient descent, else minibatch SGD with a per-epoch order drawn from ``data_seed``.
+    shuffle
+        Draw a new order every epoch (False: the data set order, like the authors' unshuffled loader).
+    output_weight_decay
+        lambda of the 2-norm regularizer lambda (1/N) sum c_i^2 added to the loss (THEORY.md 4).
+    dtype, device
+        ``"float32"`` (default) or ``"float64"``; ``"cpu"`` (default) or ``"cuda"``.
+    """
+
+    inner_widths: tuple[int, ...] = ()
+    inner_gammas: tuple[float, ...] = ()
+    activation: str = "tanh"
+    bias: bool = False
+    init: str = "theory"
+    alpha: float = 1.0
+    loss: str = "mse"
+    batch_size: int | None = None
+    shuffle: bool = True
+    output_weight_decay: float = 0.0
+    dtype: str = "float32"
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        problems = []
+        object.__setattr__(self, "inner_widths", tuple(self.inner_widths))
+        object.__setattr__(self, "inner_gammas", tuple(float(g) for g in self.inner_gammas))
+        if len(self.inner_widths) != len(self.inner_gammas):
+            problems.append(f"{len(self.inner_widths)} inner widths but {len(self.inner_gammas)} inner gammas.")
+        problems += schema.validate_widths(list(self.inner_widths), "inner_widths") if self.inner_widths else []
+        problems += (
+            [p for p in schema.validate_gammas(list(self.inner_gammas), "inner_gammas") if "duplicate" not in p]
+            if self.inner_gammas
+            else []
+        )
+        if self.loss not in LOSSES:
+            problems.append(f"loss {self.loss!r} is not one of {LOSSES}.")
+        if self.batch_size is not None and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            problems.append(f"batch_size must be None (full batch) or an integer >= 1, got {self.batch_size!r}.")
+        if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0):
+            problems.append(f"alpha must be a positive number, got {self.alpha!r}.")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}.")
+        if self.device != "cpu" and not str(self.device).startswith("cuda"):
+            problems.append(f"device {self.device!r}: use 'cpu' or 'cuda'.")
+        elif str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            problems.append(f"device {self.device!r} requested but CUDA is not available here; use device='cpu'.")
+        if self.init not in INIT_DESCRIPTIONS:
+            problems.append(f"init {self.init!r} is not one of {sorted(INIT_DESCRIPTIONS)}.")
+        if self.output_weight_decay < 0:
+            problems.append(f"output_weight_decay must be >= 0, got {self.output_weight_decay}.")
+        ValidationError.raise_if(problems, "TrainConfig")
+
+    def architecture(self, d_in: int, d_out: int, width: int, gamma: float) -> Architecture:
+        return Architecture(
+            d_in,
+            (*self.inner_widths, int(width)),
+            (*self.inner_gammas, float(gamma)),
+            d_out,
+            self.activation,
+            self.bias,
+        )
+
+    def describe(self) -> dict:
+        return {
+            "init": f"{self.init}: {INIT_DESCRIPTIONS[self.init]}",
+            "lr_rule": LR_FORMULA,
+            "alpha": self.alpha,
+            "loss": self.loss,
+            "optimizer": "full-batch gradient descent" if self.batch_size is None else f"SGD, batch {self.batch_size}",
+            "batch_size": self.batch_size or 0,
+            "output_weight_decay": self.output_weight_decay,
+            "dtype": self.dtype,
+        }
+
+
+def check_compatible(config: TrainConfig, data: DataSet) -> None:
+    """Errors before any training: a loss that does not fit the data's task or output size."""
+    problems = []
+    if config.loss == "cross_entropy" and data.task != "classification":
+        problems.append(f"loss 'cross_entropy' needs a classification data set; {data.name} is a regression task.")
+    if config.loss == "cross_entropy" and data.output_size < 2:
+        problems.append(f"loss 'cross_entropy' needs >= 2 outputs, the data has {data.output_size}.")
+    ValidationError.raise_if(problems, "train_block")
+
+
+@dataclass
+class BlockResult:
+    """What :func:`train_block` did: members trained, steps, diverged members, wall time."""
+
+    width: int
+    members: int
+    steps: int
+    skipped: bool
+    diverged: dict[tuple[float, int], int]
+    seconds: float
+
+
+def _member_losses(out, y, labels, loss: str) -> torch.Tensor:
+    """Per-member loss (B,) from outputs (B, n, O)."""
+    if loss == "mse":
+        return 0.5 * ((out - y) ** 2).mean(dim=(-2, -1))
+    B, n, O = out.shape  # noqa: E741
+    return F.cross_entropy(out.reshape(B * n, O), labels.repeat(B), reduction="none").view(B, n).mean(-1)
+
+
+def train_block(
+    store: EnsembleStore,
+    data: DataSet,
+    *,
+    width: int,
+    gammas: Sequence[float],
+    seeds: Sequence[int],
+    config: TrainConfig,
+    data_seed: int = 0,
+    extra_coords: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BlockResult:
+    """Train seeds x gammas at one width, vectorised, and record every member through an OutputCollector.
+
+    Members whose records are all written are skipped; if every member is complete nothing is trained.
+    Otherwise the block is trained from its initial parameters (deterministic given seeds and ``data_seed``)
+    and records are re-written idempotently. A member whose loss becomes non-finite is frozen, marked
+    diverged at that step, and its remaining records are stored as they are (NaN/inf).
+
+    Parameters
+    ----------
+    store : the store the sweep writes to; its grid must be ``data.grid``
+    data : a :class:`DataSet`
+    width, gammas, seeds : the block
+    config : :class:`TrainConfig`
+    data_seed : seed of the minibatch order (shared by the block)
+    extra_coords : values of the store's extra sweep dims for this block, e.g. ``{"data_seed": 1}``
+    progress : called with the number of records written after each recording
+    """
+    t_start = time.perf_counter()
+    check_compatible(config, data)
+    store.check_grid(data.grid)
+    extra_coords = dict(extra_coords or {})
+    gammas = [float(g) for g in gammas]
+    seeds = [int(s) for s in seeds]
+    steps_per_epoch = math.ceil(len(data.x_train) / (config.batch_size or len(data.x_train)))
+    schedule = store.record_steps(int(width), steps_per_epoch)
+    members = [(g, s) for g in gammas for s in seeds]
+    cols = [
+        OutputCollector(
+            store, gamma=g, width=width, seed=s, resume=True, steps_per_epoch=steps_per_epoch, **extra_coords
+        )
+        for g, s in members
+    ]
+    if all(store.written_mask(c.index).all() for c in cols):
+        return BlockResult(int(width), len(members), 0, True, {}, time.perf_counter() - t_start)
+
+    dtype, dev = DTYPES[config.dtype], torch.device(config.device)
+    archs = [config.architecture(data.d_in, data.output_size, width, g) for g in gammas]
+    arch = archs[0]
+    init = {s: init_params(arch, config.init, s, dtype) for s in seeds}  # common random numbers across gammas
+    params = {k: torch.stack([init[s][k] for _, s in members]).to(dev).requires_grad_(True) for k in arch.shapes()}
+    B = len(members)
+    shape_b = lambda v, name: torch.tensor(v, dtype=dtype, device=dev).view(B, *([1] * len(arch.shapes()[name])))  # noqa: E731
+    per_gamma = [learning_rates(a, config.alpha) for a in archs]
+    lr = {k: shape_b([per_gamma[gammas.index(g)][k] for g, _ in members], k) for k in arch.shapes()}
+    scales = [
+        torch.tensor([a.scales()[layer] for a in archs for _ in seeds], dtype=dtype, device=dev).view(B, 1, 1)
+        for layer in range(arch.depth)
+    ]
+
+    x = torch.tensor(data.x_train, dtype=dtype, device=dev)
+    y = torch.tensor(data.y_train, dtype=dtype, device=dev)
+    labels = torch.tensor(data.labels_train, device=dev) if data.labels_train is not None else None
+    xg = torch.tensor(data.grid.x, dtype=dtype, device=dev)
+    yg = torch.tensor(data.grid.target, dtype=dtype, device=dev)
+    lg = yg.argmax(-1)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    diverged: dict[tuple[float, int], int] = {}
+    gen = torch.Generator().manual_seed(int(data_seed))
+    n = len(x)
+    order = torch.arange(n)
+    total = int(schedule[-1])
+    written = 0
+
+    def record(step: int) -> None:
+        nonlocal written
+        with torch.no_grad():
+            out = forward(params, arch, xg, scales)
+            test_loss = _member_losses(out, yg, lg, config.loss)
+            train_loss = _member_losses(forward(params, arch, x, scales), y, labels, config.loss)
+            norm = (params["C"] ** 2).sum(dim=(-2, -1)) / width
+            acc = (out.argmax(-1) == lg).to(dtype).mean(-1) if data.task == "classification" else None
+        out_np = out.cpu().numpy()
+        sc = {
+            schema.TEST_LOSS: test_loss.cpu().numpy(),
+            schema.TRAIN_LOSS: train_loss.cpu().numpy(),
+            schema.OUTPUT_WEIGHT_NORM: norm.cpu().numpy(),
+        }
+        if acc is not None:
+            sc[schema.ACCURACY] = acc.cpu().numpy()
+        for b, col in enumerate(cols):
+            col.record_output(step, out_np[b], **{k: v[b] for k, v in sc.items()})
+        written += B
+        if progress:
+            progress(B)
+
+    next_rec = 0
+    for k in range(total + 1):
+        if next_rec < len(schedule) and schedule[next_rec] == k:
+            record(k)
+            next_rec += 1
+        if k == total:
+            break
+        if config.batch_size is None:
+            xb, yb, lb = x, y, labels
+        else:
+            i = (k % steps_per_epoch) * config.batch_size
+            if i == 0 and config.shuffle:
+                order = torch.randperm(n, generator=gen)
+            idx = order[i : i + config.batch_size].to(dev)
+            xb, yb, lb = x[idx], y[idx], labels[idx] if labels is not None else None
+        out = forward(params, arch, xb, scales)
+        losses = _member_losses(out, yb, lb, config.loss)
+        if config.output_weight_decay:
+            losses = losses + config.output_weight_decay * (params["C"] ** 2).sum(dim=(-2, -1)) / width
+        bad = ~torch.isfinite(losses) & alive
+        if bool(bad.any()):
+            for b in torch.nonzero(bad).flatten().tolist():
+                diverged[members[b]] = k
+                cols[b].mark_diverged(k)
+            alive &= ~bad
+        grads = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), list(params.values()))
+        with torch.no_grad():
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                keep = alive.view(B, *([1] * (p.ndim - 1)))
+                p.sub_(torch.where(keep, lr[name] * g, 0.0))
+    for col in cols:
+        col.close()
+    return BlockResult(int(width), B, total, False, diverged, time.perf_counter() - t_start)
