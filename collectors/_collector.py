@@ -300,7 +300,8 @@ class OutputCollector:
         steps = np.array([b[1] for b in self._buffer], dtype=np.int64)
         pred = np.stack([b[2] for b in self._buffer])
         names = sorted({k for b in self._buffer for k in b[3]})
-        scalars = {n: np.array([b[3].get(n, np.nan) for b in self._buffer], dtype=np.float32) for n in names}
+        with np.errstate(over="ignore"):  # a diverging run's huge values become +-inf: stored as is
+            scalars = {n: np.array([b[3].get(n, np.nan) for b in self._buffer], dtype=np.float32) for n in names}
         self.store.write_records(self.index, ti, pred, steps, scalars)
         self._buffer.clear()
 

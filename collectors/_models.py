@@ -319,4 +319,4 @@ class ScaledMLP(nn.Module):
 
     def output_weight_norm(self) -> float:
         """(1/N_L) sum_i c_i^2 (summed over outputs): the 2-norm of the measure (THEORY.md 4)."""
-        return float((self.params["C"] ** 2).sum() / self.arch.width)
+        return float((self.params["C"].detach() ** 2).sum() / self.arch.width)

@@ -594,7 +594,8 @@ class EnsembleStore:
         full = (*(_len(r) for r in sel), ti.size)
 
         def shaped(values, dtype) -> np.ndarray:
-            values = np.asarray(values, dtype=dtype)
+            with np.errstate(over="ignore"):  # a diverging run's huge values become +-inf: stored as is
+                values = np.asarray(values, dtype=dtype)
             return values.reshape(full + values.shape[len(lead) + 1 :])
 
         data = {

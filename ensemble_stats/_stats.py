@@ -71,7 +71,8 @@ def bias_variance_kernel(pred: np.ndarray, ref: np.ndarray, *, n_grid: int, ci: 
         for k in STATISTICS:
             est = grid_mean(full[k])
             th = np.where(valid, grid_mean(loo[k]), np.nan)  # (..., seed)
-            spread = np.nansum((th - np.nanmean(th, axis=-1, keepdims=True)) ** 2, axis=-1)
+            th_bar = np.nansum(th, axis=-1, keepdims=True) / S[..., None]  # NaN (no warning) when S = 0
+            spread = np.nansum((th - th_bar) ** 2, axis=-1)
             se = np.sqrt((S - 1) / S * spread)
             estimates.append(np.where(S >= 2, est, np.nan))
             bounds += [np.where(S >= 3, est - t * se, np.nan), np.where(S >= 3, est + t * se, np.nan)]

@@ -1,0 +1,201 @@
+"""The vectorised trainer: exactness against torch.optim.SGD, the t = k/N convention, divergence, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ensemble_stats as es
+from collectors import EnsembleStore, ScaledMLP, TrainConfig, digits, teacher, train_block
+from ensemble_stats import errors
+
+
+def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed):
+    """The same member trained alone: ScaledMLP + torch.optim.SGD, the data order of the block."""
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    m = ScaledMLP(
+        data.d_in,
+        (*cfg.inner_widths, width),
+        (*cfg.inner_gammas, gamma),
+        data.output_size,
+        activation=cfg.activation,
+        bias=cfg.bias,
+        init=cfg.init,
+        seed=seed,
+        dtype=dtype,
+    )
+    opt = torch.optim.SGD(m.param_groups(alpha=cfg.alpha))
+    x, y = torch.tensor(data.x_train, dtype=dtype), torch.tensor(data.y_train, dtype=dtype)
+    labels = torch.tensor(data.labels_train) if data.labels_train is not None else None
+    n, bs = len(x), cfg.batch_size or len(x)
+    per_epoch = -(-n // bs)
+    gen = torch.Generator().manual_seed(data_seed)
+    order = torch.arange(n)
+    for k in range(steps):
+        i = (k % per_epoch) * bs
+        if cfg.batch_size and i == 0 and cfg.shuffle:
+            order = torch.randperm(n, generator=gen)
+        idx = order[i : i + bs]
+        opt.zero_grad()
+        out = m(x[idx])
+        if cfg.loss == "mse":
+            loss = 0.5 * ((out - y[idx]) ** 2).mean()
+        else:
+            loss = torch.nn.functional.cross_entropy(out, labels[idx])
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return m(torch.tensor(data.grid.x, dtype=dtype)).numpy()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(data="teacher", cfg=dict()),
+        dict(
+            data="teacher", cfg=dict(batch_size=7, inner_widths=(12,), inner_gammas=(0.7,), bias=True, activation="erf")
+        ),
+        dict(
+            data="digits", cfg=dict(loss="cross_entropy", batch_size=16, init="paper", activation="sigmoid", bias=True)
+        ),
+    ],
+    ids=["full-batch", "sgd-deep-bias", "digits-ce-paper"],
+)
+def test_every_member_equals_plain_sgd_alone_to_1e10_over_200_steps(tmp_path, case):
+    torch.set_num_threads(1)
+    data = (
+        teacher(kind="mlp", d=5, n_train=40, n_test=6, seed=1)
+        if case["data"] == "teacher"
+        else digits(n_train=64, n_test=20)
+    )
+    cfg = TrainConfig(dtype="float64", alpha=0.5, **case["cfg"])
+    gammas, seeds, width = [0.5, 0.8, 1.0], [0, 3], 16
+    store = EnsembleStore.create(
+        tmp_path / "s.zarr",
+        data.grid,
+        gammas=gammas,
+        widths=[width],
+        seeds=seeds,
+        times=[0, 50, 200],
+        time_units="step",
+        dtype="float64",
+    )
+    res = train_block(store, data, width=width, gammas=gammas, seeds=seeds, config=cfg, data_seed=5)
+    assert res.members == 6 and not res.diverged
+    ds = es.open_ensemble(store.path)
+    for g in gammas:
+        for s in seeds:
+            want = _single(data, width, g, s, cfg, 200, 5)
+            got = ds.prediction.sel(gamma=g, width=width, seed=s, time=200).values
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    assert bool(ds.written.all())
+    assert np.isfinite(ds.train_loss).all() and np.isfinite(ds.output_weight_norm).all()
+    if data.task == "classification":
+        assert ((ds.accuracy >= 0) & (ds.accuracy <= 1)).all()
+
+
+def test_a_complete_block_is_skipped_and_rerun_is_idempotent(tmp_path):
+    data = teacher()
+    store = EnsembleStore.create(
+        tmp_path / "s.zarr", data.grid, gammas=[0.75], widths=[32], seeds=[0, 1], times=[0.0, 0.5, 1.0]
+    )
+    cfg = TrainConfig()
+    first = train_block(store, data, width=32, gammas=[0.75], seeds=[0, 1], config=cfg)
+    before = es.open_ensemble(store.path).prediction.values
+    again = train_block(store, data, width=32, gammas=[0.75], seeds=[0, 1], config=cfg)
+    assert not first.skipped and again.skipped and again.steps == 0
+    # a half-written block is retrained and rewritten to the same values
+    store.array("written")[0, 0, 1, 2] = False
+    redo = train_block(store, data, width=32, gammas=[0.75], seeds=[0, 1], config=cfg)
+    assert not redo.skipped
+    np.testing.assert_array_equal(es.open_ensemble(store.path).prediction.values, before)
+
+
+def _seed_mean_curves(tmp_path, widths, lr_rule):
+    data = teacher()
+    times = np.linspace(0, 1, 9)
+    seeds = list(range(48))
+    store = EnsembleStore.create(
+        tmp_path / f"{lr_rule}.zarr", data.grid, gammas=[0.75], widths=widths, seeds=seeds, times=times
+    )
+    for w in widths:
+        alpha = 1.0 if lr_rule == "theory" else w ** (2 - 2 * 0.75)  # 'constant': lr = 1 whatever N
+        train_block(store, data, width=w, gammas=[0.75], seeds=seeds, config=TrainConfig(alpha=alpha, dtype="float64"))
+    m = es.open_ensemble(store.path).prediction.mean("seed").sel(gamma=0.75)
+    return {w: float(np.abs(m.sel(width=w) - m.sel(width=widths[-1])).max()) for w in widths[:-1]}
+
+
+def test_scaled_time_curves_approach_each_other_as_n_grows(tmp_path):
+    """With lr = N^(2g-2) and t = k/N, seed-mean curves converge in N; with an N-independent lr they do not."""
+    theory = _seed_mean_curves(tmp_path, [32, 128, 512], "theory")
+    constant = _seed_mean_curves(tmp_path, [32, 128, 512], "constant")
+    assert theory[128] < theory[32], theory
+    assert theory[128] < 0.1
+    assert constant[32] > 3 * theory[32] and constant[128] > 3 * theory[128], (theory, constant)
+
+
+def test_a_diverging_member_stops_alone_and_is_recorded(tmp_path):
+    data = teacher()
+    gammas, seeds, width = [0.5, 1.0], [0, 1], 16
+    times = [0, 5, 10, 20, 40]
+    # relu with alpha = 200 at N = 16: the gamma = 1 members blow up, the gamma = 1/2 ones do not
+    cfg = TrainConfig(alpha=200.0, activation="relu", dtype="float64")
+    a = EnsembleStore.create(
+        tmp_path / "a.zarr", data.grid, gammas=gammas, widths=[width], seeds=seeds, times=times, time_units="step"
+    )
+    res = train_block(a, data, width=width, gammas=gammas, seeds=seeds, config=cfg)
+    assert {g for g, _ in res.diverged} == {1.0}
+    ds = es.open_ensemble(a.path)
+    div = es.diverged_runs(ds)
+    assert {(r["gamma"], r["seed"]) for r in div} == {(1.0, 0), (1.0, 1)}
+    assert all(r["step"] == res.diverged[(r["gamma"], r["seed"])] for r in div)
+    assert bool(ds.written.all()), "a diverged run is complete (stored as is), not missing"
+    # the healthy members are exactly what they are without the diverging ones
+    b = EnsembleStore.create(
+        tmp_path / "b.zarr", data.grid, gammas=[0.5], widths=[width], seeds=seeds, times=times, time_units="step"
+    )
+    train_block(b, data, width=width, gammas=[0.5], seeds=seeds, config=cfg)
+    np.testing.assert_array_equal(
+        ds.prediction.sel(gamma=0.5).values, es.open_ensemble(b.path).prediction.sel(gamma=0.5).values
+    )
+    assert int(es.bias_variance(ds).n_seeds.sel(gamma=1.0, width=width, time=40)) == 0
+
+
+def test_bad_input_fails_before_any_training(tmp_path):
+    data = teacher()
+    store = EnsembleStore.create(
+        tmp_path / "s.zarr", data.grid, gammas=[0.75], widths=[8], seeds=[0], times=[0, 1], time_units="step"
+    )
+    before = es.open_ensemble(store.path).written.values.copy()
+    with pytest.raises(errors.ValidationError, match="cross_entropy"):
+        train_block(store, data, width=8, gammas=[0.75], seeds=[0], config=TrainConfig(loss="cross_entropy"))
+    with pytest.raises(errors.ValidationError, match="loss 'hinge'"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(errors.ValidationError, match="inner_gammas"):
+        TrainConfig(inner_widths=(8,), inner_gammas=(0.2,))
+    with (
+        pytest.raises(errors.ValidationError, match="CUDA is not available")
+        if not torch.cuda.is_available()
+        else pytest.raises(AssertionError)
+    ):
+        TrainConfig(device="cuda")
+        raise AssertionError("cuda available: nothing to check here")
+    with pytest.raises(errors.RunNotFoundError, match="gamma=0.9"):
+        train_block(store, data, width=8, gammas=[0.9], seeds=[0], config=TrainConfig())
+    with pytest.raises(errors.RunNotFoundError, match="width=3"):
+        train_block(store, data, width=3, gammas=[0.75], seeds=[0], config=TrainConfig())
+    np.testing.assert_array_equal(es.open_ensemble(store.path).written.values, before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_cuda_block_matches_cpu(tmp_path):
+    data = teacher()
+    out = {}
+    for dev in ("cpu", "cuda"):
+        store = EnsembleStore.create(
+            tmp_path / f"{dev}.zarr", data.grid, gammas=[0.75], widths=[64], seeds=[0, 1], times=[0, 1], dtype="float64"
+        )
+        train_block(store, data, width=64, gammas=[0.75], seeds=[0, 1], config=TrainConfig(device=dev, dtype="float64"))
+        out[dev] = es.open_ensemble(store.path).prediction.values
+    np.testing.assert_allclose(out["cuda"], out["cpu"], atol=1e-10)
