@@ -181,7 +181,7 @@ def test_bad_input_fails_before_any_training(tmp_path):
     ):
         TrainConfig(device="cuda")
         raise AssertionError("cuda available: nothing to check here")
-    with pytest.raises(errors.RunNotFoundError, match="gamma=0.9"):
+    with pytest.raises(errors.RunNotFoundError, match=r"gamma=0\.9"):
         train_block(store, data, width=8, gammas=[0.9], seeds=[0], config=TrainConfig())
     with pytest.raises(errors.RunNotFoundError, match="width=3"):
         train_block(store, data, width=3, gammas=[0.75], seeds=[0], config=TrainConfig())
