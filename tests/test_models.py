@@ -40,11 +40,11 @@ def test_exact_moments_at_initialisation(law, gamma):
             mean, var = 0.0, width ** (1 - 2 * gamma) * _gauss_expect(lambda z: sig(z) ** 2, sd)
         else:  # W ~ N(0,1), b ~ U(+-1/sqrt(d)), C ~ U(0,1), c0 ~ U(+-1/sqrt(N))
 
-            def moment(k):
+            def moment(k, xj=xj):
                 zb, wb = np.polynomial.legendre.leggauss(64)
                 bs = zb / math.sqrt(d)
                 return sum(
-                    w / 2 * _gauss_expect(lambda z: sig(z + b) ** k, np.linalg.norm(xj))
+                    w / 2 * _gauss_expect(lambda z, b=b: sig(z + b) ** k, np.linalg.norm(xj))
                     for w, b in zip(wb, bs, strict=True)
                 )
 
