@@ -27,6 +27,8 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_collector.py
+	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/bench_fit.py
 
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q

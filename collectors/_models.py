@@ -157,10 +157,18 @@ def forward(params: Mapping[str, torch.Tensor], arch: Architecture, x: torch.Ten
         b = params[name]
         return b[:, None, :] if block else b
 
-    h = x @ params["W1"].transpose(-1, -2)
-    if arch.bias:
-        h = h + bias("b1")
-    h = act(h)
+    if block and x.ndim == 2:
+        # the block shares its inputs: one large GEMM x [W1_1; ...; W1_B]^T instead of B small ones
+        W1 = params["W1"]
+        h = (x @ W1.reshape(-1, W1.shape[-1]).T).view(x.shape[0], W1.shape[0], W1.shape[1])  # (n, B, N1)
+        if arch.bias:
+            h = h + params["b1"]
+        h = act(h).transpose(0, 1)  # (B, n, N1), a view
+    else:
+        h = x @ params["W1"].transpose(-1, -2)
+        if arch.bias:
+            h = h + bias("b1")
+        h = act(h)
     for layer in range(2, arch.depth + 1):
         z = scales[layer - 2] * (h @ params[f"W{layer}"].transpose(-1, -2))
         if arch.bias:

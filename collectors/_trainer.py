@@ -271,11 +271,16 @@ def train_block(
                 diverged[members[b]] = k
                 cols[b].mark_diverged(k)
             alive &= ~bad
-        grads = torch.autograd.grad(torch.where(alive, losses, 0.0).sum(), list(params.values()))
+        all_alive = bool(alive.all())
+        grads = torch.autograd.grad(
+            (losses if all_alive else torch.where(alive, losses, 0.0)).sum(), list(params.values())
+        )
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
-                keep = alive.view(B, *([1] * (p.ndim - 1)))
-                p.sub_(torch.where(keep, lr[name] * g, 0.0))
+                if all_alive:
+                    p.addcmul_(lr[name], g, value=-1.0)  # p -= lr * g in one pass
+                else:  # frozen members keep their parameters (their gradients may be NaN)
+                    p.sub_(torch.where(alive.view(B, *([1] * (p.ndim - 1))), lr[name] * g, 0.0))
     for col in cols:
         col.close()
     return BlockResult(int(width), B, total, False, diverged, time.perf_counter() - t_start)
