@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py --out demo-out
+	$(BIN)/ensemble-stats demo --out demo-out
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,10 +6,12 @@ vectorised trainer (:func:`train_block`) and :class:`ScaledMLP` models with the 
 """
 
 from ._collector import CollectorHandle, OutputCollector
+from ._config import SweepSpec
 from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
 from ._grid import EvalGrid
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._store import EnsembleStore, StoreSpec
+from ._sweep import SweepReport, run_sweep
 from ._trainer import BlockResult, TrainConfig, train_block
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "OutputCollector",
     "ScaledMLP",
     "StoreSpec",
+    "SweepReport",
+    "SweepSpec",
     "TrainConfig",
     "cifar10",
     "digits",
@@ -32,6 +36,7 @@ __all__ = [
     "mnist",
     "mnist1d",
     "paper_init",
+    "run_sweep",
     "teacher",
     "theory_init",
     "train_block",

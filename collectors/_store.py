@@ -619,9 +619,16 @@ class EnsembleStore:
         else:
             self.array(schema.WRITTEN).oindex[region] = ones
 
-    def mark_diverged(self, index: Sequence[int], step: int) -> None:
-        """Set a run's ``diverged_step`` to ``step`` unless an earlier step is already recorded."""
-        sel, _ = self._selection(index)
+    def mark_diverged(self, index: Sequence[int], step: int, *, owner_of_block: bool = False) -> None:
+        """Set a run's ``diverged_step`` to ``step`` unless an earlier step is already recorded.
+
+        With seed blocks (``seed_chunk > 1``) only the writer that owns the run's whole block may call this,
+        saying so with ``owner_of_block=True``.
+        """
+        if owner_of_block:
+            sel = tuple(slice(int(i), int(i) + 1) for i in index)
+        else:
+            sel, _ = self._selection(index)
         arr = self.array(schema.DIVERGED_STEP)
         current = int(np.asarray(arr[sel]).reshape(-1)[0])
         if current == schema.MISSING_STEP or step < current:

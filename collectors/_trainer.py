@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -141,6 +142,53 @@ class BlockResult:
     seconds: float
 
 
+class _BlockWriter:
+    """Writes a whole seed block per gamma in one call, for stores chunked by seed block (``seed_chunk > 1``).
+
+    The block must cover whole seed chunks, so this writer owns every chunk it touches.
+    """
+
+    def __init__(self, store: EnsembleStore, width: int, gammas: list[float], seeds: list[int], extra: dict, schedule):
+        self.store, self.gammas, self.S, self.schedule = store, gammas, len(seeds), np.asarray(schedule)
+        idx = [store.run_index(g, width, s, **extra) for g in gammas for s in seeds]
+        first = idx[0]
+        si = [i[2] for i in idx[: self.S]]
+        if si != list(range(si[0], si[0] + self.S)):
+            raise ValidationError(f"seeds {seeds} are not contiguous in the store; a block must be whole seed chunks.")
+        self.seed_slice = slice(si[0], si[0] + self.S)
+        self.index = [(i[0], first[1], self.seed_slice, *first[3:]) for i in idx[:: self.S]]
+        self.member_index = {(g, s): i for (g, s), i in zip([(g, s) for g in gammas for s in seeds], idx, strict=True)}
+        self.schedule_len = len(self.schedule)
+        self.buffer: list[tuple[int, int, np.ndarray, dict]] = []
+        self.tc = store.spec.time_chunk
+
+    def complete(self) -> bool:
+        w = self.store.array(schema.WRITTEN)
+        return all(bool(np.all(w[i])) for i in self.index)
+
+    def record(self, step: int, out: np.ndarray, scalars: dict) -> None:
+        j = int(np.searchsorted(self.schedule, step))
+        self.buffer.append((j, step, out, scalars))
+        if (j + 1) % self.tc == 0 or j + 1 == self.schedule_len:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        ti = np.array([b[0] for b in self.buffer])
+        steps = np.array([b[1] for b in self.buffer], dtype=np.int64)
+        out = np.stack([b[2] for b in self.buffer], 1)  # (B, n, P, O)
+        names = self.buffer[0][3].keys()
+        sc = {k: np.stack([b[3][k] for b in self.buffer], 1) for k in names}  # (B, n)
+        for gi, index in enumerate(self.index):
+            rows = slice(gi * self.S, (gi + 1) * self.S)
+            self.store.write_records(index, ti, out[rows], steps, {k: v[rows] for k, v in sc.items()})
+        self.buffer.clear()
+
+    def mark_diverged(self, gamma: float, seed: int, step: int) -> None:
+        self.store.mark_diverged(self.member_index[(gamma, seed)], step, owner_of_block=True)
+
+
 def _member_losses(out, y, labels, loss: str) -> torch.Tensor:
     """Per-member loss (B,) from outputs (B, n, O)."""
     if loss == "mse":
@@ -187,13 +235,18 @@ def train_block(
     steps_per_epoch = math.ceil(len(data.x_train) / (config.batch_size or len(data.x_train)))
     schedule = store.record_steps(int(width), steps_per_epoch)
     members = [(g, s) for g in gammas for s in seeds]
-    cols = [
-        OutputCollector(
-            store, gamma=g, width=width, seed=s, resume=True, steps_per_epoch=steps_per_epoch, **extra_coords
-        )
-        for g, s in members
-    ]
-    if all(store.written_mask(c.index).all() for c in cols):
+    writer = _BlockWriter(store, width, gammas, seeds, extra_coords, schedule) if store.spec.seed_chunk > 1 else None
+    if writer is None:
+        cols = [
+            OutputCollector(
+                store, gamma=g, width=width, seed=s, resume=True, steps_per_epoch=steps_per_epoch, **extra_coords
+            )
+            for g, s in members
+        ]
+        complete = all(store.written_mask(c.index).all() for c in cols)
+    else:
+        complete = writer.complete()
+    if complete:
         return BlockResult(int(width), len(members), 0, True, {}, time.perf_counter() - t_start)
 
     dtype, dev = DTYPES[config.dtype], torch.device(config.device)
@@ -240,8 +293,11 @@ def train_block(
         }
         if acc is not None:
             sc[schema.ACCURACY] = acc.cpu().numpy()
-        for b, col in enumerate(cols):
-            col.record_output(step, out_np[b], **{k: v[b] for k, v in sc.items()})
+        if writer is not None:
+            writer.record(step, out_np, sc)
+        else:
+            for b, col in enumerate(cols):
+                col.record_output(step, out_np[b], **{k: v[b] for k, v in sc.items()})
         written += B
         if progress:
             progress(B)
@@ -269,7 +325,10 @@ def train_block(
         if bool(bad.any()):
             for b in torch.nonzero(bad).flatten().tolist():
                 diverged[members[b]] = k
-                cols[b].mark_diverged(k)
+                if writer is not None:
+                    writer.mark_diverged(*members[b], k)
+                else:
+                    cols[b].mark_diverged(k)
             alive &= ~bad
         all_alive = bool(alive.all())
         grads = torch.autograd.grad(
@@ -281,6 +340,9 @@ def train_block(
                     p.addcmul_(lr[name], g, value=-1.0)  # p -= lr * g in one pass
                 else:  # frozen members keep their parameters (their gradients may be NaN)
                     p.sub_(torch.where(alive.view(B, *([1] * (p.ndim - 1))), lr[name] * g, 0.0))
-    for col in cols:
-        col.close()
+    if writer is not None:
+        writer.flush()
+    else:
+        for col in cols:
+            col.close()
     return BlockResult(int(width), B, total, False, diverged, time.perf_counter() - t_start)

@@ -498,7 +498,12 @@ def fit_rate(
     )
     res["status"].attrs.update({"flag_values": list(STATUS), "flag_meanings": " ".join(STATUS.values())})
     res.attrs.update(
-        {"quantity": quantity, "pooled_over": list(dims), "ci": ci, "method": "WLS on log N, seed-jackknife weights"}
+        {
+            "quantity": quantity,
+            "pooled_over": ",".join(dims),
+            "ci": ci,
+            "method": "WLS on log N, seed-jackknife weights",
+        }
     )
     return res
 

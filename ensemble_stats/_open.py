@@ -30,10 +30,30 @@ def _open_one(path: PathLike) -> xr.Dataset:
         ds = xr.open_zarr(str(path), consolidated=False, chunks={}, zarr_format=3, use_zarr_fill_value_as_mask=False)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 ensemble store ({e}).") from None
+    ds = ds.chunk(_analysis_chunks(ds))
     problems = schema.validate_dataset(ds)
     ValidationError.raise_if(problems, f"{path} does not follow ensemble schema v{schema.SCHEMA_VERSION}")
     ds.encoding["source"] = str(path)
     return ds
+
+
+DASK_CHUNK_BYTES = 64 << 20
+
+
+def _analysis_chunks(ds: xr.Dataset) -> dict[str, int]:
+    """Dask chunks for analysis: many seeds per chunk (a multiple of the store's seed chunk, about 64 MiB).
+
+    The store chunks one run per chunk so that writers never share one; analysis reduces over seeds, and
+    thousands of one-run tasks would cost more in scheduling than in arithmetic.
+    """
+    pred = ds[schema.PREDICTION]
+    if pred.chunks is None or schema.SEED not in pred.dims:
+        return {}
+    sizes = dict(zip(pred.dims, pred.chunks, strict=True))
+    zarr_seed = sizes[schema.SEED][0]
+    per_seed = pred.dtype.itemsize * int(np.prod([sizes[d][0] for d in pred.dims if d != schema.SEED]))
+    n = max(1, DASK_CHUNK_BYTES // max(per_seed, 1) // zarr_seed) * zarr_seed
+    return {schema.SEED: int(min(n, pred.sizes[schema.SEED]))}
 
 
 def _combine(parts: list[xr.Dataset]) -> xr.Dataset:

@@ -178,7 +178,7 @@ def bias_variance(
     if schema.WRITTEN in ds:
         written = ds[schema.WRITTEN].sum(schema.SEED)
         res["n_excluded"] = (written - res["n_seeds"]).astype(np.int64)
-    res.attrs.update({"ci": ci, "ci_method": "seed jackknife, Student t with S-1 dof", "averaged_over": list(dims)})
+    res.attrs.update({"ci": ci, "ci_method": "seed jackknife, Student t with S-1 dof", "averaged_over": ",".join(dims)})
     res["bias2"].attrs["long_name"] = "squared bias, finite-seed corrected: (mean - ref)^2 - variance / S"
     res["variance"].attrs["long_name"] = "seed variance (ddof=1)"
     res["mse"].attrs["long_name"] = "seed mean of (f - ref)^2 = bias2 + variance (unbiased for E(f - ref)^2)"

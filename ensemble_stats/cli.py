@@ -54,6 +54,74 @@ def info(store, verify, clean):
             sys.exit(1)
 
 
+@main.command()
+@click.argument("config", type=click.Path())
+@click.option(
+    "--store", required=True, type=click.Path(), help="Store path (created, or resumed if it holds this config)."
+)
+@click.option("--workers", type=int, default=None, help="Worker processes of the local Dask cluster (default 2).")
+@click.option("--scheduler", default=None, help="Address of an existing Dask scheduler to join instead.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Override the config's device.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(config, store, workers, scheduler, device, no_progress):
+    """Run or resume the sweep described by CONFIG (TOML) into STORE."""
+    from collectors._sweep import run_sweep  # lazy: only run/demo need torch
+
+    if workers and scheduler:
+        from .errors import ValidationError
+
+        raise ValidationError("give either --workers (a local cluster) or --scheduler (an existing one), not both.")
+    with _terminate_cleanly():
+        client = _client(scheduler)
+        try:
+            rep = run_sweep(config, store, client, workers=workers, device=device, progress=not no_progress)
+        finally:
+            if client is not None:
+                client.close()
+    click.echo(
+        f"sweep complete: {rep.cells} cells ({rep.skipped} skipped as complete, {rep.trained} trained), "
+        f"{rep.records} records, {len(rep.diverged)} diverged runs, {rep.seconds:.1f} s -> {rep.store}"
+    )
+
+
+@main.command()
+@click.option("--out", type=click.Path(), default="demo-out", show_default=True, help="Output directory.")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def demo(out, workers, no_progress):
+    """The main job: a small real sweep (teacher task, 5 gammas x 5 widths x 64 seeds), fit and decompose."""
+    from collectors._demo import run_demo
+
+    with _terminate_cleanly():
+        run_demo(out, workers=workers, progress=not no_progress, echo=click.echo)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminate_cleanly():
+    """SIGTERM becomes an exception in the main thread, so clusters close and the store stays consistent."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def guard():
+        def handler(signum, frame):
+            raise _Terminated()
+
+        old = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield
+        except _Terminated:
+            click.echo("terminated: stopped cleanly; rerun the same command to resume.", err=True)
+            sys.exit(143)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+    return guard()
+
+
 def _check_out(out: str) -> None:
     from .errors import ValidationError
 

@@ -22,6 +22,7 @@ __all__ = [
     "StoreCorruptionError",
     "ConfigError",
     "FitError",
+    "SweepError",
 ]
 
 
@@ -110,3 +111,15 @@ class StoreCorruptionError(EnsembleStatsError, OSError):
 
 class FitError(ValidationError):
     """An analysis cannot be carried out on the given data (too few widths, bad terms, ...)."""
+
+
+class SweepError(EnsembleStatsError, RuntimeError):
+    """Some cells of a sweep failed; the others completed. ``failures`` maps each cell to its error."""
+
+    def __init__(self, failures: dict, total: int):
+        self.failures = dict(failures)
+        lines = "\n".join(f"  - {cell}: {err}" for cell, err in self.failures.items())
+        super().__init__(
+            f"{len(self.failures)} of {total} sweep cells failed (the others are complete in the store):\n{lines}\n"
+            "Fix the cause and rerun the same command: complete cells are skipped."
+        )

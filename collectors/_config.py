@@ -1,0 +1,301 @@
+"""Sweep configuration: TOML -> validated, frozen SweepSpec (parsed once; config -> spec -> run).
+
+A complete example is in README.md ("Sweep configuration"). Every problem is reported at once, naming the
+key and what is allowed. The canonical form (``SweepSpec.canonical()``) is stored in the store's attrs, so a
+rerun with a different config is refused with the differences listed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble_stats import schema
+from ensemble_stats.errors import ConfigError, ValidationError
+
+from ._data import LOADERS, DataSet, load_dataset
+from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
+from ._trainer import DTYPES, LOSSES, TrainConfig
+
+# table -> key -> (python types accepted, default; REQUIRED means no default)
+REQUIRED = object()
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "sweep": {
+        "gammas": ((list,), REQUIRED),
+        "widths": ((list,), REQUIRED),
+        "seeds": ((int, list), REQUIRED),
+        "seed_block": ((int,), 0),
+        "data_seeds": ((list,), []),
+    },
+    "time": {
+        "units": ((str,), "scaled"),
+        "horizon": ((int, float), REQUIRED),
+        "times": ((list,), []),
+        "n_times": ((int,), 0),
+    },
+    "model": {
+        "activation": ((str,), "tanh"),
+        "bias": ((bool,), False),
+        "init": ((str,), "theory"),
+        "inner_widths": ((list,), []),
+        "inner_gammas": ((list,), []),
+    },
+    "data": {"name": ((str,), REQUIRED), "options": ((dict,), {})},
+    "optimizer": {
+        "alpha": ((int, float), 1.0),
+        "loss": ((str,), "mse"),
+        "batch_size": ((int,), 0),
+        "shuffle": ((bool,), True),
+        "output_weight_decay": ((int, float), 0.0),
+        "data_seed": ((int,), 0),
+    },
+    "run": {"dtype": ((str,), "float32"), "device": ((str,), "cpu")},
+}
+
+
+def _type_name(types) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", bool: "true/false", dict: "a table"}
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: what to train (gammas x widths x seeds), how, on which data, recorded when."""
+
+    gammas: tuple[float, ...]
+    widths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    seed_block: int
+    data_seeds: tuple[int, ...]
+    time_units: str
+    horizon: float
+    times: tuple[float, ...]
+    data_name: str
+    data_options: tuple[tuple[str, Any], ...]
+    train: TrainConfig
+    data_seed: int
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_toml(cls, source: str | os.PathLike) -> SweepSpec:
+        """Parse a TOML file (a path) or TOML text; raises :class:`ConfigError` listing every problem."""
+        text = source
+        name = "<text>"
+        if isinstance(source, os.PathLike) or (
+            isinstance(source, str) and "\n" not in source and source.endswith(".toml")
+        ):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist.", "config")
+            text, name = path.read_text(), str(path)
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{name} is not valid TOML: {e}.", "config") from None
+        return cls.from_dict(raw, name)
+
+    @classmethod
+    def from_dict(cls, raw: dict, name: str = "config") -> SweepSpec:
+        problems: list[str] = []
+        values: dict[str, dict[str, Any]] = {}
+        for table in raw:
+            if table not in SCHEMA:
+                problems.append(f"[{table}]: unknown table; allowed tables are {sorted(SCHEMA)}.")
+        for table, keys in SCHEMA.items():
+            given = raw.get(table, {})
+            if not isinstance(given, dict):
+                problems.append(f"[{table}] must be a table, got {type(given).__name__}.")
+                given = {}
+            for key in given:
+                if key not in keys:
+                    problems.append(f"[{table}].{key}: unknown key; allowed keys are {sorted(keys)}.")
+            values[table] = {}
+            for key, (types, default) in keys.items():
+                if key not in given:
+                    if default is REQUIRED:
+                        problems.append(f"[{table}].{key} is required ({_type_name(types)}).")
+                    values[table][key] = None if default is REQUIRED else default
+                    continue
+                v = given[key]
+                ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+                if not ok:
+                    problems.append(f"[{table}].{key} = {v!r}: expected {_type_name(types)}.")
+                    v = None if default is REQUIRED else default
+                values[table][key] = v
+        if problems:
+            raise ConfigError(problems, name)
+        return cls._build(values, name)
+
+    @classmethod
+    def _build(cls, v: dict[str, dict[str, Any]], name: str) -> SweepSpec:
+        problems: list[str] = []
+        sw, tm, md, dt, op, rn = (v[k] for k in ("sweep", "time", "model", "data", "optimizer", "run"))
+        problems += [f"[sweep].{p}" for p in schema.validate_gammas(sw["gammas"], "gammas")]
+        problems += [f"[sweep].{p}" for p in schema.validate_widths(sw["widths"], "widths")]
+        seeds = list(range(sw["seeds"])) if isinstance(sw["seeds"], int) else sw["seeds"]
+        if isinstance(sw["seeds"], int) and sw["seeds"] < 1:
+            problems.append(f"[sweep].seeds = {sw['seeds']}: give a count >= 1 or a non-empty list of seeds.")
+        elif not seeds:
+            problems.append("[sweep].seeds is empty: give a count >= 1 or a non-empty list of seeds.")
+        else:
+            problems += [f"[sweep].{p}" for p in schema.validate_seeds(seeds, "seeds")]
+        block = sw["seed_block"] or len(seeds) or 1
+        if block < 1 or (seeds and len(seeds) % block):
+            problems.append(f"[sweep].seed_block = {sw['seed_block']}: must be >= 1 and divide the {len(seeds)} seeds.")
+        if sw["data_seeds"]:
+            problems += [f"[sweep].{p}" for p in schema.validate_seeds(sw["data_seeds"], "data_seeds")]
+        units, horizon = tm["units"], tm["horizon"]
+        if units not in schema.TIME_UNITS:
+            problems.append(f"[time].units = {units!r}: allowed are {list(schema.TIME_UNITS)}.")
+        if horizon is not None and not (math.isfinite(horizon) and horizon > 0):
+            problems.append(f"[time].horizon = {horizon}: must be a positive number (the end of training).")
+        times = tm["times"]
+        if times and tm["n_times"]:
+            problems.append(
+                "[time]: give either times (a list) or n_times (evenly spaced from 0 to horizon), not both."
+            )
+        if not times and tm["n_times"] < 2 and horizon is not None:
+            problems.append("[time]: give times (a list) or n_times >= 2.")
+        if not times and tm["n_times"] >= 2 and horizon:
+            times = np.linspace(0.0, float(horizon), tm["n_times"]).tolist()
+        if times:
+            problems += [
+                f"[time].{p}"
+                for p in schema.validate_times(times, units if units in schema.TIME_UNITS else "scaled", "times")
+            ]
+            beyond = [t for t in times if isinstance(t, int | float) and horizon and t > horizon]
+            if beyond:
+                problems.append(
+                    f"[time].times {beyond} lie beyond the training horizon {horizon}; record within [0, horizon]."
+                )
+            if horizon and isinstance(times[-1], int | float) and times[-1] < horizon:
+                problems.append(
+                    f"[time]: the last recording time {times[-1]} is before the horizon {horizon}; training stops at the last recording, so end times at the horizon."
+                )
+        if md["activation"] not in ACTIVATIONS:
+            problems.append(f"[model].activation = {md['activation']!r}: allowed are {sorted(ACTIVATIONS)}.")
+        if md["init"] not in INIT_DESCRIPTIONS:
+            problems.append(f"[model].init = {md['init']!r}: allowed are {sorted(INIT_DESCRIPTIONS)}.")
+        if dt["name"] not in LOADERS:
+            problems.append(f"[data].name = {dt['name']!r}: allowed are {sorted(LOADERS)}.")
+        if op["loss"] not in LOSSES:
+            problems.append(f"[optimizer].loss = {op['loss']!r}: allowed are {list(LOSSES)}.")
+        if not (math.isfinite(op["alpha"]) and op["alpha"] > 0):
+            problems.append(f"[optimizer].alpha = {op['alpha']}: must be a positive number.")
+        if op["batch_size"] < 0:
+            problems.append(f"[optimizer].batch_size = {op['batch_size']}: 0 means full batch, else a batch size >= 1.")
+        if rn["dtype"] not in DTYPES:
+            problems.append(f"[run].dtype = {rn['dtype']!r}: allowed are {sorted(DTYPES)}.")
+        if rn["device"] != "cpu" and not rn["device"].startswith("cuda"):
+            problems.append(f"[run].device = {rn['device']!r}: use 'cpu' or 'cuda'.")
+        if problems:
+            raise ConfigError(problems, name)
+        try:
+            train = TrainConfig(
+                inner_widths=tuple(md["inner_widths"]),
+                inner_gammas=tuple(md["inner_gammas"]),
+                activation=md["activation"],
+                bias=md["bias"],
+                init=md["init"],
+                alpha=float(op["alpha"]),
+                loss=op["loss"],
+                batch_size=op["batch_size"] or None,
+                shuffle=op["shuffle"],
+                output_weight_decay=float(op["output_weight_decay"]),
+                dtype=rn["dtype"],
+                device=rn["device"],
+            )
+        except ValidationError as e:  # TrainConfig's own checks: re-raise as a config error naming the tables
+            raise ConfigError(
+                [f"[model]/[optimizer]/[run]: {p}" for p in getattr(e, "problems", [str(e)])], name
+            ) from None
+        return cls(
+            gammas=tuple(float(g) for g in sw["gammas"]),
+            widths=tuple(int(w) for w in sw["widths"]),
+            seeds=tuple(int(s) for s in seeds),
+            seed_block=int(block),
+            data_seeds=tuple(int(s) for s in sw["data_seeds"]),
+            time_units=units,
+            horizon=float(horizon),
+            times=tuple(float(t) for t in times),
+            data_name=dt["name"],
+            data_options=tuple(sorted(dt["options"].items())),
+            train=train,
+            data_seed=int(op["data_seed"]),
+        )
+
+    # ------------------------------------------------------------------ use
+    def canonical(self) -> dict:
+        """The config as plain JSON-able data, in a fixed order (stored in the store's attrs)."""
+        t = self.train
+        return {
+            "sweep": {
+                "gammas": list(self.gammas),
+                "widths": list(self.widths),
+                "seeds": list(self.seeds),
+                "seed_block": self.seed_block,
+                "data_seeds": list(self.data_seeds),
+            },
+            "time": {"units": self.time_units, "horizon": self.horizon, "times": list(self.times)},
+            "model": {
+                "activation": t.activation,
+                "bias": t.bias,
+                "init": t.init,
+                "inner_widths": list(t.inner_widths),
+                "inner_gammas": list(t.inner_gammas),
+            },
+            "data": {"name": self.data_name, "options": dict(self.data_options)},
+            "optimizer": {
+                "alpha": t.alpha,
+                "loss": t.loss,
+                "batch_size": t.batch_size or 0,
+                "shuffle": t.shuffle,
+                "output_weight_decay": t.output_weight_decay,
+                "data_seed": self.data_seed,
+            },
+            "run": {"dtype": t.dtype},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, device: str = "cpu") -> SweepSpec:
+        raw = json.loads(text)
+        raw["run"]["device"] = device
+        raw["time"].pop("n_times", None)
+        return cls.from_dict(raw, "stored config")
+
+    def with_device(self, device: str) -> SweepSpec:
+        """The same sweep on another device (the device is not part of what a store records)."""
+        from dataclasses import replace
+
+        return replace(self, train=replace(self.train, device=device))
+
+    def load_data(self) -> DataSet:
+        return load_dataset(self.data_name, **dict(self.data_options))
+
+    def blocks(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(width, seed block) cells, widest first so the longest tasks start early."""
+        seeds = self.seeds
+        blocks = [seeds[i : i + self.seed_block] for i in range(0, len(seeds), self.seed_block)]
+        return [(w, b) for w in sorted(self.widths, reverse=True) for b in blocks]
+
+
+def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:
+    """Key-by-key differences between two canonical configs."""
+    out = []
+    for key in sorted(set(stored) | set(requested)):
+        a, b = stored.get(key, "<absent>"), requested.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: store has {a!r}, config has {b!r}")
+    return out

@@ -1,0 +1,246 @@
+"""The sweep runner: (width, seed block[, data seed]) cells as Dask tasks, resumable and idempotent.
+
+Each task trains its block vectorised over seeds x gammas (:func:`train_block`) and writes through the
+collectors; a complete block is skipped, so rerunning the same command resumes a sweep, and Dask running a
+task twice changes nothing. No scheduler of our own: a LocalCluster by default, or any Dask cluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_stats import schema
+from ensemble_stats.errors import SpecMismatchError, SweepError
+
+from ._config import SweepSpec, config_differences
+from ._store import EnsembleStore
+
+
+@dataclass
+class SweepReport:
+    """Outcome of :func:`run_sweep`."""
+
+    store: str
+    cells: int
+    skipped: int
+    trained: int
+    records: int
+    seconds: float
+    diverged: list = field(default_factory=list)
+
+
+def _model_attrs(spec: SweepSpec, data) -> dict:
+    arch = spec.train.architecture(data.d_in, data.output_size, spec.widths[0], spec.gammas[0])
+    return {
+        **arch.describe(),
+        **spec.train.describe(),
+        "data": data.describe(),
+        "time": f"t = k / N_L ({spec.time_units})",
+    }
+
+
+def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
+    """Create the sweep's store, or open it if it holds the same config; a different config is refused."""
+    path = Path(path)
+    if (path / "zarr.json").is_file():
+        store = EnsembleStore.open(path)
+        stored = store.attrs.get(schema.ATTR_CONFIG)
+        if stored is None:
+            raise SpecMismatchError(
+                f"{path} is an ensemble store that no sweep config created; use a new --store path."
+            )
+        diffs = config_differences(json.loads(stored), spec.canonical())
+        if diffs:
+            raise SpecMismatchError(
+                [*diffs, "Use a new --store path for a different sweep."], f"{path} holds a different sweep"
+            )
+        return store
+    data = spec.load_data()
+    extra = {"data_seed": list(spec.data_seeds)} if spec.data_seeds else None
+    return EnsembleStore.create(
+        path,
+        data.grid,
+        gammas=spec.gammas,
+        widths=spec.widths,
+        seeds=spec.seeds,
+        times=spec.times,
+        time_units=spec.time_units,
+        extra_dims=extra,
+        dtype="float64" if spec.train.dtype == "float64" else "float32",
+        seed_chunk=spec.seed_block,  # one task writes one whole seed block: it owns those chunks
+        model=_model_attrs(spec, data),
+        **{schema.ATTR_CONFIG: spec.to_json()},
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _data_for(spec_json: str):
+    return SweepSpec.from_json(spec_json).load_data()
+
+
+def run_cell(
+    store_path: str,
+    spec_json: str,
+    device: str,
+    width: int,
+    seeds: tuple[int, ...],
+    data_seed: int | None,
+    threads: int = 1,
+) -> dict:
+    """One task: train one (width, seed block[, data seed]) cell into the store. Idempotent."""
+    import torch
+
+    from ._trainer import train_block
+
+    torch.set_num_threads(threads)
+    spec = SweepSpec.from_json(spec_json, device)
+    store = EnsembleStore.open(store_path)
+    extra = {"data_seed": data_seed} if data_seed is not None else {}
+    res = train_block(
+        store,
+        _data_for(spec_json),
+        width=width,
+        gammas=spec.gammas,
+        seeds=seeds,
+        config=spec.train,
+        data_seed=spec.data_seed if data_seed is None else data_seed,
+        extra_coords=extra,
+    )
+    return {
+        "skipped": res.skipped,
+        "records": 0 if res.skipped else res.members * len(spec.times),
+        "diverged": [(g, s, k) for (g, s), k in res.diverged.items()],
+        "seconds": res.seconds,
+    }
+
+
+def _cells(spec: SweepSpec) -> list[tuple[int, tuple[int, ...], int | None]]:
+    dss = spec.data_seeds or (None,)
+    return [(w, b, d) for w, b in spec.blocks() for d in dss]
+
+
+def _complete(store: EnsembleStore, spec: SweepSpec, cell) -> bool:
+    w, seeds, d = cell
+    written = store.array(schema.WRITTEN)
+    wi = spec.widths.index(w)
+    si = [spec.seeds.index(s) for s in seeds]
+    sel = written[:, wi, si[0] : si[-1] + 1]
+    if d is not None:
+        sel = sel[:, :, spec.data_seeds.index(d)]
+    return bool(np.all(sel))
+
+
+def remove_partial_files(path: str | os.PathLike) -> int:
+    """Remove temporary '*.partial' files left by killed writers; returns how many. Run only when no writer
+    of this store is active (the sweep runner does it after its tasks have finished)."""
+    n = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            if ".partial" in f:
+                Path(root, f).unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def run_sweep(
+    config,
+    store,
+    client=None,
+    *,
+    workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    threads_per_worker: int = 1,
+) -> SweepReport:
+    """Run (or resume) a sweep on a Dask cluster.
+
+    Parameters
+    ----------
+    config : SweepSpec, or a path to a TOML file
+    store : path of the store (created if absent; must hold the same config if present)
+    client : dask.distributed.Client, optional
+        Use this cluster. Default: a LocalCluster of ``workers`` processes (default 2), closed at the end.
+    device : override the config's device ("cpu" or "cuda")
+    progress : show a progress bar (cells done / total, records written, ETA) on stderr
+
+    Raises
+    ------
+    SweepError
+        Listing every failed cell; all other cells are complete in the store.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    spec = config if isinstance(config, SweepSpec) else SweepSpec.from_toml(config)
+    if device is not None:
+        spec = spec.with_device(device)
+    st = prepare_store(spec, store)
+    cells = _cells(spec)
+    todo = [c for c in cells if not _complete(st, spec, c)]
+    report = SweepReport(str(st.path), len(cells), len(cells) - len(todo), 0, 0, 0.0)
+    if todo:
+        own = client is None
+        cluster = (
+            LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None)
+            if own
+            else None
+        )
+        client = Client(cluster) if own else client
+        failures = {}
+        try:
+            spec_json = spec.to_json()
+            futures = {
+                client.submit(
+                    run_cell,
+                    str(st.path),
+                    spec_json,
+                    spec.train.device,
+                    w,
+                    b,
+                    d,
+                    threads_per_worker,
+                    key=f"cell-w{w}-s{b[0]}-d{d}-{os.getpid()}-{time.time_ns()}",
+                    pure=False,
+                    retries=1,
+                ): (w, b, d)
+                for w, b, d in todo
+            }
+            bar = tqdm(
+                total=len(cells),
+                initial=report.skipped,
+                desc="cells",
+                unit="cell",
+                disable=not progress,
+                dynamic_ncols=True,
+            )
+            with bar:
+                for fut in as_completed(futures):
+                    w, b, d = futures[fut]
+                    name = f"width={w}, seeds={b[0]}..{b[-1]}" + (f", data_seed={d}" if d is not None else "")
+                    try:
+                        out = fut.result()
+                    except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
+                        failures[name] = f"{type(e).__name__}: {e}"
+                    else:
+                        report.trained += 0 if out["skipped"] else 1
+                        report.records += out["records"]
+                        report.diverged += out["diverged"]
+                    bar.update(1)
+                    bar.set_postfix(records=report.records, failed=len(failures))
+        finally:
+            if own:
+                client.close()
+                cluster.close()
+        remove_partial_files(st.path)
+        if failures:
+            raise SweepError(failures, len(cells))
+    report.seconds = time.perf_counter() - t0
+    return report
