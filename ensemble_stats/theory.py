@@ -6,10 +6,25 @@ Every formula here is tagged in THEORY.md; [R] statements are reconstructions, t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import xarray as xr
+from scipy import special
+
+from . import schema
 
 __all__ = [
+    "ACTIVATIONS",
+    "activation",
+    "gaussian_expectation",
+    "nngp_kernel",
+    "ntk_kernel",
+    "init_moments",
+    "shallow_kernels",
+    "kernel_limit",
+    "compare_to_theory",
+    "kernel_condition_number",
     "nu",
     "mean_exponents",
     "variance_exponents",
@@ -75,3 +90,348 @@ def variance_rate(gamma: float) -> float:
 def bias_rate(gamma: float) -> float:
     """Leading log-log slope of |E h^N - h_t| in N: ``gamma - 1`` (1.4 [R], not verified quantitatively)."""
     return _check_gamma(gamma) - 1
+
+
+# ------------------------------------------------------------------------------------------ activations
+_C_NR = math.sqrt(1 - 1 / math.pi)
+
+
+def _sigmoid(z):
+    return special.expit(z)
+
+
+ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(float)),
+    "erf": (special.erf, lambda z: 2 / math.sqrt(math.pi) * np.exp(-(z**2))),
+    "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+    "sigmoid": (_sigmoid, lambda z: _sigmoid(z) * (1 - _sigmoid(z))),
+    "normalized_relu": (
+        lambda z: (math.sqrt(2) * np.maximum(z, 0.0) - 1 / math.sqrt(math.pi)) / _C_NR,
+        lambda z: math.sqrt(2) * (z > 0) / _C_NR,
+    ),
+}
+"""numpy activation and derivative by name; the same names as the trainer's models (THEORY.md 5, 6)."""
+
+
+def activation(name: str | Callable, derivative: Callable | None = None) -> tuple[Callable, Callable | None]:
+    """(sigma, sigma') for a name in ``ACTIVATIONS`` or a user callable (derivative optional)."""
+    if callable(name):
+        return name, derivative
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        from .errors import ValidationError
+
+        raise ValidationError(
+            f"activation {name!r} is not one of {sorted(ACTIVATIONS)} (or pass a callable)."
+        ) from None
+
+
+_GH = np.polynomial.hermite_e.hermegauss(48)
+
+
+def gaussian_expectation(f: Callable, g: Callable, k11, k12, k22) -> np.ndarray:
+    """E[f(u) g(v)] for (u, v) ~ N(0, [[k11, k12], [k12, k22]]), elementwise, by 48x48 Gauss-Hermite quadrature."""
+    k11, k12, k22 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (k11, k12, k22)))
+    z, w = _GH
+    w = w / math.sqrt(2 * math.pi)
+    a = np.sqrt(np.maximum(k11, 0.0))[..., None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where((k11 > 0) & (k22 > 0), k12 / np.sqrt(k11 * k22), 0.0)
+    rho = np.clip(rho, -1.0, 1.0)[..., None, None]
+    b = np.sqrt(np.maximum(k22, 0.0))[..., None, None]
+    z1, z2 = z[:, None], z[None, :]
+    u = a * z1
+    v = b * (rho * z1 + np.sqrt(1 - rho**2) * z2)
+    return (w[:, None] * w[None, :] * f(u) * g(v)).sum((-2, -1))
+
+
+def _closed_form(name: str, k11, k12, k22):
+    """(E[s(u)s(v)], E[s'(u)s'(v)]) in closed form for relu, erf and normalized_relu; None otherwise."""
+    if name in ("relu", "normalized_relu"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = np.clip(k12 / np.sqrt(k11 * k22), -1.0, 1.0)
+        th = np.arccos(c)
+        rr = np.sqrt(k11 * k22) / (2 * np.pi) * (np.sin(th) + (np.pi - th) * np.cos(th))
+        dd = (np.pi - th) / (2 * np.pi)
+        if name == "relu":
+            return rr, dd
+        m1, m2 = np.sqrt(k11 / (2 * np.pi)), np.sqrt(k22 / (2 * np.pi))
+        s = math.sqrt(2)
+        ss = (2 * rr - s / math.sqrt(math.pi) * (m1 + m2) + 1 / math.pi) / (1 - 1 / math.pi)
+        return ss, 2 * dd / (1 - 1 / math.pi)
+    if name == "erf":
+        d = (1 + 2 * k11) * (1 + 2 * k22)
+        return 2 / np.pi * np.arcsin(2 * k12 / np.sqrt(d)), 4 / np.pi / np.sqrt(d - 4 * k12**2)
+    return None
+
+
+def _moments(act, k11, k12, k22):
+    name = act if isinstance(act, str) else None
+    closed = _closed_form(name, k11, k12, k22) if name else None
+    if closed is not None:
+        return closed
+    f, df = activation(act)
+    ss = gaussian_expectation(f, f, k11, k12, k22)
+    dd = gaussian_expectation(df, df, k11, k12, k22) if df is not None else np.full_like(ss, np.nan)
+    return ss, dd
+
+
+def _recursion(x, x2, act, depth, sigma_w, sigma_b, widths, gammas):
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    x2 = x if x2 is None else np.atleast_2d(np.asarray(x2, dtype=np.float64))
+    d = x.shape[1]
+    K = sigma_b**2 + sigma_w**2 * (x @ x2.T) / d
+    k1 = sigma_b**2 + sigma_w**2 * (x**2).sum(1) / d
+    k2 = sigma_b**2 + sigma_w**2 * (x2**2).sum(1) / d
+    theta = K.copy()
+    for layer in range(depth):
+        sw2 = sigma_w**2
+        if widths is not None:  # 1/N^gamma nets: the conditional variance at finite N (THEORY.md 6)
+            sw2 = sigma_w**2 * widths[layer] ** (1 - 2 * gammas[layer])
+        ss, dd = _moments(act, k1[:, None], K, k2[None, :])
+        s1, _ = _moments(act, k1, k1, k1)
+        s2, _ = _moments(act, k2, k2, k2)
+        K_new = sigma_b**2 + sw2 * ss
+        theta = K_new + sw2 * dd * theta
+        K, k1, k2 = K_new, sigma_b**2 + sw2 * s1, sigma_b**2 + sw2 * s2
+    return K, theta
+
+
+def nngp_kernel(
+    x,
+    x2=None,
+    *,
+    activation: str | Callable = "relu",
+    depth: int = 1,
+    sigma_w: float = 1.0,
+    sigma_b: float = 0.0,
+    widths: Sequence[int] | None = None,
+    gammas: Sequence[float] | None = None,
+) -> np.ndarray:
+    """NNGP kernel of a fully connected net with ``depth`` hidden layers (THEORY.md 6, [V] for relu and erf).
+
+    K1 = sigma_b^2 + sigma_w^2 x.x'/d;  K_{l+1} = sigma_b^2 + sigma_w^2 E[s(u) s(v)], (u, v) ~ N(0, K_l).
+    ReLU, erf and normalized ReLU in closed form; tanh, sigmoid and callables by Gauss-Hermite quadrature.
+    With ``widths`` and ``gammas`` (one per hidden layer) sigma_w^2 becomes sigma_w^2 N_l^(1 - 2 gamma_l): the
+    width-corrected recursion for 1/N^gamma nets.
+
+    Parameters
+    ----------
+    x : (n, d), x2 : (m, d) or None (= x)
+
+    Returns
+    -------
+    (n, m) kernel matrix
+    """
+    return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas)[0]
+
+
+def ntk_kernel(
+    x,
+    x2=None,
+    *,
+    activation: str | Callable = "relu",
+    depth: int = 1,
+    sigma_w: float = 1.0,
+    sigma_b: float = 0.0,
+    widths: Sequence[int] | None = None,
+    gammas: Sequence[float] | None = None,
+) -> np.ndarray:
+    """NTK of the same net: Theta1 = K1, Theta_{l+1} = K_{l+1} + sigma_w^2 E[s'(u) s'(v)] Theta_l (THEORY.md 6)."""
+    return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas)[1]
+
+
+# ------------------------------------------------------------------------------------------ init laws
+def _sample_neurons(law: str, d: int, n: int, rng, sigma_w: float = 1.0):
+    if law == "theory":  # collectors.theory_init: W ~ N(0, sigma_w^2/d), C ~ N(0, 1), no biases
+        return rng.normal(scale=sigma_w / math.sqrt(d), size=(n, d)), np.zeros(n), rng.normal(size=n)
+    if law == "paper":  # W ~ N(0, 1), b ~ U(+-1/sqrt(d)), C ~ U(0, 1)
+        return rng.normal(size=(n, d)), rng.uniform(-1, 1, n) / math.sqrt(d), rng.uniform(0, 1, n)
+    from .errors import ValidationError
+
+    raise ValidationError(f"init law {law!r}: use 'theory' or 'paper'.")
+
+
+def init_moments(
+    x,
+    *,
+    width: int,
+    gamma: float,
+    activation: str | Callable = "tanh",
+    law: str = "theory",
+    n_mc: int = 400_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact finite-N mean and covariance of the shallow 1/N^gamma net's output at initialisation.
+
+    Neurons are i.i.d., so E g(x) = N^(1-gamma) E[C s(W.x+b)] and Cov = N^(1-2gamma) Cov(C s(W.x+b), C s(W.x'+b))
+    (THEORY.md 6); the per-neuron moments are computed by Monte Carlo over the init law. For law="paper" the
+    output bias c0 ~ U(+-1/sqrt(N)) adds 1/(3N) to the variance.
+
+    Returns
+    -------
+    mean (point,), cov (point, point)
+    """
+    _check_gamma(gamma)
+    f, _ = globals()["activation"](activation)
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    W, b, C = _sample_neurons(law, x.shape[1], n_mc, rng)
+    feats = C[:, None] * f(W @ x.T + b[:, None])  # (n_mc, point)
+    mean = width ** (1 - gamma) * feats.mean(0)
+    cov = width ** (1 - 2 * gamma) * np.cov(feats, rowvar=False).reshape(len(x), len(x))
+    if law == "paper":
+        cov = cov + 1 / (3 * width)
+    return mean, cov
+
+
+# ------------------------------------------------------------------------------------------ kernel limit
+def shallow_kernels(
+    x, x2=None, *, activation: str | Callable = "tanh", sigma_w: float = 1.0, alpha: float = 1.0, n_mc: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kernels A and Sigma of the shallow net under the theory init law (THEORY.md 1.2-1.3).
+
+    A(x, x') = alpha E[s(w.x) s(w.x')] + alpha E[C^2] E[s'(w.x) s'(w.x')] x.x',
+    Sigma(x, x') = E[C^2] E[s(w.x) s(w.x')], with w ~ N(0, sigma_w^2 I / d), C ~ N(0, 1), no biases.
+    Computed by quadrature (or Monte Carlo with ``n_mc`` samples, for checks).
+
+    Returns
+    -------
+    A (n, m), Sigma (n, m)
+    """
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    x2 = x if x2 is None else np.atleast_2d(np.asarray(x2, dtype=np.float64))
+    d = x.shape[1]
+    f, df = globals()["activation"](activation)
+    if n_mc:
+        w = np.random.default_rng(0).normal(scale=sigma_w / math.sqrt(d), size=(n_mc, d))
+        z1, z2 = w @ x.T, w @ x2.T
+        ss = f(z1).T @ f(z2) / n_mc
+        dd = df(z1).T @ df(z2) / n_mc
+    else:
+        k = sigma_w**2 / d
+        k11 = k * (x**2).sum(1)[:, None]
+        k22 = k * (x2**2).sum(1)[None, :]
+        k12 = k * (x @ x2.T)
+        ss, dd = _moments(activation, k11, k12, k22)
+    sigma = ss
+    A = alpha * ss + alpha * dd * (x @ x2.T)
+    return A, sigma
+
+
+def _phi(lam: np.ndarray, t: float, M: int) -> np.ndarray:
+    """(1 - exp(-t lam / M)) / lam, with its limit t / M at lam = 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = -np.expm1(-t * lam / M) / lam
+    return np.where(np.abs(lam) < 1e-12, t / M, out)
+
+
+def kernel_limit(
+    train_x, train_y, grid_x, times, *, activation: str | Callable = "tanh", sigma_w: float = 1.0, alpha: float = 1.0
+) -> xr.Dataset:
+    """The gamma in (1/2, 1) kernel limit for full-batch GD on M training points (THEORY.md 1.2-1.4 [R]).
+
+    h_t(x) = A_xX phi_t(A_XX) Y and K_t(x) = K_0(x) - A_xX phi_t(A_XX) K_0(X) with K_0 ~ GP(0, Sigma), where
+    phi_t(lam) = (1 - e^{-t lam / M}) / lam through the eigendecomposition (no inverse of a singular A).
+
+    Parameters
+    ----------
+    train_x : (M, d), train_y : (M,) or (M, 1), grid_x : (P, d), times : scaled times t
+
+    Returns
+    -------
+    Dataset with ``h`` (time, point) and ``var_k`` (time, point): the limit and Var K_t on the grid.
+    """
+    X = np.atleast_2d(np.asarray(train_x, dtype=np.float64))
+    Y = np.asarray(train_y, dtype=np.float64).reshape(len(X))
+    G = np.atleast_2d(np.asarray(grid_x, dtype=np.float64))
+    M = len(X)
+    A_XX, S_XX = shallow_kernels(X, activation=activation, sigma_w=sigma_w, alpha=alpha)
+    A_GX, S_GX = shallow_kernels(G, X, activation=activation, sigma_w=sigma_w, alpha=alpha)
+    _, S_GG = shallow_kernels(G, activation=activation, sigma_w=sigma_w, alpha=alpha)
+    lam, U = np.linalg.eigh((A_XX + A_XX.T) / 2)
+    h, var = [], []
+    for t in np.atleast_1d(times):
+        P = U @ np.diag(_phi(lam, float(t), M)) @ U.T  # phi_t(A_XX)
+        L = A_GX @ P  # (P, M)
+        h.append(L @ Y)
+        var.append(np.diag(S_GG) - 2 * (L * S_GX).sum(1) + np.einsum("pm,mn,pn->p", L, S_XX, L))
+    dims = (schema.TIME, schema.POINT)
+    return xr.Dataset(
+        {"h": (dims, np.array(h)), "var_k": (dims, np.array(var))},
+        coords={schema.TIME: np.atleast_1d(times).astype(float), schema.POINT: np.arange(len(G))},
+        attrs={"source": "THEORY.md 1.2-1.3 [R]", "activation": str(activation), "alpha": alpha, "sigma_w": sigma_w},
+    )
+
+
+def compare_to_theory(
+    ds: xr.Dataset,
+    train_x,
+    train_y,
+    *,
+    activation: str | Callable = "tanh",
+    sigma_w: float = 1.0,
+    alpha: float = 1.0,
+    ci: float = 0.95,
+) -> xr.Dataset:
+    """The parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid (THEORY.md 9.3).
+
+    Parameters
+    ----------
+    ds : Dataset from ``open_ensemble`` of a shallow sweep on ``train_x`` with the theory init law, scaled time,
+        one output; the grid is ``ds.x``.
+    train_x, train_y : the training set (M, d), (M,)
+
+    Returns
+    -------
+    Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` (seed-jackknife CI) per (gamma, width, time), and the
+    limit ``h`` and ``var_k`` (time, point).
+    """
+    from ._stats import bias_variance
+
+    lim = kernel_limit(
+        train_x,
+        train_y,
+        ds[schema.X].values,
+        ds[schema.TIME].values,
+        activation=activation,
+        sigma_w=sigma_w,
+        alpha=alpha,
+    )
+    bv = bias_variance(ds, ci=ci)
+    scale = ds[schema.WIDTH].astype(float) ** (2 * ds[schema.GAMMA] - 1)
+    vk = lim["var_k"].mean(schema.POINT)
+    out = xr.Dataset(
+        {
+            "ratio": bv["variance"] * scale / vk,
+            "ratio_lo": bv["variance_lo"] * scale / vk,
+            "ratio_hi": bv["variance_hi"] * scale / vk,
+            "n_seeds": bv["n_seeds"],
+            "h": lim["h"],
+            "var_k": lim["var_k"],
+        }
+    )
+    out.attrs.update({"ci": ci, "definition": "N^(2 gamma - 1) mean_x s^2(x) / mean_x Var K_t(x)"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ conditioning
+def kernel_condition_number(
+    x,
+    *,
+    activation: str | Callable = "normalized_relu",
+    depth: int = 1,
+    normalize_inputs: bool = True,
+    sigma_w: float = 1.0,
+    sigma_b: float = 0.0,
+) -> float:
+    """Condition number of the NNGP Gram matrix of ``x`` after ``depth`` layers (Agarwal et al.; THEORY.md 5).
+
+    Inputs are scaled to unit norm times sqrt(d) (so K1 has unit diagonal) when ``normalize_inputs``.
+    """
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    if normalize_inputs:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(x.shape[1])
+    K = nngp_kernel(x, activation=activation, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b)
+    return float(np.linalg.cond(K))
