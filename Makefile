@@ -28,6 +28,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_collector.py
 	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_fit.py
 
 reliability: $(STAMP)
