@@ -39,6 +39,18 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+_C_NORM = math.sqrt(2.0) / math.sqrt(1 - 1 / math.pi)
+
+ACTIVATION_BACKWARD: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    # grad * s'(z), from the pre-activation z and h = s(z), with torch's fused kernels where they exist
+    "tanh": lambda grad, z, h: torch.ops.aten.tanh_backward(grad, h),
+    "sigmoid": lambda grad, z, h: torch.ops.aten.sigmoid_backward(grad, h),
+    "relu": lambda grad, z, h: torch.ops.aten.threshold_backward(grad, z, 0),
+    "erf": lambda grad, z, h: grad * (2 / _SQRT_PI) * torch.exp(-z * z),
+    "normalized_relu": lambda grad, z, h: torch.ops.aten.threshold_backward(grad, z, 0) * _C_NORM,
+}
+
+
 def activation_fn(activation: str | Callable) -> Callable[[torch.Tensor], torch.Tensor]:
     """The torch function for an activation name (see ``ACTIVATIONS``) or a callable passed through."""
     if callable(activation):

@@ -189,6 +189,51 @@ class _BlockWriter:
         self.store.mark_diverged(self.member_index[(gamma, seed)], step, owner_of_block=True)
 
 
+def _shallow_step(params, arch, scale, x, y, labels, loss: str, lr, weight_decay: float, width: int) -> torch.Tensor:
+    """One SGD step of every member of a one-hidden-layer block, forward and backward by hand.
+
+    Same arithmetic as autograd on ``forward`` + ``_member_losses`` (tests compare against torch.optim.SGD);
+    the update is applied only if every member's loss is finite, and the losses (B,) are returned.
+    """
+    from ._models import ACTIVATION_BACKWARD, activation_fn
+
+    n = x.shape[0]
+    W1, C = params["W1"], params["C"]
+    B, N, d = W1.shape
+    W1f = W1.view(B * N, d)
+    Z = x @ W1f.T  # (n, B*N): one GEMM for the whole block
+    if arch.bias:
+        Z = Z + params["b1"].reshape(-1)
+    H = activation_fn(arch.activation)(Z)
+    Hv = H.view(n, B, N)
+    out = torch.einsum("nbk,bok->bno", Hv, C) * scale  # (B, n, O)
+    if arch.bias:
+        out = out + params["c0"][:, None, :]
+    if loss == "mse":
+        r = out - y
+        losses = 0.5 * (r * r).mean(dim=(-2, -1))
+        G = r / (n * out.shape[-1])
+    else:
+        logp = torch.log_softmax(out, -1)
+        losses = -logp.gather(-1, labels.expand(B, n)[..., None])[..., 0].mean(-1)
+        G = (logp.exp() - F.one_hot(labels, out.shape[-1]).to(out.dtype)) / n
+    if weight_decay:
+        losses = losses + weight_decay * (C * C).sum(dim=(-2, -1)) / width
+    if not bool(torch.isfinite(losses).all()):
+        return losses
+    Gs = G * scale  # (B, n, O): tiny, so the scale and the learning rate are folded in here, not in (n, B, N)
+    dC = torch.einsum("bno,nbk->bok", Gs, Hv)
+    if weight_decay:
+        dC = dC + (2 * weight_decay / width) * C
+    dZ = ACTIVATION_BACKWARD[arch.activation](torch.einsum("bno,bok->nbk", Gs * lr["W1"], C), Z.view(n, B, N), Hv)
+    if arch.bias:  # b1 shares W1's rate (learning_rates gives a layer one rate)
+        params["b1"].sub_(dZ.sum(0))
+        params["c0"].sub_(lr["c0"] * G.sum(1))
+    W1f.addmm_(dZ.reshape(n, B * N).T, x, alpha=-1.0)  # W1 -= lr * dZ^T x, in place: one GEMM
+    C.sub_(lr["C"] * dC)
+    return losses
+
+
 def _member_losses(out, y, labels, loss: str) -> torch.Tensor:
     """Per-member loss (B,) from outputs (B, n, O)."""
     if loss == "mse":
@@ -302,6 +347,13 @@ def train_block(
         if progress:
             progress(B)
 
+    # one hidden layer and a named activation: a hand-written step that fuses the first-layer gradient into
+    # the weight update (one in-place GEMM); the general autograd step covers everything else
+    fast = (
+        arch.depth == 1
+        and isinstance(config.activation, str)
+        and all(torch.equal(lr["b1"].view(-1), lr["W1"].view(-1)) for _ in [0] if arch.bias)
+    )
     next_rec = 0
     for k in range(total + 1):
         if next_rec < len(schedule) and schedule[next_rec] == k:
@@ -317,6 +369,13 @@ def train_block(
                 order = torch.randperm(n, generator=gen)
             idx = order[i : i + config.batch_size].to(dev)
             xb, yb, lb = x[idx], y[idx], labels[idx] if labels is not None else None
+        if fast and bool(alive.all()):
+            with torch.no_grad():
+                losses = _shallow_step(
+                    params, arch, scales[0], xb, yb, lb, config.loss, lr, config.output_weight_decay, width
+                )
+            if bool(torch.isfinite(losses).all()):
+                continue  # updated in place; otherwise nothing was changed: the step below handles divergence
         out = forward(params, arch, xb, scales)
         losses = _member_losses(out, yb, lb, config.loss)
         if config.output_weight_decay:
