@@ -10,6 +10,7 @@ from ._accessor import EnsembleAccessor
 from ._fit import STATUS, fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
 from ._open import open_ensemble
+from ._report import report
 from ._stats import bias_variance
 from ._verify import StoreProblem, verify_store
 
@@ -23,6 +24,7 @@ __all__ = [
     "fit_expansion",
     "fit_rate",
     "open_ensemble",
+    "report",
     "schema",
     "STATUS",
     "StoreProblem",

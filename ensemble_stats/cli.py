@@ -96,6 +96,18 @@ def demo(out, workers, no_progress):
         run_demo(out, workers=workers, progress=not no_progress, echo=click.echo)
 
 
+@main.command("report")
+@click.argument("store", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Directory for the figures and index.html.")
+def report_cmd(store, out):
+    """Figures (PNG) and a self-contained index.html for STORE."""
+    from ._open import open_ensemble
+    from ._report import report
+
+    index = report(open_ensemble(list(store)), out, progress=lambda s: click.echo(f"  {s} ...", err=True))
+    click.echo(f"report: {index}")
+
+
 class _Terminated(Exception):
     pass
 
