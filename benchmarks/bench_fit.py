@@ -155,7 +155,11 @@ def main() -> None:
             f"  {s['seeds']} seeds ({s['gb']:.2f} GB): {s['wall_s']:.1f} s wall (target <= 30 s), {s['ok_cells']:,} cells ok, peak RSS {s['peak_rss_GB']:.2f} GB"
         )
         print(
-            f"  statsmodels WLS loop: {1e3 * s['sm_per_cell']:.3f} ms/cell -> {sm_total:.0f} s extrapolated; speed-up {sm_total / s['wall_s']:.0f}x (target >= 100x)"
+            f"  statsmodels WLS loop (params, bse, cov, scale): {1e3 * s['sm_per_cell']:.3f} ms/cell -> {sm_total:.0f} s extrapolated"
+        )
+        print(f"  speed-up end to end (store read + moments + fit): {sm_total / s['wall_s']:.0f}x (target >= 100x)")
+        print(
+            f"  speed-up of the WLS kernel alone ({s['kernel_s']:.2f} s for the same cells): {sm_total / s['kernel_s']:.0f}x"
         )
         print(
             f"  {m['seeds']} seeds ({m['gb']:.2f} GB on disk): {m['wall_s']:.1f} s wall, peak RSS {m['peak_rss_GB']:.2f} GB (target <= 2.5 GB)"

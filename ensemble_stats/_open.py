@@ -37,11 +37,11 @@ def _open_one(path: PathLike) -> xr.Dataset:
     return ds
 
 
-DASK_CHUNK_BYTES = 64 << 20
+DASK_CHUNK_BYTES = 4 << 20
 
 
 def _analysis_chunks(ds: xr.Dataset) -> dict[str, int]:
-    """Dask chunks for analysis: many seeds per chunk (a multiple of the store's seed chunk, about 64 MiB).
+    """Dask chunks for analysis: many seeds per chunk (a multiple of the store's seed chunk, about 4 MiB).
 
     The store chunks one run per chunk so that writers never share one; analysis reduces over seeds, and
     thousands of one-run tasks would cost more in scheduling than in arithmetic.

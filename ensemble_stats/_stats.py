@@ -79,8 +79,42 @@ def bias_variance_kernel(pred: np.ndarray, ref: np.ndarray, *, n_grid: int, ci: 
     return (*estimates, S.astype(np.int64), *bounds)
 
 
+_SUMMARY = np.dtype([("n", "f8"), ("mean", "f8"), ("m2", "f8")])
+
+
+def _chunk_summary(block, axis, keepdims=True, *, grid_axes: tuple[int, ...], **_):
+    """Structured (n, mean, M2) over the seed axis of one block; seeds count only if finite over the grid."""
+    (ax,) = axis if isinstance(axis, tuple) else (axis,)
+    x = np.asarray(block, dtype=np.float64)
+    valid = np.isfinite(x).all(axis=grid_axes, keepdims=True) if grid_axes else np.isfinite(x)
+    valid = np.broadcast_to(valid, x.shape)
+    n = valid.sum(axis=ax, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(valid, x, 0.0).sum(axis=ax, keepdims=True) / n
+        m2 = (np.where(valid, x - mean, 0.0) ** 2).sum(axis=ax, keepdims=True)
+    out = np.empty(n.shape, dtype=_SUMMARY)
+    out["n"], out["mean"], out["m2"] = n, np.nan_to_num(mean), m2
+    return out if keepdims else out.squeeze(ax)
+
+
+def _merge_summaries(s, axis, keepdims=True, **_):
+    """Chan et al.'s exact merge of (n, mean, M2) summaries along the seed axis."""
+    (ax,) = axis if isinstance(axis, tuple) else (axis,)
+    n, mean, m2 = s["n"], s["mean"], s["m2"]
+    tot_n = n.sum(axis=ax, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tot_mean = np.nan_to_num((n * mean).sum(axis=ax, keepdims=True) / tot_n)
+        tot_m2 = m2.sum(axis=ax, keepdims=True) + (n * (mean - tot_mean) ** 2).sum(axis=ax, keepdims=True)
+    out = np.empty(tot_n.shape, dtype=_SUMMARY)
+    out["n"], out["mean"], out["m2"] = tot_n, tot_mean, tot_m2
+    return out if keepdims else out.squeeze(ax)
+
+
 def seed_moments(pred: xr.DataArray, dim: str = schema.SEED) -> xr.Dataset:
     """Seed mean, variance (ddof=1) and count per grid value, using only seeds finite over the whole grid.
+
+    One pass over the data as a tree reduction: each seed chunk becomes an (n, mean, M2) summary, merged
+    exactly (Chan's parallel formula), so memory is bounded by a few chunks, not by the store.
 
     Parameters
     ----------
@@ -90,11 +124,42 @@ def seed_moments(pred: xr.DataArray, dim: str = schema.SEED) -> xr.Dataset:
     -------
     Dataset with ``mean``, ``variance`` and ``n_seeds``, dims of ``pred`` without ``seed``
     """
+    import functools
+
     grid = [d for d in schema.GRID_DIMS if d in pred.dims]
-    valid = np.isfinite(pred).all(grid) if grid else np.isfinite(pred)
-    x = pred.astype(np.float64).where(valid)  # float64 sums: stored float32 would round differently per chunking
-    n = valid.sum(dim)
-    return xr.Dataset({"mean": x.mean(dim), "variance": x.var(dim, ddof=1), "n_seeds": n})
+    axis = pred.get_axis_num(dim)
+    grid_axes = tuple(pred.get_axis_num(d) for d in grid)
+    chunk = functools.partial(_chunk_summary, grid_axes=grid_axes)
+    if pred.chunks is not None:
+        import dask.array as dsa
+
+        data = pred.data.rechunk({a: -1 for a in grid_axes})
+        summary = dsa.reduction(
+            data,
+            chunk,
+            _merge_summaries,
+            combine=_merge_summaries,
+            axis=axis,
+            keepdims=False,
+            dtype=_SUMMARY,
+            split_every=4,
+            concatenate=True,
+            meta=np.empty((0,) * (data.ndim - 1), dtype=_SUMMARY),
+        )
+    else:
+        summary = chunk(pred.data, (axis,), keepdims=False)
+    dims = [d for d in pred.dims if d != dim]
+    coords = {k: v for k, v in pred.coords.items() if dim not in v.dims}
+    n = xr.DataArray(summary["n"], dims=dims, coords=coords)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = summary["m2"] / (summary["n"] - 1)
+    return xr.Dataset(
+        {
+            "mean": xr.DataArray(summary["mean"], dims=dims, coords=coords).where(n > 0),
+            "variance": xr.DataArray(var, dims=dims, coords=coords).where(n > 1),
+            "n_seeds": n.astype(np.int64),
+        }
+    )
 
 
 def _reference(ds: xr.Dataset, reference, dims: Sequence[str]) -> xr.DataArray:

@@ -133,3 +133,17 @@ def test_lazy_graph_equals_in_memory_and_accessor_is_sugar():
     assert res.variance.chunks is not None
     xr.testing.assert_allclose(res.compute(), es.bias_variance(ds))
     xr.testing.assert_identical(ds.ens.bias_variance(dims=("point",)), es.bias_variance(ds, dims=("point",)))
+
+
+def test_one_pass_seed_moments_equal_xarray_eager_and_chunked():
+    from ensemble_stats._stats import seed_moments
+
+    ds = synthetic_ensemble(n_seeds=11, missing_fraction=0.2, diverged_runs=3, seed=2)
+    x = ds.prediction.astype(np.float64)
+    x = x.where(np.isfinite(x).all(("point", "output")))
+    for pred in (ds.prediction, ds.prediction.chunk({"seed": 3, "gamma": 1})):
+        m = seed_moments(pred).compute()
+        np.testing.assert_allclose(m["mean"], x.mean("seed"), rtol=1e-12)
+        np.testing.assert_allclose(m["variance"], x.var("seed", ddof=1), rtol=1e-10)
+        count = np.isfinite(x).all(("point", "output")).sum("seed")
+        assert bool((m["n_seeds"] == count).all())  # per grid value, the same count at every point
