@@ -332,32 +332,21 @@ def fit_expansion(
         y = mom["mean"]
         w = mom["n_seeds"] / mom["variance"]
     if table is not None:
-        if quantity == "mean":
-            outs = xr.apply_ufunc(
-                wls_kernel,
-                y,
-                w,
-                table,
-                kwargs={"widths": widths, "scaled": scaled},
-                input_core_dims=[[W], [W], ["term"]],
-                output_core_dims=[["term"], ["term"], ["term", "term2"], [], [], []],
-                dask="parallelized",
-                output_dtypes=[np.float64] * 4 + [np.int64, np.int8],
-                dask_gufunc_kwargs={"output_sizes": {"term2": table.sizes["term"]}},
-            )
-        else:
-            outs = xr.apply_ufunc(
-                _variance_fit_kernel,
-                mom["variance"],
-                mom["n_seeds"],
-                table,
-                kwargs={"widths": widths, "scaled": scaled},
-                input_core_dims=[[W], [W], ["term"]],
-                output_core_dims=[["term"], ["term"], ["term", "term2"], [], [], []],
-                dask="parallelized",
-                output_dtypes=[np.float64] * 4 + [np.int64, np.int8],
-                dask_gufunc_kwargs={"output_sizes": {"term2": table.sizes["term"]}},
-            )
+        kernel, a, b = (
+            (wls_kernel, y, w) if quantity == "mean" else (_variance_fit_kernel, mom["variance"], mom["n_seeds"])
+        )
+        outs = xr.apply_ufunc(
+            kernel,
+            a,
+            b,
+            table,
+            kwargs={"widths": widths, "scaled": scaled},
+            input_core_dims=[[W], [W], ["term"]],
+            output_core_dims=[["term"], ["term"], ["term", "term2"], [], [], []],
+            dask="parallelized",
+            output_dtypes=[np.float64] * 4 + [np.int64, np.int8],
+            dask_gufunc_kwargs={"output_sizes": {"term2": table.sizes["term"]}},
+        )
         coef, se, covar, chi2_dof, n_used, status = outs
         res = xr.Dataset({"coef": coef, "stderr": se, "cov": covar, "exponent": table})
         dof = n_used - np.isfinite(table).sum("term")
