@@ -19,6 +19,23 @@ from ._store import EnsembleStore
 _STATE_VERSION = 1
 
 
+def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Arrays for ``EnsembleStore.write_records`` from buffered ``(time_index, step, output, scalars)`` records.
+
+    Records are stacked along ``axis``: 0 for one run's (point, output) outputs, 1 for a block whose outputs
+    carry a leading member axis. A scalar missing from a record is NaN there.
+    """
+    ti = np.array([b[0] for b in buffer])
+    steps = np.array([b[1] for b in buffer], dtype=np.int64)
+    out = np.stack([b[2] for b in buffer], axis)
+    names = sorted({k for b in buffer for k in b[3]})
+    with np.errstate(over="ignore"):  # a diverging run's huge values become +-inf: stored as is
+        scalars = {
+            n: np.stack([np.asarray(b[3].get(n, np.nan), dtype=np.float32) for b in buffer], axis) for n in names
+        }
+    return ti, steps, out, scalars
+
+
 class CollectorHandle:
     """Returned by :meth:`OutputCollector.attach`; ``detach()`` flushes and removes the optimizer hook."""
 
@@ -296,12 +313,7 @@ class OutputCollector:
     def _write_buffer(self) -> None:
         if not self._buffer:
             return
-        ti = np.array([b[0] for b in self._buffer])
-        steps = np.array([b[1] for b in self._buffer], dtype=np.int64)
-        pred = np.stack([b[2] for b in self._buffer])
-        names = sorted({k for b in self._buffer for k in b[3]})
-        with np.errstate(over="ignore"):  # a diverging run's huge values become +-inf: stored as is
-            scalars = {n: np.array([b[3].get(n, np.nan) for b in self._buffer], dtype=np.float32) for n in names}
+        ti, steps, pred, scalars = stack_records(self._buffer)
         self.store.write_records(self.index, ti, pred, steps, scalars)
         self._buffer.clear()
 

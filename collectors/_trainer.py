@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
-from ._collector import OutputCollector
+from ._collector import OutputCollector, stack_records
 from ._data import DataSet
 from ._models import INIT_DESCRIPTIONS, LR_FORMULA, Architecture, forward, init_params, learning_rates
 from ._store import EnsembleStore
@@ -175,11 +175,7 @@ class _BlockWriter:
     def flush(self) -> None:
         if not self.buffer:
             return
-        ti = np.array([b[0] for b in self.buffer])
-        steps = np.array([b[1] for b in self.buffer], dtype=np.int64)
-        out = np.stack([b[2] for b in self.buffer], 1)  # (B, n, P, O)
-        names = self.buffer[0][3].keys()
-        sc = {k: np.stack([b[3][k] for b in self.buffer], 1) for k in names}  # (B, n)
+        ti, steps, out, sc = stack_records(self.buffer, axis=1)  # out (B, n, P, O), scalars (B, n)
         for gi, index in enumerate(self.index):
             rows = slice(gi * self.S, (gi + 1) * self.S)
             self.store.write_records(index, ti, out[rows], steps, {k: v[rows] for k, v in sc.items()})
