@@ -121,7 +121,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory(dir=".") as d:
         root = Path(d)
         o = bench_overhead(args.repeats, root)

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from collectors import EnsembleStore, ScaledMLP, TrainConfig, teacher, train_block
@@ -105,7 +104,6 @@ def main() -> None:
         f"  training matmul FLOPs {flops / 1e9:.1f} G -> {flops / t_vec / 1e9:.1f} GFLOP/s = {100 * flops / t_vec / peak:.0f}% of peak (target >= 40%)"
     )
     print(f"  per-seed loop reaches {100 * flops / t_loop / peak:.0f}% of peak")
-    np.random.default_rng(0)
 
 
 if __name__ == "__main__":

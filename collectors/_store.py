@@ -105,11 +105,7 @@ def _default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chun
 
 
 def _validate_layout(spec: StoreSpec) -> list[str]:
-    problems = []
-    problems += schema.validate_gammas(spec.gammas)
-    problems += schema.validate_widths(spec.widths)
-    problems += schema.validate_seeds(spec.seeds)
-    problems += schema.validate_times(spec.times, spec.time_units)
+    problems = []  # the coordinates themselves are validated, uncoerced, in EnsembleStore.create
     for name, values in spec.extra:
         if name in (*schema.RUN_DIMS, schema.TIME, schema.POINT, schema.OUTPUT, schema.FEATURE):
             problems.append(f"extra dim '{name}' clashes with a schema dim; choose another name.")
@@ -515,9 +511,6 @@ class EnsembleStore:
     def written_mask(self, index: Sequence[int]) -> np.ndarray:
         """Bool (time,) of committed records of one run."""
         return np.asarray(self.array(schema.WRITTEN)[tuple(index)])
-
-    def diverged_step(self, index: Sequence[int]) -> int:
-        return int(self.array(schema.DIVERGED_STEP)[tuple(index)])
 
     def check_grid(self, grid: EvalGrid) -> None:
         """Raise :class:`GridMismatchError` naming the first differing point if ``grid`` is not the store's."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -65,7 +65,6 @@ class TrainConfig:
     output_weight_decay: float = 0.0
     dtype: str = "float32"
     device: str = "cpu"
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         problems = []
@@ -348,7 +347,7 @@ def train_block(
     fast = (
         arch.depth == 1
         and isinstance(config.activation, str)
-        and all(torch.equal(lr["b1"].view(-1), lr["W1"].view(-1)) for _ in [0] if arch.bias)
+        and (not arch.bias or torch.equal(lr["b1"].view(-1), lr["W1"].view(-1)))
     )
     next_rec = 0
     for k in range(total + 1):

@@ -18,7 +18,6 @@ __all__ = [
     "DataNotFoundError",
     "RunNotFoundError",
     "RunExistsError",
-    "RunLockedError",
     "StoreCorruptionError",
     "ConfigError",
     "FitError",
@@ -84,10 +83,6 @@ class RunNotFoundError(EnsembleStatsError, LookupError):
 
 class RunExistsError(EnsembleStatsError, FileExistsError):
     """A run already has written records and ``resume=True`` was not given."""
-
-
-class RunLockedError(EnsembleStatsError, BlockingIOError):
-    """Another live writer holds the run's lock."""
 
 
 class StoreCorruptionError(EnsembleStatsError, OSError):

@@ -26,7 +26,6 @@ FEATURE = "feature"
 RUN_DIMS: tuple[str, ...] = (GAMMA, WIDTH, SEED)
 """Dims that identify one training run (extra sweep dims such as ``data_seed`` are appended)."""
 GRID_DIMS: tuple[str, ...] = (POINT, OUTPUT)
-KNOWN_EXTRA_DIMS: tuple[str, ...] = ("data_seed", "gamma_1", "gamma_2", "gamma_3", "depth")
 
 # variables
 PREDICTION = "prediction"
