@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench reliability clean
+.PHONY: demo test lint browser bench reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# the report's headless-browser test needs Debian's chromium; installed here when possible, else that test skips
+browser:
+	./scripts/install-chromium.sh
+
+test: lint browser
 	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: $(STAMP)

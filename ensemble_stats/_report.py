@@ -98,6 +98,13 @@ def _fig_variance_vs_n(bv, rate, out: Path, name="variance_vs_width.png"):
     return name
 
 
+def _positive(v):
+    """The seed-corrected bias^2 is unbiased, so it can be <= 0 where the bias is below the seed noise:
+    such points are left out of a log axis (the caption says so) rather than drawn on a misleading symlog."""
+    v = np.asarray(v, dtype=float)
+    return np.where(v > 0, v, np.nan)
+
+
 def _fig_bias_variance(bv, out: Path, name="bias_variance.png"):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -105,16 +112,16 @@ def _fig_bias_variance(bv, out: Path, name="bias_variance.png"):
     N = bv[schema.WIDTH].values
     for g, c in zip(bv[schema.GAMMA].values, _colors(bv.sizes[schema.GAMMA]), strict=True):
         v = last.sel(gamma=g)
-        axes[0].plot(N, v.bias2, "o-", color=c, label=f"bias^2, gamma={g:g}")
-        axes[0].plot(N, v.variance, "s--", color=c, label=f"variance, gamma={g:g}")
+        axes[0].plot(N, _positive(v.bias2), "o-", color=c, label=f"bias^2, gamma={g:g}")
+        axes[0].plot(N, _positive(v.variance), "s--", color=c, label=f"variance, gamma={g:g}")
         wmax = bv.sel(gamma=g).isel({schema.WIDTH: -1})
-        axes[1].plot(bv[schema.TIME], wmax.bias2, color=c, label=f"bias^2, gamma={g:g}")
-        axes[1].plot(bv[schema.TIME], wmax.variance, color=c, ls="--")
+        axes[1].plot(bv[schema.TIME], _positive(wmax.bias2), color=c, label=f"bias^2, gamma={g:g}")
+        axes[1].plot(bv[schema.TIME], _positive(wmax.variance), color=c, ls="--")
     axes[0].set_xscale("log")
-    axes[0].set_yscale("symlog", linthresh=1e-6)
+    axes[0].set_yscale("log")
     axes[0].set_xlabel("width N")
     axes[0].set_ylabel(f"against the target, t = {float(last[schema.TIME]):g}")
-    axes[1].set_yscale("symlog", linthresh=1e-6)
+    axes[1].set_yscale("log")
     axes[1].set_xlabel(_time_label(bv))
     axes[1].set_ylabel(f"bias^2 (solid), variance (dashed), N = {int(N[-1])}")
     axes[0].legend(fontsize=6, ncol=2)
@@ -233,7 +240,12 @@ def report(
         rate = fit_rate(ds).compute()
         fit = fit_expansion(ds, quantity="variance").compute()
         figures.append(("Seed variance vs N with 95% CIs, fitted and theory slopes", _fig_variance_vs_n(bv, rate, out)))
-        figures.append(("Bias^2 and variance against the target, vs N and vs time", _fig_bias_variance(bv, out)))
+        figures.append(
+            (
+                "Bias^2 and variance against the target, vs N and vs time (bias^2 estimates <= 0, where the bias is below the seed noise, are not drawn)",
+                _fig_bias_variance(bv, out),
+            )
+        )
         table = _table(rate, fit)
         if train_x is not None and train_y is not None:
             from .theory import compare_to_theory

@@ -66,3 +66,53 @@ def test_report_on_a_single_width_store_says_why_there_are_no_fits(tmp_path):
     index = es.report(ds, tmp_path / "rep")
     page, srcs = _images(index)
     assert "no fits" in page and srcs == ["completeness.png"]
+
+
+CHROMIUM = "/usr/bin/chromium"
+# flags for a closed network: no background connections, no component updates
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def test_report_page_renders_in_headless_chromium_without_errors(tmp_path):
+    import os
+
+    import numpy as np
+    import pytest
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/install-chromium.sh needs root and apt-get)")
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    ds = synthetic_ensemble(
+        gammas=[0.5, 1.0], widths=[32, 64, 128], n_seeds=6, n_points=4, missing_fraction=0.1, diverged_runs=1, seed=33
+    )
+    index = es.report(ds, tmp_path / "rep")
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url}"))
+            page.goto(index.as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+            page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
+        finally:
+            browser.close()
+    assert problems == []
+    assert len(images) == 3 and all(w > 100 for _, w in images), images  # every figure decoded by the browser
+    shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=float)
+    assert shot.std() > 10 and (shot < 128).mean() > 0.01, "the screenshot is blank"
