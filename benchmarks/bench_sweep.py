@@ -46,7 +46,7 @@ def on_cluster(spec: SweepSpec, path: Path, workers: int) -> tuple[float, float]
 
     t0 = time.perf_counter()
     with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         client.run(lambda: __import__("collectors"))  # workers import torch before the clock starts

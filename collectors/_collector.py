@@ -84,6 +84,8 @@ class OutputCollector:
 
     Notes
     -----
+    The collector holds the run's write lock from construction to :meth:`close` (:class:`RunLockedError` if
+    another live writer holds it; the lock of a process that died is taken over, see ``run_lock.took_over``).
     Records are buffered and written when a time chunk completes, on :meth:`flush`, :meth:`state_dict`,
     ``detach()`` and context-manager exit; these wait for background work and re-raise its errors.
     Evaluation runs under ``torch.no_grad()`` in eval mode; the user's model keeps its mode.
@@ -128,6 +130,8 @@ class OutputCollector:
         self._pending: list[Future] = []
         self._shadow: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (source model, private copy)
         self._lock = threading.Lock()
+        # one writer per run: a second live collector for this run is refused; a dead one's lock is taken over
+        self.run_lock = store.lock(self.index).acquire()
 
     # ------------------------------------------------------------------ hooks
     def attach(
@@ -318,7 +322,7 @@ class OutputCollector:
         self._buffer.clear()
 
     def close(self) -> None:
-        """Flush and stop the background worker."""
+        """Flush, stop the background worker and release the run's lock (even if the flush fails)."""
         try:
             self.flush()
         finally:
@@ -326,6 +330,7 @@ class OutputCollector:
                 self._executor.shutdown(wait=True)
                 self._executor = None
             self._shadow = None
+            self.run_lock.release()
 
     def __enter__(self) -> OutputCollector:
         return self

@@ -84,13 +84,17 @@ def teacher(
     teacher_width: int = 64,
     noise: float = 0.0,
     seed: int = 0,
+    grid: str = "test",
 ) -> DataSet:
     """Synthetic regression.
 
     ``kind="circle"``: THEORY.md 1.6, ``n_train`` points on the unit circle, y = sin 3 theta + cos(theta)/2,
     grid at ``n_test`` angles between them. ``kind="mlp"``: inputs N(0, I_d / d), targets from a random tanh
-    teacher network of ``teacher_width`` units (plus Gaussian ``noise``).
+    teacher network of ``teacher_width`` units (plus Gaussian ``noise``). ``grid="train"`` evaluates on the
+    training points (with their noisy targets) instead of the test points, e.g. to watch interpolation.
     """
+    if grid not in ("test", "train"):
+        raise ValidationError(f"teacher grid={grid!r}: use 'test' (held-out points) or 'train' (the training points).")
     rng = np.random.default_rng(seed)
     if kind == "circle":
 
@@ -112,7 +116,9 @@ def teacher(
         raise ValidationError(f"teacher kind={kind!r}: use 'circle' or 'mlp'.")
     if noise:
         y = y + noise * rng.normal(size=y.shape)
-    return DataSet(f"teacher-{kind}", x, y, EvalGrid(xt, yt), info={**info, "noise": noise})
+    if grid == "train":
+        xt, yt = x, y
+    return DataSet(f"teacher-{kind}", x, y, EvalGrid(xt, yt), info={**info, "noise": noise, "grid": grid})
 
 
 def digits(*, n_train: int | None = None, n_test: int = 300, seed: int = 0, standardize: bool = True) -> DataSet:

@@ -101,12 +101,9 @@ class Architecture:
             problems.append(f"d_out must be an integer >= 1, got {self.d_out!r}.")
         if not hidden:
             problems.append("hidden must list at least one width.")
-        problems += schema.validate_widths(list(hidden), "hidden") if hidden else []
-        problems += [
-            p.replace("duplicate values", "duplicate")
-            for p in schema.validate_gammas(list(gammas), "gammas")
-            if "duplicate" not in p
-        ]
+        # layers may repeat a width or a gamma (e.g. 100-100-100)
+        problems += schema.validate_widths(list(hidden), "hidden", unique=False) if hidden else []
+        problems += schema.validate_gammas(list(gammas), "gammas", unique=False)
         if len(hidden) != len(gammas):
             problems.append(f"{len(hidden)} hidden widths but {len(gammas)} gammas; give one gamma per hidden layer.")
         if not callable(self.activation) and self.activation not in ACTIVATIONS:

@@ -33,10 +33,12 @@ from ensemble_stats.errors import (
     RunNotFoundError,
     SpecMismatchError,
     StoreNotFoundError,
+    StoreWriteError,
     ValidationError,
 )
 
 from ._grid import EvalGrid
+from ._lock import RunLock, lock_dir
 
 _RECORD_TARGET_BYTES = 4 << 20  # default time chunk aims at about 4 MiB of predictions per chunk
 _FLOAT_DTYPES = ("float32", "float64")
@@ -373,8 +375,14 @@ class EnsembleStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r+") -> EnsembleStore:
+    def open(
+        cls, path: str | os.PathLike, mode: str = "r+", *, storage: zarr.abc.store.Store | None = None
+    ) -> EnsembleStore:
         """Open an existing store for writing (``mode="r+"``) or reading (``"r"``).
+
+        ``storage`` replaces the zarr store used for I/O (e.g. a ``zarr.storage.WrapperStore`` around the
+        local directory, for fault injection or instrumentation); ``path`` still names the store's directory,
+        which holds the run locks and is what ``verify_store`` checks.
 
         Raises
         ------
@@ -388,7 +396,7 @@ class EnsembleStore:
                 "or check the path."
             )
         try:
-            g = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            g = zarr.open_group(storage if storage is not None else str(path), mode=mode, zarr_format=3)
         except Exception as e:  # noqa: BLE001 - any failure to parse means "not a store"
             raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 group ({e}).") from None
         attrs = g.attrs.asdict()
@@ -512,6 +520,15 @@ class EnsembleStore:
         """Bool (time,) of committed records of one run."""
         return np.asarray(self.array(schema.WRITTEN)[tuple(index)])
 
+    def lock(self, index: Sequence[int | slice]) -> RunLock:
+        """The (unacquired) write lock of the writer unit holding run ``index``: the run itself, or its seed
+        block when ``seed_chunk > 1`` (``index`` may give the seed as a block slice)."""
+        seed = index[2]
+        first = seed.start if isinstance(seed, slice) else int(seed)
+        key = (int(index[0]), int(index[1]), first // self.spec.seed_chunk, *(int(i) for i in index[3:]))
+        name = "run-" + "-".join(str(k) for k in key) + ".lock"
+        return RunLock(lock_dir(self.path) / name, self._describe(index))
+
     def check_grid(self, grid: EvalGrid) -> None:
         """Raise :class:`GridMismatchError` naming the first differing point if ``grid`` is not the store's."""
         if grid.hash == self.spec.grid_hash:
@@ -596,21 +613,32 @@ class EnsembleStore:
             schema.STEP: shaped(np.broadcast_to(steps, (*lead, ti.size)), np.int64),
         }
         data.update({name: shaped(values, np.float32) for name, values in scalars.items()})
-        if contiguous:
-            # data, scalars and steps go out concurrently on zarr's event loop: one round trip, not one per array
-            _sync(_gather([self.array(n)._async_array.setitem(region, v) for n, v in data.items()]))
-        else:
-            for name, values in data.items():
-                self.array(name).oindex[region] = values
         finite = np.isfinite(pred).reshape(*lead, ti.size, -1).all(axis=-1)
-        if not finite.all():
-            self._mark_diverged(sel, finite, steps)
-        # the commit mark, only once everything above is stored
         ones = shaped(np.ones((*lead, ti.size), dtype=bool), bool)
-        if contiguous:
-            self.array(schema.WRITTEN)[region] = ones
-        else:
-            self.array(schema.WRITTEN).oindex[region] = ones
+        try:
+            if contiguous:
+                # data, scalars and steps go out concurrently on zarr's event loop: one round trip, not one each
+                _sync(_gather([self.array(n)._async_array.setitem(region, v) for n, v in data.items()]))
+            else:
+                for name, values in data.items():
+                    self.array(name).oindex[region] = values
+            if not finite.all():
+                self._mark_diverged(sel, finite, steps)
+            # the commit mark, only once everything above is stored
+            if contiguous:
+                self.array(schema.WRITTEN)[region] = ones
+            else:
+                self.array(schema.WRITTEN).oindex[region] = ones
+        except OSError as e:
+            tc = self.spec.time_chunk
+            chunks = sorted({int(t) // tc for t in ti})
+            err = StoreWriteError(
+                f"writing records {ti.tolist()} of run ({self._describe(index)}) to {self.path} failed in time "
+                f"chunk(s) {chunks} ({type(e).__name__}: {e}). Records not marked written are not committed and a "
+                "resumed writer re-writes them: fix the cause (e.g. free disk space), then resume (resume=True)."
+            )
+            err.errno = e.errno
+            raise err from e
 
     def mark_diverged(self, index: Sequence[int], step: int, *, owner_of_block: bool = False) -> None:
         """Set a run's ``diverged_step`` to ``step`` unless an earlier step is already recorded.
@@ -672,6 +700,11 @@ class EnsembleStore:
 
     def _describe(self, index) -> str:
         try:
+            if isinstance(index[2], slice):  # a seed block
+                a, b = index[2].start, index[2].stop - 1
+                run = self.run_coords((*index[:2], a, *index[3:]))
+                run[schema.SEED] = f"{self.spec.seeds[a]}..{self.spec.seeds[b]}"
+                return schema.describe_run(run)
             return schema.describe_run(self.run_coords(index))
         except Exception:  # noqa: BLE001 - slices or bad indices: fall back to the raw index
             return repr(tuple(index))

@@ -212,7 +212,7 @@ def run_sweep(
     if todo:
         own = client is None
         cluster = (
-            LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None)
+            LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
             if own
             else None
         )

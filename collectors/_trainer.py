@@ -72,12 +72,11 @@ class TrainConfig:
         object.__setattr__(self, "inner_gammas", tuple(float(g) for g in self.inner_gammas))
         if len(self.inner_widths) != len(self.inner_gammas):
             problems.append(f"{len(self.inner_widths)} inner widths but {len(self.inner_gammas)} inner gammas.")
-        problems += schema.validate_widths(list(self.inner_widths), "inner_widths") if self.inner_widths else []
-        problems += (
-            [p for p in schema.validate_gammas(list(self.inner_gammas), "inner_gammas") if "duplicate" not in p]
-            if self.inner_gammas
-            else []
-        )
+        # layers may repeat a width or a gamma (e.g. 100-100-100): only the swept coordinates must be unique
+        if self.inner_widths:
+            problems += schema.validate_widths(list(self.inner_widths), "inner_widths", unique=False)
+        if self.inner_gammas:
+            problems += schema.validate_gammas(list(self.inner_gammas), "inner_gammas", unique=False)
         if self.loss not in LOSSES:
             problems.append(f"loss {self.loss!r} is not one of {LOSSES}.")
         if self.batch_size is not None and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
@@ -160,6 +159,14 @@ class _BlockWriter:
         self.schedule_len = len(self.schedule)
         self.buffer: list[tuple[int, int, np.ndarray, dict]] = []
         self.tc = store.spec.time_chunk
+        self.locks = []
+        try:
+            for index in self.index:  # one lock per gamma's seed block: this writer owns those chunks
+                self.locks.append(store.lock(index).acquire())
+        except BaseException:
+            for lock in self.locks:
+                lock.release()
+            raise
 
     def complete(self) -> bool:
         w = self.store.array(schema.WRITTEN)
@@ -275,20 +282,52 @@ def train_block(
     steps_per_epoch = math.ceil(len(data.x_train) / (config.batch_size or len(data.x_train)))
     schedule = store.record_steps(int(width), steps_per_epoch)
     members = [(g, s) for g in gammas for s in seeds]
-    writer = _BlockWriter(store, width, gammas, seeds, extra_coords, schedule) if store.spec.seed_chunk > 1 else None
-    if writer is None:
-        cols = [
-            OutputCollector(
-                store, gamma=g, width=width, seed=s, resume=True, steps_per_epoch=steps_per_epoch, **extra_coords
-            )
-            for g, s in members
-        ]
-        complete = all(store.written_mask(c.index).all() for c in cols)
-    else:
-        complete = writer.complete()
-    if complete:
-        return BlockResult(int(width), len(members), 0, True, {}, time.perf_counter() - t_start)
+    writer, cols = None, []
+    try:  # the writers hold the runs' locks: released however this ends, so a retry can take them
+        if store.spec.seed_chunk > 1:
+            writer = _BlockWriter(store, width, gammas, seeds, extra_coords, schedule)
+            complete = writer.complete()
+        else:
+            for g, s in members:
+                cols.append(
+                    OutputCollector(
+                        store,
+                        gamma=g,
+                        width=width,
+                        seed=s,
+                        resume=True,
+                        steps_per_epoch=steps_per_epoch,
+                        **extra_coords,
+                    )
+                )
+            complete = all(store.written_mask(c.index).all() for c in cols)
+        if complete:
+            return BlockResult(int(width), len(members), 0, True, {}, time.perf_counter() - t_start)
+        return _train(
+            store,
+            data,
+            config,
+            width,
+            gammas,
+            seeds,
+            schedule,
+            steps_per_epoch,
+            writer,
+            cols,
+            data_seed,
+            progress,
+            t_start,
+        )
+    finally:
+        for lock in [c.run_lock for c in cols] + (writer.locks if writer is not None else []):
+            lock.release()
 
+
+def _train(
+    store, data, config, width, gammas, seeds, schedule, steps_per_epoch, writer, cols, data_seed, progress, t_start
+):
+    """The training loop of :func:`train_block` for a block whose writers (and locks) are set up."""
+    members = [(g, s) for g in gammas for s in seeds]
     dtype, dev = DTYPES[config.dtype], torch.device(config.device)
     archs = [config.architecture(data.d_in, data.output_size, width, g) for g in gammas]
     arch = archs[0]
@@ -322,9 +361,12 @@ def train_block(
         with torch.no_grad():
             out = forward(params, arch, xg, scales)
             test_loss = _member_losses(out, yg, lg, config.loss)
-            train_loss = _member_losses(forward(params, arch, x, scales), y, labels, config.loss)
+            out_train = forward(params, arch, x, scales)
+            train_loss = _member_losses(out_train, y, labels, config.loss)
             norm = (params["C"] ** 2).sum(dim=(-2, -1)) / width
-            acc = (out.argmax(-1) == lg).to(dtype).mean(-1) if data.task == "classification" else None
+            classify = data.task == "classification"
+            acc = (out.argmax(-1) == lg).to(dtype).mean(-1) if classify else None
+            train_acc = (out_train.argmax(-1) == labels).to(dtype).mean(-1) if classify else None
         out_np = out.cpu().numpy()
         sc = {
             schema.TEST_LOSS: test_loss.cpu().numpy(),
@@ -333,6 +375,7 @@ def train_block(
         }
         if acc is not None:
             sc[schema.ACCURACY] = acc.cpu().numpy()
+            sc[schema.TRAIN_ACCURACY] = train_acc.cpu().numpy()
         if writer is not None:
             writer.record(step, out_np, sc)
         else:

@@ -110,7 +110,8 @@ def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool 
     -------
     xarray.Dataset
         Dask-backed; ``prediction`` (gamma, width, seed, [extra...], time, point, output) and the per-record
-        scalars are NaN where ``written`` is false; ``written`` and ``step`` are kept, as is
+        scalars are NaN where ``written`` is false. ``written`` is read when the store is opened (a consistent
+        snapshot while writers run: records committed later stay masked); ``step`` is kept, as is
         ``diverged_step`` (run dims; -1 for runs that never produced non-finite outputs).
     """
     paths = [path_or_paths] if isinstance(path_or_paths, str | os.PathLike) else list(path_or_paths)
@@ -123,7 +124,11 @@ def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool 
                 raise StoreCorruptionError(problems, str(p))
     parts = [_open_one(p) for p in paths]
     ds = parts[0] if len(parts) == 1 else _combine(parts)
-    written = ds[schema.WRITTEN]
+    # A snapshot of the commit marks, read now: writers store data before marking it written, so every record
+    # marked here is complete on disk whenever the lazy data is read later. Masking with a lazily read mark
+    # could pair a mark read after a concurrent commit with data read before it (a written record read as NaN).
+    written = ds[schema.WRITTEN].compute()
+    ds[schema.WRITTEN] = written
     for name in (schema.PREDICTION, *schema.SCALAR_VARIABLES):
         if name in ds:
             ds[name] = ds[name].where(written)

@@ -222,6 +222,7 @@ def report(
         (schema.TEST_LOSS, "test loss", True),
         (schema.ACCURACY, "test accuracy", False),
         (schema.TRAIN_LOSS, "train loss", True),
+        (schema.TRAIN_ACCURACY, "train accuracy", False),
     ):
         if var in ds and bool(np.isfinite(ds[var]).any()):
             say(f"{label} curves")

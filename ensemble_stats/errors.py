@@ -18,6 +18,8 @@ __all__ = [
     "DataNotFoundError",
     "RunNotFoundError",
     "RunExistsError",
+    "RunLockedError",
+    "StoreWriteError",
     "StoreCorruptionError",
     "ConfigError",
     "FitError",
@@ -83,6 +85,18 @@ class RunNotFoundError(EnsembleStatsError, LookupError):
 
 class RunExistsError(EnsembleStatsError, FileExistsError):
     """A run already has written records and ``resume=True`` was not given."""
+
+
+class RunLockedError(EnsembleStatsError, RuntimeError):
+    """Another live writer holds the run's lock (one writer per run or seed block)."""
+
+
+class StoreWriteError(EnsembleStatsError, OSError):
+    """Writing records failed (disk full, I/O error); the message names the run and chunk.
+
+    Nothing of the failed records is committed (their ``written`` marks are not set), so a resumed writer
+    re-writes them. ``errno`` is the underlying error's.
+    """
 
 
 class StoreCorruptionError(EnsembleStatsError, OSError):

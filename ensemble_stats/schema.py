@@ -36,10 +36,11 @@ STEP = "step"
 TRAIN_LOSS = "train_loss"
 TEST_LOSS = "test_loss"
 ACCURACY = "accuracy"
+TRAIN_ACCURACY = "train_accuracy"
 OUTPUT_WEIGHT_NORM = "output_weight_norm"
 DIVERGED_STEP = "diverged_step"
 
-SCALAR_VARIABLES: tuple[str, ...] = (TRAIN_LOSS, TEST_LOSS, ACCURACY, OUTPUT_WEIGHT_NORM)
+SCALAR_VARIABLES: tuple[str, ...] = (TRAIN_LOSS, TEST_LOSS, ACCURACY, TRAIN_ACCURACY, OUTPUT_WEIGHT_NORM)
 """Optional per-record float32 scalars, dims (run dims..., time)."""
 
 TIME_UNITS: tuple[str, ...] = ("scaled", "step", "epoch")
@@ -96,8 +97,8 @@ def _check_unique(arr: np.ndarray, name: str, problems: list[str]) -> None:
         problems.append(f"{name}: duplicate values {dups.tolist()}; each value may appear once.")
 
 
-def validate_gammas(values, name: str = GAMMA) -> list[str]:
-    """Problems with normalization exponents: finite, in [0.5, 1], unique."""
+def validate_gammas(values, name: str = GAMMA, *, unique: bool = True) -> list[str]:
+    """Problems with normalization exponents: finite, in [0.5, 1], unique (a coordinate; not per-layer values)."""
     problems: list[str] = []
     arr = _as_1d(values, name, problems)
     if arr is None:
@@ -111,12 +112,13 @@ def validate_gammas(values, name: str = GAMMA) -> list[str]:
             f"{name}: {bad} outside [0.5, 1] or not finite; the 1/N^gamma theory covers gamma in [0.5, 1] "
             "(0.5 = NTK, 1 = mean field)."
         )
-    _check_unique(arr, name, problems)
+    if unique:
+        _check_unique(arr, name, problems)
     return problems
 
 
-def validate_widths(values, name: str = WIDTH) -> list[str]:
-    """Problems with hidden widths: positive integers, unique."""
+def validate_widths(values, name: str = WIDTH, *, unique: bool = True) -> list[str]:
+    """Problems with hidden widths: positive integers, unique (a coordinate; not per-layer values)."""
     problems: list[str] = []
     arr = _as_1d(values, name, problems)
     if arr is None:
@@ -125,7 +127,8 @@ def validate_widths(values, name: str = WIDTH) -> list[str]:
     if not np.issubdtype(arr.dtype, np.number) or bad:
         problems.append(f"{name}: {bad or arr.tolist()} not positive integers; widths N must be integers >= 1.")
         return problems
-    _check_unique(arr, name, problems)
+    if unique:
+        _check_unique(arr, name, problems)
     return problems
 
 

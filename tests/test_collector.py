@@ -8,7 +8,7 @@ import torch
 
 import ensemble_stats as es
 from collectors import EnsembleStore, EvalGrid, OutputCollector
-from ensemble_stats.errors import RunExistsError, ValidationError
+from ensemble_stats.errors import RunExistsError, RunLockedError, ValidationError
 
 from ._models import Shallow, TableModel
 from .conftest import oracle
@@ -143,6 +143,9 @@ def test_state_dict_resume_continues_without_loss_or_duplicates(make_store):
     assert store.written_mask(col.index).tolist() == [True, True, True, False, False]
     with pytest.raises(RunExistsError, match="resume=True"):
         OutputCollector(store, gamma=1.0, width=8, seed=2)
+    with pytest.raises(RunLockedError, match=r"being written by pid \d+"):  # col still holds the run
+        OutputCollector(store, gamma=1.0, width=8, seed=2, resume=True)
+    col.close()
     col2 = OutputCollector(store, gamma=1.0, width=8, seed=2, resume=True)
     col2.load_state_dict(state)
     assert col2.step == 2

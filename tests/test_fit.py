@@ -124,7 +124,7 @@ def test_graph_building_computes_nothing_and_cluster_result_equals_in_memory():
         bv = es.bias_variance(lazy)
     assert calls == [], "building the graph must not compute"
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster),
     ):
         got = xr.merge([fit.rename({v: f"fit_{v}" for v in fit.data_vars}), bv], compat="override").compute()

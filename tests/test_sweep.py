@@ -148,7 +148,7 @@ def test_killing_a_worker_mid_sweep_still_completes_exactly(tmp_path, reference)
 
     store = tmp_path / "w.zarr"
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         pids = list(client.run(os.getpid).values())

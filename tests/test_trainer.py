@@ -11,8 +11,9 @@ from collectors import EnsembleStore, ScaledMLP, TrainConfig, digits, teacher, t
 from ensemble_stats import errors
 
 
-def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed):
-    """The same member trained alone: ScaledMLP + torch.optim.SGD, the data order of the block."""
+def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_train=False):
+    """The same member trained alone (ScaledMLP + torch.optim.SGD, the data order of the block): its outputs on
+    the grid, or on the training set with ``on_train``."""
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     m = ScaledMLP(
         data.d_in,
@@ -46,7 +47,7 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed):
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return m(torch.tensor(data.grid.x, dtype=dtype)).numpy()
+        return m(x if on_train else torch.tensor(data.grid.x, dtype=dtype)).numpy()
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed):
     [
         dict(data="teacher", cfg=dict()),
         dict(
-            data="teacher", cfg=dict(batch_size=7, inner_widths=(12,), inner_gammas=(0.7,), bias=True, activation="erf")
+            data="teacher", cfg=dict(batch_size=7, inner_widths=(12, 12), inner_gammas=(0.7, 0.7), bias=True, activation="erf")
         ),
         dict(
             data="digits", cfg=dict(loss="cross_entropy", batch_size=16, init="paper", activation="sigmoid", bias=True)
@@ -93,6 +94,10 @@ def test_every_member_equals_plain_sgd_alone_to_1e10_over_200_steps(tmp_path, ca
     assert np.isfinite(ds.train_loss).all() and np.isfinite(ds.output_weight_norm).all()
     if data.task == "classification":
         assert ((ds.accuracy >= 0) & (ds.accuracy <= 1)).all()
+        g, s = gammas[-1], seeds[0]
+        train_out = _single(data, width, g, s, cfg, 200, 5, on_train=True)
+        want = (train_out.argmax(-1) == data.labels_train).mean()
+        assert float(ds.train_accuracy.sel(gamma=g, width=width, seed=s, time=200)) == pytest.approx(want, abs=1e-6)
 
 
 def test_a_complete_block_is_skipped_and_rerun_is_idempotent(tmp_path):
