@@ -55,7 +55,8 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
     [
         dict(data="teacher", cfg=dict()),
         dict(
-            data="teacher", cfg=dict(batch_size=7, inner_widths=(12, 12), inner_gammas=(0.7, 0.7), bias=True, activation="erf")
+            data="teacher",
+            cfg=dict(batch_size=7, inner_widths=(12, 12), inner_gammas=(0.7, 0.7), bias=True, activation="erf"),
         ),
         dict(
             data="digits", cfg=dict(loss="cross_entropy", batch_size=16, init="paper", activation="sigmoid", bias=True)
