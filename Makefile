@@ -35,8 +35,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_fit.py
 
+# every fault-injection test at full count (and the other slow suites); writes RELIABILITY.md from the results
 reliability: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	ENSEMBLE_STATS_RELIABILITY_OUT=RELIABILITY.md $(BIN)/python -m pytest -m "reliability or slow" -q
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,7 +130,40 @@ def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool 
     # could pair a mark read after a concurrent commit with data read before it (a written record read as NaN).
     written = ds[schema.WRITTEN].compute()
     ds[schema.WRITTEN] = written
-    for name in (schema.PREDICTION, *schema.SCALAR_VARIABLES):
+    ds[schema.PREDICTION] = xr.apply_ufunc(
+        functools.partial(_mask_checked, source=", ".join(str(p) for p in paths)),
+        ds[schema.PREDICTION],
+        written,
+        ds[schema.STEP],
+        ds[schema.DIVERGED_STEP],
+        input_core_dims=[[schema.POINT, schema.OUTPUT], [], [], []],
+        output_core_dims=[[schema.POINT, schema.OUTPUT]],
+        dask="parallelized",
+        output_dtypes=[ds[schema.PREDICTION].dtype],
+        keep_attrs=True,
+    )
+    for name in schema.SCALAR_VARIABLES:
         if name in ds:
             ds[name] = ds[name].where(written)
     return ds
+
+
+def _mask_checked(
+    pred: np.ndarray, written: np.ndarray, step: np.ndarray, diverged: np.ndarray, *, source: str
+) -> np.ndarray:
+    """NaN where not written; raise where a written record reads as all fill value without having diverged.
+
+    A chunk deleted under its commit mark reads back as zarr's fill value (NaN), which would otherwise pass
+    for a diverged record: the store marks every non-finite record's run as diverged at or before its step.
+    """
+    allnan = np.isnan(pred).all(axis=(-2, -1))
+    lost = written & allnan & ((diverged < 0) | (step < diverged))
+    if lost.any():
+        raise StoreCorruptionError(
+            [
+                f"{int(lost.sum())} record(s) are marked written but read as fill values (their chunk files are "
+                "missing); `ensemble-stats info STORE --verify` lists them"
+            ],
+            source,
+        )
+    return np.where(written[..., None, None], pred, np.nan)

@@ -88,5 +88,90 @@ def _train_main(argv=None):
     print("done", flush=True)
 
 
+ORACLE_RUNS = [(0.5, 4, 0), (0.5, 4, 1), (1.0, 4, 0), (1.0, 4, 1)]
+ORACLE_TIMES = 48
+ORACLE_POINTS, ORACLE_OUTPUTS = 30, 2
+
+
+def oracle_store(path):
+    """The store the oracle writer fills: 4 runs x 48 step-indexed records, time chunks of 4."""
+    from collectors import EnsembleStore, EvalGrid
+
+    rng = np.random.default_rng(7)
+    grid = EvalGrid(rng.normal(size=(ORACLE_POINTS, 3)), rng.normal(size=(ORACLE_POINTS, ORACLE_OUTPUTS)))
+    return EnsembleStore.create(
+        path,
+        grid,
+        gammas=[0.5, 1.0],
+        widths=[4],
+        seeds=[0, 1],
+        times=list(range(ORACLE_TIMES)),
+        time_units="step",
+        time_chunk=4,
+    )
+
+
+def _oracle_main(argv=None):
+    """Write the oracle's records run after run through OutputCollector, checkpointing its state_dict as JSON
+    every 6 records (atomically); resume from the checkpoint when one exists. SIGTERM: flush, checkpoint, exit 143.
+    """
+    import json
+    import signal
+    import sys
+
+    import torch
+
+    from collectors import OutputCollector
+    from tests._models import TableModel
+    from tests.conftest import oracle
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--sleep", type=float, default=0.0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    store = oracle_store(args.store)
+    ckpt = Path(args.ckpt)
+    state = json.loads(ckpt.read_text()) if ckpt.exists() else {}
+    model = TableModel(ORACLE_POINTS, ORACLE_OUTPUTS)
+
+    def save(run_key, col):
+        state[run_key] = col.state_dict()  # flushes first: the checkpoint never outruns the store
+        tmp = ckpt.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, ckpt)
+
+    for g, w, s in ORACLE_RUNS:
+        key = f"{g}-{w}-{s}"
+        col = OutputCollector(store, gamma=g, width=w, seed=s, resume=True)
+        start = 0
+        if key in state:
+            col.load_state_dict(state[key])
+            start = state[key]["next_index"]  # time index t records step t
+        for t in range(start, ORACLE_TIMES):
+            model.set(oracle(g, w, s, t, ORACLE_POINTS, ORACLE_OUTPUTS))
+            col.record(model, t)
+            if (t + 1) % 6 == 0:
+                save(key, col)
+            if stop:
+                save(key, col)
+                col.close()
+                print("stopped", flush=True)
+                sys.exit(143)
+            if args.sleep:
+                time.sleep(args.sleep)
+        save(key, col)
+        col.close()
+    print("done", flush=True)
+
+
 if __name__ == "__main__":
-    _train_main()
+    import sys
+
+    if sys.argv[1:2] == ["oracle"]:
+        _oracle_main(sys.argv[2:])
+    else:
+        _train_main()
