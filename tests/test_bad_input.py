@@ -87,6 +87,7 @@ def test_wrong_prediction_shape_dtype_and_steps(store):
         with pytest.raises(errors.ValidationError, match=r"model output on the grid has shape \(7, 5\)"):
             col.record(TableModel(7, 5), 0)
             col.flush()  # in background mode the worker's error surfaces here
+        col.run_lock.release()  # the writer gives up; the next collector for this run may lock it
     assert tree_digest(store.path) == before
 
 
