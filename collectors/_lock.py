@@ -48,10 +48,6 @@ class RunLock:
         self.took_over: dict | None = None
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunLockedError` naming the live holder."""
         if self._fd is not None:

@@ -552,7 +552,7 @@ def test_untrusted_configs_attrs_checkpoints_and_paths(tmp_path, reliability, mo
     except ConfigError:
         checks["stored config attrs are data"] = not canary.exists()
     try:
-        _workers.oracle_store(tmp_path / "a.zarr").__class__.create(
+        EnsembleStore.create(
             tmp_path / "b.zarr",
             _workers.oracle_store(tmp_path / "a.zarr").grid(),
             gammas=[0.5],

@@ -177,7 +177,7 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
                     "yes" if ok else "no",
                 ]
             )
-        bv = es.bias_variance(ds).isel(time=-1)
+        bv = es.bias_variance(ds).isel(time=-1).compute()  # the table and the figure below both use it
         for w in widths:
             v = bv.variance.sel(width=w)
             rho = scipy.stats.spearmanr(gammas, v.values).statistic
@@ -202,9 +202,8 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
                     ]
                 )
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        bvt = es.bias_variance(ds).isel(time=-1)
         for g, c in zip(gammas, PALETTE, strict=False):
-            v = bvt.sel(gamma=g)
+            v = bv.sel(gamma=g)
             ax.errorbar(
                 widths,
                 v.variance,
