@@ -44,6 +44,8 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
             loss = 0.5 * ((out - y[idx]) ** 2).mean()
         else:
             loss = torch.nn.functional.cross_entropy(out, labels[idx])
+        if cfg.output_weight_decay:  # lambda (1/N) sum_i c_i^2 (THEORY.md 4)
+            loss = loss + cfg.output_weight_decay * (m.params["C"] ** 2).sum() / width
         loss.backward()
         opt.step()
     with torch.no_grad():
@@ -56,13 +58,32 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
         dict(data="teacher", cfg=dict()),
         dict(
             data="teacher",
-            cfg=dict(batch_size=7, inner_widths=(12, 12), inner_gammas=(0.7, 0.7), bias=True, activation="erf"),
+            cfg=dict(
+                batch_size=7,
+                inner_widths=(12, 12),
+                inner_gammas=(0.7, 0.7),
+                bias=True,
+                activation="erf",
+                output_weight_decay=0.05,
+            ),
         ),
         dict(
             data="digits", cfg=dict(loss="cross_entropy", batch_size=16, init="paper", activation="sigmoid", bias=True)
         ),
+        dict(data="teacher", cfg=dict(batch_size=8, bias=True, activation="tanh", output_weight_decay=0.05)),
+        dict(data="teacher", cfg=dict(batch_size=8, bias=True, activation="relu")),
+        dict(data="teacher", cfg=dict(activation="normalized_relu")),
+        dict(data="teacher", cfg=dict(batch_size=8, bias=True, activation="erf")),
     ],
-    ids=["full-batch", "sgd-deep-bias", "digits-ce-paper"],
+    ids=[
+        "full-batch",
+        "sgd-deep-bias",
+        "digits-ce-paper",
+        "tanh-bias-decay",
+        "relu-bias",
+        "normalized_relu",
+        "erf-bias",
+    ],
 )
 def test_every_member_equals_plain_sgd_alone_to_1e10_over_200_steps(tmp_path, case):
     torch.set_num_threads(1)
