@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint browser bench reliability clean
+.PHONY: demo test lint browser bench reliability experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: $(STAMP)
 # every fault-injection test at full count (and the other slow suites); writes RELIABILITY.md from the results
 reliability: $(STAMP)
 	ENSEMBLE_STATS_RELIABILITY_OUT=RELIABILITY.md $(BIN)/python -m pytest -m "reliability or slow" -q
+
+# the seed papers' studies re-run as ensembles (each under an hour on 2 cores): stores in experiments-out/,
+# EXPERIMENTS.md and experiments/*.png from them; rerunning resumes the stores. SCALE=smoke|default|full, ARGS=...
+SCALE ?= default
+experiments: $(STAMP)
+	$(BIN)/python examples/experiments/run.py --scale $(SCALE) --no-progress $(ARGS)
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .ruff_cache
