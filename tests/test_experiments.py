@@ -1,0 +1,89 @@
+"""The studies runner behind `make experiments` (examples/experiments/run.py), at its smoke scale."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ensemble_stats.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "examples" / "experiments" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("experiments_run", RUN)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_study_config_parses_at_every_scale(runner):
+    import torch
+
+    for name in runner.STUDIES:
+        for scale in ("smoke", "default"):
+            meta, _, specs = runner.load_study(RUN.parent / f"{name}.toml", scale)
+            assert meta["title"] and meta["claims"] and meta["differences"], (name, scale)
+            assert specs, (name, scale)
+        if torch.cuda.is_available():
+            _, _, full = runner.load_study(RUN.parent / f"{name}.toml", "full")
+            assert all(s.train.device == "cuda" for s in full.values()), name
+        else:  # the papers' sizes ask for a GPU, and say so before anything runs
+            with pytest.raises(ConfigError, match="CUDA is not available"):
+                runner.load_study(RUN.parent / f"{name}.toml", "full")
+
+
+def test_scale_overrides_apply_and_mnist_variants_need_a_path(runner, tmp_path):
+    _, _, default = runner.load_study(RUN.parent / "shallow.toml", "default")
+    _, _, smoke = runner.load_study(RUN.parent / "shallow.toml", "smoke")
+    _, _, with_mnist = runner.load_study(RUN.parent / "shallow.toml", "default", mnist=str(tmp_path))
+    assert "mnist-cross_entropy" not in default and "mnist-cross_entropy" in with_mnist
+    assert set(smoke) == {"digits-cross_entropy", "digits-mse"}
+    assert list(smoke["digits-mse"].widths) == [20, 40] and list(default["digits-mse"].widths) == [100, 200, 400]
+    assert default["digits-mse"].train.loss == "mse"
+
+
+def test_a_malformed_override_is_a_config_error(runner, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        (RUN.parent / "collapse.toml")
+        .read_text()
+        .replace('name = "circle"\nset = {}', 'name = "x"\nset = { widths = 3 }')
+    )
+    with pytest.raises(ConfigError, match=r"table\.key"):
+        runner.load_study(bad)
+
+
+def test_smoke_scale_runs_every_study_and_writes_the_document(tmp_path):
+    doc = tmp_path / "EXPERIMENTS.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(RUN), "--scale", "smoke", "--out", str(tmp_path / "out"), "--doc", str(doc)]
+    proc = subprocess.run([*cmd, "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    sections = re.findall(r"^## \d\. (.+)$", text, flags=re.M)
+    assert len(sections) == 5, sections
+    assert text.count("Training took") == 5
+    verdicts = re.findall(r"\*\*(holds|does not hold|inconclusive)\*\*", text)
+    assert len(verdicts) >= 5, verdicts
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert images, "no figures referenced"
+    for rel in images:
+        png = doc.parent / rel
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rel
+    # a second run resumes every store: nothing is trained again, so no store's training time changes
+    seconds = {p: p.read_text() for p in (tmp_path / "out").rglob("*.seconds.json")}
+    assert len(seconds) >= 5
+    again = subprocess.run(
+        [*cmd, "--no-progress", "--train-only"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.read_text() for p in seconds} == seconds
