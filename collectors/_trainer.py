@@ -345,16 +345,16 @@ def train_block(
             store,
             data,
             config,
-            width,
-            gammas,
-            seeds,
-            schedule,
-            steps_per_epoch,
-            writer,
-            cols,
-            data_seed,
-            progress,
-            t_start,
+            width=width,
+            gammas=gammas,
+            seeds=seeds,
+            schedule=schedule,
+            steps_per_epoch=steps_per_epoch,
+            writer=writer,
+            cols=cols,
+            data_seed=data_seed,
+            progress=progress,
+            t_start=t_start,
         )
     finally:
         for lock in [c.run_lock for c in cols] + (writer.locks if writer is not None else []):
@@ -362,7 +362,7 @@ def train_block(
 
 
 def _train(
-    store, data, config, width, gammas, seeds, schedule, steps_per_epoch, writer, cols, data_seed, progress, t_start
+    store, data, config, *, width, gammas, seeds, schedule, steps_per_epoch, writer, cols, data_seed, progress, t_start
 ):
     """The training loop of :func:`train_block` for a block whose writers (and locks) are set up."""
     members = [(g, s) for g in gammas for s in seeds]
