@@ -146,6 +146,9 @@ def gaussian_expectation(f: Callable, g: Callable, k11, k12, k22) -> np.ndarray:
     return (w[:, None] * w[None, :] * f(u) * g(v)).sum((-2, -1))
 
 
+_CLOSED_FORM = ("relu", "normalized_relu", "erf")
+
+
 def _closed_form(name: str, k11, k12, k22):
     """(E[s(u)s(v)], E[s'(u)s'(v)]) in closed form for relu, erf and normalized_relu; None otherwise."""
     if name in ("relu", "normalized_relu"):
@@ -166,35 +169,66 @@ def _closed_form(name: str, k11, k12, k22):
     return None
 
 
-def _moments(act, k11, k12, k22):
+def _moments(act, k11, k12, k22, derivative: bool = True):
+    """(E[s(u)s(v)], E[s'(u)s'(v)]); the second is None when not ``derivative`` (the NNGP needs only the first)."""
     name = act if isinstance(act, str) else None
     closed = _closed_form(name, k11, k12, k22) if name else None
     if closed is not None:
         return closed
     f, df = activation(act)
     ss = gaussian_expectation(f, f, k11, k12, k22)
+    if not derivative:
+        return ss, None
     dd = gaussian_expectation(df, df, k11, k12, k22) if df is not None else np.full_like(ss, np.nan)
     return ss, dd
 
 
-def _recursion(x, x2, act, depth, sigma_w, sigma_b, widths, gammas):
+def _pair_moments(act, k1, K, k2, symmetric: bool, derivative: bool):
+    """Moments over every pair (i, j); for a symmetric Gram matrix the quadrature runs on one triangle only."""
+    if not symmetric or act in _CLOSED_FORM:
+        return _moments(act, k1[:, None], K, k2[None, :], derivative)
+    i, j = np.triu_indices(K.shape[0])
+    tri = _moments(act, k1[i], K[i, j], k2[j], derivative)
+    out = []
+    for m in tri:
+        if m is None:
+            out.append(None)
+            continue
+        full = np.empty_like(K)
+        full[i, j] = m
+        full[j, i] = m
+        out.append(full)
+    return tuple(out)
+
+
+def _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = True):
+    """Yield (K, Theta) of the input layer and after each of ``depth`` hidden layers (Theta None unless ``ntk``)."""
+    symmetric = x2 is None
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     x2 = x if x2 is None else np.atleast_2d(np.asarray(x2, dtype=np.float64))
     d = x.shape[1]
     K = sigma_b**2 + sigma_w**2 * (x @ x2.T) / d
     k1 = sigma_b**2 + sigma_w**2 * (x**2).sum(1) / d
     k2 = sigma_b**2 + sigma_w**2 * (x2**2).sum(1) / d
-    theta = K.copy()
+    theta = K.copy() if ntk else None
+    yield K, theta
     for layer in range(depth):
         sw2 = sigma_w**2
         if widths is not None:  # 1/N^gamma nets: the conditional variance at finite N (THEORY.md 6)
             sw2 = sigma_w**2 * widths[layer] ** (1 - 2 * gammas[layer])
-        ss, dd = _moments(act, k1[:, None], K, k2[None, :])
-        s1, _ = _moments(act, k1, k1, k1)
-        s2, _ = _moments(act, k2, k2, k2)
+        ss, dd = _pair_moments(act, k1, K, k2, symmetric, ntk)
+        s1, _ = _moments(act, k1, k1, k1, derivative=False)
+        s2 = s1 if symmetric else _moments(act, k2, k2, k2, derivative=False)[0]
         K_new = sigma_b**2 + sw2 * ss
-        theta = K_new + sw2 * dd * theta
+        if ntk:
+            theta = K_new + sw2 * dd * theta
         K, k1, k2 = K_new, sigma_b**2 + sw2 * s1, sigma_b**2 + sw2 * s2
+        yield K, theta
+
+
+def _recursion(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = True):
+    for K, theta in _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk):  # noqa: B007 - the last
+        pass
     return K, theta
 
 
@@ -224,7 +258,7 @@ def nngp_kernel(
     -------
     (n, m) kernel matrix
     """
-    return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas)[0]
+    return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas, ntk=False)[0]
 
 
 def ntk_kernel(
@@ -421,17 +455,29 @@ def kernel_condition_number(
     x,
     *,
     activation: str | Callable = "normalized_relu",
-    depth: int = 1,
+    depth: int | Sequence[int] = 1,
     normalize_inputs: bool = True,
     sigma_w: float = 1.0,
     sigma_b: float = 0.0,
-) -> float:
+) -> float | np.ndarray:
     """Condition number of the NNGP Gram matrix of ``x`` after ``depth`` layers (Agarwal et al.; THEORY.md 5).
 
-    Inputs are scaled to unit norm times sqrt(d) (so K1 has unit diagonal) when ``normalize_inputs``.
+    Inputs are scaled to unit norm times sqrt(d) (so K1 has unit diagonal) when ``normalize_inputs``. A
+    sequence of depths returns an array of condition numbers, one per depth, from a single recursion.
     """
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     if normalize_inputs:
         x = x / np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(x.shape[1])
-    K = nngp_kernel(x, activation=activation, depth=depth, sigma_w=sigma_w, sigma_b=sigma_b)
-    return float(np.linalg.cond(K))
+    depths = [int(depth)] if np.ndim(depth) == 0 else [int(d) for d in depth]
+    if not depths or min(depths) < 0:
+        from .errors import ValidationError
+
+        raise ValidationError(
+            f"depth = {depth!r}: expected a non-negative number of hidden layers, or a non-empty sequence of them"
+        )
+    conds = {}
+    layers = _layers(x, None, activation, max(depths), sigma_w, sigma_b, None, None, ntk=False)
+    for layer, (K, _) in enumerate(layers):
+        if layer in depths:
+            conds[layer] = float(np.linalg.cond(K))
+    return conds[depths[0]] if np.ndim(depth) == 0 else np.array([conds[d] for d in depths])

@@ -169,6 +169,23 @@ def test_condition_number_falls_with_depth_for_the_normalized_relu_only():
     assert relu[1] > relu[0], relu
 
 
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_condition_numbers_at_several_depths_come_from_one_recursion_and_equal_single_depths(act):
+    x = np.random.default_rng(5).normal(size=(12, 6))
+    depths = [0, 1, 3, 5]
+    many = theory.kernel_condition_number(x, activation=act, depth=depths)
+    one = [theory.kernel_condition_number(x, activation=act, depth=d) for d in depths]
+    np.testing.assert_allclose(many, one, rtol=1e-12)
+    assert isinstance(one[0], float) and many.shape == (4,)
+    # the symmetric Gram matrix is evaluated on one triangle: exactly symmetric, and equal to the full (x, x2 = x)
+    # evaluation to quadrature accuracy (whose (i, j) and (j, i) quadratures differ by ~1e-7)
+    tri = theory.nngp_kernel(x, activation=act, depth=3)
+    np.testing.assert_array_equal(tri, tri.T)
+    np.testing.assert_allclose(tri, theory.nngp_kernel(x, x, activation=act, depth=3), rtol=1e-5, atol=1e-9)
+    with pytest.raises(errors.ValidationError, match=r"depth = \[-1\]: expected a non-negative"):
+        theory.kernel_condition_number(x, depth=[-1])
+
+
 def test_quadrature_against_monte_carlo_for_a_user_activation():
     rng = np.random.default_rng(2)
     u = rng.multivariate_normal([0, 0], [[1.0, 0.3], [0.3, 0.5]], size=2_000_000)

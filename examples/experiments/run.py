@@ -605,7 +605,7 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
     x = digits(n_test=int(analysis.get("kernel_points", 200))).grid.x
     depths = [int(d) for d in analysis.get("kernel_depths", [1, 2, 4, 8, 16])]
     acts = analysis.get("kernel_activations", ["relu", "normalized_relu", "tanh", "erf"])
-    cond = {a: [es.theory.kernel_condition_number(x, activation=a, depth=d) for d in depths] for a in acts}
+    cond = {a: list(es.theory.kernel_condition_number(x, activation=a, depth=depths)) for a in acts}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for a, c in zip(acts, PALETTE, strict=False):
         axes[0].plot(depths, cond[a], "o-", color=c, label=a)
@@ -622,9 +622,7 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
     for name, path in stores.items():
         ds = es.open_ensemble(path).load()
         if zero_loss is None:  # from the study's own training data
-            from collectors import SweepSpec as _Spec
-
-            zero_loss = 0.5 * float(np.mean(np.square(_Spec.from_json(ds.attrs["config"]).load_data().y_train)))
+            zero_loss = 0.5 * float(np.mean(np.square(SweepSpec.from_json(ds.attrs["config"]).load_data().y_train)))
         act, _, L = name.rpartition("-L")
         tl = ds.train_loss.isel(time=-1, gamma=0, width=0)
         div = int((ds.diverged_step.isel(gamma=0, width=0) >= 0).sum())
