@@ -23,6 +23,12 @@ def tree_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def committed_chunks(store: Path) -> int:
+    """How many chunk files of the commit mark ``written`` a store has: one per finished writer chunk."""
+    marks = Path(store) / "written" / "c"
+    return sum(1 for p in marks.rglob("*") if p.is_file()) if marks.exists() else 0
+
+
 def oracle(gamma, width, seed, time_index, n_points, output_size) -> np.ndarray:
     """Deterministic float32 values (point, output) for one record: every value checkable exactly."""
     p = np.arange(n_points)[:, None]

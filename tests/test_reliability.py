@@ -30,7 +30,7 @@ from ensemble_stats.errors import RunLockedError, StoreCorruptionError, StoreWri
 
 from . import _workers
 from ._models import TableModel
-from .conftest import oracle
+from .conftest import committed_chunks, oracle
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.reliability
@@ -65,7 +65,7 @@ def _oracle_proc(store, ckpt, sleep=0.0):
 def _wait_for_records(store, minimum=1, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if (store / "written" / "c").exists() and sum(1 for _ in (store / "written" / "c").rglob("*")) >= minimum:
+        if committed_chunks(store) >= minimum:
             return
         time.sleep(0.02)
 

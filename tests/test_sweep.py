@@ -19,6 +19,8 @@ import ensemble_stats as es
 from collectors import SweepSpec, run_sweep
 from ensemble_stats import errors
 
+from .conftest import committed_chunks
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("ensemble-stats"))
 
@@ -115,12 +117,6 @@ def test_a_different_config_on_an_existing_store_is_refused(tmp_path, reference)
     assert "config" in es.open_ensemble(store).attrs
 
 
-def _committed_chunks(store):
-    """How many chunks of the commit mark exist: one per finished (gamma, width, seed block)."""
-    marks = store / "written" / "c"
-    return sum(1 for p in marks.rglob("*") if p.is_file()) if marks.exists() else 0
-
-
 def test_sigkill_at_five_random_moments_then_rerun_equals_uninterrupted(tmp_path, reference):
     # The moments are drawn in progress, not in seconds: a sweep this small takes a few seconds, and a
     # kill timed by the clock lands after it has finished once the trainer gets faster.  Each kill comes
@@ -131,7 +127,7 @@ def test_sigkill_at_five_random_moments_then_rerun_equals_uninterrupted(tmp_path
     rng = random.Random(7)
     killed_incomplete = 0
     for _ in range(5):
-        target = min(_committed_chunks(store) + 1, total - 1)
+        target = min(committed_chunks(store) + 1, total - 1)
         proc = subprocess.Popen(
             [EXE, "run", str(cfg), "--store", str(store), "--workers", "2", "--no-progress"],
             stdout=subprocess.DEVNULL,
@@ -139,7 +135,7 @@ def test_sigkill_at_five_random_moments_then_rerun_equals_uninterrupted(tmp_path
             start_new_session=True,
         )
         deadline = time.monotonic() + 120
-        while _committed_chunks(store) < target and proc.poll() is None and time.monotonic() < deadline:
+        while committed_chunks(store) < target and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.05))
         with contextlib.suppress(ProcessLookupError):  # it may have finished on its own

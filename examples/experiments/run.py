@@ -210,7 +210,7 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
                     f"{fmt_ci(r, rlo, rhi)} (epoch {float(ds.time[k0]):g} -> {float(ds.time[-1]):g})",
                 ]
             )
-            steps_done[name] = int(ds.step.max())
+        steps_done[name] = int(ds.step.max())
         bv = es.bias_variance(ds).isel(time=-1).compute()  # the table and the figure below both use it
         for w in widths:
             v = bv.variance.sel(width=w)
@@ -222,21 +222,21 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
             )
         if len(widths) >= 2:
             rate0 = es.fit_rate(ds.isel(time=[0])).isel(time=0).compute()
-            last = es.fit_rate(ds).isel(time=-1).compute()
+            last = es.fit_rate(ds.isel(time=[-1])).isel(time=0).compute()
             sub, t_common = at_common_scaled_time(ds)
             common = es.fit_rate(sub).isel(time=0).compute() if sub is not None else None
+            cell = lambda q: fmt_ci(q.slope, q.slope_lo, q.slope_hi)  # noqa: E731
             for g in gammas:
                 r = (common if common is not None else last).sel(gamma=g)
                 inside = bool(r.slope_lo <= r.theory <= r.slope_hi)
                 slope_in.append(inside)
                 r0 = rate0.sel(gamma=g)
                 slope0_in.append(bool(r0.slope_lo <= r0.theory <= r0.slope_hi))
-                cell = lambda q: fmt_ci(q.slope, q.slope_lo, q.slope_hi)  # noqa: E731
                 slope_rows.append(
                     [
                         name,
                         f"{g:g}",
-                        cell(rate0.sel(gamma=g)),
+                        cell(r0),
                         f"{cell(common.sel(gamma=g))} (t = {t_common:g})" if common is not None else "no common t > 0",
                         cell(last.sel(gamma=g)),
                         f"{float(r.theory):.2f}",
@@ -366,7 +366,7 @@ def analyze_deep(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[
             var_rows.append(dict(g1=g1, g2=g2, g3=float(g3), logvar=float(np.log(bv.variance.sel(gamma=g3, width=w0)))))
         if ds.sizes["width"] >= 2:
             sub, t_common = at_common_scaled_time(ds)  # fixed t = k/N_3, as the theory's N-scaling
-            rate = es.fit_rate(sub if sub is not None else ds).isel(time=-1).compute()
+            rate = es.fit_rate(sub if sub is not None else ds.isel(time=[-1])).isel(time=-1).compute()
             for g3 in ds.gamma.values:
                 r = rate.sel(gamma=g3)
                 inside = bool(r.slope_lo <= r.theory <= r.slope_hi)
