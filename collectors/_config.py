@@ -20,8 +20,9 @@ import numpy as np
 from ensemble_stats import schema
 from ensemble_stats.errors import ConfigError, ValidationError
 
-from ._data import LOADERS, DataSet, load_dataset
+from ._data import LOADERS, DataSet, load_dataset, validate_options
 from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
+from ._store import MAX_COORDINATE, StoreSpec, store_bytes
 from ._trainer import DTYPES, LOSSES, TrainConfig
 
 # table -> key -> (python types accepted, default; REQUIRED means no default)
@@ -94,7 +95,17 @@ class SweepSpec:
             path = Path(source)
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist.", "config")
-            text, name = path.read_text(), str(path)
+            name = str(path)
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(
+                    f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); TOML files "
+                    "must be UTF-8: re-save it as UTF-8.",
+                    "config",
+                ) from None
+            except OSError as e:
+                raise ConfigError(f"config file {path} cannot be read ({type(e).__name__}: {e}).", "config") from None
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -139,6 +150,20 @@ class SweepSpec:
         sw, tm, md, dt, op, rn = (v[k] for k in ("sweep", "time", "model", "data", "optimizer", "run"))
         problems += [f"[sweep].{p}" for p in schema.validate_gammas(sw["gammas"], "gammas")]
         problems += [f"[sweep].{p}" for p in schema.validate_widths(sw["widths"], "widths")]
+        too_many = [
+            f"[{t}].{k} has {n:,} values; at most {MAX_COORDINATE:,} (split the sweep into several stores)."
+            for t, k, n in (
+                ("sweep", "seeds", sw["seeds"] if isinstance(sw["seeds"], int) else len(sw["seeds"])),
+                ("sweep", "gammas", len(sw["gammas"])),
+                ("sweep", "widths", len(sw["widths"])),
+                ("sweep", "data_seeds", len(sw["data_seeds"])),
+                ("time", "n_times", tm["n_times"]),
+                ("time", "times", len(tm["times"])),
+            )
+            if n > MAX_COORDINATE
+        ]
+        if too_many:  # before anything the size of these is allocated
+            raise ConfigError(too_many, name)
         seeds = list(range(sw["seeds"])) if isinstance(sw["seeds"], int) else sw["seeds"]
         if isinstance(sw["seeds"], int) and sw["seeds"] < 1:
             problems.append(f"[sweep].seeds = {sw['seeds']}: give a count >= 1 or a non-empty list of seeds.")
@@ -195,6 +220,12 @@ class SweepSpec:
             problems.append(f"[run].dtype = {rn['dtype']!r}: allowed are {sorted(DTYPES)}.")
         if rn["device"] != "cpu" and not rn["device"].startswith("cuda"):
             problems.append(f"[run].device = {rn['device']!r}: use 'cpu' or 'cuda'.")
+        if not (math.isfinite(op["output_weight_decay"]) and op["output_weight_decay"] >= 0):
+            problems.append(
+                f"[optimizer].output_weight_decay = {op['output_weight_decay']}: must be a finite number >= 0."
+            )
+        if dt["name"] in LOADERS:
+            problems += [f"[data].options: {p}" for p in validate_options(dt["name"], dt["options"])]
         if problems:
             raise ConfigError(problems, name)
         try:
@@ -282,6 +313,84 @@ class SweepSpec:
     def load_data(self) -> DataSet:
         return load_dataset(self.data_name, **dict(self.data_options))
 
+    def check(self, data: DataSet) -> list[str]:
+        """Problems that only show with the data at hand, found before any store is created or cell trained.
+
+        Each width's recording schedule (distinct optimizer steps), the loss against the task, the batch size
+        against the training set, the model at every (width, gamma), and the memory one cell's block needs.
+        """
+        problems = []
+        t = self.train
+        n = len(data.x_train)
+        if t.batch_size and t.batch_size > n:
+            problems.append(f"[optimizer].batch_size = {t.batch_size} exceeds the {n} training points; use <= {n}.")
+        if t.loss == "cross_entropy" and data.task != "classification":
+            problems.append(
+                f"[optimizer].loss = 'cross_entropy' needs a classification data set; {self.data_name} is "
+                f"{data.task}: use loss = 'mse'."
+            )
+        steps_per_epoch = math.ceil(n / (t.batch_size or n))
+        times = np.asarray(self.times)
+        for w in self.widths:
+            if self.time_units == "scaled":
+                steps = np.rint(times * w)
+            elif self.time_units == "step":
+                steps = np.rint(times)
+            else:
+                steps = np.rint(times * steps_per_epoch)
+            clash = np.flatnonzero(np.diff(steps) <= 0)
+            if clash.size:
+                i = int(clash[0])
+                problems.append(
+                    f"[time]: recording times {times[i]} and {times[i + 1]} ({self.time_units}) both map to optimizer "
+                    f"step {int(steps[i])} at width {w}; use fewer recording times or larger widths."
+                )
+                break
+        try:
+            for w in self.widths:
+                for g in self.gammas:
+                    t.architecture(data.d_in, data.output_size, w, g)
+        except ValidationError as e:
+            problems += [f"[model]: {p}" for p in getattr(e, "problems", [str(e)])]
+        need = self.cell_bytes(data)
+        total = _physical_memory()
+        if total and need > 0.8 * total:
+            problems.append(
+                f"one cell trains {len(self.gammas) * self.seed_block} members at width {max(self.widths)} and needs "
+                f"about {need / 1e9:.3g} GB of memory; this machine has {total / 1e9:.3g} GB. Lower [sweep].seed_block "
+                "or the widths."
+            )
+        spec = StoreSpec(
+            gammas=self.gammas,
+            widths=self.widths,
+            seeds=self.seeds,
+            times=self.times,
+            time_units=self.time_units,
+            n_points=data.grid.n_points,
+            n_features=data.grid.n_features,
+            output_size=data.output_size,
+            grid_hash="",
+            time_chunk=1,
+            dtype="float64" if t.dtype == "float64" else "float32",
+            extra=(("data_seed", self.data_seeds),) if self.data_seeds else (),
+        )
+        records, _ = store_bytes(spec)
+        if records > 1 << 31:
+            problems.append(f"the sweep has {records:,} records; a store holds at most {1 << 31:,}.")
+        return problems
+
+    def cell_bytes(self, data: DataSet) -> int:
+        """Rough memory of training one cell: parameters, gradients and workspace of the widest block."""
+        t = self.train
+        members = len(self.gammas) * self.seed_block
+        widths = (*t.inner_widths, max(self.widths))
+        fan_in = (data.d_in, *widths[:-1])
+        params = sum(a * b for a, b in zip(fan_in, widths, strict=True)) + widths[-1] * data.output_size
+        batch = t.batch_size or len(data.x_train)
+        acts = sum(widths) * (batch + data.grid.n_points)
+        item = 8 if t.dtype == "float64" else 4
+        return int(members * item * (4 * params + 3 * acts))
+
     def blocks(self) -> list[tuple[int, tuple[int, ...]]]:
         """(width, seed block) cells, widest first so the longest tasks start early."""
         seeds = self.seeds
@@ -299,3 +408,10 @@ def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[
         elif a != b:
             out.append(f"{prefix}{key}: store has {a!r}, config has {b!r}")
     return out
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0

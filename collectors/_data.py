@@ -6,7 +6,10 @@ Nothing here downloads. Every loader returns a :class:`DataSet` whose test input
 from __future__ import annotations
 
 import gzip
+import inspect
+import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +98,8 @@ def teacher(
     """
     if grid not in ("test", "train"):
         raise ValidationError(f"teacher grid={grid!r}: use 'test' (held-out points) or 'train' (the training points).")
+    if not (isinstance(noise, int | float) and math.isfinite(noise) and noise >= 0):
+        raise ValidationError(f"teacher noise={noise!r}: must be a finite number >= 0 (the targets' noise std).")
     rng = np.random.default_rng(seed)
     if kind == "circle":
 
@@ -158,13 +163,20 @@ def mnist1d(*, n_samples: int = 5000, seed: int = 42, n_test: int | None = None)
     return _classification("mnist1d", d["x"], d["y"], xt, yt, 10, {"source": "mnist1d.data.make_dataset", "seed": seed})
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, ndim_expected: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataNotFoundError(f"{path} cannot be read ({type(e).__name__}: {e}); the file is malformed.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataNotFoundError(f"{path} is not an IDX file of unsigned bytes (bad magic number {raw[:4]!r}).")
     ndim = raw[3]
+    if ndim != ndim_expected or len(raw) < 4 + 4 * ndim:
+        raise DataNotFoundError(
+            f"{path}: an IDX header of {ndim} dims, expected {ndim_expected} (images: 3, labels: 1); wrong file?"
+        )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
@@ -187,10 +199,14 @@ def mnist(path: str | os.PathLike, *, n_train: int | None = None, n_test: int | 
         raise DataNotFoundError(
             f"MNIST directory {root} does not exist; download the IDX files yourself and pass their folder."
         )
-    xi = _read_idx(_find(root, "train-images-idx3-ubyte"))
-    yi = _read_idx(_find(root, "train-labels-idx1-ubyte"))
-    xt = _read_idx(_find(root, "t10k-images-idx3-ubyte"))
-    yt = _read_idx(_find(root, "t10k-labels-idx1-ubyte"))
+    xi = _read_idx(_find(root, "train-images-idx3-ubyte"), 3)
+    yi = _read_idx(_find(root, "train-labels-idx1-ubyte"), 1)
+    xt = _read_idx(_find(root, "t10k-images-idx3-ubyte"), 3)
+    yt = _read_idx(_find(root, "t10k-labels-idx1-ubyte"), 1)
+    for images, labels, which in ((xi, yi, "train"), (xt, yt, "t10k")):
+        if len(images) != len(labels):
+            raise DataNotFoundError(f"{root}: {which} has {len(images)} images but {len(labels)} labels.")
+        _check_labels(labels, root / which)
     norm = lambda a: (a.reshape(len(a), -1) / 255.0 - 0.1307) / 0.3081  # noqa: E731
     return _classification(
         "mnist",
@@ -224,6 +240,7 @@ def cifar10(path: str | os.PathLike, *, n_train: int | None = None, n_test: int 
             if raw.size % 3073:
                 raise DataNotFoundError(f"{p} has {raw.size} bytes, not a multiple of 3073; the file is malformed.")
             rec = raw.reshape(-1, 3073)
+            _check_labels(rec[:, 0], p)
             ys.append(rec[:, 0].astype(np.int64))
             xs.append(rec[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0)
         return np.concatenate(xs), np.concatenate(ys)
@@ -237,7 +254,69 @@ def cifar10(path: str | os.PathLike, *, n_train: int | None = None, n_test: int 
     )
 
 
+def _check_labels(labels: np.ndarray, where) -> None:
+    if labels.size == 0:
+        raise DataNotFoundError(f"{where} holds no records; the file is empty or truncated.")
+    if int(labels.max()) >= 10:
+        raise DataNotFoundError(f"{where} has label {int(labels.max())}; expected classes 0..9. Wrong or corrupt file?")
+
+
 LOADERS = {"teacher": teacher, "digits": digits, "mnist1d": mnist1d, "mnist": mnist, "cifar10": cifar10}
+
+
+# bounds of the size options, checked before a loader allocates anything
+_SIZE_LIMITS = {
+    "n_train": 10_000_000,
+    "n_test": 1_000_000,
+    "n_samples": 10_000_000,
+    "d": 100_000,
+    "teacher_width": 1_000_000,
+}
+
+
+def validate_options(name: str, options: dict) -> list[str]:
+    """Problems with a loader's keyword options (names, types, sizes), found without loading anything."""
+    fn = LOADERS[name]
+    params = {k: p for k, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    positional = [k for k, p in inspect.signature(fn).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    problems = []
+    for key, value in options.items():
+        if key not in params and key not in positional:
+            problems.append(
+                f"{key!r} is not an option of data set {name!r}; its options are {sorted([*positional, *params])}."
+            )
+            continue
+        ann = str((params.get(key) or inspect.signature(fn).parameters[key]).annotation)
+        if key == "path" or "PathLike" in ann:
+            if not isinstance(value, str):
+                problems.append(f"{key} = {value!r}: expected a path (a string).")
+            continue
+        if "int" in ann.split("|")[0] or ann.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                if not (value is None and "None" in ann):
+                    problems.append(f"{key} = {value!r}: expected an integer.")
+                continue
+            if value < (0 if key == "seed" else 1) or value > _SIZE_LIMITS.get(key, 2**63 - 1):
+                low = 0 if key == "seed" else 1
+                problems.append(
+                    f"{key} = {value:,}: expected an integer in [{low}, {_SIZE_LIMITS.get(key, 2**63 - 1):,}]."
+                )
+        elif ann.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                problems.append(f"{key} = {value!r}: expected a finite number.")
+        elif ann.startswith("bool"):
+            if not isinstance(value, bool):
+                problems.append(f"{key} = {value!r}: expected true or false.")
+        elif ann.startswith("str") and not isinstance(value, str):
+            problems.append(f"{key} = {value!r}: expected a string.")
+    for key in positional:
+        if key not in options:
+            problems.append(f'data set {name!r} needs the option {key!r} (e.g. {{ {key} = "/data/{name}" }}).')
+    if name == "teacher":
+        n = options.get("n_train", 8), options.get("n_test", 5), options.get("d", 2)
+        if all(isinstance(v, int) for v in n) and (n[0] + n[1]) * n[2] * 8 > 4e9:
+            problems.append(f"n_train, n_test, d = {n}: the data would take {(n[0] + n[1]) * n[2] * 8 / 1e9:.3g} GB.")
+    return problems
 
 
 def load_dataset(name: str, **kwargs) -> DataSet:

@@ -38,15 +38,24 @@ dtype = "float32"
 
 def run_demo(out: str | Path = "demo-out", *, workers: int = 2, progress: bool = True, echo=print) -> dict:
     """Run the demo sweep into ``out/demo.zarr`` (resuming if present), fit and decompose, print a table."""
+    import importlib.util
+
     import numpy as np
 
     import ensemble_stats as es
+    from ensemble_stats._paths import atomic_output
 
     from ._config import SweepSpec
     from ._sweep import run_sweep
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    if not can_plot:  # said before training, not after it
+        echo(
+            "matplotlib is not installed: the demo trains and analyses, but skips the report figures "
+            "(pip install 'ensemble-stats[report]' adds them)."
+        )
     (out / "demo.toml").write_text(DEMO_CONFIG)
     spec = SweepSpec.from_toml(DEMO_CONFIG)
     t0 = time.perf_counter()
@@ -62,12 +71,14 @@ def run_demo(out: str | Path = "demo-out", *, workers: int = 2, progress: bool =
     rate = es.fit_rate(ds, quantity="variance").compute()
     fit = es.fit_expansion(ds, quantity="variance").compute()
     for name, res in (("decompose.nc", bv.compute()), ("fit_variance.nc", fit), ("rate_variance.nc", rate)):
-        res.to_netcdf(out / name)
+        with atomic_output(out / name) as tmp:
+            res.to_netcdf(tmp)
     echo(f"analysis: {time.perf_counter() - t1:.1f} s")
     echo(f"store: {out / 'demo.zarr'}   results: {out}/decompose.nc, fit_variance.nc, rate_variance.nc")
-    data = spec.load_data()
-    index = es.report(ds, out / "report", train_x=data.x_train, train_y=data.y_train)
-    echo(f"report: {index}")
+    if can_plot:
+        data = spec.load_data()
+        index = es.report(ds, out / "report", train_x=data.x_train, train_y=data.y_train)
+        echo(f"report: {index}")
     t_last = float(ds.time[-1])
     echo(f"\nslope of log(seed variance) vs log N, pooled over the grid, at t = {t_last:g} (95% CI):")
     echo(f"{'gamma':>7} {'slope':>8} {'95% CI':>19} {'theory 1-2g':>12} {'inside':>7}")

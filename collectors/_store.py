@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import functools
+import operator
 import os
 import shutil
 import uuid
@@ -27,18 +29,23 @@ from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync as _sync
 
 import ensemble_stats
-from ensemble_stats import schema
+from ensemble_stats import _integrity, schema
+from ensemble_stats._locks import RunLock, lock_dir, lock_name
+from ensemble_stats._paths import local_store_path, remove_stale_siblings, temp_sibling
+from ensemble_stats._verify import verify_store
 from ensemble_stats.errors import (
+    EnsembleStatsError,
     GridMismatchError,
     RunNotFoundError,
     SpecMismatchError,
+    StoreCorruptionError,
     StoreNotFoundError,
     StoreWriteError,
     ValidationError,
+    shorten,
 )
 
 from ._grid import EvalGrid
-from ._lock import RunLock, lock_dir
 
 _RECORD_TARGET_BYTES = 4 << 20  # default time chunk aims at about 4 MiB of predictions per chunk
 _FLOAT_DTYPES = ("float32", "float64")
@@ -186,6 +193,7 @@ class EnsembleStore:
         time_chunk: int | None = None,
         seed_chunk: int = 1,
         dtype: str = "float32",
+        check_space: bool = True,
         **attrs,
     ) -> EnsembleStore:
         """Create a store, or open it if an identical one exists (safe under concurrent creators).
@@ -208,6 +216,8 @@ class EnsembleStore:
             Records per time chunk (default: about 4 MiB per chunk) and seeds per chunk (one writer's block).
         dtype
             Storage dtype of ``prediction``: ``"float32"`` (default) or ``"float64"``.
+        check_space
+            Refuse a store whose complete size exceeds the free space of its file system (default).
         **attrs
             Stored as group attributes, e.g. ``model={...}`` describing architecture, init law, lr rule.
 
@@ -216,18 +226,30 @@ class EnsembleStore:
         ValidationError
             Listing every problem with the arguments.
         SpecMismatchError
-            A store exists at ``path`` with a different specification.
+            A store exists at ``path`` with a different specification, or with a different ``config`` attr.
+        StoreWriteError
+            The store cannot be written there (read-only, disk full); nothing is left behind.
         """
         if not isinstance(grid, EvalGrid):
             raise ValidationError(f"grid must be a collectors.EvalGrid, got {type(grid).__name__}.", "create")
-        output_size = grid.output_size if output_size is None else int(output_size)
+        path = local_store_path(path, "store")
         problems = []
+        try:
+            output_size = grid.output_size if output_size is None else operator.index(output_size)
+        except TypeError:
+            problems.append(f"output_size must be an integer, got {shorten(output_size)}.")
+            output_size = grid.output_size
         if output_size != grid.output_size:
             problems.append(f"output_size={output_size} but the grid's target has {grid.output_size} columns.")
-        extra = tuple((str(k), tuple(np.asarray(v).tolist())) for k, v in (extra_dims or {}).items())
+        # sizes first: a coordinate of 10**8 values must be refused before anything allocates it
+        extra_dims = dict(extra_dims or {})
+        counts = {"gammas": gammas, "widths": widths, "seeds": seeds, "times": times, **extra_dims}
+        problems += [p for name, v in counts.items() for p in _count_problems(name, v)]
+        ValidationError.raise_if(problems, "EnsembleStore.create")
+        extra = tuple((str(k), tuple(np.asarray(v).tolist())) for k, v in extra_dims.items())
         times_t = tuple(float(t) for t in np.asarray(times, dtype=np.float64).ravel()) if _numeric(times) else ()
         if not times_t:
-            problems.append(f"times: expected a non-empty list of numbers, got {times!r}.")
+            problems.append(f"times: expected a non-empty list of numbers, got {shorten(times)}.")
         base = dict(
             gammas=_tuple(gammas, float),
             widths=_tuple(widths, int),
@@ -251,32 +273,49 @@ class EnsembleStore:
         spec = StoreSpec(**base, time_chunk=tc)
         ValidationError.raise_if(_validate_layout(spec), "EnsembleStore.create")
 
-        path = Path(path)
-        if path.exists() and any(path.iterdir()):
-            return cls._open_existing(path, grid, spec, explicit_time_chunk=time_chunk is not None)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
+        if path.exists() and not path.is_dir():
+            raise ValidationError(f"{path} exists and is a file, not a store directory; choose another path.")
+        if path.is_dir() and any(path.iterdir()):
+            return cls._open_existing(path, grid, spec, explicit_time_chunk=time_chunk is not None, attrs=attrs)
+        if check_space:
+            ValidationError.raise_if(_space_problems(spec, path), "EnsembleStore.create")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_siblings(path, "creating")  # left by creators killed mid-build
+            tmp = temp_sibling(path, "creating")
+        except OSError as e:
+            raise _write_error(path, e) from None
         try:
             cls._build(tmp, grid, spec, attrs)
             try:
                 os.rename(tmp, path)  # atomic: the first creator wins, the others see a complete store
             except OSError:
-                if not (path.exists() and any(path.iterdir())):
+                if not (path.is_dir() and any(path.iterdir())):
                     raise
-                return cls._open_existing(path, grid, spec, explicit_time_chunk=time_chunk is not None)
+                return cls._open_existing(path, grid, spec, explicit_time_chunk=time_chunk is not None, attrs=attrs)
+        except OSError as e:
+            if isinstance(e, EnsembleStatsError):
+                raise
+            raise _write_error(path, e) from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return cls.open(path)
 
     @classmethod
-    def _open_existing(cls, path: Path, grid: EvalGrid, spec: StoreSpec, explicit_time_chunk: bool) -> EnsembleStore:
+    def _open_existing(
+        cls, path: Path, grid: EvalGrid, spec: StoreSpec, explicit_time_chunk: bool, attrs: dict
+    ) -> EnsembleStore:
         store = cls.open(path)
         store.check_grid(grid)
         requested = spec
         if not explicit_time_chunk:
             requested = StoreSpec(**{**spec.__dict__, "time_chunk": store.spec.time_chunk})
         diffs = store.spec.differences(requested)
+        # a sweep's training config is part of what the store holds: two creators with different configs racing
+        # on a new path must not share it (the loser would write other training into the winner's store)
+        if schema.ATTR_CONFIG in attrs and store.attrs.get(schema.ATTR_CONFIG) != attrs[schema.ATTR_CONFIG]:
+            diffs.append(f"attrs['{schema.ATTR_CONFIG}']: the store was created by another sweep configuration")
         if diffs:
             raise SpecMismatchError(
                 [*diffs, "Use a new path for a different sweep, or open this one with EnsembleStore.open(path)."],
@@ -302,6 +341,7 @@ class EnsembleStore:
                 schema.ATTR_EXTRA_DIMS: list(spec.extra_dims),
                 schema.ATTR_TORCH_VERSION: torch_version,
                 schema.ATTR_CREATED: _dt.datetime.now(_dt.UTC).isoformat(),
+                schema.ATTR_STORE_ID: uuid.uuid4().hex,
                 "layout": {"time_chunk": spec.time_chunk, "seed_chunk": spec.seed_chunk, "dtype": spec.dtype},
             }
         )
@@ -363,6 +403,19 @@ class EnsembleStore:
                 dimension_names=rdims,
                 compressors=_codecs(),
             )
+        for name, what in (
+            (schema.DIGEST, "keyed hash of the record's prediction and step bytes, 0 if never written"),
+            (schema.SCALAR_DIGEST, "keyed hash of the record's step and per-record scalars, 0 if never written"),
+        ):
+            g.create_array(
+                name,
+                shape=(*rshape, T),
+                chunks=(*rchunks, tc),
+                dtype="uint64",
+                fill_value=0,
+                dimension_names=rdims,
+                compressors=_codecs(),
+            ).attrs.update({"long_name": what})
         g.create_array(
             schema.DIVERGED_STEP,
             shape=rshape,
@@ -372,6 +425,7 @@ class EnsembleStore:
             dimension_names=rdims[:-1],
             compressors=_codecs(),
         ).attrs.update({"long_name": "first optimizer step with non-finite outputs, -1 if none"})
+        g.attrs.update({schema.ATTR_MANIFEST: _integrity.build_manifest(g)})
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -388,8 +442,10 @@ class EnsembleStore:
         ------
         StoreNotFoundError
             ``path`` does not exist or is not an ensemble store.
+        StoreCorruptionError
+            The store's metadata, coordinates or grid no longer match what it was created with.
         """
-        path = Path(path)
+        path = local_store_path(path, "store")
         if not (path / "zarr.json").is_file():
             raise StoreNotFoundError(
                 f"{path} is not an ensemble store (no zarr.json found); create one with EnsembleStore.create(...) "
@@ -405,6 +461,12 @@ class EnsembleStore:
                 f"{path} is a Zarr group but not an ensemble store of schema v{schema.SCHEMA_VERSION} "
                 f"(schema_version={attrs.get(schema.ATTR_SCHEMA_VERSION)!r})."
             )
+        try:
+            problems = _integrity.check_manifest(g)
+        except Exception as e:  # noqa: BLE001 - unreadable metadata is corruption too
+            problems = [f"the store's metadata cannot be read ({type(e).__name__}: {e})"]
+        if problems:
+            raise StoreCorruptionError(problems, str(path), repairable=False)
         layout = attrs.get("layout", {})
         extra = tuple((name, tuple(g[name][:].tolist())) for name in attrs.get(schema.ATTR_EXTRA_DIMS, []))
         pred = g[schema.PREDICTION]
@@ -473,7 +535,17 @@ class EnsembleStore:
             if dim not in wanted:
                 continue
             coord = self._coords[dim]
-            hits = np.flatnonzero(np.isclose(coord, float(wanted[dim]), rtol=1e-12, atol=1e-12))
+            value = wanted[dim]
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                problems.append(f"{dim}={shorten(value)} is not a number.")
+                continue
+            if np.issubdtype(coord.dtype, np.integer) and not float(value).is_integer():
+                # 15.9999999999999 must not pass for width 16 (nor get width 15's schedule)
+                problems.append(
+                    f"{dim}={value!r} is not an integer; {dim} values are integers {shorten(coord.tolist())}."
+                )
+                continue
+            hits = np.flatnonzero(np.isclose(coord, float(value), rtol=1e-12, atol=1e-12))
             if hits.size != 1:
                 problems.append(f"{dim}={wanted[dim]!r} is not in the store; it has {dim} in {coord.tolist()}.")
             else:
@@ -516,6 +588,66 @@ class EnsembleStore:
             )
         return steps
 
+    def repair(self) -> list[dict]:
+        """Un-commit every record that :func:`ensemble_stats.verify_store` flags, so resumed writers rewrite it.
+
+        The flagged record chunks (corrupt, missing, or not matching their digest) are deleted from every
+        per-record array, commit mark first, under their runs' write locks; a corrupt ``diverged_step`` chunk
+        is reset. Stray partial files of dead writers are swept. A resumed sweep (``run_sweep``, ``ensemble-stats
+        run``) then retrains exactly the cells that lost records.
+
+        Returns
+        -------
+        list of dict
+            The writer units un-committed, as run coordinates (``seed`` is the block's first seed).
+
+        Raises
+        ------
+        StoreCorruptionError
+            With ``repairable=False``, if the store's metadata, coordinates or grid are damaged: retraining
+            cannot fix that.
+        RunLockedError
+            A live writer holds one of the affected runs; repair once it has finished.
+        """
+        problems = verify_store(self.path, clean=True)
+        fatal = [p for p in problems if p.kind != "partial" and p.region is None]
+        if fatal:
+            raise StoreCorruptionError(fatal, str(self.path), repairable=False)
+        n_run = len(self.spec.run_shape)
+        targets: dict[tuple[int, ...], set[str]] = {}
+        for p in problems:
+            if p.region is None:
+                continue
+            unit = tuple(a for a, _ in p.region[:n_run])
+            tc = self.spec.time_chunk
+            chunks = targets.setdefault(unit, set())
+            t0, t1 = p.region[n_run]
+            chunks.update(f"t{k}" for k in range(t0 // tc, (t1 - 1) // tc + 1))
+            if Path(p.path).is_relative_to(self.path / schema.DIVERGED_STEP):
+                chunks.add("diverged")
+        store = self.group.store
+        out = []
+        for unit, chunks in sorted(targets.items()):
+            index = (unit[0], unit[1], slice(unit[2], unit[2] + self.spec.seed_chunk), *unit[3:])
+            with self.lock(index):
+                sc = self.spec.seed_chunk
+                run_chunk = (unit[0], unit[1], unit[2] // sc, *unit[3:])
+                keys = []
+                for c in sorted(k for k in chunks if k.startswith("t")):
+                    for name in schema.RECORD_VARIABLES:
+                        if name not in self._array_names:
+                            continue
+                        arr = self.group[name]
+                        coords = (*run_chunk, int(c[1:]), *(0 for _ in arr.shape[n_run + 1 :]))
+                        keys.append(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}")
+                if "diverged" in chunks:
+                    arr = self.group[schema.DIVERGED_STEP]
+                    keys.append(f"{arr.path}/{arr.metadata.encode_chunk_key(run_chunk)}")
+                for key in keys:  # the commit mark goes first: a repair killed midway leaves records uncommitted
+                    _sync(store.delete(key))
+            out.append(self.run_coords((unit[0], unit[1], unit[2], *unit[3:])))
+        return out
+
     def written_mask(self, index: Sequence[int]) -> np.ndarray:
         """Bool (time,) of committed records of one run."""
         return np.asarray(self.array(schema.WRITTEN)[tuple(index)])
@@ -526,8 +658,7 @@ class EnsembleStore:
         seed = index[2]
         first = seed.start if isinstance(seed, slice) else int(seed)
         key = (int(index[0]), int(index[1]), first // self.spec.seed_chunk, *(int(i) for i in index[3:]))
-        name = "run-" + "-".join(str(k) for k in key) + ".lock"
-        return RunLock(lock_dir(self.path) / name, self._describe(index))
+        return RunLock(lock_dir(self.path) / lock_name(key), self._describe(index))
 
     def check_grid(self, grid: EvalGrid) -> None:
         """Raise :class:`GridMismatchError` naming the first differing point if ``grid`` is not the store's."""
@@ -572,7 +703,13 @@ class EnsembleStore:
         twice leaves the same store.
         """
         sel, block = self._selection(index)
-        ti = np.asarray(time_index, dtype=np.int64)
+        ti = np.asarray(time_index)
+        if ti.dtype.kind not in "iu":  # a float index would be truncated silently
+            raise ValidationError(
+                f"time_index has dtype {ti.dtype}; expected integer indices into time.",
+                f"write_records({self._describe(index)})",
+            )
+        ti = ti.astype(np.int64)
         steps = np.asarray(step)
         pred = np.asarray(prediction)
         lead = (block,) if block else ()
@@ -590,7 +727,9 @@ class EnsembleStore:
         if steps.shape != (ti.size,) or not np.issubdtype(steps.dtype, np.integer) or (steps.size and steps.min() < 0):
             problems.append(f"step must be {ti.size} non-negative integers, got {steps.tolist()}.")
         elif np.any(np.diff(steps) <= 0):
-            problems.append(f"steps must be strictly increasing, got {steps.tolist()}.")
+            problems.append(f"steps must be strictly increasing, got {shorten(steps.tolist())}.")
+        elif not problems:
+            problems += self._schedule_problems(sel, ti, steps)
         scalars = dict(scalars or {})
         for name, values in scalars.items():
             if name not in schema.SCALAR_VARIABLES:
@@ -612,12 +751,25 @@ class EnsembleStore:
             schema.PREDICTION: shaped(pred, self.spec.dtype),
             schema.STEP: shaped(np.broadcast_to(steps, (*lead, ti.size)), np.int64),
         }
-        data.update({name: shaped(values, np.float32) for name, values in scalars.items()})
+        # every scalar is written, NaN where not given: a record's stored state is then what this call wrote,
+        # whatever an earlier write left, and its digest can be computed from the values at hand
+        nan = np.full((*lead, ti.size), np.nan, dtype=np.float32)
+        data.update({name: shaped(scalars.get(name, nan), np.float32) for name in schema.SCALAR_VARIABLES})
+        if self.has_digests:
+            key = _integrity.store_key(self.attrs_cached[schema.ATTR_STORE_ID])
+            positions = [np.arange(r.start, r.stop) for r in sel] + [ti]
+            keys = _integrity.position_keys(key, positions)
+            data[schema.DIGEST] = _integrity.record_digest(
+                keys, _integrity.prediction_parts(data[schema.PREDICTION], data[schema.STEP])
+            )
+            data[schema.SCALAR_DIGEST] = _integrity.record_digest(
+                keys, _integrity.scalar_parts(data[schema.STEP], [data[n] for n in schema.SCALAR_VARIABLES])
+            )
         finite = np.isfinite(pred).reshape(*lead, ti.size, -1).all(axis=-1)
         ones = shaped(np.ones((*lead, ti.size), dtype=bool), bool)
         try:
             if contiguous:
-                # data, scalars and steps go out concurrently on zarr's event loop: one round trip, not one each
+                # data, scalars, steps and digests go out concurrently on zarr's event loop: one round trip
                 _sync(_gather([self.array(n)._async_array.setitem(region, v) for n, v in data.items()]))
             else:
                 for name, values in data.items():
@@ -639,6 +791,39 @@ class EnsembleStore:
             )
             err.errno = e.errno
             raise err from e
+
+    @property
+    def has_digests(self) -> bool:
+        """Whether this store keeps per-record digests (stores created before them do not)."""
+        return schema.DIGEST in self._array_names and schema.ATTR_STORE_ID in self.attrs_cached
+
+    @functools.cached_property
+    def _array_names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.group.arrays())
+
+    @functools.cached_property
+    def attrs_cached(self) -> dict:
+        """The group attrs as read when first needed (they do not change after creation)."""
+        return self.group.attrs.asdict()
+
+    def _schedule_problems(self, sel, ti: np.ndarray, steps: np.ndarray) -> list[str]:
+        """Steps that contradict the recording times (step units: step = t; scaled: step = round(t N))."""
+        units = self.spec.time_units
+        if units == "epoch":
+            return []  # steps per epoch are the writer's to know
+        width = int(self.spec.widths[sel[1].start])
+        try:
+            schedule = self.record_steps(width)
+        except ValidationError:
+            return []  # times that collide at this width: no collector can record them; direct writes may
+        want = schedule[ti]
+        if not np.array_equal(want, steps):
+            i = int(np.flatnonzero(want != steps)[0])
+            return [
+                f"step {int(steps[i])} does not match recording time {self.spec.times[int(ti[i])]} ({units}) at width "
+                f"{width}, which is step {int(want[i])}; pass the optimizer step of each scheduled record."
+            ]
+        return []
 
     def mark_diverged(self, index: Sequence[int], step: int, *, owner_of_block: bool = False) -> None:
         """Set a run's ``diverged_step`` to ``step`` unless an earlier step is already recorded.
@@ -687,6 +872,11 @@ class EnsembleStore:
                 sel.append(slice(start, stop))
                 block = stop - start
             else:
+                if isinstance(i, bool) or not isinstance(i, int | np.integer):
+                    raise ValidationError(
+                        f"run index entry {shorten(i)} on axis {axis} is not an integer; pass integer indices "
+                        "(EnsembleStore.run_index(gamma, width, seed) gives them)."
+                    )
                 i = int(i)
                 if not 0 <= i < size:
                     raise RunNotFoundError(f"run index {i} on axis {axis} is outside [0, {size}).")
@@ -746,3 +936,70 @@ def _jsonable(obj):
     raise ValidationError(
         f"store attribute value {obj!r} of type {type(obj).__name__} is not JSON; pass str/number/list/dict."
     )
+
+
+MAX_COORDINATE = 10_000_000
+"""Most values one coordinate may have (a seed coordinate of 10**7 is 80 MB before any record)."""
+MAX_RECORDS = 1 << 31
+"""Most records (gamma x width x seed x extra x time) one store may have: ``written`` is read whole on open."""
+
+
+def _count_problems(name: str, values) -> list[str]:
+    try:
+        n = len(values)
+    except TypeError:
+        return []  # not a sized sequence: the coordinate checks report it
+    if n > MAX_COORDINATE:
+        return [
+            f"{name}: {n:,} values; a coordinate may have at most {MAX_COORDINATE:,}. Split the sweep into "
+            "several stores (open_ensemble combines them)."
+        ]
+    return []
+
+
+def store_bytes(spec: StoreSpec) -> tuple[int, int]:
+    """(records, bytes) of a complete store of ``spec``: predictions, per-record arrays and digests."""
+    records = int(np.prod(spec.run_shape, dtype=np.float64) * len(spec.times))
+    per_record = spec.n_points * spec.output_size * np.dtype(spec.dtype).itemsize
+    per_record += 1 + 8 + 4 * len(schema.SCALAR_VARIABLES) + 8 * len(schema.INTERNAL_VARIABLES)
+    return records, int(records * per_record)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def _space_problems(spec: StoreSpec, path: Path) -> list[str]:
+    records, size = store_bytes(spec)
+    problems = []
+    if records > MAX_RECORDS:
+        problems.append(
+            f"the sweep has {records:,} records (gamma x width x seed x extra dims x time); a store holds at most "
+            f"{MAX_RECORDS:,}. Split it into several stores or record fewer times."
+        )
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return problems
+    if size > free:
+        problems.append(
+            f"the complete store would take {_gb(size)} ({records:,} records of {spec.n_points} points x "
+            f"{spec.output_size} outputs), but {probe} has {_gb(free)} free. Reduce the sweep, use a bigger disk, or "
+            "pass check_space=False if the file system will grow."
+        )
+    return problems
+
+
+def _write_error(path: Path, e: OSError) -> StoreWriteError:
+    reason = {30: "the file system is read-only", 28: "the disk is full", 13: "permission denied"}.get(
+        e.errno or 0, f"{type(e).__name__}: {e}"
+    )
+    err = StoreWriteError(
+        f"cannot create the store {path}: {reason}. Nothing was left behind; choose a writable path with enough "
+        "free space."
+    )
+    err.errno = e.errno
+    return err

@@ -12,12 +12,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ensemble_stats import schema
-from ensemble_stats.errors import SpecMismatchError, SweepError
+from ensemble_stats._paths import local_store_path
+from ensemble_stats._verify import sweep_partial_files
+from ensemble_stats.errors import ConfigError, SpecMismatchError, SweepError
 
 from ._config import SweepSpec, config_differences
 from ._store import EnsembleStore
@@ -46,25 +47,40 @@ def _model_attrs(spec: SweepSpec, data) -> dict:
     }
 
 
+def _check_config(store: EnsembleStore, spec: SweepSpec, path) -> None:
+    stored = store.attrs.get(schema.ATTR_CONFIG)
+    if stored is None:
+        raise SpecMismatchError(f"{path} is an ensemble store that no sweep config created; use a new --store path.")
+    try:
+        diffs = config_differences(json.loads(stored), spec.canonical())
+    except (TypeError, ValueError):
+        diffs = ["the stored config is not valid JSON"]
+    if diffs:
+        hint = "Use a new --store path for a different sweep."
+        if not store.array(schema.WRITTEN)[...].any():
+            hint += " (This store holds no records yet: delete it to start over with the new config.)"
+        raise SpecMismatchError([*diffs, hint], f"{path} holds a different sweep")
+
+
 def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
-    """Create the sweep's store, or open it if it holds the same config; a different config is refused."""
-    path = Path(path)
+    """Create the sweep's store, or open it if it holds the same config; a different config is refused.
+
+    Everything that can be checked without training is checked before the store is created (data options,
+    sizes against memory and disk, each width's recording schedule), so a config that cannot run leaves no
+    store behind. The config is compared after creation too: of two runs with different configs racing to
+    create one path, the one that loses the race is refused rather than writing into the other's store.
+    """
+    path = local_store_path(path, "--store")
     if (path / "zarr.json").is_file():
         store = EnsembleStore.open(path)
-        stored = store.attrs.get(schema.ATTR_CONFIG)
-        if stored is None:
-            raise SpecMismatchError(
-                f"{path} is an ensemble store that no sweep config created; use a new --store path."
-            )
-        diffs = config_differences(json.loads(stored), spec.canonical())
-        if diffs:
-            raise SpecMismatchError(
-                [*diffs, "Use a new --store path for a different sweep."], f"{path} holds a different sweep"
-            )
+        _check_config(store, spec, path)
         return store
     data = spec.load_data()
+    problems = spec.check(data)
+    if problems:
+        raise ConfigError(problems, "config")
     extra = {"data_seed": list(spec.data_seeds)} if spec.data_seeds else None
-    return EnsembleStore.create(
+    store = EnsembleStore.create(
         path,
         data.grid,
         gammas=spec.gammas,
@@ -78,6 +94,8 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
         model=_model_attrs(spec, data),
         **{schema.ATTR_CONFIG: spec.to_json()},
     )
+    _check_config(store, spec, path)
+    return store
 
 
 @functools.cache
@@ -125,6 +143,7 @@ def run_cell(
     torch.set_num_threads(threads)
     spec = SweepSpec.from_json(spec_json, device)
     store = EnsembleStore.open(store_path)
+    _check_config(store, spec, store_path)  # never train one config into another's store
     extra = {"data_seed": data_seed} if data_seed is not None else {}
     res = train_block(
         store,
@@ -160,18 +179,6 @@ def _complete(store: EnsembleStore, spec: SweepSpec, cell) -> bool:
     return bool(np.all(sel))
 
 
-def remove_partial_files(path: str | os.PathLike) -> int:
-    """Remove temporary '*.partial' files left by killed writers; returns how many. Run only when no writer
-    of this store is active (the sweep runner does it after its tasks have finished)."""
-    n = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            if ".partial" in f:
-                Path(root, f).unlink(missing_ok=True)
-                n += 1
-    return n
-
-
 def run_sweep(
     config,
     store,
@@ -181,6 +188,7 @@ def run_sweep(
     device: str | None = None,
     progress: bool = True,
     threads_per_worker: int = 1,
+    repair: bool = False,
 ) -> SweepReport:
     """Run (or resume) a sweep on a Dask cluster.
 
@@ -192,6 +200,8 @@ def run_sweep(
         Use this cluster. Default: a LocalCluster of ``workers`` processes (default 2), closed at the end.
     device : override the config's device ("cpu" or "cuda")
     progress : show a progress bar (cells done / total, records written, ETA) on stderr
+    repair : verify the store first and un-commit every record it flags (corrupt, missing or misplaced chunks),
+        so that their cells are retrained and rewritten
 
     Raises
     ------
@@ -206,13 +216,21 @@ def run_sweep(
     if device is not None:
         spec = spec.with_device(device)
     st = prepare_store(spec, store)
+    if repair:
+        st.repair()
     cells = _cells(spec)
     todo = [c for c in cells if not _complete(st, spec, c)]
     report = SweepReport(str(st.path), len(cells), len(cells) - len(todo), 0, 0, 0.0)
     if todo:
         own = client is None
         cluster = (
-            LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=":0")
+            LocalCluster(
+                n_workers=workers or 2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",  # the scheduler and its unauthenticated dashboard: this machine only
+                dashboard_address="127.0.0.1:0",
+            )
             if own
             else None
         )
@@ -223,7 +241,7 @@ def run_sweep(
             futures = {
                 client.submit(
                     run_cell,
-                    str(st.path),
+                    str(st.path.absolute()),  # workers may run in another working directory
                     spec_json,
                     spec.train.device,
                     w,
@@ -262,7 +280,7 @@ def run_sweep(
             if own:
                 client.close()
                 cluster.close()
-        remove_partial_files(st.path)
+        sweep_partial_files(st.path)
         if failures:
             raise SweepError(failures, len(cells))
     report.seconds = time.perf_counter() - t0

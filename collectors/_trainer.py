@@ -91,8 +91,12 @@ class TrainConfig:
             problems.append(f"device {self.device!r} requested but CUDA is not available here; use device='cpu'.")
         if self.init not in INIT_DESCRIPTIONS:
             problems.append(f"init {self.init!r} is not one of {sorted(INIT_DESCRIPTIONS)}.")
-        if self.output_weight_decay < 0:
-            problems.append(f"output_weight_decay must be >= 0, got {self.output_weight_decay}.")
+        if not (
+            isinstance(self.output_weight_decay, int | float)
+            and math.isfinite(self.output_weight_decay)
+            and self.output_weight_decay >= 0
+        ):
+            problems.append(f"output_weight_decay must be a finite number >= 0, got {self.output_weight_decay!r}.")
         ValidationError.raise_if(problems, "TrainConfig")
 
     def architecture(self, d_in: int, d_out: int, width: int, gamma: float) -> Architecture:

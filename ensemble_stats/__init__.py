@@ -12,7 +12,7 @@ from ._info import completeness, diverged_runs
 from ._open import open_ensemble
 from ._report import report
 from ._stats import bias_variance
-from ._verify import StoreProblem, verify_store
+from ._verify import StoreProblem, sweep_partial_files, verify_store
 
 __all__ = [
     "__version__",
@@ -28,6 +28,7 @@ __all__ = [
     "schema",
     "STATUS",
     "StoreProblem",
+    "sweep_partial_files",
     "testing",
     "theory",
     "verify_store",

@@ -9,24 +9,29 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 
-from . import schema
+from . import _integrity, schema
+from ._paths import is_url
 from ._verify import verify_store
 from .errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
 
 PathLike = str | os.PathLike
 
 
-def _is_url(p: PathLike) -> bool:
-    return "://" in str(p)
-
-
 def _open_one(path: PathLike) -> xr.Dataset:
-    if not _is_url(path) and not (Path(path) / "zarr.json").is_file():
+    if not is_url(path) and not (Path(path) / "zarr.json").is_file():
         raise StoreNotFoundError(
             f"{path} is not an ensemble store (no zarr.json); pass the directory created by EnsembleStore.create "
             "or `ensemble-stats run`."
         )
+    try:
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+        problems = _integrity.check_manifest(group)
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
+        raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 ensemble store ({e}).") from None
+    if problems:
+        raise StoreCorruptionError(problems, str(path), repairable=False)
     try:
         ds = xr.open_zarr(str(path), consolidated=False, chunks={}, zarr_format=3, use_zarr_fill_value_as_mask=False)
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -34,8 +39,90 @@ def _open_one(path: PathLike) -> xr.Dataset:
     ds = ds.chunk(_analysis_chunks(ds))
     problems = schema.validate_dataset(ds)
     ValidationError.raise_if(problems, f"{path} does not follow ensemble schema v{schema.SCHEMA_VERSION}")
+    ds = _masked(ds, str(path))
     ds.encoding["source"] = str(path)
     return ds
+
+
+def corruption_error(path: PathLike, error: Exception) -> StoreCorruptionError:
+    """A :class:`StoreCorruptionError` for a read of ``path`` that failed with ``error``, naming the bad files
+    (found by :func:`verify_store` for a local store)."""
+    if isinstance(error, StoreCorruptionError):
+        return error
+    if not is_url(path):
+        try:
+            found = [p for p in verify_store(path) if p.kind != "partial"]
+        except Exception:  # noqa: BLE001 - verification itself failed: report the original error
+            found = []
+        if found:
+            return StoreCorruptionError(found, str(path), repairable=all(p.repairable for p in found))
+    return StoreCorruptionError([f"reading failed: {type(error).__name__}: {str(error)[:300]}"], str(path))
+
+
+def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
+    """Unwritten records masked to NaN; written ones checked against their digests when the data is read."""
+    # A snapshot of the commit marks, read now: writers store data before marking it written, so every record
+    # marked here is complete on disk whenever the lazy data is read later. Masking with a lazily read mark
+    # could pair a mark read after a concurrent commit with data read before it (a written record read as NaN).
+    try:
+        written = ds[schema.WRITTEN].compute()
+    except Exception as e:  # noqa: BLE001 - a corrupt commit mark: name the files
+        raise corruption_error(source, e) from None
+    ds[schema.WRITTEN] = written
+    rdims = list(written.dims)
+    digests = all(n in ds for n in schema.INTERNAL_VARIABLES) and schema.ATTR_STORE_ID in ds.attrs
+    key = _integrity.store_key(ds.attrs[schema.ATTR_STORE_ID]) if digests else None
+    chunks = ds[schema.STEP].chunksizes
+    positions = [
+        xr.DataArray(np.arange(ds.sizes[d]), dims=d).chunk({d: chunks[d]}) if d in chunks else None for d in rdims
+    ]
+    common = dict(dask="parallelized", keep_attrs=True)
+    if digests:
+        pred = xr.apply_ufunc(
+            functools.partial(_mask_prediction, key=key, source=source),
+            ds[schema.PREDICTION],
+            written,
+            ds[schema.STEP],
+            ds[schema.DIVERGED_STEP],
+            ds[schema.DIGEST],
+            *positions,
+            input_core_dims=[[schema.POINT, schema.OUTPUT], *([[]] * (4 + len(positions)))],
+            output_core_dims=[[schema.POINT, schema.OUTPUT]],
+            output_dtypes=[ds[schema.PREDICTION].dtype],
+            **common,
+        )
+    else:  # a store written before digests
+        pred = xr.apply_ufunc(
+            functools.partial(_mask_prediction, key=None, source=source),
+            ds[schema.PREDICTION],
+            written,
+            ds[schema.STEP],
+            ds[schema.DIVERGED_STEP],
+            input_core_dims=[[schema.POINT, schema.OUTPUT], [], [], []],
+            output_core_dims=[[schema.POINT, schema.OUTPUT]],
+            output_dtypes=[ds[schema.PREDICTION].dtype],
+            **common,
+        )
+    ds[schema.PREDICTION] = pred
+    names = [n for n in schema.SCALAR_VARIABLES if n in ds]
+    if digests and len(names) == len(schema.SCALAR_VARIABLES):
+        masked = xr.apply_ufunc(
+            functools.partial(_mask_scalars, key=key, source=source, n=len(names)),
+            written,
+            ds[schema.STEP],
+            ds[schema.SCALAR_DIGEST],
+            *(ds[n] for n in names),
+            *positions,
+            output_core_dims=[[]] * len(names),
+            output_dtypes=[np.float32] * len(names),
+            **common,
+        )
+        for name, values in zip(names, masked, strict=True):
+            ds[name] = values.assign_attrs(ds[name].attrs)
+    else:
+        for name in names:
+            ds[name] = ds[name].where(written)
+    return ds.drop_vars([n for n in schema.INTERNAL_VARIABLES if n in ds])
 
 
 DASK_CHUNK_BYTES = 4 << 20
@@ -124,46 +211,69 @@ def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool 
             if problems:
                 raise StoreCorruptionError(problems, str(p))
     parts = [_open_one(p) for p in paths]
-    ds = parts[0] if len(parts) == 1 else _combine(parts)
-    # A snapshot of the commit marks, read now: writers store data before marking it written, so every record
-    # marked here is complete on disk whenever the lazy data is read later. Masking with a lazily read mark
-    # could pair a mark read after a concurrent commit with data read before it (a written record read as NaN).
-    written = ds[schema.WRITTEN].compute()
-    ds[schema.WRITTEN] = written
-    ds[schema.PREDICTION] = xr.apply_ufunc(
-        functools.partial(_mask_checked, source=", ".join(str(p) for p in paths)),
-        ds[schema.PREDICTION],
-        written,
-        ds[schema.STEP],
-        ds[schema.DIVERGED_STEP],
-        input_core_dims=[[schema.POINT, schema.OUTPUT], [], [], []],
-        output_core_dims=[[schema.POINT, schema.OUTPUT]],
-        dask="parallelized",
-        output_dtypes=[ds[schema.PREDICTION].dtype],
-        keep_attrs=True,
-    )
-    for name in schema.SCALAR_VARIABLES:
-        if name in ds:
-            ds[name] = ds[name].where(written)
-    return ds
+    return parts[0] if len(parts) == 1 else _combine(parts)
 
 
-def _mask_checked(
-    pred: np.ndarray, written: np.ndarray, step: np.ndarray, diverged: np.ndarray, *, source: str
+def _axes(positions) -> list[np.ndarray]:
+    """The 1-D index along each record dim from broadcast position blocks (record dims..., length-1 elsewhere)."""
+    out = []
+    for axis, p in enumerate(positions):
+        p = np.asarray(p)
+        idx = [0] * p.ndim
+        idx[axis] = slice(None)
+        out.append(p[tuple(idx)])
+    return out
+
+
+def _mask_prediction(
+    pred: np.ndarray, written: np.ndarray, step: np.ndarray, diverged: np.ndarray, *rest, key, source: str
 ) -> np.ndarray:
-    """NaN where not written; raise where a written record reads as all fill value without having diverged.
+    """NaN where not written; raise where a written record is not what was written.
 
-    A chunk deleted under its commit mark reads back as zarr's fill value (NaN), which would otherwise pass
-    for a diverged record: the store marks every non-finite record's run as diverged at or before its step.
+    With digests (``rest`` = digest, then one position array per record dim), every written record's bytes
+    must match its digest: a chunk swapped across runs, copied from another store or lost raises. Without,
+    a written record that reads as all fill value without having diverged raises (its chunk was deleted).
     """
-    allnan = np.isnan(pred).all(axis=(-2, -1))
-    lost = written & allnan & ((diverged < 0) | (step < diverged))
-    if lost.any():
+    written = np.broadcast_to(written, pred.shape[:-2])
+    if key is not None:
+        digest, positions = rest[0], rest[1:]
+        keys = position_keys_for(key, positions, pred.shape[:-2])
+        stepb = np.broadcast_to(step, pred.shape[:-2])
+        bad = written & (_integrity.record_digest(keys, _integrity.prediction_parts(pred, stepb)) != digest)
+        what = "do not match their digests (a chunk swapped across runs, copied from another store, edited or lost)"
+    else:
+        allnan = np.isnan(pred).all(axis=(-2, -1))
+        bad = written & allnan & ((diverged < 0) | (step < diverged))
+        what = "read as fill values (their chunk files are missing)"
+    if bad.any():
         raise StoreCorruptionError(
             [
-                f"{int(lost.sum())} record(s) are marked written but read as fill values (their chunk files are "
-                "missing); `ensemble-stats info STORE --verify` lists them"
+                f"{int(bad.sum())} record(s) are marked written but {what}; `ensemble-stats info STORE --verify` lists them"
             ],
             source,
         )
     return np.where(written[..., None, None], pred, np.nan)
+
+
+def position_keys_for(key, positions, shape) -> np.ndarray:
+    """Keys of a block of record ``shape`` whose index along each record dim is given by ``positions``."""
+    axes = _axes([np.broadcast_to(p, shape) for p in positions])
+    return _integrity.position_keys(key, axes)
+
+
+def _mask_scalars(written, step, digest, *rest, key, source: str, n: int):
+    scalars, positions = rest[:n], rest[n:]
+    shape = np.broadcast_shapes(*(np.shape(a) for a in (written, step, digest, *scalars)))
+    written = np.broadcast_to(written, shape)
+    keys = position_keys_for(key, positions, shape)
+    parts = _integrity.scalar_parts(np.broadcast_to(step, shape), [np.broadcast_to(s, shape) for s in scalars])
+    bad = written & (_integrity.record_digest(keys, parts) != np.broadcast_to(digest, shape))
+    if bad.any():
+        raise StoreCorruptionError(
+            [
+                f"{int(bad.sum())} record(s) are marked written but their per-record scalars do not match their "
+                "digests (a scalar chunk lost, swapped or edited); `ensemble-stats info STORE --verify` lists them"
+            ],
+            source,
+        )
+    return tuple(np.where(written, s, np.nan).astype(np.float32) for s in scalars)

@@ -11,6 +11,8 @@ import numpy as np
 import xarray as xr
 
 from . import schema
+from ._paths import atomic_output, local_store_path
+from .errors import ValidationError
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -208,11 +210,52 @@ def report(
     -------
     Path of ``index.html``
     """
+    target = _check_report_target(out)
+    with atomic_output(target, "report --out") as tmp:
+        tmp.mkdir()
+        _write_report(ds, tmp, train_x=train_x, train_y=train_y, progress=progress)
+        (tmp / REPORT_MARKER).write_text("written by ensemble-stats report; the folder is replaced whole on rewrite\n")
+    return target / "index.html"
+
+
+REPORT_MARKER = ".ensemble-stats-report"
+
+
+def _check_report_target(out) -> Path:
+    """The report folder to (re)write; a file, a store or any folder that is not a report is refused."""
+    target = local_store_path(out, "report --out")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ValidationError(
+            f"report --out {target} exists and is not a folder; the report is a folder (index.html and its "
+            "figures): choose a new path."
+        )
+    if target.is_dir() and any(target.iterdir()) and not _is_report(target):
+        raise ValidationError(
+            f"report --out {target} is a folder that holds something other than an ensemble-stats report; it would "
+            "be replaced whole: choose a new or empty folder."
+        )
+    return target
+
+
+def _is_report(folder: Path) -> bool:
+    if (folder / REPORT_MARKER).is_file():
+        return True
+    try:  # a report written before the marker existed
+        return "<title>ensemble-stats report</title>" in (folder / "index.html").read_text()[:2000]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _without_extra(res: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
+    """Results averaged over extra sweep dims (e.g. data_seed), for the figures and the table."""
+    extra = [d for d in ds.attrs.get(schema.ATTR_EXTRA_DIMS, ()) if d in res.dims]
+    return res.mean(extra, keep_attrs=True) if extra else res
+
+
+def _write_report(ds, out: Path, *, train_x, train_y, progress) -> None:
     from ._fit import fit_expansion, fit_rate
     from ._stats import bias_variance
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda s: None)
     ds = ds.persist() if ds[schema.PREDICTION].nbytes < 2**30 else ds
     figures: list[tuple[str, str]] = []
@@ -236,10 +279,10 @@ def report(
     table = "<p>Fewer than 2 widths or 3 seeds: no fits.</p>"
     if multi:
         say("bias-variance decomposition")
-        bv = bias_variance(ds).compute()
+        bv = _without_extra(bias_variance(ds).compute(), ds)
         say("rates and fits")
-        rate = fit_rate(ds).compute()
-        fit = fit_expansion(ds, quantity="variance").compute()
+        rate = _without_extra(fit_rate(ds).compute(), ds)
+        fit = _without_extra(fit_expansion(ds, quantity="variance").compute(), ds)
         figures.append(("Seed variance vs N with 95% CIs, fitted and theory slopes", _fig_variance_vs_n(bv, rate, out)))
         figures.append(
             (
@@ -252,7 +295,7 @@ def report(
             from .theory import compare_to_theory
 
             say("variance collapse")
-            cmp = compare_to_theory(ds, train_x, train_y).compute()
+            cmp = _without_extra(compare_to_theory(ds, train_x, train_y).compute(), ds)
             figures.append(
                 ("Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (THEORY.md 9.3)", _fig_collapse(cmp, out))
             )
@@ -262,6 +305,9 @@ def report(
         for c, f in figures
     )
     dims = ", ".join(f"{d}={n}" for d, n in ds[schema.PREDICTION].sizes.items())
+    extra = list(ds.attrs.get(schema.ATTR_EXTRA_DIMS, ()))
+    if extra:
+        dims += f" (figures and table average the results over {', '.join(extra)})"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ensemble-stats report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}img{{max-width:100%}}
@@ -270,6 +316,4 @@ td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}caption{{text-ali
 </head><body><h1>Ensemble report</h1><p>Store: <code>{src}</code><br>Dims: {html.escape(dims)}</p>
 {table}{body}</body></html>
 """
-    index = out / "index.html"
-    index.write_text(page)
-    return index
+    (out / "index.html").write_text(page)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
@@ -11,17 +13,31 @@ from .errors import EnsembleStatsError
 
 
 class _Group(click.Group):
-    """Turns toolkit errors into one line on stderr and a non-zero exit (traceback only with --debug)."""
+    """Turns toolkit errors into clear lines on stderr and a non-zero exit (traceback only with --debug).
+
+    Ctrl-C exits 130 with one line; every command leaves stores and outputs consistent when interrupted.
+    """
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (EnsembleStatsError, FileNotFoundError) as e:
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted: stopped; stores and outputs are consistent. Rerun the same command to resume.", err=True
+            )
+            sys.exit(130)
+        except (EnsembleStatsError, OSError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            msg = str(e).replace("\n", " ")
-            click.echo(f"error: {msg}", err=True)
+            click.echo(f"error: {_one_per_line(e)}", err=True)
             sys.exit(2)
+
+
+def _one_per_line(e: BaseException) -> str:
+    """The message with one problem per line (continuation lines indented)."""
+    text = str(e) if isinstance(e, EnsembleStatsError) else f"{type(e).__name__}: {e}"
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    return "\n".join([lines[0], *(ln if ln.startswith("  ") else "  " + ln for ln in lines[1:])]) if lines else text
 
 
 @click.group(cls=_Group)
@@ -36,16 +52,24 @@ def main(ctx, debug):
 
 @main.command()
 @click.argument("store", type=click.Path())
-@click.option("--verify", is_flag=True, help="Read every chunk; report corrupt, missing and stray partial files.")
-@click.option("--clean", is_flag=True, help="With --verify, remove stray partial files after reporting them.")
+@click.option("--verify", is_flag=True, help="Read every chunk; report corrupt, missing, misplaced and partial files.")
+@click.option("--clean", is_flag=True, help="With --verify, remove stray partial files of writers that are gone.")
 def info(store, verify, clean):
     """Dims, completeness per (gamma, width) cell, diverged runs."""
     from ._info import format_info
     from ._open import open_ensemble
     from ._verify import verify_store
+    from .errors import ValidationError
 
+    if clean and not verify:
+        raise ValidationError("--clean removes what --verify finds: give both (info STORE --verify --clean).")
     problems = verify_store(store, clean=clean) if verify else []
-    click.echo(format_info(open_ensemble(store)))
+    try:
+        click.echo(format_info(open_ensemble(store)))
+    except EnsembleStatsError as e:
+        if not problems:
+            raise
+        click.echo(f"info: the store cannot be summarised until it is repaired ({str(e).splitlines()[0]})")
     if verify:
         click.echo(f"verify: {len(problems)} problem(s)")
         for p in problems:
@@ -59,22 +83,31 @@ def info(store, verify, clean):
 @click.option(
     "--store", required=True, type=click.Path(), help="Store path (created, or resumed if it holds this config)."
 )
-@click.option("--workers", type=int, default=None, help="Worker processes of the local Dask cluster (default 2).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes of the local Dask cluster (default 2).",
+)
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler to join instead.")
+@click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Override the config's device.")
+@click.option("--repair", is_flag=True, help="Verify the store first and retrain every cell with damaged records.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config, store, workers, scheduler, device, no_progress):
+def run(config, store, workers, scheduler, scheduler_file, device, repair, no_progress):
     """Run or resume the sweep described by CONFIG (TOML) into STORE."""
     from collectors._sweep import run_sweep  # lazy: only run/demo need torch
 
-    if workers and scheduler:
-        from .errors import ValidationError
+    from .errors import ValidationError
 
+    if workers and (scheduler or scheduler_file):
         raise ValidationError("give either --workers (a local cluster) or --scheduler (an existing one), not both.")
     with _terminate_cleanly():
-        client = _client(scheduler)
+        client = _client(scheduler, scheduler_file)
         try:
-            rep = run_sweep(config, store, client, workers=workers, device=device, progress=not no_progress)
+            rep = run_sweep(
+                config, store, client, workers=workers, device=device, progress=not no_progress, repair=repair
+            )
         finally:
             if client is not None:
                 client.close()
@@ -86,7 +119,7 @@ def run(config, store, workers, scheduler, device, no_progress):
 
 @main.command()
 @click.option("--out", type=click.Path(), default="demo-out", show_default=True, help="Output directory.")
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--no-progress", is_flag=True)
 def demo(out, workers, no_progress):
     """The main job: a small real sweep (teacher task, 5 gammas x 5 widths x 64 seeds), fit and decompose."""
@@ -102,9 +135,12 @@ def demo(out, workers, no_progress):
 def report_cmd(store, out):
     """Figures (PNG) and a self-contained index.html for STORE."""
     from ._open import open_ensemble
-    from ._report import report
+    from ._report import _check_report_target, report
 
-    index = report(open_ensemble(list(store)), out, progress=lambda s: click.echo(f"  {s} ...", err=True))
+    _check_report_target(out)
+    _refuse_store_paths(out, store)
+    with _reading(store):
+        index = report(open_ensemble(list(store)), out, progress=lambda s: click.echo(f"  {s} ...", err=True))
     click.echo(f"report: {index}")
 
 
@@ -134,28 +170,111 @@ def _terminate_cleanly():
     return guard()
 
 
-def _check_out(out: str) -> None:
+RESULT_ATTR = "ensemble_stats_result"
+"""Attribute naming the command that wrote a result; only such a result may be replaced by ``--out``."""
+
+
+def _refuse_store_paths(out: str, stores) -> None:
+    from ._paths import is_store, local_store_path
+    from .errors import ValidationError
+
+    target = local_store_path(out, "--out").absolute()
+    for st in stores:
+        if "://" not in str(st) and Path(st).absolute() == target:
+            raise ValidationError(f"--out {out} is the input store itself; writing there would destroy it.")
+    if is_store(target):
+        raise ValidationError(f"--out {out} is an ensemble store; results never replace a store: choose another path.")
+
+
+def _check_out(out: str, stores, command: str) -> None:
+    """Refuse an --out that is not a result path or that would replace anything but this command's result."""
     from .errors import ValidationError
 
     if not out.endswith((".zarr", ".nc")):
         raise ValidationError(f"--out {out}: use a path ending in .zarr or .nc.")
+    _refuse_store_paths(out, stores)
+    path = Path(out[len("file://") :] if out.startswith("file://") else out)
+    if not (path.exists() or path.is_symlink()):
+        return
+    import xarray as xr
+
+    kwargs = {"engine": "zarr", "consolidated": False} if out.endswith(".zarr") else {}
+    try:
+        with xr.open_dataset(path, **kwargs) as old:
+            previous = old.attrs.get(RESULT_ATTR)
+    except Exception:  # noqa: BLE001 - unreadable: not a result of ours
+        previous = None
+    if previous != command:
+        raise ValidationError(
+            f"--out {out} exists and is not a result of `ensemble-stats {command}`; it would be replaced whole: "
+            "choose a new path (or remove it yourself)."
+        )
 
 
-def _write(ds, out: str) -> None:
-    """Write a result Dataset as .zarr or .nc by extension."""
-    if out.endswith(".zarr"):
-        ds.to_zarr(out, mode="w", consolidated=False)
-    else:
-        ds.to_netcdf(out)
+def _write(ds, out: str, command: str) -> None:
+    """Write a result Dataset as .zarr or .nc by extension, whole: a kill leaves the previous result or this one."""
+    from ._paths import atomic_output
+
+    ds = ds.compute()  # results are small; computing first also lets netCDF be written from a distributed cluster
+    ds.attrs[RESULT_ATTR] = command
+    with atomic_output(out) as tmp:
+        if out.endswith(".zarr"):
+            ds.to_zarr(tmp, mode="w-", consolidated=False)
+        else:
+            ds.to_netcdf(tmp)
 
 
-def _client(scheduler: str | None):
+def _client(scheduler: str | None, scheduler_file: str | None = None):
     """Join an existing Dask cluster if asked; otherwise the threaded scheduler does the work in-process."""
-    if not scheduler:
+    from .errors import ValidationError
+
+    if scheduler and scheduler_file:
+        raise ValidationError("give --scheduler ADDRESS or --scheduler-file FILE, not both.")
+    if not scheduler and not scheduler_file:
         return None
     from dask.distributed import Client
 
-    return Client(scheduler)
+    if scheduler_file and not Path(scheduler_file).is_file():
+        raise ValidationError(f"--scheduler-file {scheduler_file} does not exist; start the scheduler with it first.")
+    if scheduler and (scheduler.endswith(".json") or Path(scheduler).is_file()):
+        raise ValidationError(f"--scheduler {scheduler} is a file; pass it as --scheduler-file {scheduler}.")
+    target = scheduler or scheduler_file
+    try:
+        if scheduler_file:
+            return Client(scheduler_file=scheduler_file, timeout="10s")
+        return Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError, ValueError, TypeError, KeyError) as e:
+        raise ValidationError(
+            f"cannot reach the Dask scheduler {target} within 10 s ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "check the address (tcp://HOST:PORT) or the scheduler file, and that the scheduler is running."
+        ) from None
+
+
+@contextlib.contextmanager
+def _reading(stores):
+    """Errors raised while reading stores (a checksum failure deep in Dask) become one corruption error naming
+    the damaged files; anything verification does not explain is raised as it was."""
+    try:
+        yield
+    except EnsembleStatsError:
+        raise
+    except Exception as e:
+        from ._open import corruption_error
+
+        for st in stores:
+            err = corruption_error(st, e)
+            if err.problems and not str(err.problems[0]).startswith("reading failed"):
+                raise err from None
+        raise
+
+
+def _table_over_extra(res, ds):
+    """Results for the printed table: extra sweep dims (e.g. data_seed) averaged, with a note saying so."""
+    extra = [d for d in ds.attrs.get("extra_dims", ()) if d in res.dims]
+    if extra:
+        click.echo(f"(table averaged over {', '.join(extra)}; the written result keeps them)")
+        return res.mean(extra)
+    return res
 
 
 @main.command()
@@ -165,12 +284,13 @@ def _client(scheduler: str | None):
 @click.option("--terms", default="theory", show_default=True, help="'theory', 'free' or comma-separated exponents.")
 @click.option("--width-min", type=int, default=None, help="Use only widths N >= this.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
-def fit(store, out, quantity, terms, width_min, scheduler):
+@click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
+def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
     """Fit the asymptotic expansion in N pointwise, and the pooled log-log rate."""
     from ._fit import fit_expansion, fit_rate
     from ._open import open_ensemble
 
-    _check_out(out)
+    _check_out(out, store, "fit")
     if terms not in ("theory", "free"):
         try:
             terms = [float(t) for t in terms.split(",")]
@@ -178,12 +298,14 @@ def fit(store, out, quantity, terms, width_min, scheduler):
             from .errors import FitError
 
             raise FitError(f"--terms {terms!r}: use 'theory', 'free' or comma-separated numbers like 0,0.25.") from None
-    client = _client(scheduler)
+    client = _client(scheduler, scheduler_file)
     try:
-        ds = open_ensemble(list(store))
-        res = fit_expansion(ds, quantity=quantity, terms=terms, width_min=width_min)
-        _write(res, out)
-        rate = fit_rate(ds, quantity="variance", width_min=width_min).compute()
+        with _reading(store):
+            ds = open_ensemble(list(store))
+            res = fit_expansion(ds, quantity=quantity, terms=terms, width_min=width_min).compute()
+            rate = fit_rate(ds, quantity="variance", width_min=width_min).compute()
+        _write(res, out, "fit")
+        rate = _table_over_extra(rate, ds)
         ok = int((res["status"] == 0).sum())
         click.echo(f"fit_expansion({quantity}, terms={terms}): {ok} of {res['status'].size} cells fitted -> {out}")
         click.echo("variance rate, pooled over the grid (slope of log Var vs log N) at the last time:")
@@ -203,17 +325,20 @@ def fit(store, out, quantity, terms, width_min, scheduler):
 @click.argument("store", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Result path (.zarr or .nc).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
-def decompose(store, out, scheduler):
+@click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
+def decompose(store, out, scheduler, scheduler_file):
     """Bias^2 / variance / MSE against the target per (gamma, width, time), with seed-jackknife CIs."""
     from ._open import open_ensemble
     from ._stats import bias_variance
 
-    _check_out(out)
-    client = _client(scheduler)
+    _check_out(out, store, "decompose")
+    client = _client(scheduler, scheduler_file)
     try:
-        res = bias_variance(open_ensemble(list(store)))
-        _write(res, out)
-        last = res.isel(time=-1).compute()
+        with _reading(store):
+            ds = open_ensemble(list(store))
+            res = bias_variance(ds).compute()
+        _write(res, out, "decompose")
+        last = _table_over_extra(res.isel(time=-1), ds)
         click.echo(f"bias-variance decomposition -> {out}; at the last time (t = {float(last.time):g}):")
         click.echo(f"{'gamma':>7} {'width':>7} {'mse':>10} {'bias2':>10} {'variance':>10} {'seeds':>6}")
         for g in last["gamma"].values:

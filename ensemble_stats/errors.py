@@ -27,6 +27,15 @@ __all__ = [
 ]
 
 
+def shorten(value, limit: int = 160) -> str:
+    """``repr(value)`` cut to ``limit`` characters (long lists, huge inputs), for error messages."""
+    if isinstance(value, list | tuple) and len(value) > 12:
+        head = ", ".join(repr(v) for v in list(value[:8]))
+        return f"[{head}, ... ({len(value)} values)]"
+    s = repr(value)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
 class EnsembleStatsError(Exception):
     """Base class of every error raised by ensemble-stats and collectors."""
 
@@ -100,22 +109,45 @@ class StoreWriteError(EnsembleStatsError, OSError):
 
 
 class StoreCorruptionError(EnsembleStatsError, OSError):
-    """Chunks are missing, corrupt, or stray partial files were found.
+    """Chunks are missing, corrupt or misplaced, or the store's metadata no longer matches its creation.
 
     Parameters
     ----------
     problems
-        The :class:`~ensemble_stats.StoreProblem` records found.
+        The :class:`~ensemble_stats.StoreProblem` records (or sentences) found.
+    path
+        The store.
+    repairable
+        Whether retraining the affected runs can fix it (damaged records) or not (damaged metadata,
+        coordinates or grid: restore a copy or create a new store).
     """
 
-    def __init__(self, problems, path: str = ""):
+    def __init__(self, problems, path: str = "", *, repairable: bool = True):
         self.problems = tuple(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(
-            f"store {path!s} failed verification with {len(self.problems)} problem(s):\n{lines}\n"
-            "Re-run the affected runs with resume=True (corrupt or missing records are re-written), and remove "
-            "stray '*.partial' files with `ensemble-stats info STORE --verify --clean`."
-        )
+        self.repairable = repairable
+        shown = [str(p) for p in self.problems[:20]]
+        if len(self.problems) > 20:
+            shown.append(f"... and {len(self.problems) - 20} more (`ensemble-stats info STORE --verify` lists all)")
+        lines = "\n".join(f"  - {p}" for p in shown)
+        if repairable:
+            advice = (
+                "Rewrite the affected records: `ensemble-stats run CONFIG --store STORE --repair` for a sweep, or "
+                "EnsembleStore.open(STORE).repair() and then resume those runs; remove stray '*.partial' files with "
+                "`ensemble-stats info STORE --verify --clean`."
+            )
+        else:
+            advice = "Retraining cannot fix this: restore the store from a copy, or create a new one."
+        super().__init__(f"store {path!s} failed verification with {len(self.problems)} problem(s):\n{lines}\n{advice}")
+
+    def __reduce__(self):  # picklable across Dask workers with its keyword argument
+        return (_rebuild_corruption, (self.problems, self.args, self.repairable))
+
+
+def _rebuild_corruption(problems, args, repairable):
+    err = StoreCorruptionError.__new__(StoreCorruptionError)
+    Exception.__init__(err, *args)
+    err.problems, err.repairable = problems, repairable
+    return err
 
 
 class FitError(ValidationError):

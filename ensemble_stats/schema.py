@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .errors import shorten as _show
+
 SCHEMA_VERSION = 1
 
 # dimensions
@@ -39,9 +41,18 @@ ACCURACY = "accuracy"
 TRAIN_ACCURACY = "train_accuracy"
 OUTPUT_WEIGHT_NORM = "output_weight_norm"
 DIVERGED_STEP = "diverged_step"
+DIGEST = "digest"
+"""uint64 per record: keyed hash of its ``prediction`` and ``step`` bytes (see ``_integrity``); 0 = never written."""
+SCALAR_DIGEST = "scalar_digest"
+"""uint64 per record: keyed hash of its ``step`` and every per-record scalar."""
+INTERNAL_VARIABLES: tuple[str, ...] = (DIGEST, SCALAR_DIGEST)
+"""Integrity variables: checked by ``open_ensemble`` and ``verify_store``, not part of the opened Dataset."""
 
 SCALAR_VARIABLES: tuple[str, ...] = (TRAIN_LOSS, TEST_LOSS, ACCURACY, TRAIN_ACCURACY, OUTPUT_WEIGHT_NORM)
 """Optional per-record float32 scalars, dims (run dims..., time)."""
+
+RECORD_VARIABLES: tuple[str, ...] = (WRITTEN, STEP, PREDICTION, *SCALAR_VARIABLES, *INTERNAL_VARIABLES)
+"""Variables with one entry per record, chunked alike along (run dims..., time); ``written`` first."""
 
 TIME_UNITS: tuple[str, ...] = ("scaled", "step", "epoch")
 GAMMA_RANGE = (0.5, 1.0)
@@ -55,6 +66,8 @@ ATTR_MODEL = "model"
 ATTR_TORCH_VERSION = "torch_version"
 ATTR_CREATED = "created"
 ATTR_CONFIG = "config"
+ATTR_STORE_ID = "store_id"
+ATTR_MANIFEST = "manifest"
 MISSING_STEP = -1
 
 
@@ -82,7 +95,7 @@ def _as_1d(values, name: str, problems: list[str]) -> np.ndarray | None:
     try:
         arr = np.asarray(values)
     except Exception:  # noqa: BLE001 - anything unconvertible is reported, not raised
-        problems.append(f"{name}: could not be read as an array (got {values!r}); pass a list of numbers.")
+        problems.append(f"{name}: could not be read as an array (got {_show(values)}); pass a list of numbers.")
         return None
     if arr.ndim != 1 or arr.size == 0:
         problems.append(f"{name}: expected a non-empty 1-D list, got shape {arr.shape}.")
@@ -94,7 +107,7 @@ def _check_unique(arr: np.ndarray, name: str, problems: list[str]) -> None:
     vals, counts = np.unique(arr, return_counts=True)
     dups = vals[counts > 1]
     if dups.size:
-        problems.append(f"{name}: duplicate values {dups.tolist()}; each value may appear once.")
+        problems.append(f"{name}: duplicate values {_show(dups.tolist())}; each value may appear once.")
 
 
 def validate_gammas(values, name: str = GAMMA, *, unique: bool = True) -> list[str]:
@@ -104,12 +117,12 @@ def validate_gammas(values, name: str = GAMMA, *, unique: bool = True) -> list[s
     if arr is None:
         return problems
     if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
-        return [f"{name}: expected numbers in [0.5, 1], got {arr.tolist()!r}."]
+        return [f"{name}: expected numbers in [0.5, 1], got {_show(arr.tolist())}."]
     arr = arr.astype(np.float64)
     bad = [v for v in arr.tolist() if not (math.isfinite(v) and GAMMA_RANGE[0] <= v <= GAMMA_RANGE[1])]
     if bad:
         problems.append(
-            f"{name}: {bad} outside [0.5, 1] or not finite; the 1/N^gamma theory covers gamma in [0.5, 1] "
+            f"{name}: {_show(bad)} outside [0.5, 1] or not finite; the 1/N^gamma theory covers gamma in [0.5, 1] "
             "(0.5 = NTK, 1 = mean field)."
         )
     if unique:
@@ -123,9 +136,11 @@ def validate_widths(values, name: str = WIDTH, *, unique: bool = True) -> list[s
     arr = _as_1d(values, name, problems)
     if arr is None:
         return problems
-    bad = [v for v in arr.tolist() if isinstance(v, bool) or not float(v).is_integer() or v < 1]
-    if not np.issubdtype(arr.dtype, np.number) or bad:
-        problems.append(f"{name}: {bad or arr.tolist()} not positive integers; widths N must be integers >= 1.")
+    if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
+        return [f"{name}: expected positive integers, got {_show(arr.tolist())}; widths N must be integers >= 1."]
+    bad = [v for v in arr.tolist() if not (math.isfinite(v) and float(v).is_integer() and v >= 1)]
+    if bad:
+        problems.append(f"{name}: {_show(bad or arr.tolist())} not positive integers; widths N must be integers >= 1.")
         return problems
     if unique:
         _check_unique(arr, name, problems)
@@ -141,10 +156,10 @@ def validate_seeds(values, name: str = SEED) -> list[str]:
     if not np.issubdtype(arr.dtype, np.integer) and not (
         np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0)
     ):
-        problems.append(f"{name}: expected integers, got {arr.tolist()!r}.")
+        problems.append(f"{name}: expected integers, got {_show(arr.tolist())}.")
         return problems
     if np.any(arr < 0):
-        problems.append(f"{name}: negative values {arr[arr < 0].tolist()}; seeds must be >= 0.")
+        problems.append(f"{name}: negative values {_show(arr[arr < 0].tolist())}; seeds must be >= 0.")
     _check_unique(arr, name, problems)
     return problems
 
@@ -160,9 +175,9 @@ def validate_times(values, units: str, name: str = TIME) -> list[str]:
     try:
         arr = arr.astype(np.float64)
     except (TypeError, ValueError):
-        return [*problems, f"{name}: expected numbers, got {arr.tolist()!r}."]
+        return [*problems, f"{name}: expected numbers, got {_show(arr.tolist())}."]
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        problems.append(f"{name}: values must be finite and >= 0, got {arr.tolist()}.")
+        problems.append(f"{name}: values must be finite and >= 0, got {_show(arr.tolist())}.")
     diffs = np.diff(arr)
     if np.any(diffs <= 0):
         i = int(np.argmax(diffs <= 0))
@@ -171,7 +186,9 @@ def validate_times(values, units: str, name: str = TIME) -> list[str]:
             "list each recording time once, in increasing order."
         )
     if units == "step" and np.all(np.isfinite(arr)) and not np.all(np.mod(arr, 1) == 0):
-        problems.append(f"{name}: with time_units='step' times must be whole optimizer steps, got {arr.tolist()}.")
+        problems.append(
+            f"{name}: with time_units='step' times must be whole optimizer steps, got {_show(arr.tolist())}."
+        )
     return problems
 
 

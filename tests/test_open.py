@@ -71,5 +71,5 @@ def test_schema_violation_is_reported(tmp_path, small_grid):
     store = EnsembleStore.create(tmp_path / "a.zarr", small_grid, gammas=[0.5], widths=[4], seeds=[0], times=[0, 1])
     g = zarr.open_group(str(store.path), mode="r+")
     del g["step"]
-    with pytest.raises(errors.ValidationError, match="'step' is missing"):
+    with pytest.raises(errors.StoreCorruptionError, match="'step' is missing"):
         es.open_ensemble(store.path)

@@ -25,7 +25,7 @@ from zarr.storage import LocalStore, WrapperStore
 
 import ensemble_stats as es
 from collectors import EnsembleStore, OutputCollector
-from collectors._sweep import remove_partial_files
+from ensemble_stats import sweep_partial_files
 from ensemble_stats.errors import RunLockedError, StoreCorruptionError, StoreWriteError
 
 from . import _workers
@@ -89,7 +89,7 @@ def test_sigkill_at_random_moments_then_resume_loses_nothing(tmp_path, reliabili
         held += bad == 0 and not [p for p in es.verify_store(store) if p.kind != "partial"]
     final = _oracle_proc(store, ckpt)
     _, err = final.communicate(timeout=300)
-    removed = remove_partial_files(store)  # the sweeper
+    removed, _ = sweep_partial_files(store)  # the sweeper
     bad, n = _mismatches(store)
     stray = [p for p in es.verify_store(store)]
     reliability(
@@ -235,11 +235,16 @@ def test_a_poisoned_cell_yields_one_error_naming_it(tmp_path, reliability):
     from collectors import run_sweep
     from ensemble_stats.errors import SweepError
 
-    from .test_sweep import SMALL, _cfg
+    from .test_sweep import SMALL, _cfg, hold_width
 
-    text = SMALL.replace("n_times = 5", "times = [0.0, 0.03125, 0.0625, 0.5, 1.0]")
-    with pytest.raises(SweepError) as info:
-        run_sweep(_cfg(tmp_path, text), tmp_path / "p.zarr", workers=1, progress=False)
+    cfg = _cfg(tmp_path, SMALL)
+    locks = hold_width(tmp_path / "p.zarr", cfg, 16)  # another writer holds every width-16 cell
+    try:
+        with pytest.raises(SweepError) as info:
+            run_sweep(cfg, tmp_path / "p.zarr", workers=1, progress=False)
+    finally:
+        for lock in locks:
+            lock.release()
     failed = list(info.value.failures)
     ds = es.open_ensemble(tmp_path / "p.zarr")
     ok = bool(failed) and all(n.startswith("width=16,") for n in failed)  # the poisoned width's cells, by name

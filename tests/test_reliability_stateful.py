@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import ensemble_stats as es
 from collectors import EnsembleStore, EvalGrid, OutputCollector
-from collectors._sweep import remove_partial_files
+from ensemble_stats import sweep_partial_files
 from ensemble_stats.errors import RunLockedError, StoreCorruptionError
 
 from .conftest import oracle
@@ -100,7 +100,7 @@ class StoreMachine(RuleBasedStateMachine):
         idle = [r for r in range(len(RUNS)) if r not in self.writers]
         r = data.draw(st.sampled_from(idle), label="run")
         if not self.writers:  # the sweeper runs only while no writer of the store is active
-            remove_partial_files(self.path)
+            sweep_partial_files(self.path)
             self.faults = {p: k for p, k in self.faults.items() if k != "partial"}
         self._open(r, from_checkpoint)
 

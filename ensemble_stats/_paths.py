@@ -1,0 +1,166 @@
+"""Paths the toolkit writes: refusing what it cannot write correctly, temporary siblings, atomic replacement.
+
+Everything written here goes to a hidden temporary sibling named after the writing host and process
+(``.NAME.<tag>-<host>-<pid>-<uuid>``) and is renamed into place whole, so a killed writer leaves either the
+previous result or the new one, never a partial one that reads as valid. Temporaries of dead processes on this
+host are removed by the next writer of the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import schema
+from .errors import EnsembleStatsError, StoreWriteError, ValidationError
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def local_store_path(path: str | os.PathLike, what: str = "store") -> Path:
+    """A local path for writing, from a path or a ``file://`` URL; any other URL is refused.
+
+    ``Path("s3://bucket/x")`` is the local directory ``s3:/bucket/x``: writing there would put results somewhere
+    the user does not expect, so a URL this toolkit cannot write is an error, never a local directory.
+    """
+    raw = os.fspath(path)
+    if "://" in raw:
+        scheme, rest = raw.split("://", 1)
+        if scheme == "file":
+            return Path(rest)
+        raise ValidationError(
+            f"{what} {raw!r}: writing to {scheme}:// URLs is not supported by this version of ensemble-stats (it "
+            "would otherwise end up as a local directory named after the URL). Write to a local or shared-filesystem "
+            "path and copy the result to object storage; reading s3:// stores works."
+        )
+    if raw.startswith(("s3:/", "gs:/", "gcs:/", "az:/", "abfs:/", "http:/", "https:/")):
+        raise ValidationError(
+            f"{what} {raw!r} looks like a URL with a missing slash; write 'scheme://...' for a URL, or "
+            "'./name' for a local directory."
+        )
+    return Path(raw)
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether a local ``path`` is an ensemble store (a Zarr v3 group with the schema version attribute)."""
+    meta = Path(path) / "zarr.json"
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and schema.ATTR_SCHEMA_VERSION in (doc.get("attributes") or {})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_sibling(path: Path, tag: str) -> Path:
+    """A fresh hidden sibling of ``path`` owned by this process."""
+    return path.parent / f".{path.name}.{tag}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def remove_stale_siblings(path: Path, tag: str) -> int:
+    """Remove temporaries ``.NAME.<tag>-*`` of ``path`` left by dead processes of this host; returns how many."""
+    prefix = f".{path.name}.{tag}-"
+    n = 0
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return 0
+    for p in entries:
+        if not p.name.startswith(prefix):
+            continue
+        parts = p.name[len(prefix) :].split("-")
+        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit() or _alive(int(parts[1])):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_path(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target`` in one step, removing what was there (file or directory)."""
+    if not target.exists() and not target.is_symlink():
+        os.rename(new, target)
+        return
+    if target.is_dir() and not target.is_symlink():
+        if new.is_dir() and _exchange(new, target):
+            shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old result
+            return
+        old = temp_sibling(target, "old")
+        os.rename(target, old)  # no exchange on this file system: the old result stays in `old` until the rename
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(new, target)
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target`` whole, on failure it is removed."""
+    target = local_store_path(target, what)
+    target = target.absolute()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreWriteError(f"{what} {target}: cannot create its folder ({type(e).__name__}: {e}).") from None
+    remove_stale_siblings(target, "writing")
+    tmp = temp_sibling(target, "writing")
+    try:
+        yield tmp
+        replace_path(tmp, target)
+    except OSError as e:
+        if isinstance(e, EnsembleStatsError):
+            raise
+        raise StoreWriteError(
+            f"{what} {target}: writing failed ({type(e).__name__}: {e}); any previous result there is unchanged. "
+            "Fix the cause (disk space, permissions) and rerun."
+        ) from e
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink(missing_ok=True)
