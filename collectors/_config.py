@@ -22,8 +22,11 @@ from ensemble_stats.errors import ConfigError, ValidationError
 
 from ._data import LOADERS, DataSet, load_dataset, validate_options
 from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
-from ._store import MAX_COORDINATE, StoreSpec, store_bytes
+from ._store import MAX_COORDINATE, StoreSpec, default_time_chunk, size_problems
 from ._trainer import DTYPES, LOSSES, TrainConfig
+
+MAX_CELLS = 1_000_000
+"""Most cells (Dask tasks) one sweep may have."""
 
 # table -> key -> (python types accepted, default; REQUIRED means no default)
 REQUIRED = object()
@@ -313,11 +316,12 @@ class SweepSpec:
     def load_data(self) -> DataSet:
         return load_dataset(self.data_name, **dict(self.data_options))
 
-    def check(self, data: DataSet) -> list[str]:
+    def check(self, data: DataSet, store: str | os.PathLike | None = None) -> list[str]:
         """Problems that only show with the data at hand, found before any store is created or cell trained.
 
         Each width's recording schedule (distinct optimizer steps), the loss against the task, the batch size
-        against the training set, the model at every (width, gamma), and the memory one cell's block needs.
+        against the training set, the model at every (width, gamma), the memory one cell's block needs, and the
+        store's size (records, chunk files and, given ``store``, the free space where it will be written).
         """
         problems = []
         t = self.train
@@ -360,6 +364,12 @@ class SweepSpec:
                 f"about {need / 1e9:.3g} GB of memory; this machine has {total / 1e9:.3g} GB. Lower [sweep].seed_block "
                 "or the widths."
             )
+        cells = len(self.widths) * (len(self.seeds) // self.seed_block) * max(1, len(self.data_seeds))
+        if cells > MAX_CELLS:
+            problems.append(
+                f"the sweep has {cells:,} cells (widths x seed blocks x data seeds), each a Dask task; at most "
+                f"{MAX_CELLS:,}: raise [sweep].seed_block."
+            )
         spec = StoreSpec(
             gammas=self.gammas,
             widths=self.widths,
@@ -370,14 +380,12 @@ class SweepSpec:
             n_features=data.grid.n_features,
             output_size=data.output_size,
             grid_hash="",
-            time_chunk=1,
+            time_chunk=default_time_chunk(len(self.times), data.grid.n_points, data.output_size, self.seed_block),
+            seed_chunk=self.seed_block,
             dtype="float64" if t.dtype == "float64" else "float32",
             extra=(("data_seed", self.data_seeds),) if self.data_seeds else (),
         )
-        records, _ = store_bytes(spec)
-        if records > 1 << 31:
-            problems.append(f"the sweep has {records:,} records; a store holds at most {1 << 31:,}.")
-        return problems
+        return problems + size_problems(spec, Path(store) if store is not None else None)
 
     def cell_bytes(self, data: DataSet) -> int:
         """Rough memory of training one cell: parameters, gradients and workspace of the widest block."""

@@ -39,6 +39,11 @@ class EvalGrid:
 
     def __post_init__(self):
         problems = []
+        for name, a in (("x", self.x), ("target", self.target)):
+            if np.iscomplexobj(a):
+                raise ValidationError(
+                    f"{name} is complex; a grid is real: pass the real inputs and targets.", "EvalGrid"
+                )
         try:
             x = np.asarray(self.x, dtype=np.float64)
             target = np.asarray(self.target, dtype=np.float64)

@@ -108,7 +108,7 @@ def _short(v) -> str:
     return s if len(s) <= 120 else s[:117] + "..."
 
 
-def _default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chunk: int) -> int:
+def default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chunk: int) -> int:
     record = max(1, n_points * output_size * 4 * seed_chunk)
     return int(max(1, min(n_times, _RECORD_TARGET_BYTES // record)))
 
@@ -269,7 +269,7 @@ class EnsembleStore:
         if times_t:
             problems += schema.validate_times(times, time_units)
         ValidationError.raise_if(problems, "EnsembleStore.create")
-        tc = time_chunk or _default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk)
+        tc = time_chunk or default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk)
         spec = StoreSpec(**base, time_chunk=tc)
         ValidationError.raise_if(_validate_layout(spec), "EnsembleStore.create")
 
@@ -277,8 +277,7 @@ class EnsembleStore:
             raise ValidationError(f"{path} exists and is a file, not a store directory; choose another path.")
         if path.is_dir() and any(path.iterdir()):
             return cls._open_existing(path, grid, spec, explicit_time_chunk=time_chunk is not None, attrs=attrs)
-        if check_space:
-            ValidationError.raise_if(_space_problems(spec, path), "EnsembleStore.create")
+        ValidationError.raise_if(size_problems(spec, path if check_space else None), "EnsembleStore.create")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_siblings(path, "creating")  # left by creators killed mid-build
@@ -938,8 +937,8 @@ def _jsonable(obj):
     )
 
 
-MAX_COORDINATE = 10_000_000
-"""Most values one coordinate may have (a seed coordinate of 10**7 is 80 MB before any record)."""
+MAX_COORDINATE = 1_000_000
+"""Most values one coordinate may have (a million seeds or recording times; split larger sweeps into stores)."""
 MAX_RECORDS = 1 << 31
 """Most records (gamma x width x seed x extra x time) one store may have: ``written`` is read whole on open."""
 
@@ -969,7 +968,13 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.3g} GB"
 
 
-def _space_problems(spec: StoreSpec, path: Path) -> list[str]:
+MAX_CHUNK_FILES = 10_000_000
+"""Most chunk files a complete store may have (each small file costs an inode and a file-system block)."""
+
+
+def size_problems(spec: StoreSpec, path: Path | None = None) -> list[str]:
+    """What a complete store of ``spec`` would be too big for: records, chunk files, and (given ``path``) the
+    free space of its file system. Nothing is allocated to find out."""
     records, size = store_bytes(spec)
     problems = []
     if records > MAX_RECORDS:
@@ -977,6 +982,15 @@ def _space_problems(spec: StoreSpec, path: Path) -> list[str]:
             f"the sweep has {records:,} records (gamma x width x seed x extra dims x time); a store holds at most "
             f"{MAX_RECORDS:,}. Split it into several stores or record fewer times."
         )
+    chunks = records // max(1, spec.seed_chunk * min(spec.time_chunk, len(spec.times))) * len(schema.RECORD_VARIABLES)
+    if chunks > MAX_CHUNK_FILES:
+        problems.append(
+            f"the store would have {chunks:,} chunk files (one per seed block x time chunk of each of "
+            f"{len(schema.RECORD_VARIABLES)} per-record arrays); at most {MAX_CHUNK_FILES:,}. Use larger seed blocks "
+            "([sweep].seed_block, seed_chunk=) or split the sweep into several stores."
+        )
+    if path is None or problems:
+        return problems
     probe = path.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

@@ -76,7 +76,7 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
         _check_config(store, spec, path)
         return store
     data = spec.load_data()
-    problems = spec.check(data)
+    problems = spec.check(data, path)
     if problems:
         raise ConfigError(problems, "config")
     extra = {"data_seed": list(spec.data_seeds)} if spec.data_seeds else None
@@ -168,6 +168,17 @@ def _cells(spec: SweepSpec) -> list[tuple[int, tuple[int, ...], int | None]]:
     return [(w, b, d) for w, b in spec.blocks() for d in dss]
 
 
+def pending_cells(store: EnsembleStore, spec: SweepSpec) -> list[tuple[int, tuple[int, ...], int | None]]:
+    """The sweep's cells that are not complete in ``store``; a commit mark that cannot be read is corruption
+    (``run --repair`` rewrites it)."""
+    from ensemble_stats._open import corruption_error
+
+    try:
+        return [c for c in _cells(spec) if not _complete(store, spec, c)]
+    except Exception as e:  # noqa: BLE001 - a checksum failure deep in zarr: name the damaged files
+        raise corruption_error(store.path, e) from None
+
+
 def _complete(store: EnsembleStore, spec: SweepSpec, cell) -> bool:
     w, seeds, d = cell
     written = store.array(schema.WRITTEN)
@@ -177,6 +188,16 @@ def _complete(store: EnsembleStore, spec: SweepSpec, cell) -> bool:
     if d is not None:
         sel = sel[:, :, spec.data_seeds.index(d)]
     return bool(np.all(sel))
+
+
+def local_cluster(workers: int = 2):
+    """The sweep's own Dask cluster: worker processes on this machine, every port (the scheduler's, the workers'
+    and the unauthenticated dashboard's) bound to 127.0.0.1 only."""
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    )
 
 
 def run_sweep(
@@ -208,7 +229,7 @@ def run_sweep(
     SweepError
         Listing every failed cell; all other cells are complete in the store.
     """
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -219,21 +240,11 @@ def run_sweep(
     if repair:
         st.repair()
     cells = _cells(spec)
-    todo = [c for c in cells if not _complete(st, spec, c)]
+    todo = pending_cells(st, spec)
     report = SweepReport(str(st.path), len(cells), len(cells) - len(todo), 0, 0, 0.0)
     if todo:
         own = client is None
-        cluster = (
-            LocalCluster(
-                n_workers=workers or 2,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",  # the scheduler and its unauthenticated dashboard: this machine only
-                dashboard_address="127.0.0.1:0",
-            )
-            if own
-            else None
-        )
+        cluster = local_cluster(workers or 2) if own else None
         client = Client(cluster) if own else client
         failures = {}
         try:

@@ -27,9 +27,12 @@ def _open_one(path: PathLike) -> xr.Dataset:
         )
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
-        problems = _integrity.check_manifest(group)
     except (FileNotFoundError, KeyError, ValueError, TypeError) as e:
         raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 ensemble store ({e}).") from None
+    try:
+        problems = _integrity.check_manifest(group)
+    except Exception as e:  # noqa: BLE001 - metadata that cannot even be parsed is corruption
+        problems = [f"the store's metadata cannot be read ({type(e).__name__}: {e})"]
     if problems:
         raise StoreCorruptionError(problems, str(path), repairable=False)
     try:
@@ -66,6 +69,7 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     # could pair a mark read after a concurrent commit with data read before it (a written record read as NaN).
     try:
         written = ds[schema.WRITTEN].compute()
+        ds[schema.DIVERGED_STEP] = ds[schema.DIVERGED_STEP].compute()  # small (run dims), needed by every read
     except Exception as e:  # noqa: BLE001 - a corrupt commit mark: name the files
         raise corruption_error(source, e) from None
     ds[schema.WRITTEN] = written

@@ -66,10 +66,11 @@ def info(store, verify, clean):
     problems = verify_store(store, clean=clean) if verify else []
     try:
         click.echo(format_info(open_ensemble(store)))
-    except EnsembleStatsError as e:
+    except Exception as e:
         if not problems:
             raise
-        click.echo(f"info: the store cannot be summarised until it is repaired ({str(e).splitlines()[0]})")
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        click.echo(f"info: the store cannot be summarised until it is repaired ({first[:300]})")
     if verify:
         click.echo(f"verify: {len(problems)} problem(s)")
         for p in problems:
