@@ -30,8 +30,8 @@ from zarr.core.sync import sync as _sync
 
 import ensemble_stats
 from ensemble_stats import _integrity, schema
-from ensemble_stats._locks import RunLock, lock_dir, lock_name
-from ensemble_stats._paths import local_store_path, remove_stale_siblings, temp_sibling
+from ensemble_stats._locks import NullLock, RunLock, lock_dir, lock_name
+from ensemble_stats._paths import location, remote_exists, remote_fs, remove_stale_siblings, temp_sibling
 from ensemble_stats._verify import verify_store
 from ensemble_stats.errors import (
     EnsembleStatsError,
@@ -165,7 +165,7 @@ class EnsembleStore:
     """
 
     def __init__(self, path: str | os.PathLike, group: zarr.Group, spec: StoreSpec):
-        self.path = Path(path)
+        self.path = location(path)  # a local Path, or the URL of a store on object storage
         self.group = group
         self.spec = spec
         self._arrays: dict[str, zarr.Array] = {}
@@ -232,7 +232,7 @@ class EnsembleStore:
         """
         if not isinstance(grid, EvalGrid):
             raise ValidationError(f"grid must be a collectors.EvalGrid, got {type(grid).__name__}.", "create")
-        path = local_store_path(path, "store")
+        path = location(path, "store")
         problems = []
         try:
             output_size = grid.output_size if output_size is None else operator.index(output_size)
@@ -273,6 +273,10 @@ class EnsembleStore:
         spec = StoreSpec(**base, time_chunk=tc)
         ValidationError.raise_if(_validate_layout(spec), "EnsembleStore.create")
 
+        explicit = time_chunk is not None
+        if isinstance(path, str):
+            ValidationError.raise_if(size_problems(spec, None), "EnsembleStore.create")
+            return cls._create_remote(path, grid, spec, attrs, explicit)
         if path.exists() and not path.is_dir():
             raise ValidationError(f"{path} exists and is a file, not a store directory; choose another path.")
         if path.is_dir() and any(path.iterdir()):
@@ -300,6 +304,66 @@ class EnsembleStore:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return cls.open(path)
+
+    @classmethod
+    def _create_remote(cls, url: str, grid: EvalGrid, spec: StoreSpec, attrs: dict, explicit: bool) -> EnsembleStore:
+        """Create a store on object storage: built locally, uploaded, its root ``zarr.json`` last.
+
+        Object stores have no rename, so concurrent creators first race for a claim object ``<url>.creating``
+        with a conditional put (``If-None-Match: *``): one uploads, the others wait for its ``zarr.json`` and
+        then open the store and compare, as on a local disk. A claim older than ``STALE_CLAIM_SECONDS`` whose
+        store never appeared was left by a killed creator and is taken over.
+        """
+        import json
+        import socket
+        import tempfile
+        import time
+
+        if remote_exists(url):
+            return cls._open_existing(url, grid, spec, explicit, attrs)
+        fs, root = remote_fs(url)
+        claim = f"{root}.creating"
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
+        deadline = time.time() + CLAIM_WAIT_SECONDS
+        while True:
+            try:
+                fs.pipe_file(claim, me, mode="create")
+                break
+            except FileExistsError:
+                if remote_exists(url):
+                    return cls._open_existing(url, grid, spec, explicit, attrs)
+                try:
+                    holder = json.loads(fs.cat_file(claim))
+                except (FileNotFoundError, ValueError):
+                    continue
+                if time.time() - float(holder.get("since", 0)) > STALE_CLAIM_SECONDS:
+                    fs.rm_file(claim)  # its creator died before finishing
+                    continue
+                if time.time() > deadline:
+                    raise StoreWriteError(
+                        f"{url} is being created by pid {holder.get('pid')} on {holder.get('host')} and did not "
+                        f"appear within {CLAIM_WAIT_SECONDS} s; if that process is gone, delete {claim} and retry."
+                    ) from None
+                time.sleep(0.2)
+            except OSError as e:
+                raise StoreWriteError(f"cannot create the store {url} ({type(e).__name__}: {e}).") from None
+        try:
+            if remote_exists(url):  # created by the previous claimant between our check and our claim
+                return cls._open_existing(url, grid, spec, explicit, attrs)
+            with tempfile.TemporaryDirectory(prefix="ensemble-stats-") as d:
+                local = Path(d) / "store.zarr"
+                cls._build(local, grid, spec, attrs)
+                files = sorted(p for p in local.rglob("*") if p.is_file())
+                for f in [p for p in files if p != local / "zarr.json"] + [local / "zarr.json"]:
+                    fs.put_file(str(f), f"{root}/{f.relative_to(local).as_posix()}")
+        except OSError as e:
+            raise StoreWriteError(f"cannot create the store {url} ({type(e).__name__}: {e}).") from None
+        finally:
+            try:
+                fs.rm_file(claim)
+            except OSError:
+                pass
+        return cls.open(url)
 
     @classmethod
     def _open_existing(
@@ -444,8 +508,9 @@ class EnsembleStore:
         StoreCorruptionError
             The store's metadata, coordinates or grid no longer match what it was created with.
         """
-        path = local_store_path(path, "store")
-        if not (path / "zarr.json").is_file():
+        path = location(path, "store")
+        found = remote_exists(path) if isinstance(path, str) else (path / "zarr.json").is_file()
+        if not found:
             raise StoreNotFoundError(
                 f"{path} is not an ensemble store (no zarr.json found); create one with EnsembleStore.create(...) "
                 "or check the path."
@@ -622,7 +687,7 @@ class EnsembleStore:
             chunks = targets.setdefault(unit, set())
             t0, t1 = p.region[n_run]
             chunks.update(f"t{k}" for k in range(t0 // tc, (t1 - 1) // tc + 1))
-            if Path(p.path).is_relative_to(self.path / schema.DIVERGED_STEP):
+            if f"/{schema.DIVERGED_STEP}/" in p.path.replace("\\", "/"):
                 chunks.add("diverged")
         store = self.group.store
         out = []
@@ -657,6 +722,8 @@ class EnsembleStore:
         seed = index[2]
         first = seed.start if isinstance(seed, slice) else int(seed)
         key = (int(index[0]), int(index[1]), first // self.spec.seed_chunk, *(int(i) for i in index[3:]))
+        if isinstance(self.path, str):
+            return NullLock(self._describe(index))  # object storage: see NullLock for why none is needed
         return RunLock(lock_dir(self.path) / lock_name(key), self._describe(index))
 
     def check_grid(self, grid: EvalGrid) -> None:
@@ -936,6 +1003,10 @@ def _jsonable(obj):
         f"store attribute value {obj!r} of type {type(obj).__name__} is not JSON; pass str/number/list/dict."
     )
 
+
+CLAIM_WAIT_SECONDS = 120
+STALE_CLAIM_SECONDS = 600
+"""A creation claim on object storage older than this, with no store behind it, was left by a killed creator."""
 
 MAX_COORDINATE = 1_000_000
 """Most values one coordinate may have (a million seeds or recording times; split larger sweeps into stores)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensemble_stats import schema
-from ensemble_stats._paths import local_store_path
+from ensemble_stats._paths import location, remote_exists
 from ensemble_stats._verify import sweep_partial_files
 from ensemble_stats.errors import ConfigError, SpecMismatchError, SweepError
 
@@ -70,13 +70,13 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
     store behind. The config is compared after creation too: of two runs with different configs racing to
     create one path, the one that loses the race is refused rather than writing into the other's store.
     """
-    path = local_store_path(path, "--store")
-    if (path / "zarr.json").is_file():
+    path = location(path, "--store")
+    if remote_exists(path) if isinstance(path, str) else (path / "zarr.json").is_file():
         store = EnsembleStore.open(path)
         _check_config(store, spec, path)
         return store
     data = spec.load_data()
-    problems = spec.check(data, path)
+    problems = spec.check(data, None if isinstance(path, str) else path)
     if problems:
         raise ConfigError(problems, "config")
     extra = {"data_seed": list(spec.data_seeds)} if spec.data_seeds else None
@@ -193,11 +193,29 @@ def _complete(store: EnsembleStore, spec: SweepSpec, cell) -> bool:
 def local_cluster(workers: int = 2):
     """The sweep's own Dask cluster: worker processes on this machine, every port (the scheduler's, the workers'
     and the unauthenticated dashboard's) bound to 127.0.0.1 only."""
+    import logging
+    import signal
+    import threading
+
     from dask.distributed import LocalCluster
 
-    return LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    )
+    # Workers are started with SIGINT ignored (inherited across exec): a Ctrl-C at the terminal reaches the whole
+    # process group, and only this process should act on it, closing the cluster in order, not each worker
+    # dying with a traceback of its own.
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,  # tasks cancelled by an interrupt are expected, not warnings for the user
+        )
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
 
 
 def run_sweep(
@@ -252,7 +270,8 @@ def run_sweep(
             futures = {
                 client.submit(
                     run_cell,
-                    str(st.path.absolute()),  # workers may run in another working directory
+                    # a URL as it is; a local path made absolute: workers may run in another working directory
+                    st.path if isinstance(st.path, str) else str(st.path.absolute()),
                     spec_json,
                     spec.train.device,
                     w,
@@ -291,7 +310,8 @@ def run_sweep(
             if own:
                 client.close()
                 cluster.close()
-        sweep_partial_files(st.path)
+        if not isinstance(st.path, str):  # object storage has no partial files: its puts are atomic
+            sweep_partial_files(st.path)
         if failures:
             raise SweepError(failures, len(cells))
     report.seconds = time.perf_counter() - t0

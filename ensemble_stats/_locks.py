@@ -171,6 +171,35 @@ class RunLock:
             pass
 
 
+class NullLock:
+    """The run lock of a store on object storage: takes nothing.
+
+    Object stores have no ``flock``, and none is needed for correctness of the sweep: every chunk belongs to
+    one run (or one seed block), each cell is trained by one task at a time, and a task that Dask runs twice
+    writes the same bytes (training is deterministic given the seeds), so two executions of one cell leave the
+    same store. What a lock adds on a local disk — refusing a *second, different* writer of the same run (e.g.
+    two jobs given the same seed by mistake) — is not available there: give each job its own seeds.
+    """
+
+    took_over = None
+
+    def __init__(self, describe: str):
+        self.describe = describe
+        self.path = None
+
+    def acquire(self) -> NullLock:
+        return self
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> NullLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def is_free(path: str | os.PathLike) -> RunLock | None:
     """Take the lock at ``path`` if nobody holds it and return it (the caller releases it); else None."""
     lock = RunLock(path, Path(path).name)

@@ -48,17 +48,16 @@ def _open_one(path: PathLike) -> xr.Dataset:
 
 
 def corruption_error(path: PathLike, error: Exception) -> StoreCorruptionError:
-    """A :class:`StoreCorruptionError` for a read of ``path`` that failed with ``error``, naming the bad files
-    (found by :func:`verify_store` for a local store)."""
+    """A :class:`StoreCorruptionError` for a read of ``path`` that failed with ``error``, naming the bad chunks
+    (found by :func:`verify_store`)."""
     if isinstance(error, StoreCorruptionError):
         return error
-    if not is_url(path):
-        try:
-            found = [p for p in verify_store(path) if p.kind != "partial"]
-        except Exception:  # noqa: BLE001 - verification itself failed: report the original error
-            found = []
-        if found:
-            return StoreCorruptionError(found, str(path), repairable=all(p.repairable for p in found))
+    try:
+        found = [p for p in verify_store(path) if p.kind != "partial"]
+    except Exception:  # noqa: BLE001 - verification itself failed: report the original error
+        found = []
+    if found:
+        return StoreCorruptionError(found, str(path), repairable=all(p.repairable for p in found))
     return StoreCorruptionError([f"reading failed: {type(error).__name__}: {str(error)[:300]}"], str(path))
 
 

@@ -30,23 +30,41 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-def local_store_path(path: str | os.PathLike, what: str = "store") -> Path:
-    """A local path for writing, from a path or a ``file://`` URL; any other URL is refused.
+def is_remote(path) -> bool:
+    """A URL of object storage or another fsspec file system (not a local path, not ``file://``)."""
+    return is_url(path) and not os.fspath(path).startswith("file://")
 
-    ``Path("s3://bucket/x")`` is the local directory ``s3:/bucket/x``: writing there would put results somewhere
-    the user does not expect, so a URL this toolkit cannot write is an error, never a local directory.
+
+def remote_fs(url: str, storage_options: dict | None = None):
+    """``(filesystem, path within it)`` of a URL, or a clear error if no fsspec file system can write it."""
+    scheme = url.split("://", 1)[0]
+    try:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        extra = {"s3": "s3fs (pip install 'ensemble-stats[s3]')", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
+        need = extra.get(scheme)
+        raise ValidationError(
+            f"{url!r}: no file system for {scheme}:// URLs is available ({type(e).__name__}: {e}). "
+            + (f"Install {need}." if need else "Use a local path, or an fsspec URL such as s3://bucket/runs.zarr.")
+        ) from None
+    return fs, root.rstrip("/")
+
+
+def location(path: str | os.PathLike, what: str = "store") -> str | Path:
+    """Where a store or result lives: a local ``Path`` (also for ``file://``) or a URL string for fsspec.
+
+    ``Path("s3://bucket/x")`` is the local directory ``s3:/bucket/x``: a URL is therefore never turned into a
+    path, and a URL whose file system is not installed is refused rather than written somewhere else.
     """
     raw = os.fspath(path)
+    if raw.startswith("file://"):
+        return Path(raw[len("file://") :])
     if "://" in raw:
-        scheme, rest = raw.split("://", 1)
-        if scheme == "file":
-            return Path(rest)
-        raise ValidationError(
-            f"{what} {raw!r}: writing to {scheme}:// URLs is not supported by this version of ensemble-stats (it "
-            "would otherwise end up as a local directory named after the URL). Write to a local or shared-filesystem "
-            "path and copy the result to object storage; reading s3:// stores works."
-        )
-    if raw.startswith(("s3:/", "gs:/", "gcs:/", "az:/", "abfs:/", "http:/", "https:/")):
+        remote_fs(raw)  # refuses what no installed file system can write
+        return raw.rstrip("/")
+    if raw.startswith(("s3:/", "gs:/", "gcs:/", "az:/", "abfs:/", "http:/", "https:/", "memory:/")):
         raise ValidationError(
             f"{what} {raw!r} looks like a URL with a missing slash; write 'scheme://...' for a URL, or "
             "'./name' for a local directory."
@@ -54,12 +72,35 @@ def local_store_path(path: str | os.PathLike, what: str = "store") -> Path:
     return Path(raw)
 
 
+def local_store_path(path: str | os.PathLike, what: str = "store") -> Path:
+    """A local path for writing, from a path or a ``file://`` URL; any other URL is refused with the reason."""
+    where = location(path, what)
+    if isinstance(where, Path):
+        return where
+    raise ValidationError(
+        f"{what} {os.fspath(path)!r}: this output cannot be written to object storage as one piece (a folder of "
+        "many objects has no atomic rename there). Write it to a local or shared-filesystem path; for fit and "
+        "decompose, a .nc result can go to object storage directly."
+    )
+
+
+def remote_exists(url: str, key: str = "zarr.json") -> bool:
+    fs, root = remote_fs(url)
+    target = f"{root}/{key}" if key else root
+    fs.invalidate_cache()  # listings are cached per process: another process may have written since
+    return bool(fs.exists(target))
+
+
 def is_store(path: str | os.PathLike) -> bool:
-    """Whether a local ``path`` is an ensemble store (a Zarr v3 group with the schema version attribute)."""
-    meta = Path(path) / "zarr.json"
+    """Whether ``path`` (local or URL) is an ensemble store (a Zarr v3 group with the schema version attribute)."""
     try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
+        if is_remote(path):
+            fs, root = remote_fs(os.fspath(path))
+            fs.invalidate_cache()
+            doc = json.loads(fs.cat_file(f"{root}/zarr.json"))
+        else:
+            doc = json.loads((location(path) / "zarr.json").read_text())
+    except (OSError, ValueError, ValidationError):
         return False
     return isinstance(doc, dict) and schema.ATTR_SCHEMA_VERSION in (doc.get("attributes") or {})
 
@@ -139,8 +180,24 @@ def replace_path(new: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(target: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``target`` whole, on failure it is removed."""
+def atomic_output(target: str | os.PathLike, what: str = "--out", *, single_file: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target`` whole, on failure it is removed.
+
+    A ``single_file`` output may be a URL: it is written locally, then uploaded as one object (an object store
+    replaces an object atomically).
+    """
+    if single_file and is_remote(target):
+        import tempfile
+
+        fs, key = remote_fs(os.fspath(target))
+        with tempfile.TemporaryDirectory(prefix="ensemble-stats-") as d:
+            tmp = Path(d) / Path(key).name
+            yield tmp
+            try:
+                fs.put_file(str(tmp), key)
+            except OSError as e:
+                raise StoreWriteError(f"{what} {target}: upload failed ({type(e).__name__}: {e}).") from e
+        return
     target = local_store_path(target, what)
     target = target.absolute()
     try:

@@ -28,8 +28,8 @@ import zarr
 
 from . import _integrity, schema
 from ._locks import is_free, lock_dir, lock_name
-from ._paths import is_url
-from .errors import StoreNotFoundError, ValidationError
+from ._paths import location, remote_exists
+from .errors import StoreNotFoundError
 
 PARTIAL_MARKERS = (".partial",)
 STALE_PARTIAL_SECONDS = 60.0
@@ -59,8 +59,26 @@ class StoreProblem:
         return self.region is not None
 
 
-def _chunk_path(root: Path, arr: zarr.Array, coords) -> Path:
-    return root / arr.path / arr.metadata.encode_chunk_key(tuple(coords))
+class _Where:
+    """Chunk locations of a local store (files) or of one on object storage (keys of its zarr store)."""
+
+    def __init__(self, root: Path | str, group: zarr.Group | None = None):
+        self.root, self.group = root, group
+        self.remote = isinstance(root, str)
+
+    def chunk(self, arr: zarr.Array, coords) -> str:
+        key = f"{arr.path}/{arr.metadata.encode_chunk_key(tuple(coords))}"
+        return f"{self.root}/{key}" if self.remote else str(self.root / key)
+
+    def exists(self, arr: zarr.Array, coords) -> bool:
+        if not self.remote:
+            return Path(self.chunk(arr, coords)).exists()
+        from zarr.core.sync import sync
+
+        return bool(sync(self.group.store.exists(f"{arr.path}/{arr.metadata.encode_chunk_key(tuple(coords))}")))
+
+    def join(self, *parts: str) -> str:
+        return "/".join([str(self.root), *parts]) if self.remote else str(Path(self.root, *parts))
 
 
 def _record_arrays(group: zarr.Group) -> list[str]:
@@ -72,38 +90,45 @@ def _describe_region(region, dims) -> str:
 
 
 def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreProblem]:
-    """Read every chunk of a local store and report what is wrong (never raises on what it finds).
+    """Read every chunk of a store (local, or a URL on object storage) and report what is wrong.
+
+    Never raises on what it finds.
 
     Parameters
     ----------
     path
-        A local store directory.
+        A local store directory or an fsspec URL.
     clean
         Remove stray partial files of writers that are gone (a live writer's are spared) after reporting them.
+        Object storage has no partial files: its puts are atomic.
 
     Returns
     -------
     list of StoreProblem
         Empty when the store is sound.
     """
-    if is_url(path):
-        raise ValidationError(f"verify reads chunk files directly and supports local stores only, got {path}.")
-    root = Path(path)
-    if not (root / "zarr.json").is_file():
-        raise StoreNotFoundError(f"{root} is not an ensemble store (no zarr.json).")
-    problems: list[StoreProblem] = [
-        StoreProblem("partial", str(p), "temporary file of an interrupted write") for p in _partial_files(root)
-    ]
-    if clean:
-        sweep_partial_files(root)
+    root = location(path)
+    problems: list[StoreProblem] = []
+    if isinstance(root, str):
+        if not remote_exists(root):
+            raise StoreNotFoundError(f"{root} is not an ensemble store (no zarr.json).")
+    else:
+        if not (root / "zarr.json").is_file():
+            raise StoreNotFoundError(f"{root} is not an ensemble store (no zarr.json).")
+        problems += [
+            StoreProblem("partial", str(p), "temporary file of an interrupted write") for p in _partial_files(root)
+        ]
+        if clean:
+            sweep_partial_files(root)
     try:
         group = zarr.open_group(str(root), mode="r", zarr_format=3)
         attrs = group.attrs.asdict()
         arrays = dict(group.arrays())
     except Exception as e:  # noqa: BLE001 - an unreadable zarr.json is what verify is for
-        return [*problems, StoreProblem("metadata", str(root / "zarr.json"), f"{type(e).__name__}: {e}")]
-    for name in _unreadable_arrays(root, arrays):
-        problems.append(StoreProblem("metadata", str(root / name / "zarr.json"), "array metadata cannot be read"))
+        return [*problems, StoreProblem("metadata", f"{root}/zarr.json", f"{type(e).__name__}: {e}")]
+    where = _Where(root, group)
+    for name in _unreadable_arrays(where, arrays):
+        problems.append(StoreProblem("metadata", where.join(name, "zarr.json"), "array metadata cannot be read"))
     try:
         manifest = _integrity.check_manifest(group)
     except Exception as e:  # noqa: BLE001
@@ -128,9 +153,10 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
             try:
                 arr.blocks[tuple(coords)]
             except Exception as e:  # noqa: BLE001 - any decode failure is corruption
-                cpath = _chunk_path(root, arr, coords)
-                problems.append(StoreProblem("corrupt", str(cpath), f"chunk {coords} of '{name}': {_err(e)}", region))
-    problems += _verify_records(root, group, arrays, record, rdims, attrs)
+                problems.append(
+                    StoreProblem("corrupt", where.chunk(arr, coords), f"chunk {coords} of '{name}': {_err(e)}", region)
+                )
+    problems += _verify_records(where, arrays, record, rdims, attrs)
     return problems
 
 
@@ -138,15 +164,25 @@ def _err(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e)[:200]}"
 
 
-def _unreadable_arrays(root: Path, arrays: dict) -> list[str]:
-    out = []
-    for entry in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (entry / "zarr.json").is_file() and entry.name not in arrays:
-            out.append(entry.name)
-    return out
+def _unreadable_arrays(where: _Where, arrays: dict) -> list[str]:
+    if where.remote:
+        from zarr.core.sync import sync
+
+        async def names():
+            return [n async for n in where.group.store.list_dir("")]
+
+        found = [n.rstrip("/") for n in sync(names())]
+        candidates = [n for n in found if n != "zarr.json" and "." not in n]
+        return [n for n in sorted(candidates) if n not in arrays and sync(where.group.store.exists(f"{n}/zarr.json"))]
+    root = Path(where.root)
+    return [
+        e.name
+        for e in sorted(p for p in root.iterdir() if p.is_dir())
+        if (e / "zarr.json").is_file() and e.name not in arrays
+    ]
 
 
-def _verify_records(root, group, arrays, record, rdims, attrs) -> list[StoreProblem]:
+def _verify_records(where: _Where, arrays, record, rdims, attrs) -> list[StoreProblem]:
     problems: list[StoreProblem] = []
     written_arr = arrays[schema.WRITTEN]
     store_id = attrs.get(schema.ATTR_STORE_ID)
@@ -156,31 +192,31 @@ def _verify_records(root, group, arrays, record, rdims, attrs) -> list[StoreProb
         region = tuple(
             (c * s, min((c + 1) * s, n)) for c, s, n in zip(coords, written_arr.chunks, written_arr.shape, strict=True)
         )
-        where = _describe_region(region, rdims)
+        at = _describe_region(region, rdims)
         blocks: dict[str, np.ndarray] = {}
         for name in record:
             arr = arrays[name]
             full = (*coords, *(0 for _ in arr.shape[len(coords) :]))
-            cpath = _chunk_path(root, arr, full)
+            cpath = where.chunk(arr, full)
             try:
                 blocks[name] = np.asarray(arr.blocks[full])
             except Exception as e:  # noqa: BLE001 - any decode failure is corruption
-                problems.append(StoreProblem("corrupt", str(cpath), f"chunk of '{name}' at {where}: {_err(e)}", region))
+                problems.append(StoreProblem("corrupt", cpath, f"chunk of '{name}' at {at}: {_err(e)}", region))
                 continue
-            blocks[name + "/exists"] = cpath.exists()
+            if name in (schema.PREDICTION, schema.STEP):
+                blocks[name + "/exists"] = where.exists(arr, full)
         written = blocks.get(schema.WRITTEN)
         if written is None or not written.any():
             continue
         reported = len(problems)
         for name in (schema.PREDICTION, schema.STEP):
             if name in blocks and not blocks[name + "/exists"]:
+                full = (*coords, *(0 for _ in arrays[name].shape[len(coords) :]))
                 problems.append(
                     StoreProblem(
                         "missing",
-                        str(
-                            _chunk_path(root, arrays[name], (*coords, *(0 for _ in arrays[name].shape[len(coords) :])))
-                        ),
-                        f"chunk of '{name}' at {where} is absent but its records are marked written",
+                        where.chunk(arrays[name], full),
+                        f"chunk of '{name}' at {at} is absent but its records are marked written",
                         region,
                     )
                 )
@@ -210,8 +246,8 @@ def _verify_records(root, group, arrays, record, rdims, attrs) -> list[StoreProb
                 problems.append(
                     StoreProblem(
                         "mismatch",
-                        str(root / schema.PREDICTION if dname == schema.DIGEST else root),
-                        f"{int(bad.sum())} written record(s) at {where} do not match their digest ({what}; first at "
+                        where.join(schema.PREDICTION) if dname == schema.DIGEST else str(where.root),
+                        f"{int(bad.sum())} written record(s) at {at} do not match their digest ({what}; first at "
                         f"index {first}): a chunk swapped across runs, copied from another store, edited or lost",
                         region,
                     )

@@ -176,12 +176,17 @@ RESULT_ATTR = "ensemble_stats_result"
 
 
 def _refuse_store_paths(out: str, stores) -> None:
-    from ._paths import is_store, local_store_path
+    from ._paths import is_store, location
     from .errors import ValidationError
 
-    target = local_store_path(out, "--out").absolute()
+    target = location(out, "--out")
+    same = (
+        (lambda p: location(p) == target)
+        if isinstance(target, str)
+        else (lambda p: Path(p).absolute() == target.absolute())
+    )
     for st in stores:
-        if "://" not in str(st) and Path(st).absolute() == target:
+        if isinstance(location(st), type(target)) and same(st):
             raise ValidationError(f"--out {out} is the input store itself; writing there would destroy it.")
     if is_store(target):
         raise ValidationError(f"--out {out} is an ensemble store; results never replace a store: choose another path.")
@@ -189,22 +194,24 @@ def _refuse_store_paths(out: str, stores) -> None:
 
 def _check_out(out: str, stores, command: str) -> None:
     """Refuse an --out that is not a result path or that would replace anything but this command's result."""
+    from ._paths import local_store_path, location, remote_exists
     from .errors import ValidationError
 
     if not out.endswith((".zarr", ".nc")):
         raise ValidationError(f"--out {out}: use a path ending in .zarr or .nc.")
     _refuse_store_paths(out, stores)
-    path = Path(out[len("file://") :] if out.startswith("file://") else out)
-    if not (path.exists() or path.is_symlink()):
+    target = location(out, "--out")
+    if isinstance(target, str):
+        if out.endswith(".zarr"):
+            local_store_path(out, "--out")  # refused with the reason: a folder of objects is not atomic there
+        if remote_exists(target, ""):
+            previous = _result_kind(target)
+        else:
+            return
+    elif target.exists() or target.is_symlink():
+        previous = _result_kind(target)
+    else:
         return
-    import xarray as xr
-
-    kwargs = {"engine": "zarr", "consolidated": False} if out.endswith(".zarr") else {}
-    try:
-        with xr.open_dataset(path, **kwargs) as old:
-            previous = old.attrs.get(RESULT_ATTR)
-    except Exception:  # noqa: BLE001 - unreadable: not a result of ours
-        previous = None
     if previous != command:
         raise ValidationError(
             f"--out {out} exists and is not a result of `ensemble-stats {command}`; it would be replaced whole: "
@@ -212,13 +219,36 @@ def _check_out(out: str, stores, command: str) -> None:
         )
 
 
+def _result_kind(target) -> str | None:
+    import xarray as xr
+
+    kwargs = {"engine": "zarr", "consolidated": False} if str(target).endswith(".zarr") else {}
+    try:
+        if isinstance(target, str):  # a .nc object: read it through fsspec
+            import fsspec
+
+            with (
+                fsspec.open(target, "rb") as f,
+                xr.open_dataset(f) as old,
+            ):
+                return old.attrs.get(RESULT_ATTR)
+        with xr.open_dataset(target, **kwargs) as old:
+            return old.attrs.get(RESULT_ATTR)
+    except Exception:  # noqa: BLE001 - unreadable: not a result of ours
+        return None
+
+
 def _write(ds, out: str, command: str) -> None:
-    """Write a result Dataset as .zarr or .nc by extension, whole: a kill leaves the previous result or this one."""
+    """Write a result Dataset as .zarr or .nc by extension, whole: a kill leaves the previous result or this one.
+
+    A .nc result may go to object storage (uploaded as one object); computing first also lets netCDF be
+    written from a distributed cluster.
+    """
     from ._paths import atomic_output
 
-    ds = ds.compute()  # results are small; computing first also lets netCDF be written from a distributed cluster
+    ds = ds.compute()
     ds.attrs[RESULT_ATTR] = command
-    with atomic_output(out) as tmp:
+    with atomic_output(out, single_file=out.endswith(".nc")) as tmp:
         if out.endswith(".zarr"):
             ds.to_zarr(tmp, mode="w-", consolidated=False)
         else:
@@ -240,9 +270,19 @@ def _client(scheduler: str | None, scheduler_file: str | None = None):
     if scheduler and (scheduler.endswith(".json") or Path(scheduler).is_file()):
         raise ValidationError(f"--scheduler {scheduler} is a file; pass it as --scheduler-file {scheduler}.")
     target = scheduler or scheduler_file
+    if scheduler_file:
+        import json
+
+        try:
+            scheduler = json.loads(Path(scheduler_file).read_text())["address"]
+            if not isinstance(scheduler, str):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValidationError(
+                f"--scheduler-file {scheduler_file} is not a Dask scheduler file (JSON with an 'address'); pass "
+                "the file written by `dask scheduler --scheduler-file FILE` or Client.write_scheduler_file."
+            ) from None
     try:
-        if scheduler_file:
-            return Client(scheduler_file=scheduler_file, timeout="10s")
         return Client(scheduler, timeout="10s")
     except (OSError, TimeoutError, ValueError, TypeError, KeyError) as e:
         raise ValidationError(
