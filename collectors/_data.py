@@ -91,7 +91,7 @@ def teacher(
 ) -> DataSet:
     """Synthetic regression.
 
-    ``kind="circle"``: THEORY.md 1.6, ``n_train`` points on the unit circle, y = sin 3 theta + cos(theta)/2,
+    ``kind="circle"``: docs/theory.md §1.6, ``n_train`` points on the unit circle, y = sin 3 theta + cos(theta)/2,
     grid at ``n_test`` angles between them. ``kind="mlp"``: inputs N(0, I_d / d), targets from a random tanh
     teacher network of ``teacher_width`` units (plus Gaussian ``noise``). ``grid="train"`` evaluates on the
     training points (with their noisy targets) instead of the test points, e.g. to watch interpolation.

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 DEMO_CONFIG = """\
-# The embedded demo: THEORY.md 1.6's circle task, one hidden tanh layer, full-batch GD to scaled time t = 1.
+# The embedded demo: docs/theory.md §1.6's circle task, one hidden tanh layer, full-batch GD to scaled time t = 1.
 [sweep]
 gammas = [0.5, 0.625, 0.75, 0.875, 1.0]
 widths = [64, 128, 256, 512, 1024]

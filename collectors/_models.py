@@ -1,4 +1,4 @@
-"""1/N^gamma-scaled MLPs, their initialisation laws and the theory's learning-rate rules (THEORY.md 1, 2, 8).
+"""1/N^gamma-scaled MLPs, their initialisation laws and the theory's learning-rate rules (docs/theory.md §1, 2, 8).
 
 Network with L hidden layers of widths N_1..N_L and exponents gamma_1..gamma_L:
 
@@ -210,7 +210,7 @@ def theory_init(
 
 
 def paper_init(arch: Architecture, gen: torch.Generator, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """The authors' code (THEORY.md 1.5): hidden W ~ N(0, 1), output C ~ U(0, 1), PyTorch default biases
+    """The authors' code (docs/theory.md §1.5): hidden W ~ N(0, 1), output C ~ U(0, 1), PyTorch default biases
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Output weights are not mean zero."""
     out = {}
     shapes = arch.shapes()
@@ -251,7 +251,7 @@ def init_params(arch: Architecture, law: str | InitLaw, seed: int, dtype=torch.f
 
 # ---------------------------------------------------------------------------------------------- lr rules
 def learning_rates(arch: Architecture, alpha: float = 1.0) -> dict[str, float]:
-    """Per-parameter learning rates of the theory (THEORY.md 1.1 and 2).
+    """Per-parameter learning rates of the theory (docs/theory.md §1.1 and 2).
 
     Output layer: alpha * N_L^-(2 - 2 gamma_L). Hidden layer l: alpha * prod_{m=max(1,l-1)}^{L-1}
     N_m^-(1 - 2 gamma_m) * N_L^-(2 - 2 gamma_L) * prod_{m=l+1}^{L} N_m^-1. This reproduces the authors'
@@ -335,5 +335,5 @@ class ScaledMLP(nn.Module):
         return [{"params": [p], "lr": rates[name], "name": name} for name, p in self.params.items()]
 
     def output_weight_norm(self) -> float:
-        """(1/N_L) sum_i c_i^2 (summed over outputs): the 2-norm of the measure (THEORY.md 4)."""
+        """(1/N_L) sum_i c_i^2 (summed over outputs): the 2-norm of the measure (docs/theory.md §4)."""
         return float((self.params["C"].detach() ** 2).sum() / self.arch.width)

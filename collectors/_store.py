@@ -1,6 +1,6 @@
 """The ensemble store: a Zarr v3 group laid out by ``ensemble_stats.schema``, written only through here.
 
-Layout rules (DESIGN.md, "The store"):
+Layout rules (docs/store.md):
 
 * every chunk of a per-run array holds exactly one run (or one seed block of ``seed_chunk`` seeds), so
   concurrent writers never share a chunk;
@@ -158,7 +158,7 @@ def check_chunk_ownership(shape: Sequence[int], chunks: Sequence[int], n_run_dim
 
 
 class EnsembleStore:
-    """A Zarr v3 ensemble store on a local path (see DESIGN.md, "The store").
+    """A Zarr v3 ensemble store on a local path (see docs/store.md).
 
     Use :meth:`create` or :meth:`open`; write through :class:`~collectors.OutputCollector` or
     :meth:`write_records`.

@@ -2,7 +2,7 @@
 
 Every member b = (gamma, seed) has its own parameters, stacked along a leading axis; the loss is the sum of the
 members' losses, so autograd gives each member exactly its own gradient, and the update is plain SGD with the
-member's own learning rates (THEORY.md 1.1, 2). The data order (``data_seed``) is shared by the block.
+member's own learning rates (docs/theory.md §1.1, 2). The data order (``data_seed``) is shared by the block.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TrainConfig:
     shuffle
         Draw a new order every epoch (False: the data set order, like the authors' unshuffled loader).
     output_weight_decay
-        lambda of the 2-norm regularizer lambda (1/N) sum c_i^2 added to the loss (THEORY.md 4).
+        lambda of the 2-norm regularizer lambda (1/N) sum c_i^2 added to the loss (docs/theory.md §4).
     dtype, device
         ``"float32"`` (default) or ``"float64"``; ``"cpu"`` (default) or ``"cuda"``.
     """

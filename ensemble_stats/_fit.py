@@ -287,7 +287,7 @@ def fit_expansion(
         Fit the seed mean (weights S / s^2) or the seed variance (IRLS weights (S - 1) / (2 fitted^2)).
     terms : "theory", "free" or list of float
         Exponents p_k of the basis N^(-p_k). ``"theory"``: for the mean ``[0, 1-g, ..., (nu-1)(1-g)]``,
-        for the variance ``[2g-1, g]`` (leading N^(1-2g) and its first correction); THEORY.md 1.3, 9.
+        for the variance ``[2g-1, g]`` (leading N^(1-2g) and its first correction); docs/theory.md §1.3, 9.
         ``"free"``: the leading exponent is fitted too (mean: h + c N^-p; variance: a N^-p).
     width_min : int, optional
         Use only widths N >= width_min.

@@ -297,7 +297,7 @@ def _write_report(ds, out: Path, *, train_x, train_y, progress) -> None:
             say("variance collapse")
             cmp = _without_extra(compare_to_theory(ds, train_x, train_y).compute(), ds)
             figures.append(
-                ("Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (THEORY.md 9.3)", _fig_collapse(cmp, out))
+                ("Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (docs/theory.md §9.3)", _fig_collapse(cmp, out))
             )
     src = html.escape(str(ds.encoding.get("source", "in-memory dataset")))
     body = "".join(

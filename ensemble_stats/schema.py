@@ -1,4 +1,4 @@
-"""Names and rules of the ensemble store, schema v1 (see DESIGN.md, "The store").
+"""Names and rules of the ensemble store, schema v1 (see docs/store.md).
 
 Every dimension and variable name used anywhere in the toolkit is defined here once. The ``validate_*``
 functions return a list of problems (complete sentences) so callers can report all of them at once.

@@ -1,6 +1,6 @@
-"""Theory references (THEORY.md): the expansion's exponent sets and, as they land, kernels and limits.
+"""Theory references (docs/theory.md): the expansion's exponent sets, kernels and limits.
 
-Every formula here is tagged in THEORY.md; [R] statements are reconstructions, tested against simulation.
+Every formula here refers to a section of docs/theory.md; reconstructions there are tested against simulation.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 bias_variance_order_switch = 0.75
-"""gamma at which (bias^2 / variance) ~ N^(4 gamma - 3) changes sign of its exponent (THEORY.md 1.4, 9.8)."""
+"""gamma at which (bias^2 / variance) ~ N^(4 gamma - 3) changes sign of its exponent (docs/theory.md §1.4, 9.8)."""
 
 
 def _check_gamma(gamma: float) -> float:
@@ -47,7 +47,7 @@ def _check_gamma(gamma: float) -> float:
 
 
 def nu(gamma: float) -> int:
-    """Number of deterministic orders before the Gaussian term (THEORY.md 1.3 [R]).
+    """Number of deterministic orders before the Gaussian term (docs/theory.md §1.3 [R]).
 
     ``nu = max(1, ceil((2 gamma - 1) / (2 (1 - gamma))))``; nu -> infinity as gamma -> 1, where the expansion is
     singular, so ``nu(1.0)`` raises.
@@ -110,7 +110,7 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
         lambda z: math.sqrt(2) * (z > 0) / _C_NR,
     ),
 }
-"""numpy activation and derivative by name; the same names as the trainer's models (THEORY.md 5, 6)."""
+"""numpy activation and derivative by name; the same names as the trainer's models (docs/theory.md §5, 6)."""
 
 
 def activation(name: str | Callable, derivative: Callable | None = None) -> tuple[Callable, Callable | None]:
@@ -214,7 +214,7 @@ def _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = Tru
     yield K, theta
     for layer in range(depth):
         sw2 = sigma_w**2
-        if widths is not None:  # 1/N^gamma nets: the conditional variance at finite N (THEORY.md 6)
+        if widths is not None:  # 1/N^gamma nets: the conditional variance at finite N (docs/theory.md §6)
             sw2 = sigma_w**2 * widths[layer] ** (1 - 2 * gammas[layer])
         ss, dd = _pair_moments(act, k1, K, k2, symmetric, ntk)
         s1, _ = _moments(act, k1, k1, k1, derivative=False)
@@ -243,7 +243,7 @@ def nngp_kernel(
     widths: Sequence[int] | None = None,
     gammas: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """NNGP kernel of a fully connected net with ``depth`` hidden layers (THEORY.md 6, [V] for relu and erf).
+    """NNGP kernel of a fully connected net with ``depth`` hidden layers (docs/theory.md §6, [V] for relu and erf).
 
     K1 = sigma_b^2 + sigma_w^2 x.x'/d;  K_{l+1} = sigma_b^2 + sigma_w^2 E[s(u) s(v)], (u, v) ~ N(0, K_l).
     ReLU, erf and normalized ReLU in closed form; tanh, sigmoid and callables by Gauss-Hermite quadrature.
@@ -272,7 +272,7 @@ def ntk_kernel(
     widths: Sequence[int] | None = None,
     gammas: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """NTK of the same net: Theta1 = K1, Theta_{l+1} = K_{l+1} + sigma_w^2 E[s'(u) s'(v)] Theta_l (THEORY.md 6)."""
+    """NTK of the same net: Theta1 = K1, Theta_{l+1} = K_{l+1} + sigma_w^2 E[s'(u) s'(v)] Theta_l (docs/theory.md §6)."""
     return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas)[1]
 
 
@@ -300,7 +300,7 @@ def init_moments(
     """Exact finite-N mean and covariance of the shallow 1/N^gamma net's output at initialisation.
 
     Neurons are i.i.d., so E g(x) = N^(1-gamma) E[C s(W.x+b)] and Cov = N^(1-2gamma) Cov(C s(W.x+b), C s(W.x'+b))
-    (THEORY.md 6); the per-neuron moments are computed by Monte Carlo over the init law. For law="paper" the
+    (docs/theory.md §6); the per-neuron moments are computed by Monte Carlo over the init law. For law="paper" the
     output bias c0 ~ U(+-1/sqrt(N)) adds 1/(3N) to the variance.
 
     Returns
@@ -324,7 +324,7 @@ def init_moments(
 def shallow_kernels(
     x, x2=None, *, activation: str | Callable = "tanh", sigma_w: float = 1.0, alpha: float = 1.0, n_mc: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The kernels A and Sigma of the shallow net under the theory init law (THEORY.md 1.2-1.3).
+    """The kernels A and Sigma of the shallow net under the theory init law (docs/theory.md §1.2-1.3).
 
     A(x, x') = alpha E[s(w.x) s(w.x')] + alpha E[C^2] E[s'(w.x) s'(w.x')] x.x',
     Sigma(x, x') = E[C^2] E[s(w.x) s(w.x')], with w ~ N(0, sigma_w^2 I / d), C ~ N(0, 1), no biases.
@@ -364,7 +364,7 @@ def _phi(lam: np.ndarray, t: float, M: int) -> np.ndarray:
 def kernel_limit(
     train_x, train_y, grid_x, times, *, activation: str | Callable = "tanh", sigma_w: float = 1.0, alpha: float = 1.0
 ) -> xr.Dataset:
-    """The gamma in (1/2, 1) kernel limit for full-batch GD on M training points (THEORY.md 1.2-1.4 [R]).
+    """The gamma in (1/2, 1) kernel limit for full-batch GD on M training points (docs/theory.md §1.2-1.4 [R]).
 
     h_t(x) = A_xX phi_t(A_XX) Y and K_t(x) = K_0(x) - A_xX phi_t(A_XX) K_0(X) with K_0 ~ GP(0, Sigma), where
     phi_t(lam) = (1 - e^{-t lam / M}) / lam through the eigendecomposition (no inverse of a singular A).
@@ -395,7 +395,12 @@ def kernel_limit(
     return xr.Dataset(
         {"h": (dims, np.array(h)), "var_k": (dims, np.array(var))},
         coords={schema.TIME: np.atleast_1d(times).astype(float), schema.POINT: np.arange(len(G))},
-        attrs={"source": "THEORY.md 1.2-1.3 [R]", "activation": str(activation), "alpha": alpha, "sigma_w": sigma_w},
+        attrs={
+            "source": "docs/theory.md §1.2-1.3 [R]",
+            "activation": str(activation),
+            "alpha": alpha,
+            "sigma_w": sigma_w,
+        },
     )
 
 
@@ -409,7 +414,7 @@ def compare_to_theory(
     alpha: float = 1.0,
     ci: float = 0.95,
 ) -> xr.Dataset:
-    """The parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid (THEORY.md 9.3).
+    """The parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid (docs/theory.md §9.3).
 
     Parameters
     ----------
@@ -460,7 +465,7 @@ def kernel_condition_number(
     sigma_w: float = 1.0,
     sigma_b: float = 0.0,
 ) -> float | np.ndarray:
-    """Condition number of the NNGP Gram matrix of ``x`` after ``depth`` layers (Agarwal et al.; THEORY.md 5).
+    """Condition number of the NNGP Gram matrix of ``x`` after ``depth`` layers (Agarwal et al.; docs/theory.md §5).
 
     Inputs are scaled to unit norm times sqrt(d) (so K1 has unit diagonal) when ``normalize_inputs``. A
     sequence of depths returns an array of condition numbers, one per depth, from a single recursion.

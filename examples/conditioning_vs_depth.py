@@ -1,4 +1,4 @@
-"""Condition number of the NNGP Gram matrix vs depth (Agarwal, Awasthi, Kale; THEORY.md 5).
+"""Condition number of the NNGP Gram matrix vs depth (Agarwal, Awasthi, Kale; docs/theory.md §5).
 
 Centred, normalized activations drive it towards 1 with depth; plain ReLU (not centred) does not.
 Run: python examples/conditioning_vs_depth.py --out demo-out   (seconds)

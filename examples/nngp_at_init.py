@@ -1,4 +1,4 @@
-"""Ensemble covariance at initialisation against the NNGP kernel (THEORY.md 6, 9.13).
+"""Ensemble covariance at initialisation against the NNGP kernel (docs/theory.md §6, 9.13).
 
 2000 random one-hidden-layer ReLU nets (NTK/standard parametrization, gamma = 1/2) on 12 digits images: the
 seed covariance of the outputs against the closed-form NNGP, and the relative Frobenius error vs seeds.

@@ -1,7 +1,7 @@
 """Quickstart: attach an OutputCollector to your own PyTorch loop, then analyse the ensemble with xarray.
 
 A one-hidden-layer tanh net g(x) = N^-gamma sum_i c_i tanh(w_i . x) learns a 1-D teacher on the unit circle
-(THEORY.md section 1.6) by full-batch gradient descent with the theory's learning rate N^(2 gamma - 2), for
+(docs/theory.md §1.6) by full-batch gradient descent with the theory's learning rate N^(2 gamma - 2), for
 several (gamma, width, seed). Outputs on a fixed grid are recorded at scaled times t = k / N.
 
 Run: python examples/quickstart.py --out demo-out

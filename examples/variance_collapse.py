@@ -1,4 +1,4 @@
-"""The parameter-free variance collapse: N^(2 gamma - 1) * Var / Var K_t across gamma and N (THEORY.md 1.6, 9.3).
+"""The parameter-free variance collapse: N^(2 gamma - 1) * Var / Var K_t across gamma and N (docs/theory.md §1.6, 9.3).
 
 Trains the circle task (one hidden tanh layer, full-batch GD, theory init) for gamma in {0.625, 0.75, 0.875}
 and N in {128, 256, 512}, 96 seeds, then plots the ratio with its seed-jackknife CI against t.

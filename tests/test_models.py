@@ -1,4 +1,4 @@
-"""ScaledMLP, init laws and learning-rate rules against the theory (THEORY.md 1, 2, 6)."""
+"""ScaledMLP, init laws and learning-rate rules against the theory (docs/theory.md §1, 2, 6)."""
 
 from __future__ import annotations
 

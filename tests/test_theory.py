@@ -140,14 +140,14 @@ def _wide_check(tmp_path, width, seeds):
     lim = theory.kernel_limit(data.x_train, data.y_train, data.grid.x, times)
     m = ds.prediction.mean("seed").values
     se = ds.prediction.std("seed").values / math.sqrt(seeds)
-    # the seed mean differs from h_t by sampling error plus the N^(gamma-1) bias: 4 SE + 0.03 (THEORY.md 1.6
+    # the seed mean differs from h_t by sampling error plus the N^(gamma-1) bias: 4 SE + 0.03 (docs/theory.md §1.6
     # measured 0.020 at N = 512 and 0.006 at N = 2048)
     assert (np.abs(m - lim.h.values) < 4 * se + 0.03).all(), (m, lim.h.values, se)
     np.testing.assert_allclose(lim.h.sel(time=0.0), 0.0, atol=1e-12)
 
 
 def test_variance_collapse_ratio_on_a_simulated_ensemble(tmp_path):
-    """N^(2g-1) Var / Var K_t in 0.8-1.25 at t <= 1 for g in {0.625, 0.75, 0.875} (THEORY.md 1.6, 9.3)."""
+    """N^(2g-1) Var / Var K_t in 0.8-1.25 at t <= 1 for g in {0.625, 0.75, 0.875} (docs/theory.md §1.6, 9.3)."""
     data = teacher()
     gammas, widths, seeds = [0.625, 0.75, 0.875], [256, 512], list(range(96))
     st = EnsembleStore.create(

@@ -44,7 +44,7 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
             loss = 0.5 * ((out - y[idx]) ** 2).mean()
         else:
             loss = torch.nn.functional.cross_entropy(out, labels[idx])
-        if cfg.output_weight_decay:  # lambda (1/N) sum_i c_i^2 (THEORY.md 4)
+        if cfg.output_weight_decay:  # lambda (1/N) sum_i c_i^2 (docs/theory.md §4)
             loss = loss + cfg.output_weight_decay * (m.params["C"] ** 2).sum() / width
         loss.backward()
         opt.step()

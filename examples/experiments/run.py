@@ -439,7 +439,7 @@ def analyze_deep(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[
             f"across configurations, log {n_classes} = {np.log(n_classes):.3f} being a prediction that ignores the "
             "input. The effects above are differences between near-constant predictors, so the verdict is "
             "inconclusive: this budget is far from the paper's 1500 MNIST epochs (4.5 million steps), and under "
-            "the paper's rates the inner layers move the output only at relative order 1/N (THEORY.md 2)."
+            "the paper's rates the inner layers move the output only at relative order 1/N (docs/theory.md §2)."
         ),
         "",
         f"**Verdict: is the output variance more sensitive to gamma_3?** {verdict(outer_var)}: partial eta^2 "
@@ -463,7 +463,7 @@ def analyze_deep(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[
         "",
         f"![deep main effects]({fig_main})",
         "",
-        "Slope of log Var vs log N_3 at the largest scaled time t = k/N_3 every N_3 reaches (THEORY.md 9, item 12: "
+        "Slope of log Var vs log N_3 at the largest scaled time t = k/N_3 every N_3 reaches (docs/theory.md §9, item 12: "
         "about 1 - 2 gamma_3 and insensitive to gamma_1, gamma_2, an unverified reconstruction): 1 - 2 gamma_3 inside "
         f"the 95% CI in {sum(r[-1] == 'yes' for r in slope_rows)} of {len(slope_rows)} configurations.",
         "",
