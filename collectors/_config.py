@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ensemble_stats import schema
-from ensemble_stats.errors import ConfigError, ValidationError
+from ensemble_stats.errors import ConfigError, ValidationError, shorten
 
 from ._data import LOADERS, DataSet, load_dataset, validate_options
 from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
@@ -414,7 +414,7 @@ def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: store has {a!r}, config has {b!r}")
+            out.append(f"{prefix}{key}: store has {shorten(a)}, config has {shorten(b)}")
     return out
 
 

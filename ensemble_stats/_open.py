@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask
 import numpy as np
 import xarray as xr
 import zarr
@@ -66,11 +67,11 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     # A snapshot of the commit marks, read now: writers store data before marking it written, so every record
     # marked here is complete on disk whenever the lazy data is read later. Masking with a lazily read mark
     # could pair a mark read after a concurrent commit with data read before it (a written record read as NaN).
-    try:
-        written = ds[schema.WRITTEN].compute()
-        ds[schema.DIVERGED_STEP] = ds[schema.DIVERGED_STEP].compute()  # small (run dims), needed by every read
+    try:  # with diverged_step (small: run dims, needed by every read), in one pass
+        written, diverged = dask.compute(ds[schema.WRITTEN], ds[schema.DIVERGED_STEP], scheduler="threads")
     except Exception as e:  # noqa: BLE001 - a corrupt commit mark: name the files
         raise corruption_error(source, e) from None
+    ds[schema.DIVERGED_STEP] = diverged
     ds[schema.WRITTEN] = written
     rdims = list(written.dims)
     digests = all(n in ds for n in schema.INTERNAL_VARIABLES) and schema.ATTR_STORE_ID in ds.attrs

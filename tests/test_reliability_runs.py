@@ -139,7 +139,7 @@ def _complete_result(out: Path, command: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("kills", [pytest.param(3, id="3"), pytest.param(12, id="12", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kills", [pytest.param(1, id="1"), pytest.param(12, id="12", marks=pytest.mark.slow)])
 def test_sigkill_during_every_output_command_leaves_the_old_or_the_new_result_whole(
     tmp_path, reliability, analysis_store, kills
 ):
@@ -459,7 +459,8 @@ def _api_cases(tmp_path, store: EnsembleStore, small_fs: Path):
         "create: seed_chunk 3 of 2 seeds": create(seed_chunk=3),
         "create: output_size 3 vs grid 1": create(output_size=3),
         "create: output_size '1'": create(output_size="1"),
-        "create: s3:// URL": lambda: EnsembleStore.create("s3://bucket/runs.zarr", grid, **kw),
+        "create: gs:// URL without gcsfs": lambda: EnsembleStore.create("gs://bucket/runs.zarr", grid, **kw),
+        "create: s3:/ URL missing a slash": lambda: EnsembleStore.create("s3:/bucket/runs.zarr", grid, **kw),
         "create: an existing file": lambda: EnsembleStore.create(afile, grid, **kw),
         "create: extra dim named gamma": create(extra_dims={"gamma": [0, 1]}),
         "create: 10**12 records": create(seeds=list(range(10**6)), times=list(range(10**6))),
@@ -480,7 +481,7 @@ def _api_cases(tmp_path, store: EnsembleStore, small_fs: Path):
         "run_index: seed '0'": lambda: store.run_index(0.5, 4, "0"),
         "collector: unknown extra dim": lambda: OutputCollector(store, gamma=0.5, width=4, seed=0, data_seed=1),
         "collector: width 3.9999999999999": lambda: OutputCollector(store, gamma=0.5, width=3.9999999999999, seed=0),
-        "open for writing an s3:// URL": lambda: EnsembleStore.open("s3://bucket/runs.zarr"),
+        "open a gs:// URL without gcsfs": lambda: EnsembleStore.open("gs://bucket/runs.zarr"),
         "open_ensemble of no paths": lambda: es.open_ensemble([]),
         "open_ensemble of a missing store": lambda: es.open_ensemble(tmp_path / "missing.zarr"),
         "teacher noise nan": lambda: load_dataset("teacher", noise=float("nan")),
@@ -631,15 +632,22 @@ def test_a_non_utf8_config_and_a_bad_scheduler_are_one_line(tmp_path):
     assert r.exit_code == 2 and "--workers" in r.output
     r = runner.invoke(main, ["info", str(tmp_path / "s.zarr"), "--clean"])
     assert r.exit_code == 2 and "--verify" in r.output
+    two = tmp_path / "two.toml"
+    two.write_text(_sub("alpha = 1.0", "alpha = 0.0").replace('loss = "mse"', 'loss = "hinge"'))
+    r = runner.invoke(main, ["run", str(two), "--store", str(tmp_path / "s.zarr")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and lines[0].startswith("error: ") and "2 problems" in lines[0], r.output
+    assert len(lines) == 3 and "[optimizer].alpha" in lines[1] + lines[2] and "[optimizer].loss" in lines[1] + lines[2]
 
 
 def test_a_store_url_that_cannot_be_written_is_refused_not_written_locally(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "ok.toml"
     cfg.write_text(VALID)
-    r = CliRunner().invoke(main, ["run", str(cfg), "--store", "s3://bucket/runs.zarr", "--no-progress"])
-    assert r.exit_code == 2 and "s3://" in r.output
-    assert not (tmp_path / "s3:").exists() and list(tmp_path.iterdir()) == [cfg]
+    for url in ("gs://bucket/runs.zarr", "s3:/bucket/runs.zarr", "nosuchfs://bucket/runs.zarr"):
+        r = CliRunner().invoke(main, ["run", str(cfg), "--store", url, "--no-progress"])
+        assert r.exit_code == 2 and url.split(":")[0] in r.output, r.output
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "gs:").exists() and list(tmp_path.iterdir()) == [cfg]
 
 
 # --------------------------------------------------------------------------------- 21.14 data_seeds

@@ -222,7 +222,7 @@ class StoreMachine(RuleBasedStateMachine):
 
 @pytest.mark.parametrize(
     "examples,steps",
-    [pytest.param(12, 25, id="12-examples"), pytest.param(150, 40, id="150-examples", marks=pytest.mark.slow)],
+    [pytest.param(8, 25, id="8-examples"), pytest.param(150, 40, id="150-examples", marks=pytest.mark.slow)],
 )
 def test_store_equals_the_model_under_writes_kills_resumes_and_corruption(reliability, examples, steps):
     StoreMachine.examples = 0
