@@ -169,3 +169,39 @@ def tmpfs(tmp_path):
     yield mount
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+TINY_SWEEP = """
+[sweep]
+gammas = [0.5, 1.0]
+widths = [8, 16]
+seeds = 4
+seed_block = 2
+[time]
+units = "scaled"
+horizon = 1.0
+n_times = 5
+[data]
+name = "teacher"
+options = { kind = "circle", n_train = 8, n_test = 4 }
+"""
+"""A sweep config that trains in seconds (2 gammas x 2 widths x 4 seeds on the circle task), for the fault tests."""
+
+
+def oracle_mismatches(path) -> tuple[int, int]:
+    """(records marked written whose values or steps differ from the oracle, records written) of an oracle store
+    (tests._workers' oracle writer: record t of every run is step t)."""
+    import ensemble_stats as es
+
+    from . import _workers
+
+    ds = es.open_ensemble(path).load()
+    bad = n = 0
+    for g, w, s in _workers.ORACLE_RUNS:
+        run = ds.sel(gamma=g, width=w, seed=s)
+        for t in np.flatnonzero(run.written.values):
+            n += 1
+            want = oracle(g, w, s, int(t), _workers.ORACLE_POINTS, _workers.ORACLE_OUTPUTS)
+            same = np.array_equal(run.prediction.isel(time=t).values, want)
+            bad += not (same and int(run.step.isel(time=t)) == t)
+    return bad, n

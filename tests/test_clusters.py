@@ -16,24 +16,13 @@ import pytest
 
 import ensemble_stats as es
 
+from .conftest import TINY_SWEEP
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EXE = str(BIN / "ensemble-stats")
 
-SWEEP = """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [8, 16]
-seeds = 4
-seed_block = 2
-[time]
-units = "scaled"
-horizon = 1.0
-n_times = 5
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 8, n_test = 4 }
-"""
+SWEEP = TINY_SWEEP
 
 
 def _wait_for(path: Path, timeout: float = 60) -> None:

@@ -26,7 +26,7 @@ from ensemble_stats.cli import main
 from ensemble_stats.errors import ValidationError
 
 from ._models import TableModel
-from .conftest import oracle
+from .conftest import TINY_SWEEP, oracle
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("ensemble-stats"))
@@ -205,20 +205,11 @@ def test_corruption_on_s3_is_found_and_repaired(s3):
     assert es.verify_store(url) == [] and bool(es.open_ensemble(url).written.sel(gamma=0.5, width=4).all())
 
 
-SWEEP = """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [16, 32, 64]
-seeds = 8
-seed_block = 2
-[time]
-units = "scaled"
-horizon = 1.0
-n_times = 5
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 8, n_test = 5 }
-"""
+SWEEP = (
+    TINY_SWEEP.replace("widths = [8, 16]", "widths = [16, 32, 64]")
+    .replace("seeds = 4", "seeds = 8")
+    .replace("n_test = 4", "n_test = 5")
+)
 
 
 def _written_objects(url) -> int:
@@ -302,3 +293,42 @@ def test_results_go_to_s3_as_one_object_and_folders_are_refused(s3, tmp_path, mo
         assert r.exit_code == 2 and "object storage" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
     shutil.rmtree(local)
+
+
+def _one_cell(url: str, text: str, start_at: float, train: bool = True) -> None:
+    from collectors import SweepSpec
+    from collectors._sweep import prepare_store, run_cell
+
+    spec = SweepSpec.from_toml(text)
+    st = prepare_store(spec, url)
+    if not train:
+        return
+    w, b = spec.blocks()[0]
+    while time.time() < start_at:
+        time.sleep(0.001)
+    run_cell(str(st.path), spec.to_json(), "cpu", w, b, None)
+
+
+def test_a_cell_trained_twice_at_once_on_s3_writes_the_same_bytes(s3, tmp_path):
+    """What makes locks unnecessary on object storage: two executions of one cell (Dask retrying a task, or a
+    task duplicated after a worker loss) racing on the same chunks leave exactly one execution's store."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    text = SWEEP.replace("widths = [16, 32, 64]", "widths = [64]")
+    ref = tmp_path / "ref.zarr"
+    _one_cell(str(ref), text, 0.0)
+    url = s3() + "/twice.zarr"
+    _one_cell(url, text, 0.0, train=False)  # the store exists; two executions of its first cell race
+    with cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        start_at = time.time() + 6.0
+        list(pool.map(_one_cell, [url, url], [text, text], [start_at, start_at]))
+    got, want = es.open_ensemble(url).load(), es.open_ensemble(ref).load()
+    for v in ("prediction", "step", "written", "train_loss"):
+        assert np.array_equal(got[v].values, want[v].values, equal_nan=True), v
+    assert es.verify_store(url) == []
+
+
+def test_file_urls_are_local_paths(tmp_path):
+    store = _create(f"file://{tmp_path}/f.zarr")
+    assert store.path == tmp_path / "f.zarr" and (tmp_path / "f.zarr" / "zarr.json").is_file()

@@ -30,7 +30,7 @@ from ensemble_stats.errors import RunLockedError, StoreCorruptionError, StoreWri
 
 from . import _workers
 from ._models import TableModel
-from .conftest import committed_chunks, oracle
+from .conftest import committed_chunks, oracle, oracle_mismatches
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.reliability
@@ -41,17 +41,7 @@ def _want(g, w, s, t):
     return oracle(g, w, s, t, P, O)
 
 
-def _mismatches(path) -> tuple[int, int]:
-    """(records marked written whose values differ from the oracle, records written) of an oracle store."""
-    ds = es.open_ensemble(path).load()
-    bad = n = 0
-    for g, w, s in _workers.ORACLE_RUNS:
-        run = ds.sel(gamma=g, width=w, seed=s)
-        for t in np.flatnonzero(run.written.values):
-            n += 1
-            same = np.array_equal(run.prediction.isel(time=t).values, _want(g, w, s, int(t)))
-            bad += not (same and int(run.step.isel(time=t)) == t)
-    return bad, n
+_mismatches = oracle_mismatches
 
 
 def _oracle_proc(store, ckpt, sleep=0.0):

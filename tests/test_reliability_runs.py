@@ -28,28 +28,13 @@ from ensemble_stats.cli import main
 from ensemble_stats.errors import EnsembleStatsError, SpecMismatchError, StoreWriteError
 from ensemble_stats.testing import synthetic_ensemble
 
-from .conftest import store_from_synthetic, tree_digest
+from .conftest import TINY_SWEEP, store_from_synthetic, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("ensemble-stats"))
 pytestmark = pytest.mark.reliability
 
-BASE = """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [8, 16]
-seeds = 4
-seed_block = 2
-[time]
-units = "scaled"
-horizon = 1.0
-n_times = 5
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 8, n_test = 4 }
-[optimizer]
-alpha = ALPHA
-"""
+BASE = TINY_SWEEP + "[optimizer]\nalpha = ALPHA\n"
 
 
 def train_in_process(config_text: str, store, start_at: float = 0.0) -> str:

@@ -23,7 +23,7 @@ from ensemble_stats.cli import main
 from ensemble_stats.errors import EnsembleStatsError, StoreCorruptionError, StoreWriteError
 
 from . import _workers
-from .conftest import oracle
+from .conftest import TINY_SWEEP, oracle, oracle_mismatches
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.reliability
@@ -198,20 +198,7 @@ def test_cli_read_errors_name_the_damaged_file(tmp_path, reliability):
 
 
 # --------------------------------------------------------------------------------------------- 21.5 repair
-SWEEP = """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [8, 16]
-seeds = 4
-seed_block = 2
-[time]
-units = "scaled"
-horizon = 1.0
-n_times = 5
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 6, n_test = 4 }
-"""
+SWEEP = TINY_SWEEP.replace("n_train = 8", "n_train = 6")
 
 
 def _sweep_in_process(cfg, store, repair=False):
@@ -302,7 +289,7 @@ def test_the_sweeper_spares_a_live_writers_partial_files(tmp_path, reliability, 
         r, s = es.sweep_partial_files(store)
         removed, spared, done = removed + r, spared + s, done + 1
     _, err = proc.communicate(timeout=300)
-    bad, n = _oracle_mismatches(store)
+    bad, n = oracle_mismatches(store)
     ok = proc.returncode == 0 and bad == 0 and n == len(_workers.ORACLE_RUNS) * _workers.ORACLE_TIMES
     reliability(
         "21.6",
@@ -314,18 +301,6 @@ def test_the_sweeper_spares_a_live_writers_partial_files(tmp_path, reliability, 
     )
     assert ok, err.decode()[-2000:]
     assert not stale.exists()
-
-
-def _oracle_mismatches(path) -> tuple[int, int]:
-    ds = es.open_ensemble(path).load()
-    bad = n = 0
-    for g, w, s in _workers.ORACLE_RUNS:
-        run = ds.sel(gamma=g, width=w, seed=s)
-        for t in np.flatnonzero(run.written.values):
-            n += 1
-            want = oracle(g, w, s, int(t), _workers.ORACLE_POINTS, _workers.ORACLE_OUTPUTS)
-            bad += not np.array_equal(run.prediction.isel(time=t).values, want)
-    return bad, n
 
 
 # ------------------------------------------------------------------------------------------- 21.7 symlinks
