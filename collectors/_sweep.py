@@ -211,7 +211,7 @@ def local_cluster(workers: int = 2):
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
-            silence_logs=logging.ERROR,  # tasks cancelled by an interrupt are expected, not warnings for the user
+            silence_logs=logging.CRITICAL,  # tasks cancelled by an interrupt are expected, not warnings for the user
         )
     finally:
         if main:
