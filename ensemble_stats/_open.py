@@ -77,36 +77,21 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     digests = all(n in ds for n in schema.INTERNAL_VARIABLES) and schema.ATTR_STORE_ID in ds.attrs
     key = _integrity.store_key(ds.attrs[schema.ATTR_STORE_ID]) if digests else None
     chunks = ds[schema.STEP].chunksizes
-    positions = [
-        xr.DataArray(np.arange(ds.sizes[d]), dims=d).chunk({d: chunks[d]}) if d in chunks else None for d in rdims
-    ]
+    positions = [xr.DataArray(np.arange(ds.sizes[d]), dims=d).chunk({d: chunks[d]}) for d in rdims]
     common = dict(dask="parallelized", keep_attrs=True)
-    if digests:
-        pred = xr.apply_ufunc(
-            functools.partial(_mask_prediction, key=key, source=source),
-            ds[schema.PREDICTION],
-            written,
-            ds[schema.STEP],
-            ds[schema.DIVERGED_STEP],
-            ds[schema.DIGEST],
-            *positions,
-            input_core_dims=[[schema.POINT, schema.OUTPUT], *([[]] * (4 + len(positions)))],
-            output_core_dims=[[schema.POINT, schema.OUTPUT]],
-            output_dtypes=[ds[schema.PREDICTION].dtype],
-            **common,
-        )
-    else:  # a store written before digests
-        pred = xr.apply_ufunc(
-            functools.partial(_mask_prediction, key=None, source=source),
-            ds[schema.PREDICTION],
-            written,
-            ds[schema.STEP],
-            ds[schema.DIVERGED_STEP],
-            input_core_dims=[[schema.POINT, schema.OUTPUT], [], [], []],
-            output_core_dims=[[schema.POINT, schema.OUTPUT]],
-            output_dtypes=[ds[schema.PREDICTION].dtype],
-            **common,
-        )
+    checks = [ds[schema.DIGEST], *positions] if digests else []  # stores written before digests have none
+    pred = xr.apply_ufunc(
+        functools.partial(_mask_prediction, key=key, source=source),
+        ds[schema.PREDICTION],
+        written,
+        ds[schema.STEP],
+        ds[schema.DIVERGED_STEP],
+        *checks,
+        input_core_dims=[[schema.POINT, schema.OUTPUT], *([[]] * (3 + len(checks)))],
+        output_core_dims=[[schema.POINT, schema.OUTPUT]],
+        output_dtypes=[ds[schema.PREDICTION].dtype],
+        **common,
+    )
     ds[schema.PREDICTION] = pred
     names = [n for n in schema.SCALAR_VARIABLES if n in ds]
     if digests and len(names) == len(schema.SCALAR_VARIABLES):
