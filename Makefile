@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint browser bench reliability experiments clean
+.PHONY: demo test lint browser bench calibration reliability experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_calibration.py
+
+# Monte-Carlo coverage of every interval (S = 4..32; independent/correlated grids; Gaussian/heavy-tailed/skewed)
+calibration: $(STAMP)
+	$(BIN)/python benchmarks/bench_calibration.py --replicates 2000
 
 # every fault-injection test at full count (and the other slow suites); writes RELIABILITY.md from the results
 reliability: $(STAMP)

@@ -11,7 +11,7 @@ from ._fit import STATUS, fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
 from ._open import open_ensemble
 from ._report import report
-from ._stats import bias_variance
+from ._stats import bias_variance, seed_mean
 from ._verify import StoreProblem, sweep_partial_files, verify_store
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "open_ensemble",
     "report",
     "schema",
+    "seed_mean",
     "STATUS",
     "StoreProblem",
     "sweep_partial_files",

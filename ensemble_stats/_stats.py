@@ -1,4 +1,7 @@
-"""Finite-seed bias-variance decomposition with seed-jackknife confidence intervals."""
+"""xarray wrappers of the seed statistics: bias-variance decomposition, seed means, one-pass seed moments.
+
+The numpy kernels (estimates, standard errors, interval methods) live in ``_np_stats.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,77 +9,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
-from scipy import stats
 
 from . import schema
+from ._np_stats import CI_METHODS, CI_STATUS, STATISTICS, bias_variance_kernel, seed_mean_kernel
 from .errors import ValidationError
 
-__all__ = ["bias_variance", "bias_variance_kernel", "seed_moments"]
+__all__ = ["bias_variance", "seed_mean", "seed_moments"]
 
-STATISTICS = ("mse", "bias2", "variance")
-
-
-def bias_variance_kernel(pred: np.ndarray, ref: np.ndarray, *, n_grid: int, ci: float = 0.95) -> tuple[np.ndarray, ...]:
-    """numpy kernel: seed statistics averaged over the trailing grid axes, with jackknife CIs.
-
-    Parameters
-    ----------
-    pred : array, (..., seed, *grid)
-        Predictions; ``grid`` is the last ``n_grid`` axes. A seed is used in a cell only if all its grid values
-        are finite, so unwritten (NaN) and diverged (NaN/inf) records drop out.
-    ref : array, broadcastable to (..., *grid)
-        Reference (target, or a theory limit).
-    n_grid : int
-        Number of trailing grid axes averaged over (0 keeps every point).
-    ci : float
-        Level of the jackknife intervals (Student t with S - 1 dof).
-
-    Returns
-    -------
-    tuple of arrays, each (...,)
-        ``mse, bias2, variance, n_seeds`` then ``lo, hi`` of mse, bias2 and variance.
-
-    Notes
-    -----
-    Per grid value, with S seeds, mean m and sample variance s^2 (ddof=1):
-    ``bias2 = (m - r)^2 - s^2 / S`` is unbiased for the squared bias, and ``mse = bias2 + s^2`` equals the
-    plain seed average ``mean_s (f_s - r)^2``, unbiased for E(f - r)^2. Intervals come from the closed-form
-    leave-one-seed-out values of each statistic averaged over the grid.
-    """
-    pred = np.asarray(pred, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    grid_axes = tuple(range(-n_grid, 0))  # the trailing grid axes, with or without a seed axis before them
-    seed_axis = pred.ndim - n_grid - 1
-    valid = np.isfinite(pred).all(axis=grid_axes) if n_grid else np.isfinite(pred)  # (..., seed)
-    vmask = valid.reshape(valid.shape + (1,) * n_grid)  # (..., seed, *1)
-    x = np.where(vmask, pred, 0.0)
-    S = valid.sum(axis=-1)  # (...,)
-    Sg = S.reshape(S.shape + (1,) * n_grid).astype(np.float64)  # (..., *1)
-    Se = np.expand_dims(Sg, seed_axis)  # (..., 1, *1)
-    grid_mean = (lambda a: a.mean(axis=grid_axes)) if n_grid else (lambda a: a)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = x.sum(axis=seed_axis) / Sg
-        dev = np.where(vmask, x - np.expand_dims(mean, seed_axis), 0.0)
-        ss = (dev**2).sum(axis=seed_axis)
-        var = ss / (Sg - 1)
-        bias2 = (mean - ref) ** 2 - var / Sg
-        full = {"mse": bias2 + var, "bias2": bias2, "variance": var}
-        # leave-one-seed-out values per grid point, from the sums above
-        mean_i = (np.expand_dims(mean, seed_axis) * Se - x) / (Se - 1)
-        var_i = (np.expand_dims(ss, seed_axis) - dev**2 * Se / (Se - 1)) / (Se - 2)
-        bias2_i = (mean_i - np.expand_dims(ref, ref.ndim - n_grid)) ** 2 - var_i / (Se - 1)
-        loo = {"mse": bias2_i + var_i, "bias2": bias2_i, "variance": var_i}
-        t = stats.t.ppf(0.5 + ci / 2, np.maximum(S - 1, 1))
-        estimates, bounds = [], []
-        for k in STATISTICS:
-            est = grid_mean(full[k])
-            th = np.where(valid, grid_mean(loo[k]), np.nan)  # (..., seed)
-            th_bar = np.nansum(th, axis=-1, keepdims=True) / S[..., None]  # NaN (no warning) when S = 0
-            spread = np.nansum((th - th_bar) ** 2, axis=-1)
-            se = np.sqrt((S - 1) / S * spread)
-            estimates.append(np.where(S >= 2, est, np.nan))
-            bounds += [np.where(S >= 3, est - t * se, np.nan), np.where(S >= 3, est + t * se, np.nan)]
-    return (*estimates, S.astype(np.int64), *bounds)
+_LONG_NAMES = {
+    "mse": "mean squared error against the reference, seed average of (f - ref)^2 (unbiased for E(f - ref)^2)",
+    "bias2": "squared bias, finite-seed corrected: (mean - ref)^2 - variance / S",
+    "variance": "seed variance (ddof=1)",
+}
 
 
 _SUMMARY = np.dtype([("n", "f8"), ("mean", "f8"), ("m2", "f8")])
@@ -187,14 +131,36 @@ def _reference(ds: xr.Dataset, reference, dims: Sequence[str]) -> xr.DataArray:
     return ref
 
 
+def _check_ci(ci: float, ci_method: str) -> None:
+    problems = []
+    if not 0 < ci < 1:
+        problems.append(f"ci={ci} must lie strictly between 0 and 1, e.g. 0.95")
+    if ci_method not in CI_METHODS:
+        problems.append(f"ci_method={ci_method!r} is not one of {list(CI_METHODS)}")
+    if problems:
+        raise ValidationError("; ".join(problems) + ".")
+
+
+def _ci_status(da: xr.DataArray) -> xr.DataArray:
+    da.attrs.update(
+        {
+            "long_name": "interval status",
+            "flag_values": list(CI_STATUS),
+            "flag_meanings": " ".join(CI_STATUS.values()),
+        }
+    )
+    return da
+
+
 def bias_variance(
     ds: xr.Dataset,
     *,
     reference: str | xr.DataArray = "target",
     dims: Sequence[str] = (schema.POINT, schema.OUTPUT),
     ci: float = 0.95,
+    ci_method: str = "auto",
 ) -> xr.Dataset:
-    """Finite-seed bias², variance and MSE per (gamma, width, time, any extra sweep dims).
+    """Finite-seed bias², variance and MSE per (gamma, width, time, any extra sweep dims), with intervals.
 
     Parameters
     ----------
@@ -206,14 +172,19 @@ def bias_variance(
     dims : sequence of str
         Grid dims averaged over; ``()`` keeps every point.
     ci : float
-        Level of the seed-jackknife intervals ``<name>_lo`` / ``<name>_hi``.
+        Level of the intervals ``<name>_lo`` / ``<name>_hi``.
+    ci_method : {"auto", "chi2", "jackknife"}
+        How intervals are made (docs/intervals.md): ``"auto"`` is calibrated at 4-32 seeds on correlated,
+        heavy-tailed test beds; ``"jackknife"`` is the seed jackknife with Student t (S - 1 dof).
 
     Returns
     -------
     Dataset
-        ``mse``, ``bias2`` (= (mean - ref)^2 - variance/S, unbiased), ``variance`` (ddof=1), ``n_seeds``
-        (seeds written and finite over the grid), ``n_excluded`` (written but non-finite), and CI bounds;
-        dims of ``prediction`` without ``seed`` and ``dims``. Lazy if the input is.
+        ``mse``, ``bias2`` (= (mean - ref)^2 - variance/S, unbiased), ``variance`` (ddof=1), each with
+        ``<name>_stderr`` (seed jackknife), ``<name>_lo`` and ``<name>_hi``; ``variance_dof`` (effective dof of
+        the variance interval); ``n_seeds`` (seeds written and finite over the grid), ``n_excluded`` (written
+        but non-finite), ``ci_status`` (intervals are NaN with fewer than 4 seeds). Dims of ``prediction``
+        without ``seed`` and ``dims``. Lazy if the input is.
     """
     if schema.PREDICTION not in ds:
         raise ValidationError("the dataset has no 'prediction' variable; open a store with open_ensemble().")
@@ -222,29 +193,106 @@ def bias_variance(
     bad = [d for d in dims if d not in pred.dims or d == schema.SEED]
     if bad:
         raise ValidationError(f"dims {bad} are not grid dims of the predictions {list(pred.dims)}.")
-    if not 0 < ci < 1:
-        raise ValidationError(f"ci={ci} must lie strictly between 0 and 1, e.g. 0.95.")
+    _check_ci(ci, ci_method)
     ref = _reference(ds, reference, dims)
     if pred.chunks:
         pred = pred.chunk({d: -1 for d in (schema.SEED, *dims)})  # the kernel needs whole seeds and grids
-    names = [*STATISTICS, "n_seeds", *(f"{k}_{b}" for k in STATISTICS for b in ("lo", "hi"))]
+    names = [
+        *STATISTICS,
+        *(f"{k}_stderr" for k in STATISTICS),
+        *(f"{k}_{b}" for k in STATISTICS for b in ("lo", "hi")),
+        "variance_dof",
+        "n_seeds",
+        "ci_status",
+    ]
     outs = xr.apply_ufunc(
         bias_variance_kernel,
         pred,
         ref,
-        kwargs={"ci": ci, "n_grid": len(dims)},
+        kwargs={"ci": ci, "n_grid": len(dims), "ci_method": ci_method},
         input_core_dims=[[schema.SEED, *dims], list(dims)],
         output_core_dims=[[] for _ in names],
         dask="parallelized",
-        output_dtypes=[np.float64, np.float64, np.float64, np.int64] + [np.float64] * 6,
+        output_dtypes=[np.float64] * 13 + [np.int64, np.int8],
         join="exact",
     )
     res = xr.Dataset(dict(zip(names, outs, strict=True)))
     if schema.WRITTEN in ds:
         written = ds[schema.WRITTEN].sum(schema.SEED)
         res["n_excluded"] = (written - res["n_seeds"]).astype(np.int64)
-    res.attrs.update({"ci": ci, "ci_method": "seed jackknife, Student t with S-1 dof", "averaged_over": ",".join(dims)})
-    res["bias2"].attrs["long_name"] = "squared bias, finite-seed corrected: (mean - ref)^2 - variance / S"
-    res["variance"].attrs["long_name"] = "seed variance (ddof=1)"
-    res["mse"].attrs["long_name"] = "seed mean of (f - ref)^2 = bias2 + variance (unbiased for E(f - ref)^2)"
+        res["n_excluded"].attrs["long_name"] = "seeds written but excluded (non-finite somewhere on the grid)"
+    over = ", ".join(dims) if dims else "nothing (per grid value)"
+    for k, long_name in _LONG_NAMES.items():
+        res[k].attrs["long_name"] = long_name
+        res[f"{k}_stderr"].attrs["long_name"] = f"seed-jackknife standard error of {k}"
+        res[f"{k}_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of {k}"
+        res[f"{k}_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of {k}"
+        for v in (k, f"{k}_stderr", f"{k}_lo", f"{k}_hi"):
+            res[v].attrs["averaged_over"] = over
+    res["variance_dof"].attrs["long_name"] = "effective degrees of freedom of the variance interval (scaled chi2)"
+    res["n_seeds"].attrs["long_name"] = "seeds used (written and finite over the grid)"
+    _ci_status(res["ci_status"])
+    res.attrs.update(
+        {
+            "ci": ci,
+            "ci_method": ci_method,
+            "ci_method_description": _describe(ci_method, len(dims) == 0),
+            "averaged_over": ",".join(dims),
+        }
+    )
+    return res
+
+
+def _describe(ci_method: str, pointwise: bool) -> str:
+    if ci_method == "jackknife":
+        return "seed jackknife, Student t with S-1 dof (mse, bias2, variance)"
+    nu = "Gaussian effective dof (S-1) tr(Sigma)^2/tr(Sigma^2)"
+    if ci_method == "auto":
+        nu += ", capped by the jackknife's dof on the raw and log scale"
+    b2 = "squared t interval of the mean error" if pointwise else "seed jackknife, Student t with S-1 dof"
+    return f"variance and mse: scaled chi2 with {nu}; bias2: {b2}; intervals need >= 4 seeds"
+
+
+def seed_mean(ds: xr.Dataset | xr.DataArray, *, var: str = schema.PREDICTION, ci: float = 0.95) -> xr.Dataset:
+    """Seed mean of a variable with its standard error and Student-t interval (S - 1 dof).
+
+    Parameters
+    ----------
+    ds : Dataset (``var`` is taken from it) or DataArray, with a ``seed`` dim
+    var : name of the variable, e.g. ``"prediction"`` or a scalar such as ``"accuracy"``
+
+    Returns
+    -------
+    Dataset
+        ``mean``, ``stderr``, ``mean_lo``, ``mean_hi``, ``n_seeds``, ``ci_status``; the input's dims without
+        ``seed``. Non-finite values drop out; intervals are NaN with fewer than 4 seeds.
+    """
+    _check_ci(ci, "auto")
+    da = ds if isinstance(ds, xr.DataArray) else ds[var]
+    if schema.SEED not in da.dims:
+        raise ValidationError(f"'{da.name}' has dims {list(da.dims)}; seed_mean needs a 'seed' dim.")
+    if da.chunks:
+        da = da.chunk({schema.SEED: -1})
+    names = ["mean", "stderr", "mean_lo", "mean_hi", "n_seeds", "ci_status"]
+    outs = xr.apply_ufunc(
+        seed_mean_kernel,
+        da,
+        kwargs={"ci": ci},
+        input_core_dims=[[schema.SEED]],
+        output_core_dims=[[] for _ in names],
+        dask="parallelized",
+        output_dtypes=[np.float64] * 4 + [np.int64, np.int8],
+    )
+    res = xr.Dataset(dict(zip(names, outs, strict=True)))
+    what = da.attrs.get("long_name", da.name)
+    res["mean"].attrs["long_name"] = f"seed mean of {what}"
+    res["stderr"].attrs["long_name"] = f"standard error of the seed mean of {what}"
+    res["mean_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the seed mean (Student t)"
+    res["mean_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the seed mean (Student t)"
+    res["n_seeds"].attrs["long_name"] = "seeds used (finite values)"
+    for v in ("mean", "stderr", "mean_lo", "mean_hi"):
+        if "units" in da.attrs:
+            res[v].attrs["units"] = da.attrs["units"]
+    _ci_status(res["ci_status"])
+    res.attrs.update({"ci": ci, "ci_method": "Student t with S-1 dof"})
     return res

@@ -45,7 +45,7 @@ def test_mean_coefficients_recovered_with_honest_95pct_intervals():
     # standardized errors follow Student t with the residual dof (5 widths - 2 terms)
     from scipy import stats
 
-    z = ((fit.coef - truth.mean_coef) / fit.stderr).values.ravel()
+    z = ((fit.coef - truth.mean_coef) / fit.model_stderr).values.ravel()
     assert stats.kstest(z, stats.t(3).cdf).pvalue > 0.001
     assert stats.kstest(z, stats.norm.cdf).pvalue < 0.001, "a normal reference would be wrong at 3 dof"
 

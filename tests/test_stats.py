@@ -32,10 +32,11 @@ def _brute(pred, ref, ci=0.95):
         th = np.array([d[k] for d in loo])
         se = np.sqrt((S - 1) / S * ((th - th.mean()) ** 2).sum())
         out[f"{k}_lo"], out[f"{k}_hi"] = full[k] - t * se, full[k] + t * se
+        out[f"{k}_stderr"] = se
     return out
 
 
-def test_matches_a_brute_force_loop_with_explicit_leave_one_out():
+def test_jackknife_method_matches_a_brute_force_loop_with_explicit_leave_one_out():
     ds = synthetic_ensemble(
         gammas=[0.6, 0.9],
         widths=[16, 32],
@@ -47,9 +48,13 @@ def test_matches_a_brute_force_loop_with_explicit_leave_one_out():
         diverged_runs=2,
         seed=4,
     )
-    res = es.bias_variance(ds)
+    res = es.bias_variance(ds, ci_method="jackknife")
+    auto = es.bias_variance(ds)
     pred = ds.prediction.values
     target = ds.target.values
+    for k in ("mse", "bias2", "variance"):  # estimates and standard errors do not depend on the interval method
+        xr.testing.assert_identical(res[k], auto[k])
+        xr.testing.assert_identical(res[f"{k}_stderr"], auto[f"{k}_stderr"])
     for gi in range(2):
         for wi in range(2):
             for ti in range(2):
@@ -89,7 +94,7 @@ def test_bias2_is_unbiased_where_the_plain_estimator_is_not():
     assert abs(v_err.mean()) < 3 * v_err.std(ddof=1) / np.sqrt(v_err.size)
 
 
-def test_jackknife_interval_covers_the_true_variance_at_its_level():
+def test_variance_interval_covers_the_true_variance_at_its_level_pointwise():
     ds, truth = synthetic_ensemble(
         gammas=[0.75], widths=[64], n_seeds=48, times=[0.5], n_points=2000, return_truth=True, seed=5
     )

@@ -1,0 +1,282 @@
+"""numpy kernels for seed statistics: estimates, standard errors and intervals calibrated at few seeds.
+
+Every kernel works on trailing axes (``seed`` then the grid axes averaged over) and is applied by the xarray
+wrappers in ``_stats.py`` with ``xr.apply_ufunc(dask="parallelized")``. The methods and their measured coverage
+are described in docs/intervals.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+__all__ = [
+    "CI_METHODS",
+    "CI_STATUS",
+    "MIN_SEEDS",
+    "bias_variance_kernel",
+    "chi2_interval",
+    "jackknife_se",
+    "leave_one_out_kernel",
+    "seed_mean_kernel",
+]
+
+CI_METHODS = ("auto", "chi2", "jackknife")
+"""``ci_method`` values: ``"auto"`` (calibrated default), ``"chi2"`` (Gaussian effective-dof chi-square only),
+``"jackknife"`` (seed jackknife with Student t, S - 1 dof: the method of version 0.1)."""
+
+MIN_SEEDS = 4
+"""Fewest seeds for which an interval is reported; below it intervals are NaN with ``ci_status`` 1."""
+
+CI_STATUS = {0: "ok", 1: "too_few_seeds", 2: "degenerate"}
+"""``ci_status`` codes: 1 = fewer than :data:`MIN_SEEDS` seeds (no method is calibrated there), 2 = an estimate
+that no interval can be put around (zero spread, non-positive variance)."""
+_OK, _FEW, _DEGENERATE = 0, 1, 2
+
+STATISTICS = ("mse", "bias2", "variance")
+
+
+def jackknife_se(theta: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Jackknife standard error from leave-one-out values ``theta`` (..., seed), NaN where a seed is unused.
+
+    ``n`` (...) counts the used seeds: se^2 = (n - 1) / n * sum_i (theta_i - mean theta)^2.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bar = np.nansum(theta, axis=-1, keepdims=True) / n[..., None]
+        return np.sqrt((n - 1) / n * np.nansum((theta - bar) ** 2, axis=-1))
+
+
+def chi2_interval(est: np.ndarray, nu: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Interval for a positive quantity whose estimate is distributed as ``truth * chi2_nu / nu``.
+
+    Exact for a Gaussian sample variance (nu = S - 1); with an effective dof it is Satterthwaite's
+    approximation for any positive quadratic statistic.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = np.isfinite(nu) & (nu > 0) & (est > 0)
+        nu = np.where(ok, nu, 1.0)
+        lo = est * nu / stats.chi2.ppf(0.5 + ci / 2, nu)
+        hi = est * nu / stats.chi2.ppf(0.5 - ci / 2, nu)
+    return np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
+
+
+def _trace_moments(dev: np.ndarray, S: np.ndarray, n_grid: int):
+    """Unbiased (Gaussian) estimates of tr(Sigma) and tr(Sigma^2) of the grid covariance, from centred seeds.
+
+    dev : (..., seed, *grid), zero for unused seeds. Uses the seed Gram matrix, so the cost is S^2 * grid.
+    Returns tr(S_hat), the estimate of tr(Sigma^2) (Srivastava 2005, clipped to its lower bound
+    tr(Sigma)^2 / P), and P (grid size).
+    """
+    lead = dev.shape[: dev.ndim - n_grid]
+    flat = dev.reshape(*lead, -1)  # (..., seed, P)
+    P = flat.shape[-1]
+    gram = np.einsum("...sp,...tp->...st", flat, flat)
+    n = (S - 1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tr1 = np.trace(gram, axis1=-2, axis2=-1) / n
+        tr2 = (gram**2).sum((-2, -1)) / n**2
+        a2 = np.where(n > 1, n**2 / ((n - 1) * (n + 2)) * (tr2 - tr1**2 / n), tr2)
+        a2 = np.maximum(a2, tr1**2 / P)
+    return tr1, a2, P
+
+
+def _effective_dof_variance(tr1, a2, S, P):
+    """Gaussian dof of the grid-averaged sample variance: (S - 1) * (tr Sigma)^2 / tr Sigma^2, in [S - 1, (S - 1) P]."""
+    n = (S - 1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a1sq = np.maximum(tr1**2 - 2 * a2 / n, a2)  # unbiased (tr Sigma)^2, at least tr Sigma^2
+        rank = np.clip(a1sq / a2, 1.0, P)
+    return n * rank
+
+
+def _seed_statistics(pred, ref, n_grid: int):
+    """Grid-averaged estimates and their leave-one-seed-out values (closed form from the seed sums).
+
+    Returns ``est`` and ``theta`` (dicts over :data:`STATISTICS`; theta is (..., seed), NaN for unused seeds)
+    and the pieces the intervals need (seed count ``S``, ``valid`` seeds, centred ``dev``, mean error ``err``
+    and per-point variance ``var``).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    grid_axes = tuple(range(-n_grid, 0))
+    seed_axis = pred.ndim - n_grid - 1
+    valid = np.isfinite(pred).all(axis=grid_axes) if n_grid else np.isfinite(pred)  # (..., seed)
+    vmask = valid.reshape(valid.shape + (1,) * n_grid)
+    x = np.where(vmask, pred, 0.0)
+    S = valid.sum(axis=-1)
+    Sg = S.reshape(S.shape + (1,) * n_grid).astype(np.float64)
+    Se = np.expand_dims(Sg, seed_axis)
+    grid_mean = (lambda a: a.mean(axis=grid_axes)) if n_grid else (lambda a: a)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = x.sum(axis=seed_axis) / Sg
+        dev = np.where(vmask, x - np.expand_dims(mean, seed_axis), 0.0)
+        ss = (dev**2).sum(axis=seed_axis)
+        var = ss / (Sg - 1)
+        err = mean - ref
+        bias2 = err**2 - var / Sg
+        full = {"mse": bias2 + var, "bias2": bias2, "variance": var}
+        mean_i = (np.expand_dims(mean, seed_axis) * Se - x) / (Se - 1)
+        var_i = (np.expand_dims(ss, seed_axis) - dev**2 * Se / (Se - 1)) / (Se - 2)
+        bias2_i = (mean_i - np.expand_dims(ref, ref.ndim - n_grid)) ** 2 - var_i / (Se - 1)
+        loo = {"mse": bias2_i + var_i, "bias2": bias2_i, "variance": var_i}
+        est = {k: np.where(S >= 2, grid_mean(full[k]), np.nan) for k in STATISTICS}
+        theta = {k: np.where(valid, grid_mean(loo[k]), np.nan) for k in STATISTICS}
+    parts = {"S": S, "valid": valid, "dev": dev, "err": err, "var": var, "grid_mean": grid_mean}
+    return est, theta, parts
+
+
+def leave_one_out_kernel(pred, ref, *, n_grid: int, statistic: str, ci_method: str = "auto"):
+    """One grid-averaged statistic, its leave-one-seed-out values (..., seed) and its effective dof.
+
+    The dof is that of :func:`bias_variance_kernel`'s interval (NaN for ``"jackknife"`` and for ``bias2``).
+    """
+    r = _bias_variance(pred, ref, n_grid, 0.95, ci_method)
+    nu = r["nu"] if statistic == "variance" else np.full(r["S"].shape, np.nan)
+    return r["est"][statistic], r["theta"][statistic], nu
+
+
+def bias_variance_kernel(
+    pred: np.ndarray, ref: np.ndarray, *, n_grid: int, ci: float = 0.95, ci_method: str = "auto"
+) -> tuple[np.ndarray, ...]:
+    """Seed statistics averaged over the trailing grid axes, with standard errors and calibrated intervals.
+
+    Parameters
+    ----------
+    pred : array, (..., seed, *grid)
+        Predictions; ``grid`` is the last ``n_grid`` axes. A seed is used in a cell only if all its grid values
+        are finite, so unwritten (NaN) and diverged (NaN/inf) records drop out.
+    ref : array, broadcastable to (..., *grid)
+        Reference (target, or a theory limit).
+    n_grid : int
+        Number of trailing grid axes averaged over (0 keeps every point).
+    ci : float
+        Level of the intervals.
+    ci_method : {"auto", "chi2", "jackknife"}
+        See docs/intervals.md. ``"auto"``: variance and MSE by a scaled chi-square with an effective dof (the
+        smallest of the Gaussian dof from the grid covariance's effective rank and the dofs implied by the
+        jackknife variances on the raw and log scale, which guard against heavy tails); the squared bias by the
+        square of the exact t interval of the mean error where one value is averaged, else the seed jackknife.
+        ``"chi2"``: the Gaussian dof alone. ``"jackknife"``: seed jackknife, Student t with S - 1 dof.
+
+    Returns
+    -------
+    tuple of arrays, each (...,)
+        ``mse, bias2, variance``; their standard errors (seed jackknife); ``lo, hi`` of each;
+        ``variance_dof`` (the effective dof of the variance interval, NaN for ``"jackknife"``);
+        ``n_seeds``; ``ci_status`` (see :data:`CI_STATUS`).
+
+    Notes
+    -----
+    Per grid value, with S seeds, mean m and sample variance s^2 (ddof=1): ``bias2 = (m - r)^2 - s^2 / S`` is
+    unbiased for the squared bias, and ``mse = bias2 + s^2`` equals the plain seed average ``mean_s (f_s - r)^2``.
+    Leave-one-seed-out values come in closed form from the sums.
+    """
+    r = _bias_variance(pred, ref, n_grid, ci, ci_method)
+    return (
+        *(r["est"][k] for k in STATISTICS),
+        *(r["se"][k] for k in STATISTICS),
+        *r["bounds"],
+        r["nu"],
+        r["S"].astype(np.int64),
+        r["status"].astype(np.int8),
+    )
+
+
+def _bias_variance(pred, ref, n_grid: int, ci: float, ci_method: str) -> dict:
+    if ci_method not in CI_METHODS:
+        raise ValueError(f"ci_method={ci_method!r}: use one of {CI_METHODS}.")
+    est, theta, c = _seed_statistics(pred, ref, n_grid)
+    S, dev, err, var, grid_mean = c["S"], c["dev"], c["err"], c["var"], c["grid_mean"]
+    seed_axis = dev.ndim - n_grid - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = {k: np.where(S >= 3, jackknife_se(theta[k], S), np.nan) for k in STATISTICS}
+        t = stats.t.ppf(0.5 + ci / 2, np.maximum(S - 1, 1))
+        bounds = {k: (est[k] - t * se[k], est[k] + t * se[k]) for k in STATISTICS}
+        nu_var = np.full(S.shape, np.nan)
+        if ci_method != "jackknife":
+            tr1, a2, P = _trace_moments(dev, S, n_grid)
+            nu_var = _effective_dof_variance(tr1, a2, S, P)
+            # MSE = mean_s e_s, e_s = |f_s - r|^2 / P: Var e = (2 tr Sigma^2 + 4 d' Sigma d) / P^2 (Gaussian)
+            d = err.reshape(*S.shape, -1)
+            flat = dev.reshape(*S.shape, dev.shape[seed_axis], -1)
+            proj = np.einsum("...sp,...p->...s", flat, d)  # d' dev_s
+            dsd = (proj**2).sum(-1) / (S - 1)  # d' Sigma_hat d
+            M = est["mse"] * P
+            nu_mse = S * 2 * M**2 / (2 * a2 + 4 * dsd)
+            if ci_method == "auto":
+                nu_var = np.fmin(nu_var, _guard_dof(est["variance"], se["variance"], theta["variance"], S))
+                nu_mse = np.fmin(nu_mse, _guard_dof(est["mse"], se["mse"], theta["mse"], S))
+            bounds["variance"] = chi2_interval(est["variance"], nu_var, ci)
+            # the MSE is a seed mean: its t interval holds where the bias dominates (near-normal errors), the
+            # scaled chi-square where the variance does (skewed errors); the hull of the two holds in both
+            lo_c, hi_c = chi2_interval(est["mse"], nu_mse, ci)
+            bounds["mse"] = (np.fmin(lo_c, bounds["mse"][0]), np.fmax(hi_c, bounds["mse"][1]))
+            if P == 1:
+                bounds["bias2"] = _squared_t_interval(grid_mean(err), grid_mean(var), S, ci)
+    few = S < MIN_SEEDS
+    status = np.where(few, _FEW, _OK)
+    out_bounds = []
+    for k in STATISTICS:
+        lo, hi = bounds[k]
+        bad = ~(np.isfinite(lo) & np.isfinite(hi))
+        status = np.where(~few & bad & (status == _OK), _DEGENERATE, status)
+        out_bounds += [np.where(few | bad, np.nan, lo), np.where(few | bad, np.nan, hi)]
+    nu_out = np.where(few, np.nan, nu_var)
+    return {"est": est, "se": se, "theta": theta, "bounds": out_bounds, "nu": nu_out, "S": S, "status": status}
+
+
+def _guard_dof(est, se, theta, S):
+    """The dof a scaled chi-square would need to have the jackknife's variance, on the raw and the log scale.
+
+    Under heavy tails the sample variance varies more than a Gaussian's; the jackknife sees that (the raw
+    scale) and the log scale keeps seeds with a small leave-one-out value from being averaged away.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nu_raw = 2 * est**2 / se**2
+        log_se = jackknife_se(np.log(np.where(theta > 0, theta, np.nan)), S)
+        nu_log = 2 / log_se**2
+    return np.fmin(nu_raw, nu_log)
+
+
+def _squared_t_interval(err, var, S, ci):
+    """Squares of the t interval of the mean error: covers the squared bias with probability >= ci (Gaussian)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.5 + ci / 2, np.maximum(S - 1, 1)) * np.sqrt(var / S)
+        lo, hi = err - half, err + half
+        lo2 = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(lo**2, hi**2))
+        hi2 = np.maximum(lo**2, hi**2)
+    return lo2, hi2
+
+
+def seed_mean_kernel(pred: np.ndarray, *, ci: float = 0.95) -> tuple[np.ndarray, ...]:
+    """Seed mean with its standard error and Student-t interval (S - 1 dof), over the last axis.
+
+    Non-finite values drop out. Returns ``mean, stderr, lo, hi, n_seeds, ci_status`` (intervals NaN below
+    :data:`MIN_SEEDS` seeds).
+    """
+    x = np.asarray(pred, dtype=np.float64)
+    ok = np.isfinite(x)
+    S = ok.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(ok, x, 0.0).sum(-1) / S
+        v = (np.where(ok, x - m[..., None], 0.0) ** 2).sum(-1) / (S - 1)
+        se = np.sqrt(v / S)
+        t = stats.t.ppf(0.5 + ci / 2, np.maximum(S - 1, 1))
+    few = S < MIN_SEEDS
+    bad = ~few & ~(se > 0)
+    status = np.where(few, _FEW, np.where(bad, _DEGENERATE, _OK)).astype(np.int8)
+    keep = ~(few | bad)
+    return (
+        np.where(S >= 1, m, np.nan),
+        np.where(S >= 2, se, np.nan),
+        np.where(keep, m - t * se, np.nan),
+        np.where(keep, m + t * se, np.nan),
+        S.astype(np.int64),
+        status,
+    )
+
+
+def log_variance_sd(nu: np.ndarray) -> np.ndarray:
+    """Standard deviation of log(chi2_nu / nu): sqrt(trigamma(nu / 2))."""
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(special.polygamma(1, np.asarray(nu, dtype=np.float64) / 2))
