@@ -102,26 +102,6 @@ def statsmodels_per_cell(path: str, n_cells: int = 300) -> float:
     return (time.perf_counter() - t0) / n_cells
 
 
-def kernel_seconds(cells: int) -> float:
-    """The WLS kernel alone on `cells` cells split over GAMMAS (moments given), for a like-for-like ratio."""
-    from ensemble_stats import theory
-    from ensemble_stats._fit import wls_kernel
-
-    rng = np.random.default_rng(0)
-    per = cells // len(GAMMAS)
-    sets = [theory.mean_exponents(g) for g in GAMMAS]
-    K = max(len(p) for p in sets)
-    total = 0.0
-    for p in sets:
-        pad = np.full((1, K), np.nan)
-        pad[0, : len(p)] = p
-        y, w = rng.normal(size=(per, len(WIDTHS))), rng.uniform(1, 2, size=(per, len(WIDTHS)))
-        t0 = time.perf_counter()
-        wls_kernel(y, w, pad, widths=np.asarray(WIDTHS))
-        total += time.perf_counter() - t0
-    return total
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds-small", type=int, default=32)
@@ -145,7 +125,6 @@ def main() -> None:
             rows[name] = json.loads(out.stdout.strip().splitlines()[-1]) | {"build_s": built, "seeds": seeds}
             if name == "speed":
                 rows[name]["sm_per_cell"] = statsmodels_per_cell(str(path))
-                rows[name]["kernel_s"] = kernel_seconds(rows[name]["cells"])
         s, m = rows["speed"], rows["memory"]
         sm_total = s["sm_per_cell"] * s["cells"]
         print(
@@ -158,9 +137,6 @@ def main() -> None:
             f"  statsmodels WLS loop (params, bse, cov, scale): {1e3 * s['sm_per_cell']:.3f} ms/cell -> {sm_total:.0f} s extrapolated"
         )
         print(f"  speed-up end to end (store read + moments + fit): {sm_total / s['wall_s']:.0f}x (target >= 100x)")
-        print(
-            f"  speed-up of the WLS kernel alone ({s['kernel_s']:.2f} s for the same cells): {sm_total / s['kernel_s']:.0f}x"
-        )
         print(
             f"  {m['seeds']} seeds ({m['gb']:.2f} GB on disk): {m['wall_s']:.1f} s wall, peak RSS {m['peak_rss_GB']:.2f} GB (target <= 2.5 GB)"
         )

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from collectors import SweepSpec, run_sweep, train_block
-from collectors._sweep import prepare_store
+from collectors import SweepSpec, prepare_store, run_sweep, train_block
 
 CONFIG = """
 [sweep]

@@ -11,7 +11,7 @@ from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teach
 from ._grid import EvalGrid
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._store import EnsembleStore, StoreSpec
-from ._sweep import SweepReport, run_sweep
+from ._sweep import SweepReport, prepare_store, run_sweep
 from ._trainer import BlockResult, TrainConfig, train_block
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "mnist",
     "mnist1d",
     "paper_init",
+    "prepare_store",
     "run_sweep",
     "teacher",
     "theory_init",

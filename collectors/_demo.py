@@ -40,8 +40,6 @@ def run_demo(out: str | Path = "demo-out", *, workers: int = 2, progress: bool =
     """Run the demo sweep into ``out/demo.zarr`` (resuming if present), fit and decompose, print a table."""
     import importlib.util
 
-    import numpy as np
-
     import ensemble_stats as es
     from ensemble_stats._paths import atomic_output
 
@@ -66,35 +64,35 @@ def run_demo(out: str | Path = "demo-out", *, workers: int = 2, progress: bool =
     )
 
     t1 = time.perf_counter()
-    ds = es.open_ensemble(out / "demo.zarr").persist()  # small: read the store once for the three analyses
-    bv = es.bias_variance(ds)
-    rate = es.fit_rate(ds, quantity="variance").compute()
-    fit = es.fit_expansion(ds, quantity="variance").compute()
-    for name, res in (("decompose.nc", bv.compute()), ("fit_variance.nc", fit), ("rate_variance.nc", rate)):
+    ds = es.open_ensemble(out / "demo.zarr").persist()  # small: read the store once for every analysis
+    results = {
+        "bias_variance": es.bias_variance(ds).compute(),
+        "fit_rate": es.fit_rate(ds, quantity="variance").compute(),
+        "fit_expansion": es.fit_expansion(ds, quantity="variance").compute(),
+    }
+    for name, key in (
+        ("decompose.nc", "bias_variance"),
+        ("fit_variance.nc", "fit_expansion"),
+        ("rate_variance.nc", "fit_rate"),
+    ):
         with atomic_output(out / name) as tmp:
-            res.to_netcdf(tmp)
+            results[key].to_netcdf(tmp)
     echo(f"analysis: {time.perf_counter() - t1:.1f} s")
     echo(f"store: {out / 'demo.zarr'}   results: {out}/decompose.nc, fit_variance.nc, rate_variance.nc")
     if can_plot:
-        data = spec.load_data()
-        index = es.report(ds, out / "report", train_x=data.x_train, train_y=data.y_train)
-        echo(f"report: {index}")
-    t_last = float(ds.time[-1])
-    echo(f"\nslope of log(seed variance) vs log N, pooled over the grid, at t = {t_last:g} (95% CI):")
-    echo(f"{'gamma':>7} {'slope':>8} {'95% CI':>19} {'theory 1-2g':>12} {'inside':>7}")
-    rows = {}
-    last = rate.isel(time=-1)
-    for g in last.gamma.values:
-        r = last.sel(gamma=g)
-        inside = bool(r.slope_lo <= r.theory <= r.slope_hi)
-        rows[float(g)] = (float(r.slope), float(r.slope_lo), float(r.slope_hi), float(r.theory))
-        echo(
-            f"{g:>7.3f} {float(r.slope):>8.3f}   [{float(r.slope_lo):6.3f}, {float(r.slope_hi):6.3f}] {float(r.theory):>12.3f} {'yes' if inside else 'no':>7}"
-        )
+        echo(f"report: {es.report(ds, out / 'report', results=results)}")
+    rate = results["fit_rate"]
+    echo("")
+    echo(es.rate_table(rate))
     early = rate.sel(time=rate.time[rate.time <= 0.5])
-    cover = float(((early.slope_lo <= early.theory) & (early.theory <= early.slope_hi)).mean())
+    v = es.verdict(es.covers(early))
     echo(
-        f"theory inside the 95% CI at t <= 0.5: {100 * cover:.0f}% of (gamma, t) cells; mean |slope - theory| "
-        f"{float(np.abs(early.slope - early.theory).mean()):.3f}"
+        f"theory inside the 95% CI at t <= 0.5: {100 * v.agree / v.cases:.0f}% of (gamma, t) cells; mean |slope - theory| "
+        f"{float(abs(early.slope - early.theory).mean()):.3f}"
     )
+    last = rate.isel(time=-1)
+    rows = {
+        float(g): tuple(float(last[k].sel(gamma=g)) for k in ("slope", "slope_lo", "slope_hi", "theory"))
+        for g in last.gamma.values
+    }
     return {"report": rep, "rates": rows}

@@ -194,6 +194,7 @@ class EnsembleStore:
         seed_chunk: int = 1,
         dtype: str = "float32",
         check_space: bool = True,
+        train: tuple | None = None,
         **attrs,
     ) -> EnsembleStore:
         """Create a store, or open it if an identical one exists (safe under concurrent creators).
@@ -218,6 +219,9 @@ class EnsembleStore:
             Storage dtype of ``prediction``: ``"float32"`` (default) or ``"float64"``.
         check_space
             Refuse a store whose complete size exceeds the free space of its file system (default).
+        train
+            Optional training set ``(x_train, y_train)``, shapes (M, features) and (M, outputs), stored as
+            ``x_train`` / ``y_train`` so the analysis can compute the kernel limit from the store alone.
         **attrs
             Stored as group attributes, e.g. ``model={...}`` describing architecture, init law, lr rule.
 
@@ -268,6 +272,7 @@ class EnsembleStore:
         problems += schema.validate_gammas(gammas) + schema.validate_widths(widths) + schema.validate_seeds(seeds)
         if times_t:
             problems += schema.validate_times(times, time_units)
+        train = _train_arrays(train, grid, problems)
         ValidationError.raise_if(problems, "EnsembleStore.create")
         tc = time_chunk or default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk)
         spec = StoreSpec(**base, time_chunk=tc)
@@ -276,7 +281,7 @@ class EnsembleStore:
         explicit = time_chunk is not None
         if isinstance(path, str):
             ValidationError.raise_if(size_problems(spec, None), "EnsembleStore.create")
-            return cls._create_remote(path, grid, spec, attrs, explicit)
+            return cls._create_remote(path, grid, spec, attrs, explicit, train)
         if path.exists() and not path.is_dir():
             raise ValidationError(f"{path} exists and is a file, not a store directory; choose another path.")
         if path.is_dir() and any(path.iterdir()):
@@ -289,7 +294,7 @@ class EnsembleStore:
         except OSError as e:
             raise _write_error(path, e) from None
         try:
-            cls._build(tmp, grid, spec, attrs)
+            cls._build(tmp, grid, spec, attrs, train)
             try:
                 os.rename(tmp, path)  # atomic: the first creator wins, the others see a complete store
             except OSError:
@@ -306,7 +311,9 @@ class EnsembleStore:
         return cls.open(path)
 
     @classmethod
-    def _create_remote(cls, url: str, grid: EvalGrid, spec: StoreSpec, attrs: dict, explicit: bool) -> EnsembleStore:
+    def _create_remote(
+        cls, url: str, grid: EvalGrid, spec: StoreSpec, attrs: dict, explicit: bool, train=None
+    ) -> EnsembleStore:
         """Create a store on object storage: built locally, uploaded, its root ``zarr.json`` last.
 
         Object stores have no rename, so concurrent creators first race for a claim object ``<url>.creating``
@@ -352,7 +359,7 @@ class EnsembleStore:
                 return cls._open_existing(url, grid, spec, explicit, attrs)
             with tempfile.TemporaryDirectory(prefix="ensemble-stats-") as d:
                 local = Path(d) / "store.zarr"
-                cls._build(local, grid, spec, attrs)
+                cls._build(local, grid, spec, attrs, train)
                 files = sorted(p for p in local.rglob("*") if p.is_file())
                 for f in [p for p in files if p != local / "zarr.json"] + [local / "zarr.json"]:
                     fs.put_file(str(f), f"{root}/{f.relative_to(local).as_posix()}")
@@ -387,7 +394,7 @@ class EnsembleStore:
         return store
 
     @classmethod
-    def _build(cls, path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict) -> None:
+    def _build(cls, path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=None) -> None:
         try:
             import torch
 
@@ -436,6 +443,25 @@ class EnsembleStore:
                 fill_value=np.nan,
             )
             arr[:] = values
+        if train is not None:
+            x_train, y_train = train
+            rows = max(1, (4 << 20) // (8 * x_train.shape[1]))  # about 4 MiB per chunk
+            for name, values, dims, what in (
+                (schema.X_TRAIN, x_train, (schema.TRAIN_POINT, schema.FEATURE), "training inputs"),
+                (schema.Y_TRAIN, y_train, (schema.TRAIN_POINT, schema.OUTPUT), "training targets"),
+            ):
+                arr = g.create_array(
+                    name,
+                    shape=values.shape,
+                    chunks=(min(rows, len(values)), values.shape[1]),
+                    dtype="float64",
+                    dimension_names=dims,
+                    compressors=_codecs(),
+                    fill_value=np.nan,
+                )
+                arr[:] = values
+                arr.attrs.update({"long_name": what})
+            g.attrs.update({schema.ATTR_TRAIN_HASH: schema.grid_hash(x_train, y_train)})
 
         rshape, rchunks = spec.run_shape, spec.run_chunks
         T, tc = len(spec.times), spec.time_chunk
@@ -1012,6 +1038,25 @@ MAX_COORDINATE = 1_000_000
 """Most values one coordinate may have (a million seeds or recording times; split larger sweeps into stores)."""
 MAX_RECORDS = 1 << 31
 """Most records (gamma x width x seed x extra x time) one store may have: ``written`` is read whole on open."""
+
+
+def _train_arrays(train, grid: EvalGrid, problems: list[str]):
+    """``train`` as two float64 arrays (M, features), (M, outputs) matching the grid, or None."""
+    if train is None:
+        return None
+    try:
+        x, y = (np.asarray(a, dtype=np.float64) for a in train)
+    except (TypeError, ValueError):
+        problems.append("train: expected (x_train, y_train), two numeric arrays.")
+        return None
+    y = y.reshape(len(y), -1) if y.ndim == 1 else y
+    if x.ndim != 2 or x.shape[1] != grid.n_features:
+        problems.append(f"train: x_train has shape {x.shape}; expected (M, {grid.n_features}) like the grid's x.")
+    if y.ndim != 2 or len(y) != len(x) or y.shape[1] != grid.output_size:
+        problems.append(f"train: y_train has shape {y.shape}; expected ({len(x)}, {grid.output_size}).")
+    if len(x) == 0:
+        problems.append("train: the training set is empty.")
+    return (x, y) if not problems else None
 
 
 def _count_problems(name: str, values) -> list[str]:

@@ -62,6 +62,10 @@ def _check_config(store: EnsembleStore, spec: SweepSpec, path) -> None:
         raise SpecMismatchError([*diffs, hint], f"{path} holds a different sweep")
 
 
+TRAIN_SET_LIMIT = 64 << 20
+"""The training set is stored beside the records when it takes at most this many bytes (float64)."""
+
+
 def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
     """Create the sweep's store, or open it if it holds the same config; a different config is refused.
 
@@ -80,6 +84,8 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
     if problems:
         raise ConfigError(problems, "config")
     extra = {"data_seed": list(spec.data_seeds)} if spec.data_seeds else None
+    train_bytes = data.x_train.nbytes + data.y_train.nbytes
+    keep_train = train_bytes <= TRAIN_SET_LIMIT
     store = EnsembleStore.create(
         path,
         data.grid,
@@ -92,7 +98,13 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
         dtype="float64" if spec.train.dtype == "float64" else "float32",
         seed_chunk=spec.seed_block,  # one task writes one whole seed block: it owns those chunks
         model=_model_attrs(spec, data),
-        **{schema.ATTR_CONFIG: spec.to_json()},
+        train=(data.x_train, data.y_train) if keep_train else None,
+        **{
+            schema.ATTR_CONFIG: spec.to_json(),
+            schema.ATTR_TRAIN_SET: "stored as x_train, y_train"
+            if keep_train
+            else f"not stored: {train_bytes / 2**20:.0f} MiB exceeds {TRAIN_SET_LIMIT >> 20} MiB; reload it from the config",
+        },
     )
     _check_config(store, spec, path)
     return store

@@ -1,29 +1,58 @@
 """ensemble-stats: statistics of trained-network ensembles across width N, normalization gamma and time.
 
-The analysis side never imports torch; the training side lives in the ``collectors`` package.
+The analysis side never imports torch; the training side lives in the ``collectors`` package. Figures are in
+:mod:`ensemble_stats.plot` (matplotlib, imported on use).
 """
 
 __version__ = "0.1.0"
 
 from . import errors, schema, testing, theory
 from ._accessor import EnsembleAccessor
+from ._assess import (
+    OUTCOMES,
+    Verdict,
+    anova_effects,
+    compare_to_theory,
+    covers,
+    format_table,
+    interval,
+    kernel_limit_problems,
+    paired_difference,
+    rate_table,
+    ratio_interval,
+    trend,
+    verdict,
+)
 from ._fit import STATUS, fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
 from ._open import open_ensemble
 from ._report import report
+from ._select import at_common_time, common_times, time_units
 from ._stats import bias_variance, seed_mean
 from ._verify import StoreProblem, sweep_partial_files, verify_store
 
 __all__ = [
     "__version__",
+    "anova_effects",
+    "at_common_time",
     "bias_variance",
+    "common_times",
+    "compare_to_theory",
     "completeness",
+    "covers",
     "diverged_runs",
     "EnsembleAccessor",
     "errors",
     "fit_expansion",
     "fit_rate",
+    "format_table",
+    "interval",
+    "kernel_limit_problems",
     "open_ensemble",
+    "OUTCOMES",
+    "paired_difference",
+    "rate_table",
+    "ratio_interval",
     "report",
     "schema",
     "seed_mean",
@@ -32,5 +61,9 @@ __all__ = [
     "sweep_partial_files",
     "testing",
     "theory",
+    "time_units",
+    "trend",
+    "Verdict",
+    "verdict",
     "verify_store",
 ]

@@ -1,32 +1,122 @@
-"""``ds.ens``: one-line sugar over the public functions (the functions are the API)."""
+"""``ds.ens``: one-line sugar over the public functions (the functions are the API), with their signatures."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Mapping, Sequence
+
 import xarray as xr
 
+from . import schema
+from ._assess import compare_to_theory
 from ._fit import fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
-from ._stats import bias_variance
+from ._report import report
+from ._select import at_common_time
+from ._stats import bias_variance, seed_mean
+
+_GRID = (schema.POINT, schema.OUTPUT)
 
 
 @xr.register_dataset_accessor("ens")
 class EnsembleAccessor:
-    """Ensemble statistics on a Dataset from :func:`ensemble_stats.open_ensemble`."""
+    """Ensemble statistics on a Dataset from :func:`ensemble_stats.open_ensemble`; ``ds.ens.plot`` draws."""
 
     def __init__(self, ds: xr.Dataset):
         self._ds = ds
 
-    def bias_variance(self, **kwargs) -> xr.Dataset:
+    @property
+    def plot(self) -> _PlotAccessor:
+        """The figures of :mod:`ensemble_stats.plot`, with the analysis they show computed from the Dataset."""
+        return _PlotAccessor(self._ds)
+
+    def bias_variance(
+        self,
+        *,
+        reference: str | xr.DataArray = "target",
+        dims: Sequence[str] = _GRID,
+        ci: float = 0.95,
+        ci_method: str = "auto",
+    ) -> xr.Dataset:
         """See :func:`ensemble_stats.bias_variance`."""
-        return bias_variance(self._ds, **kwargs)
+        return bias_variance(self._ds, reference=reference, dims=dims, ci=ci, ci_method=ci_method)
 
-    def fit_expansion(self, **kwargs) -> xr.Dataset:
+    def seed_mean(self, *, var: str = schema.PREDICTION, ci: float = 0.95) -> xr.Dataset:
+        """See :func:`ensemble_stats.seed_mean`."""
+        return seed_mean(self._ds, var=var, ci=ci)
+
+    def fit_expansion(
+        self,
+        *,
+        quantity: str = "mean",
+        terms: str | Sequence[float] = "theory",
+        width_min: int | None = None,
+        errors: str = "coerce",
+        cov: str = "scaled",
+        ci: float = 0.95,
+        ci_method: str = "auto",
+    ) -> xr.Dataset:
         """See :func:`ensemble_stats.fit_expansion`."""
-        return fit_expansion(self._ds, **kwargs)
+        return fit_expansion(
+            self._ds,
+            quantity=quantity,
+            terms=terms,
+            width_min=width_min,
+            errors=errors,
+            cov=cov,
+            ci=ci,
+            ci_method=ci_method,
+        )
 
-    def fit_rate(self, **kwargs) -> xr.Dataset:
+    def fit_rate(
+        self,
+        *,
+        quantity: str = "variance",
+        dims: Sequence[str] = _GRID,
+        reference: str | xr.DataArray = "target",
+        width_min: int | None = None,
+        ci: float = 0.95,
+        ci_method: str = "auto",
+        at: str | float | None = None,
+    ) -> xr.Dataset:
         """See :func:`ensemble_stats.fit_rate`."""
-        return fit_rate(self._ds, **kwargs)
+        return fit_rate(
+            self._ds,
+            quantity=quantity,
+            dims=dims,
+            reference=reference,
+            width_min=width_min,
+            ci=ci,
+            ci_method=ci_method,
+            at=at,
+        )
+
+    def at_common_time(self, t: float | None = None) -> xr.Dataset:
+        """See :func:`ensemble_stats.at_common_time`."""
+        return at_common_time(self._ds, t)
+
+    def compare_to_theory(
+        self,
+        train_x=None,
+        train_y=None,
+        *,
+        activation: str | Callable | None = None,
+        sigma_w: float = 1.0,
+        alpha: float | None = None,
+        ci: float = 0.95,
+        decomposition: xr.Dataset | None = None,
+    ) -> xr.Dataset:
+        """See :func:`ensemble_stats.compare_to_theory`."""
+        return compare_to_theory(
+            self._ds,
+            train_x,
+            train_y,
+            activation=activation,
+            sigma_w=sigma_w,
+            alpha=alpha,
+            ci=ci,
+            decomposition=decomposition,
+        )
 
     def completeness(self) -> xr.DataArray:
         """See :func:`ensemble_stats.completeness`."""
@@ -35,3 +125,50 @@ class EnsembleAccessor:
     def diverged_runs(self) -> list[dict]:
         """See :func:`ensemble_stats.diverged_runs`."""
         return diverged_runs(self._ds)
+
+    def report(
+        self,
+        out: str | os.PathLike,
+        *,
+        results: Mapping[str, xr.Dataset] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ):
+        """See :func:`ensemble_stats.report`."""
+        return report(self._ds, out, results=results, progress=progress)
+
+
+class _PlotAccessor:
+    """``ds.ens.plot.<figure>(...)``: :mod:`ensemble_stats.plot` with its inputs computed from ``ds``."""
+
+    def __init__(self, ds: xr.Dataset):
+        self._ds = ds
+
+    def curves(self, var: str = schema.TEST_LOSS, *, ci: float = 0.95, log: bool | None = None, ax=None):
+        """See :func:`ensemble_stats.plot.curves`."""
+        from . import plot
+
+        return plot.curves(self._ds, var, ci=ci, log=log, ax=ax)
+
+    def variance_vs_width(self, *, time: int = -1, ax=None):
+        """See :func:`ensemble_stats.plot.variance_vs_width` (with ``bias_variance`` and ``fit_rate`` of ``ds``)."""
+        from . import plot
+
+        return plot.variance_vs_width(bias_variance(self._ds), fit_rate(self._ds), time=time, ax=ax)
+
+    def bias_variance(self, *, time: int = -1, ax=None):
+        """See :func:`ensemble_stats.plot.bias_variance`."""
+        from . import plot
+
+        return plot.bias_variance(bias_variance(self._ds), time=time, ax=ax)
+
+    def completeness(self, *, ax=None):
+        """See :func:`ensemble_stats.plot.completeness`."""
+        from . import plot
+
+        return plot.completeness(self._ds, ax=ax)
+
+    def collapse(self, *, ax=None):
+        """See :func:`ensemble_stats.plot.collapse` (with ``compare_to_theory`` of ``ds``)."""
+        from . import plot
+
+        return plot.collapse(compare_to_theory(self._ds), ax=ax)

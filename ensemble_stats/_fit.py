@@ -5,6 +5,7 @@ The numpy kernels work on trailing axes and are applied with ``xr.apply_ufunc(..
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,9 +22,10 @@ from ._np_fit import (
     loglog_kernel,
     wls_kernel,
 )
-from ._np_stats import leave_one_out_kernel, log_variance_sd
+from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd
+from ._select import at_common_time, time_units
 from ._stats import _check_ci, _reference, seed_moments
-from .errors import FitError, ValidationError
+from .errors import FitError, ScaledTimeWarning, ValidationError
 
 __all__ = ["fit_expansion", "fit_rate", "STATUS"]
 
@@ -276,6 +278,7 @@ def fit_rate(
     width_min: int | None = None,
     ci: float = 0.95,
     ci_method: str = "auto",
+    at: str | float | None = None,
 ) -> xr.Dataset:
     """The leading exponent of N as a log-log slope, pooled over ``dims``, beside the theory value.
 
@@ -300,6 +303,12 @@ def fit_rate(
         Student t with S - 1 dof: calibrated
         at 4-32 seeds on correlated grids (docs/intervals.md). ``"model"``: the WLS standard error with the
         weights taken as known and a normal quantile (version 0.1; over-confident at few seeds).
+    at : {None, "common", "record"} or float
+        Which records of the widths are compared. The theory's slope is at fixed scaled time t = k / N; in a
+        store indexed by epoch or step, one record index is a different t at each width. ``"common"``: the
+        largest t every width reaches; a float: that t (both via :func:`at_common_time`); ``"record"``: each
+        record index as it is. ``None`` (default): as stored, with a :class:`~ensemble_stats.errors.ScaledTimeWarning`
+        when the time units are not ``scaled``.
 
     Returns
     -------
@@ -314,6 +323,7 @@ def fit_rate(
         raise FitError(f"ci_method={ci_method!r}: use 'auto' or 'model'.")
     ds = _check_widths(ds, width_min, 2)
     _check_ci(ci, "auto")
+    ds = _at_scaled_time(ds, at)
     dims = tuple(dims)
     name = "variance" if quantity == "variance" else "bias2"
     half = 1.0 if quantity == "variance" else 0.5
@@ -338,8 +348,14 @@ def fit_rate(
     with np.errstate(invalid="ignore", divide="ignore"):
         y = half * np.log(est.where(est > 0))
         y_loo = half * np.log(theta.where(theta > 0))
-        n = theta.notnull().sum(schema.SEED)
-        se = np.sqrt((n - 1) / n * ((theta - theta.mean(schema.SEED)) ** 2).sum(schema.SEED))
+        se = xr.apply_ufunc(
+            jackknife_se,
+            theta,
+            theta.notnull().sum(schema.SEED),
+            input_core_dims=[[schema.SEED], []],
+            dask="parallelized",
+            output_dtypes=[np.float64],
+        )
         se_log = half * se / est
     if quantity == "variance" and ci_method == "auto":
         se_log = xr.apply_ufunc(log_variance_sd, nu, dask="parallelized", output_dtypes=[np.float64])
@@ -430,6 +446,28 @@ def fit_rate(
         }
     )
     return res
+
+
+def _at_scaled_time(ds: xr.Dataset, at) -> xr.Dataset:
+    """``fit_rate``'s records: as stored, or every width at one scaled time (see its ``at``)."""
+    if at == "record":
+        return ds
+    if at is None:
+        units = time_units(ds)
+        if units != "scaled" and schema.TIME in ds.dims:
+            warnings.warn(
+                f"time units are '{units}': each record index is a different scaled time t = k / N at each width, "
+                "so the slopes compare widths at different t. Pass at='common' (the largest t every width "
+                "reaches), at=t, or at='record' to keep the records as they are.",
+                ScaledTimeWarning,
+                stacklevel=3,
+            )
+        return ds
+    if at == "common":
+        return at_common_time(ds)
+    if isinstance(at, str) or not np.isfinite(np.asarray(at, dtype=float)):
+        raise FitError(f"at={at!r}: use None, 'common', 'record' or a scaled time t (a number).")
+    return at_common_time(ds, float(at))
 
 
 def _fit_long_names(res: xr.Dataset, quantity: str, ci: float) -> None:

@@ -173,4 +173,15 @@ def check_manifest(group, grid_x=None, grid_target=None) -> list[str]:
                     "the evaluation grid (x, target) does not match the store's grid hash: it was edited after "
                     "the store was created"
                 )
+    if schema.X_TRAIN in present and schema.Y_TRAIN in present:
+        try:
+            same = schema.grid_hash(present[schema.X_TRAIN][...], present[schema.Y_TRAIN][...])
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"the training set cannot be read ({type(e).__name__}: {e})")
+        else:
+            if same != attrs.get(schema.ATTR_TRAIN_HASH):
+                problems.append(
+                    "the training set (x_train, y_train) does not match the store's train hash: it was edited "
+                    "after the store was created"
+                )
     return problems

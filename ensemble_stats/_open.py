@@ -111,7 +111,13 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     else:
         for name in names:
             ds[name] = ds[name].where(written)
-    return ds.drop_vars([n for n in schema.INTERNAL_VARIABLES if n in ds])
+    ds = ds.drop_vars([n for n in schema.INTERNAL_VARIABLES if n in ds])
+    for name, (long_name, units) in schema.LONG_NAMES.items():  # stores written before they were set
+        if name in ds.variables and "long_name" not in ds[name].attrs:
+            ds[name].attrs["long_name"] = long_name
+            if units:
+                ds[name].attrs.setdefault("units", units)
+    return ds
 
 
 DASK_CHUNK_BYTES = 4 << 20

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -14,206 +16,42 @@ from . import schema
 from ._paths import atomic_output, local_store_path
 from .errors import ValidationError
 
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110})
-    return plt
-
-
-def _time_label(ds) -> str:
-    units = ds[schema.TIME].attrs.get("units", "")
-    return {"scaled": "scaled time t = k / N", "step": "optimizer step", "epoch": "epoch"}.get(units, "time")
-
-
-def _colors(n):
-    return [PALETTE[i % len(PALETTE)] for i in range(n)]
-
-
-def _fig_curves(ds, out: Path, name: str, var: str, ylabel: str, log: bool = False):
-    plt = _plt()
-    widths = ds[schema.WIDTH].values
-    fig, axes = plt.subplots(1, len(widths), figsize=(3.2 * len(widths), 3.2), sharey=True, squeeze=False)
-    m = ds[var].mean(schema.SEED)
-    s = ds[var].std(schema.SEED) / np.sqrt(np.maximum(np.isfinite(ds[var]).sum(schema.SEED), 1))
-    m, s = m.compute(), s.compute()
-    for ax, w in zip(axes[0], widths, strict=True):
-        for g, c in zip(ds[schema.GAMMA].values, _colors(ds.sizes[schema.GAMMA]), strict=True):
-            mm, ss = m.sel(gamma=g, width=w), s.sel(gamma=g, width=w)
-            dims = [d for d in mm.dims if d != schema.TIME]
-            mm, ss = mm.mean(dims) if dims else mm, ss.mean(dims) if dims else ss
-            ax.plot(ds[schema.TIME], mm, color=c, label=f"gamma = {g:g}")
-            ax.fill_between(ds[schema.TIME], mm - 1.96 * ss, mm + 1.96 * ss, color=c, alpha=0.2, lw=0)
-        ax.set_title(f"N = {int(w)}")
-        ax.set_xlabel(_time_label(ds))
-        if log:
-            ax.set_yscale("log")
-    axes[0][0].set_ylabel(ylabel + " (seed mean, 95% band)")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / name)
-    plt.close(fig)
-    return name
-
-
-def _fig_variance_vs_n(bv, rate, out: Path, name="variance_vs_width.png"):
-    plt = _plt()
-    last = bv.isel({schema.TIME: -1})
-    r = rate.isel({schema.TIME: -1})
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
-    N = bv[schema.WIDTH].values.astype(float)
-    for g, c in zip(bv[schema.GAMMA].values, _colors(bv.sizes[schema.GAMMA]), strict=True):
-        v = last.sel(gamma=g)
-        ax.errorbar(
-            N, v.variance, yerr=[v.variance - v.variance_lo, v.variance_hi - v.variance], fmt="o", color=c, capsize=3
-        )
-        rr = r.sel(gamma=g)
-        ax.plot(
-            N,
-            np.exp(float(rr.intercept)) * N ** float(rr.slope),
-            color=c,
-            label=f"gamma={g:g}: slope {float(rr.slope):.2f} [{float(rr.slope_lo):.2f}, {float(rr.slope_hi):.2f}], theory {float(rr.theory):.2f}",
-        )
-        ax.plot(
-            N,
-            np.exp(float(rr.intercept)) * N[0] ** float(rr.slope) * (N / N[0]) ** float(rr.theory),
-            color=c,
-            ls=":",
-            lw=1,
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("width N")
-    ax.set_ylabel(f"seed variance at t = {float(last[schema.TIME]):g} (grid mean)")
-    ax.set_title("variance vs N: fit (solid), theory slope 1 - 2 gamma (dotted)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / name)
-    plt.close(fig)
-    return name
-
-
-def _positive(v):
-    """The seed-corrected bias^2 is unbiased, so it can be <= 0 where the bias is below the seed noise:
-    such points are left out of a log axis (the caption says so) rather than drawn on a misleading symlog."""
-    v = np.asarray(v, dtype=float)
-    return np.where(v > 0, v, np.nan)
-
-
-def _fig_bias_variance(bv, out: Path, name="bias_variance.png"):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    last = bv.isel({schema.TIME: -1})
-    N = bv[schema.WIDTH].values
-    for g, c in zip(bv[schema.GAMMA].values, _colors(bv.sizes[schema.GAMMA]), strict=True):
-        v = last.sel(gamma=g)
-        axes[0].plot(N, _positive(v.bias2), "o-", color=c, label=f"bias^2, gamma={g:g}")
-        axes[0].plot(N, _positive(v.variance), "s--", color=c, label=f"variance, gamma={g:g}")
-        wmax = bv.sel(gamma=g).isel({schema.WIDTH: -1})
-        axes[1].plot(bv[schema.TIME], _positive(wmax.bias2), color=c, label=f"bias^2, gamma={g:g}")
-        axes[1].plot(bv[schema.TIME], _positive(wmax.variance), color=c, ls="--")
-    axes[0].set_xscale("log")
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("width N")
-    axes[0].set_ylabel(f"against the target, t = {float(last[schema.TIME]):g}")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel(_time_label(bv))
-    axes[1].set_ylabel(f"bias^2 (solid), variance (dashed), N = {int(N[-1])}")
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / name)
-    plt.close(fig)
-    return name
-
-
-def _fig_completeness(ds, out: Path, name="completeness.png"):
-    plt = _plt()
-    w = ds[schema.WRITTEN].mean([d for d in ds[schema.WRITTEN].dims if d not in (schema.GAMMA, schema.WIDTH)]).compute()
-    div = (
-        (ds[schema.DIVERGED_STEP] >= 0)
-        .sum([d for d in ds[schema.DIVERGED_STEP].dims if d not in (schema.GAMMA, schema.WIDTH)])
-        .compute()
-    )
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * ds.sizes[schema.WIDTH], 1.0 + 0.5 * ds.sizes[schema.GAMMA]))
-    im = ax.imshow(w.values, vmin=0, vmax=1, cmap="cividis", aspect="auto")
-    for i in range(w.shape[0]):
-        for j in range(w.shape[1]):
-            txt = f"{100 * float(w.values[i, j]):.0f}%" + (
-                f"\n{int(div.values[i, j])} div." if int(div.values[i, j]) else ""
-            )
-            ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if w.values[i, j] < 0.6 else "black")
-    ax.set_xticks(range(w.shape[1]), [str(int(v)) for v in w[schema.WIDTH].values])
-    ax.set_yticks(range(w.shape[0]), [f"{v:g}" for v in w[schema.GAMMA].values])
-    ax.set_xlabel("width N")
-    ax.set_ylabel("gamma")
-    ax.set_title("records written (diverged runs counted)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    fig.savefig(out / name)
-    plt.close(fig)
-    return name
-
-
-def _fig_collapse(cmp, out: Path, name="collapse.png"):
-    plt = _plt()
-    gammas = cmp[schema.GAMMA].values
-    fig, axes = plt.subplots(1, len(gammas), figsize=(3.0 * len(gammas), 3.2), sharey=True, squeeze=False)
-    for ax, g in zip(axes[0], gammas, strict=True):
-        for w, c in zip(cmp[schema.WIDTH].values, _colors(cmp.sizes[schema.WIDTH]), strict=True):
-            s = cmp.sel(gamma=g, width=w)
-            ax.plot(cmp[schema.TIME], s.ratio, color=c, label=f"N = {int(w)}")
-            ax.fill_between(cmp[schema.TIME], s.ratio_lo, s.ratio_hi, color=c, alpha=0.15, lw=0)
-        ax.axhline(1, color="k", ls="--", lw=0.8)
-        ax.set_title(f"gamma = {g:g}")
-        ax.set_xlabel(_time_label(cmp))
-    axes[0][0].set_ylabel("N^(2 gamma - 1) Var / Var K_t")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / name)
-    plt.close(fig)
-    return name
-
-
-def _table(rate, fit) -> str:
-    r = rate.isel({schema.TIME: -1})
-    rows = "".join(
-        f"<tr><td>{g:g}</td><td>{float(r.sel(gamma=g).slope):.3f}</td><td>[{float(r.sel(gamma=g).slope_lo):.3f}, "
-        f"{float(r.sel(gamma=g).slope_hi):.3f}]</td><td>{float(r.sel(gamma=g).theory):.3f}</td>"
-        f"<td>{float(fit.coef.sel(gamma=g).isel(term=0).median()):.4g}</td>"
-        f"<td>{100 * float((fit.status.sel(gamma=g) == 0).mean()):.0f}%</td></tr>"
-        for g in r[schema.GAMMA].values
-    )
-    return (
-        f"<table><caption>Rates at t = {float(r[schema.TIME]):g} and the variance law fit</caption>"
-        "<tr><th>gamma</th><th>slope of log Var vs log N</th><th>95% CI</th><th>theory 1 - 2 gamma</th>"
-        "<th>median leading coefficient</th><th>cells fitted</th></tr>" + rows + "</table>"
-    )
+RESULTS = ("bias_variance", "fit_rate", "fit_expansion", "compare_to_theory")
+"""The analysis results a report shows; ``report(..., results=)`` reuses any of them it is given."""
 
 
 def report(
-    ds: xr.Dataset, out: str | os.PathLike, *, train_x=None, train_y=None, progress: Callable[[str], None] | None = None
+    ds: xr.Dataset,
+    out: str | os.PathLike,
+    *,
+    results: Mapping[str, xr.Dataset] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write the figures and ``index.html`` for an ensemble Dataset into ``out``.
+    """Write a self-contained ``index.html`` (figures embedded) and the figures as PNG files into folder ``out``.
 
-    Figures: test loss / accuracy vs time per gamma at each width; seed variance vs N (log-log) with CIs, the
-    fitted slope and the theory slope; bias^2 and variance vs N and vs time; the variance collapse ratio when
-    ``train_x``/``train_y`` are given (shallow theory-init sweeps); the completeness map; a table of rates.
+    Figures (:mod:`ensemble_stats.plot`): completeness; loss and accuracy vs time per gamma at each width; seed
+    variance vs N with the fitted and theory slopes; bias^2 and variance vs N and vs time; the collapse ratio
+    N^(2 gamma - 1) Var / Var K_t where it applies (a shallow theory-init MSE sweep by full-batch GD on scaled
+    time with its training set in the store). A table of rates.
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble`
+    out : the report folder (created, or replaced whole if it holds a previous report)
+    results : analysis results of ``ds`` already computed, by name (``"bias_variance"``, ``"fit_rate"``,
+        ``"fit_expansion"``, ``"compare_to_theory"``); the others are computed here
 
     Returns
     -------
     Path of ``index.html``
     """
+    unknown = sorted(set(results or {}) - set(RESULTS))
+    if unknown:
+        raise ValidationError(f"results: unknown names {unknown}; expected some of {list(RESULTS)}.")
     target = _check_report_target(out)
     with atomic_output(target, "report --out") as tmp:
         tmp.mkdir()
-        _write_report(ds, tmp, train_x=train_x, train_y=train_y, progress=progress)
+        _write_report(ds, tmp, dict(results or {}), progress or (lambda s: None))
         (tmp / REPORT_MARKER).write_text("written by ensemble-stats report; the folder is replaced whole on rewrite\n")
     return target / "index.html"
 
@@ -246,63 +84,106 @@ def _is_report(folder: Path) -> bool:
         return False
 
 
+def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
+    """The results the figures need, computed where not given; and a note on the time they are at."""
+    from ._assess import compare_to_theory, kernel_limit_problems
+    from ._fit import fit_expansion, fit_rate
+    from ._select import at_common_time, time_units
+    from ._stats import bias_variance
+
+    note = ""
+    at = ds
+    if time_units(ds) != "scaled":
+        try:
+            at = at_common_time(ds)
+            note = f"Rates at the largest scaled time every width reaches, t = k / N = {at[schema.TIME].item():g}."
+        except ValidationError:
+            note = "The widths share no scaled time: rates compare them record by record (different t = k / N)."
+    if "bias_variance" not in results:
+        say("bias-variance decomposition")
+        results["bias_variance"] = bias_variance(ds).compute()
+    if "fit_rate" not in results:
+        say("rates")
+        results["fit_rate"] = fit_rate(at, at="record").compute()
+    if "fit_expansion" not in results:
+        say("expansion fit")
+        results["fit_expansion"] = fit_expansion(at, quantity="variance").compute()
+    if "compare_to_theory" not in results and not kernel_limit_problems(ds):
+        say("variance collapse")
+        results["compare_to_theory"] = compare_to_theory(ds, decomposition=results["bias_variance"]).compute()
+    if at is not ds:
+        results["_at"] = bias_variance(at).compute()
+    return results, note
+
+
 def _without_extra(res: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
     """Results averaged over extra sweep dims (e.g. data_seed), for the figures and the table."""
     extra = [d for d in ds.attrs.get(schema.ATTR_EXTRA_DIMS, ()) if d in res.dims]
     return res.mean(extra, keep_attrs=True) if extra else res
 
 
-def _write_report(ds, out: Path, *, train_x, train_y, progress) -> None:
-    from ._fit import fit_expansion, fit_rate
-    from ._stats import bias_variance
+def _png(fig, path: Path) -> str:
+    """Save ``fig`` to ``path``, close it, and return it as a data URI for the page."""
+    import matplotlib.pyplot as plt
 
-    say = progress or (lambda s: None)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _write_report(ds: xr.Dataset, out: Path, results: dict, say) -> None:
+    from . import plot
+    from ._assess import rate_table
+
     ds = ds.persist() if ds[schema.PREDICTION].nbytes < 2**30 else ds
-    figures: list[tuple[str, str]] = []
+    figures: list[tuple[str, str, str]] = []  # caption, file, data URI
+
+    def add(caption: str, name: str, fig) -> None:
+        figures.append((caption, name, _png(fig, out / name)))
+
     say("completeness map")
-    figures.append(("Completeness: records written per (gamma, N), diverged runs counted", _fig_completeness(ds, out)))
-    for var, label, log in (
-        (schema.TEST_LOSS, "test loss", True),
-        (schema.ACCURACY, "test accuracy", False),
-        (schema.TRAIN_LOSS, "train loss", True),
-        (schema.TRAIN_ACCURACY, "train accuracy", False),
+    add(
+        "Completeness: records written per (gamma, N), diverged runs counted", "completeness.png", plot.completeness(ds)
+    )
+    for var, label in (
+        (schema.TEST_LOSS, "test loss"),
+        (schema.ACCURACY, "test accuracy"),
+        (schema.TRAIN_LOSS, "train loss"),
+        (schema.TRAIN_ACCURACY, "train accuracy"),
     ):
         if var in ds and bool(np.isfinite(ds[var]).any()):
             say(f"{label} curves")
-            figures.append(
-                (
-                    f"{label} vs time, one line per gamma, at each width",
-                    _fig_curves(ds, out, f"{var}.png", var, label, log),
-                )
-            )
-    multi = ds.sizes[schema.WIDTH] >= 2 and ds.sizes[schema.SEED] >= 3
-    table = "<p>Fewer than 2 widths or 3 seeds: no fits.</p>"
-    if multi:
-        say("bias-variance decomposition")
-        bv = _without_extra(bias_variance(ds).compute(), ds)
-        say("rates and fits")
-        rate = _without_extra(fit_rate(ds).compute(), ds)
-        fit = _without_extra(fit_expansion(ds, quantity="variance").compute(), ds)
-        figures.append(("Seed variance vs N with 95% CIs, fitted and theory slopes", _fig_variance_vs_n(bv, rate, out)))
-        figures.append(
-            (
-                "Bias^2 and variance against the target, vs N and vs time (bias^2 estimates <= 0, where the bias is below the seed noise, are not drawn)",
-                _fig_bias_variance(bv, out),
-            )
+            add(f"{label} vs time, one line per gamma, at each width", f"{var}.png", plot.curves(ds, var))
+    table = "<p>Fewer than 2 widths or 4 seeds: no fits.</p>"
+    note = ""
+    if ds.sizes[schema.WIDTH] >= 2 and ds.sizes[schema.SEED] >= 4:
+        results, note = _analyses(ds, results, say)
+        r = {k: _without_extra(v, ds) for k, v in results.items()}
+        add(
+            "Seed variance vs N with confidence intervals, fitted and theory slopes",
+            "variance_vs_width.png",
+            plot.variance_vs_width(r.get("_at", r["bias_variance"]), r["fit_rate"]),
         )
-        table = _table(rate, fit)
-        if train_x is not None and train_y is not None:
-            from .theory import compare_to_theory
-
-            say("variance collapse")
-            cmp = _without_extra(compare_to_theory(ds, train_x, train_y).compute(), ds)
-            figures.append(
-                ("Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (docs/theory.md §9.3)", _fig_collapse(cmp, out))
+        add(
+            "Bias^2 and variance against the target, vs N and vs time (bias^2 estimates <= 0, where the bias is "
+            "below the seed noise, are not drawn)",
+            "bias_variance.png",
+            plot.bias_variance(r["bias_variance"]),
+        )
+        table = rate_table(r["fit_rate"], fit=r["fit_expansion"], fmt="html")
+        if "compare_to_theory" in r:
+            add(
+                "Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (docs/theory.md §9.3)",
+                "collapse.png",
+                plot.collapse(r["compare_to_theory"]),
             )
     src = html.escape(str(ds.encoding.get("source", "in-memory dataset")))
     body = "".join(
-        f'<figure><img src="{html.escape(f)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
-        for c, f in figures
+        f'<figure><img src="{uri}" alt="{html.escape(c)}"><figcaption>{html.escape(c)} '
+        f"({html.escape(name)})</figcaption></figure>"
+        for c, name, uri in figures
     )
     dims = ", ".join(f"{d}={n}" for d, n in ds[schema.PREDICTION].sizes.items())
     extra = list(ds.attrs.get(schema.ATTR_EXTRA_DIMS, ()))
@@ -314,6 +195,8 @@ def _write_report(ds, out: Path, *, train_x, train_y, progress) -> None:
 figure{{margin:1.5em 0}}figcaption{{font-size:0.9em;color:#444}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}caption{{text-align:left;font-weight:bold}}</style>
 </head><body><h1>Ensemble report</h1><p>Store: <code>{src}</code><br>Dims: {html.escape(dims)}</p>
+<p>This page is self-contained (its figures are embedded); the same figures are saved as PNG files beside it.
+{html.escape(note)}</p>
 {table}{body}</body></html>
 """
     (out / "index.html").write_text(page)

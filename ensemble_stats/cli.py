@@ -328,8 +328,11 @@ def _table_over_extra(res, ds):
 @click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
 def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
     """Fit the asymptotic expansion in N pointwise, and the pooled log-log rate."""
+    from ._assess import rate_table
     from ._fit import fit_expansion, fit_rate
     from ._open import open_ensemble
+    from ._select import time_units
+    from .errors import ValidationError
 
     _check_out(out, store, "fit")
     if terms not in ("theory", "free"):
@@ -344,19 +347,17 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
         with _reading(store):
             ds = open_ensemble(list(store))
             res = fit_expansion(ds, quantity=quantity, terms=terms, width_min=width_min).compute()
-            rate = fit_rate(ds, quantity="variance", width_min=width_min).compute()
+            try:  # the rate compares widths at one scaled time; epoch- and step-indexed stores are selected
+                at = "record" if time_units(ds) == "scaled" else "common"
+                rate = fit_rate(ds, quantity="variance", width_min=width_min, at=at).compute()
+            except ValidationError:
+                click.echo("(the widths share no scaled time t = k / N: the rate compares them record by record)")
+                rate = fit_rate(ds, quantity="variance", width_min=width_min, at="record").compute()
         _write(res, out, "fit")
         rate = _table_over_extra(rate, ds)
         ok = int((res["status"] == 0).sum())
         click.echo(f"fit_expansion({quantity}, terms={terms}): {ok} of {res['status'].size} cells fitted -> {out}")
-        click.echo("variance rate, pooled over the grid (slope of log Var vs log N) at the last time:")
-        last = rate.isel({"time": -1}) if "time" in rate.dims else rate
-        click.echo(f"{'gamma':>7} {'slope':>8} {'95% CI':>18} {'theory':>7}")
-        for g in last["gamma"].values:
-            r = last.sel(gamma=g)
-            click.echo(
-                f"{g:>7.3f} {float(r.slope):>8.3f}   [{float(r.slope_lo):6.3f}, {float(r.slope_hi):6.3f}] {float(r.theory):>7.3f}"
-            )
+        click.echo(rate_table(rate))
     finally:
         if client is not None:
             client.close()

@@ -24,6 +24,8 @@ __all__ = [
     "ConfigError",
     "FitError",
     "SweepError",
+    "EnsembleStatsWarning",
+    "ScaledTimeWarning",
 ]
 
 
@@ -164,3 +166,15 @@ class SweepError(EnsembleStatsError, RuntimeError):
             f"{len(self.failures)} of {total} sweep cells failed (the others are complete in the store):\n{lines}\n"
             "Fix the cause and rerun the same command: complete cells are skipped."
         )
+
+
+class EnsembleStatsWarning(UserWarning):
+    """Base class of the warnings of ensemble-stats: a result is computed, but may not mean what is wanted."""
+
+
+class ScaledTimeWarning(EnsembleStatsWarning):
+    """Widths are compared at records that are different scaled times t = k / N (epoch- or step-indexed stores).
+
+    The theory's N-scaling holds at fixed t; select one with :func:`ensemble_stats.at_common_time` (or pass
+    ``at=`` to :func:`ensemble_stats.fit_rate`).
+    """

@@ -24,6 +24,7 @@ TIME = "time"
 POINT = "point"
 OUTPUT = "output"
 FEATURE = "feature"
+TRAIN_POINT = "train_point"
 
 RUN_DIMS: tuple[str, ...] = (GAMMA, WIDTH, SEED)
 """Dims that identify one training run (extra sweep dims such as ``data_seed`` are appended)."""
@@ -33,6 +34,10 @@ GRID_DIMS: tuple[str, ...] = (POINT, OUTPUT)
 PREDICTION = "prediction"
 X = "x"
 TARGET = "target"
+X_TRAIN = "x_train"
+"""The training inputs, dims (train_point, feature); optional (stores written from version 0.2 on)."""
+Y_TRAIN = "y_train"
+"""The training targets, dims (train_point, output); optional, beside ``x_train``."""
 WRITTEN = "written"
 STEP = "step"
 TRAIN_LOSS = "train_loss"
@@ -54,6 +59,23 @@ SCALAR_VARIABLES: tuple[str, ...] = (TRAIN_LOSS, TEST_LOSS, ACCURACY, TRAIN_ACCU
 RECORD_VARIABLES: tuple[str, ...] = (WRITTEN, STEP, PREDICTION, *SCALAR_VARIABLES, *INTERNAL_VARIABLES)
 """Variables with one entry per record, chunked alike along (run dims..., time); ``written`` first."""
 
+LONG_NAMES: dict[str, tuple[str, str]] = {
+    PREDICTION: ("raw network output (pre-softmax)", ""),
+    X: ("evaluation grid inputs", ""),
+    TARGET: ("target on the evaluation grid", ""),
+    X_TRAIN: ("training inputs", ""),
+    Y_TRAIN: ("training targets", ""),
+    WRITTEN: ("record written (commit mark)", ""),
+    STEP: ("optimizer steps taken at the record, -1 if not written", ""),
+    TRAIN_LOSS: ("training loss", ""),
+    TEST_LOSS: ("test loss", ""),
+    ACCURACY: ("test accuracy", ""),
+    TRAIN_ACCURACY: ("training accuracy", ""),
+    OUTPUT_WEIGHT_NORM: ("norm of the output weights", ""),
+    DIVERGED_STEP: ("first optimizer step with non-finite outputs, -1 if none", ""),
+}
+"""``long_name`` (and units) of every store variable, set on the variables ``open_ensemble`` returns."""
+
 TIME_UNITS: tuple[str, ...] = ("scaled", "step", "epoch")
 GAMMA_RANGE = (0.5, 1.0)
 
@@ -68,6 +90,8 @@ ATTR_CREATED = "created"
 ATTR_CONFIG = "config"
 ATTR_STORE_ID = "store_id"
 ATTR_MANIFEST = "manifest"
+ATTR_TRAIN_HASH = "train_hash"
+ATTR_TRAIN_SET = "train_set"
 MISSING_STEP = -1
 
 

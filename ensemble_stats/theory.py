@@ -23,7 +23,6 @@ __all__ = [
     "init_moments",
     "shallow_kernels",
     "kernel_limit",
-    "compare_to_theory",
     "kernel_condition_number",
     "nu",
     "mean_exponents",
@@ -402,57 +401,6 @@ def kernel_limit(
             "sigma_w": sigma_w,
         },
     )
-
-
-def compare_to_theory(
-    ds: xr.Dataset,
-    train_x,
-    train_y,
-    *,
-    activation: str | Callable = "tanh",
-    sigma_w: float = 1.0,
-    alpha: float = 1.0,
-    ci: float = 0.95,
-) -> xr.Dataset:
-    """The parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid (docs/theory.md §9.3).
-
-    Parameters
-    ----------
-    ds : Dataset from ``open_ensemble`` of a shallow sweep on ``train_x`` with the theory init law, scaled time,
-        one output; the grid is ``ds.x``.
-    train_x, train_y : the training set (M, d), (M,)
-
-    Returns
-    -------
-    Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` (seed-jackknife CI) per (gamma, width, time), and the
-    limit ``h`` and ``var_k`` (time, point).
-    """
-    from ._stats import bias_variance
-
-    lim = kernel_limit(
-        train_x,
-        train_y,
-        ds[schema.X].values,
-        ds[schema.TIME].values,
-        activation=activation,
-        sigma_w=sigma_w,
-        alpha=alpha,
-    )
-    bv = bias_variance(ds, ci=ci)
-    scale = ds[schema.WIDTH].astype(float) ** (2 * ds[schema.GAMMA] - 1)
-    vk = lim["var_k"].mean(schema.POINT)
-    out = xr.Dataset(
-        {
-            "ratio": bv["variance"] * scale / vk,
-            "ratio_lo": bv["variance_lo"] * scale / vk,
-            "ratio_hi": bv["variance_hi"] * scale / vk,
-            "n_seeds": bv["n_seeds"],
-            "h": lim["h"],
-            "var_k": lim["var_k"],
-        }
-    )
-    out.attrs.update({"ci": ci, "definition": "N^(2 gamma - 1) mean_x s^2(x) / mean_x Var K_t(x)"})
-    return out
 
 
 # ------------------------------------------------------------------------------------------ conditioning

@@ -7,9 +7,6 @@ Run: python examples/conditioning_vs_depth.py --out demo-out   (seconds)
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from collectors import digits

@@ -8,32 +8,27 @@ Run: python examples/nngp_at_init.py --out demo-out   (seconds)
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from collectors import Architecture, digits, init_params
-from collectors._models import forward
+from collectors import ScaledMLP, digits
 from ensemble_stats import theory
 
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     x = digits(n_test=12).grid.x
-    arch = Architecture(x.shape[1], (512,), (0.5,), 1, "relu")
     outs = []
     for s in range(2000):
-        p = {k: v.double() for k, v in init_params(arch, "theory", s).items()}
+        net = ScaledMLP(x.shape[1], 512, 0.5, activation="relu", init="theory", seed=s, dtype=torch.float64)
         with torch.no_grad():
-            outs.append(forward(p, arch, torch.tensor(x)).numpy()[:, 0])
+            outs.append(net(torch.tensor(x)).numpy()[:, 0])
     outs = np.array(outs)
     K = theory.nngp_kernel(x, activation="relu", depth=1)
     counts = [50, 100, 200, 500, 1000, 2000]
     err = [np.linalg.norm(outs[:n].T @ outs[:n] / n - K) / np.linalg.norm(K) for n in counts]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
     ax[0].scatter(K.ravel(), (outs.T @ outs / len(outs)).ravel(), s=8, color="#0072B2")
     ax[0].plot([K.min(), K.max()], [K.min(), K.max()], "k--", lw=0.8)
     ax[0].set_xlabel("NNGP kernel K(x, x')")
@@ -43,7 +38,6 @@ def main(out: Path) -> None:
     ax[1].set_xlabel("seeds S")
     ax[1].set_ylabel("||Sigma_S - K||_F / ||K||_F")
     ax[1].legend()
-    fig.tight_layout()
     fig.savefig(out / "nngp_at_init.png", dpi=120)
     print("relative Frobenius error by seeds:", dict(zip(counts, np.round(err, 4), strict=True)))
     print(f"figure: {out / 'nngp_at_init.png'}")

@@ -1,21 +1,16 @@
 """The parameter-free variance collapse: N^(2 gamma - 1) * Var / Var K_t across gamma and N (docs/theory.md §1.6, 9.3).
 
 Trains the circle task (one hidden tanh layer, full-batch GD, theory init) for gamma in {0.625, 0.75, 0.875}
-and N in {128, 256, 512}, 96 seeds, then plots the ratio with its seed-jackknife CI against t.
+and N in {128, 256, 512}, 96 seeds, then plots the ratio with its confidence interval against t (``ensemble_stats.plot.collapse``).
 Run: python examples/variance_collapse.py --out demo-out   (about a minute on 2 cores)
 """
 
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 import ensemble_stats as es
 from collectors import EnsembleStore, TrainConfig, teacher, train_block
-from ensemble_stats import theory
+from ensemble_stats import plot
 
 
 def main(out: Path) -> None:
@@ -24,31 +19,19 @@ def main(out: Path) -> None:
     gammas, widths, seeds = [0.625, 0.75, 0.875], [128, 256, 512], list(range(96))
     times = [0.0, 0.25, 0.5, 0.75, 1.0]
     store = EnsembleStore.create(
-        out / "collapse.zarr", data.grid, gammas=gammas, widths=widths, seeds=seeds, times=times, seed_chunk=96
+        out / "collapse.zarr",
+        data.grid,
+        gammas=gammas,
+        widths=widths,
+        seeds=seeds,
+        times=times,
+        seed_chunk=96,
+        train=(data.x_train, data.y_train),
     )
     for w in widths:
         train_block(store, data, width=w, gammas=gammas, seeds=seeds, config=TrainConfig())
-    r = theory.compare_to_theory(es.open_ensemble(store.path), data.x_train, data.y_train).compute()
-    fig, axes = plt.subplots(1, len(gammas), figsize=(12, 3.6), sharey=True)
-    for ax, g in zip(axes, gammas, strict=True):
-        for w, color in zip(widths, ("#0072B2", "#E69F00", "#009E73"), strict=True):
-            sel = r.sel(gamma=g, width=w)
-            ax.errorbar(
-                sel.time,
-                sel.ratio,
-                yerr=[sel.ratio - sel.ratio_lo, sel.ratio_hi - sel.ratio],
-                label=f"N = {w}",
-                color=color,
-                capsize=3,
-                marker="o",
-            )
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_title(f"gamma = {g}")
-        ax.set_xlabel("scaled time t = k / N")
-    axes[0].set_ylabel("N^(2 gamma - 1) Var / Var K_t")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "variance_collapse.png", dpi=120)
+    r = es.compare_to_theory(es.open_ensemble(store.path)).compute()  # the kernel limit from the stored training set
+    plot.collapse(r).savefig(out / "variance_collapse.png", dpi=120)
     print(r.ratio.sel(time=1.0).round(3).to_pandas())
     print(f"figure: {out / 'variance_collapse.png'}")
 

@@ -19,7 +19,11 @@ def test_fit_and_decompose_on_a_real_store(tmp_path):
     runner = CliRunner()
     r = runner.invoke(main, ["fit", str(store.path), "--out", str(tmp_path / "fit.nc"), "--quantity", "variance"])
     assert r.exit_code == 0, r.output
-    assert "variance rate" in r.output and "0.750" in r.output
+    rate = es.fit_rate(es.open_ensemble(store.path)).isel(time=-1)
+    assert "slope of log variance vs log N" in r.output  # es.rate_table, one row per gamma
+    for g in (0.5, 0.75, 1.0):
+        row = [ln.split() for ln in r.output.splitlines() if ln.split()[:1] == [f"{g:g}"]]
+        assert len(row) == 1 and float(row[0][1]) == round(float(rate.slope.sel(gamma=g)), 3), (g, r.output)
     got = xr.open_dataset(tmp_path / "fit.nc")
     want = es.fit_expansion(es.open_ensemble(store.path), quantity="variance")
     xr.testing.assert_allclose(got.load().drop_vars(list(got.coords)), want.compute().drop_vars(list(want.coords)))

@@ -24,4 +24,32 @@ def test_errors_inherit_builtins():
     assert issubclass(errors.RunExistsError, FileExistsError)
     assert issubclass(errors.RunNotFoundError, LookupError)
     for name in errors.__all__:
-        assert issubclass(getattr(errors, name), errors.EnsembleStatsError)
+        cls = getattr(errors, name)
+        base = errors.EnsembleStatsWarning if issubclass(cls, Warning) else errors.EnsembleStatsError
+        assert issubclass(cls, base), name
+    assert issubclass(errors.ScaledTimeWarning, UserWarning)
+
+
+def test_the_plot_module_imports_matplotlib_only_when_drawing():
+    code = "import sys, ensemble_stats.plot; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_examples_and_benchmarks_use_only_public_names():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in [*(root / "examples").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for n in names:
+                parts = n.split(".")
+                if parts[0] in ("ensemble_stats", "collectors") and any(p.startswith("_") for p in parts[1:]):
+                    found.append(f"{path.relative_to(root)}: {n}")
+    assert found == [], found

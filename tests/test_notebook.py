@@ -28,4 +28,5 @@ def test_analysis_notebook_executes(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs)
     assert "cells fitted:" in text and "theory" in text
     assert (tmp_path / "variance.png").stat().st_size > 5000
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the figure is not shown inline"
     assert os.environ["ENSEMBLE_STORE"] == str(store.path)

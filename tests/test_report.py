@@ -15,9 +15,17 @@ from .conftest import store_from_synthetic
 
 
 def _images(index):
+    """The page and the figure files it names; every image is embedded, and equals its file."""
+    import base64
+
     page = index.read_text()
-    srcs = re.findall(r'<img src="([^"]+)"', page)
-    return page, srcs
+    uris = re.findall(r'<img src="([^"]+)"', page)
+    names = re.findall(r"<figcaption>.*? \(([\w.]+\.png)\)</figcaption>", page)
+    assert len(uris) == len(names), (len(uris), names)
+    for uri, name in zip(uris, names, strict=True):
+        assert uri.startswith("data:image/png;base64,"), uri[:40]
+        assert base64.b64decode(uri.split(",", 1)[1]) == (index.parent / name).read_bytes(), name
+    return page, names
 
 
 def test_report_on_a_store_with_missing_and_diverged_runs(tmp_path):
@@ -37,10 +45,12 @@ def test_report_on_a_store_with_missing_and_diverged_runs(tmp_path):
     assert {"completeness.png", "variance_vs_width.png", "bias_variance.png"} <= set(srcs)
     for s in srcs:
         assert (tmp_path / "rep" / s).stat().st_size > 5000, s
-    assert "slope of log Var vs log N" in page and "<table>" in page
+    assert "slope of log variance vs log N" in page and "<table>" in page
 
 
-def test_report_with_theory_inputs_adds_the_collapse(tmp_path):
+def test_report_reuses_the_results_it_is_given_and_draws_the_collapse_from_the_store(tmp_path, monkeypatch):
+    import ensemble_stats._report as rep
+    import ensemble_stats._stats as st_mod
     from collectors import EnsembleStore, TrainConfig, train_block
 
     data = teacher()
@@ -52,20 +62,38 @@ def test_report_with_theory_inputs_adds_the_collapse(tmp_path):
         seeds=list(range(8)),
         times=[0.0, 0.5, 1.0],
         seed_chunk=8,
+        train=(data.x_train, data.y_train),
     )
     for w in (64, 128):
         train_block(st, data, width=w, gammas=[0.75, 0.875], seeds=list(range(8)), config=TrainConfig())
-    index = es.report(es.open_ensemble(st.path), tmp_path / "rep", train_x=data.x_train, train_y=data.y_train)
-    _, srcs = _images(index)
-    assert {"collapse.png", "test_loss.png", "train_loss.png"} <= set(srcs)
-    assert all((index.parent / s).exists() for s in srcs)
+    ds = es.open_ensemble(st.path)
+    assert ds.x_train.dims == ("train_point", "feature") and ds.y_train.shape == (len(data.x_train), 1)
+    results = {
+        "bias_variance": es.bias_variance(ds).compute(),
+        "fit_rate": es.fit_rate(ds).compute(),
+        "fit_expansion": es.fit_expansion(ds, quantity="variance").compute(),
+        "compare_to_theory": es.compare_to_theory(ds, activation="tanh").compute(),  # the store's training set
+    }
+
+    def recomputed(*a, **k):
+        raise AssertionError("report recomputed a result it was given")
+
+    monkeypatch.setattr(st_mod, "bias_variance", recomputed)
+    monkeypatch.setattr(es, "bias_variance", recomputed)
+    monkeypatch.setattr("ensemble_stats._fit.fit_rate", recomputed)
+    monkeypatch.setattr("ensemble_stats._fit.fit_expansion", recomputed)
+    monkeypatch.setattr("ensemble_stats._assess.bias_variance", recomputed)
+    index = es.report(ds, tmp_path / "rep", results=results)
+    _, names = _images(index)
+    assert {"collapse.png", "test_loss.png", "train_loss.png", "variance_vs_width.png"} <= set(names)
+    assert rep.RESULTS == ("bias_variance", "fit_rate", "fit_expansion", "compare_to_theory")
 
 
 def test_report_on_a_single_width_store_says_why_there_are_no_fits(tmp_path):
     ds = synthetic_ensemble(gammas=[0.5], widths=[32], n_seeds=4, n_points=3, seed=32)
     index = es.report(ds, tmp_path / "rep")
-    page, srcs = _images(index)
-    assert "no fits" in page and srcs == ["completeness.png"]
+    page, names = _images(index)
+    assert "no fits" in page and names == ["completeness.png"]
 
 
 CHROMIUM = "/usr/bin/chromium"

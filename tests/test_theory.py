@@ -155,7 +155,7 @@ def test_variance_collapse_ratio_on_a_simulated_ensemble(tmp_path):
     )
     for w in widths:
         train_block(st, data, width=w, gammas=gammas, seeds=seeds, config=TrainConfig())
-    r = theory.compare_to_theory(es.open_ensemble(st.path), data.x_train, data.y_train).compute()
+    r = es.compare_to_theory(es.open_ensemble(st.path), data.x_train, data.y_train).compute()
     assert ((r.ratio > 0.8) & (r.ratio < 1.25)).all(), r.ratio.to_pandas()
     assert (r.ratio_lo < r.ratio).all() and (r.ratio < r.ratio_hi).all()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import itertools
 import json
 import os
 import platform
@@ -29,21 +28,23 @@ import time
 import tomllib
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import scipy.stats
 import xarray as xr
 
 import ensemble_stats as es
-from collectors import SweepSpec, run_sweep
+from collectors import SweepSpec, digits, run_sweep
+from ensemble_stats import plot
 from ensemble_stats.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse")
 SCALES = ("smoke", "default", "full")
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+md, ci = es.format_table, es.interval  # Markdown tables; "m [lo, hi]" cells
 
 
-# ----------------------------------------------------------------------------------------------- configs
 def _set_dotted(raw: dict, key: str, value) -> None:
     table, _, name = key.partition(".")
     if not name:
@@ -54,16 +55,12 @@ def _set_dotted(raw: dict, key: str, value) -> None:
 def load_study(path: Path, scale: str = "default", mnist: str | None = None):
     """Parse a study file: its metadata, analysis options and one validated SweepSpec per variant."""
     raw = tomllib.loads(Path(path).read_text())
-    study = raw.pop("study", {})
-    variants = raw.pop("variant", [])
+    study, variants = raw.pop("study", {}), raw.pop("variant", [])
     scaled = study.get(scale, {}) if scale != "default" else {}
     analysis = {**study.get("analysis", {}), **scaled.get("analysis", {})}
-    wanted = scaled.get("variants")
-    specs = {}
+    wanted, specs = scaled.get("variants"), {}
     for v in variants:
-        if wanted is not None and v["name"] not in wanted:
-            continue
-        if v.get("needs") == "mnist" and not mnist:
+        if (wanted is not None and v["name"] not in wanted) or (v.get("needs") == "mnist" and not mnist):
             continue
         cfg = copy.deepcopy(raw)
         for key, value in {**v.get("set", {}), **scaled.get("set", {})}.items():
@@ -71,205 +68,101 @@ def load_study(path: Path, scale: str = "default", mnist: str | None = None):
         if v.get("needs") == "mnist":
             _set_dotted(cfg, "data.options", {"path": str(mnist)})
         specs[v["name"]] = SweepSpec.from_dict(cfg, f"{path.name} [{v['name']}]")
-    meta = {k: study.get(k, "") for k in ("title", "claims", "differences")}
-    return meta, analysis, specs
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100})
-    return plt
-
-
-def seed_ci(a: xr.DataArray, dim: str = "seed", level: float = 0.95):
-    """Mean over ``dim`` and its t interval (NaN-aware: diverged or missing seeds are left out and counted)."""
-    n = a.notnull().sum(dim)
-    m = a.mean(dim)
-    se = a.std(dim, ddof=1) / np.sqrt(n)
-    q = xr.apply_ufunc(lambda k: scipy.stats.t.ppf(0.5 + level / 2, np.maximum(k - 1, 1)), n)
-    return m, m - q * se, m + q * se
-
-
-def fmt_ci(m, lo, hi, digits=3) -> str:
-    return f"{float(m):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
-
-
-def md_table(header: list[str], rows: list[list]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def paired_diff(a: xr.DataArray, b: xr.DataArray, level=0.95):
-    """Mean and t interval of a - b over paired seeds (the trainer shares initial weights across gamma)."""
-    return seed_ci(a - b, "seed", level)
-
-
-def at_common_scaled_time(ds: xr.Dataset) -> tuple[xr.Dataset | None, float]:
-    """The records of every width at the largest scaled time t = k/N (k optimizer steps) all widths share.
-
-    Epoch-indexed runs at different widths reach a given epoch at different t; the theory's N-scaling holds at
-    fixed t. Returns (dataset with one time = that t, t), or (None, 0.0) when the widths share only t = 0.
-    """
-    widths = ds.width.values
-    per_width = []
-    for w in widths:
-        steps = ds.step.sel(width=w).max(["gamma", "seed"]).values  # the schedule, (time,)
-        per_width.append({round(float(k) / float(w), 9): i for i, k in enumerate(steps) if k >= 0})
-    common = set(per_width[0]).intersection(*per_width[1:])
-    t = max(common) if common else 0.0
-    if t <= 0:
-        return None, 0.0
-    parts = [
-        ds.sel(width=[w]).isel(time=[pw[t]]).assign_coords(time=[t]) for w, pw in zip(widths, per_width, strict=True)
-    ]
-    out = xr.concat(parts, dim="width", data_vars="all")
-    out["time"].attrs = {**ds.time.attrs, "units": "scaled"}
-    return out, t
-
-
-def verdict(ok: bool | None) -> str:
-    return {True: "**holds**", False: "**does not hold**", None: "**inconclusive**"}[ok]
-
-
-def overall(cases: list[bool]) -> str:
-    """holds if every case agrees, does not hold if none does, else inconclusive."""
-    if not cases:
-        return verdict(None)
-    return verdict(True if all(cases) else False if not any(cases) else None)
+    return {k: study.get(k, "") for k in ("title", "claims", "differences")}, analysis, specs
 
 
 def _save(fig, figdir: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(figdir / name)
-    import matplotlib.pyplot as plt
-
+    fig.savefig(figdir / name, dpi=100)
     plt.close(fig)
     return f"experiments/{name}"
 
 
-# ----------------------------------------------------------------------------------------------- study 1
+def _slope(r) -> str:
+    return ci(r.slope, r.slope_lo, r.slope_hi)
+
+
 def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    plt = _plt()
-    md: list[str] = []
-    mono_rows, var_rows, slope_rows = [], [], []
-    acc_verdicts, var_verdicts, slope_in, slope0_in, rising = [], [], [], [], []
-    steps_done: dict[str, int] = {}
-    paper_bias = False
+    figs, mono_rows, var_rows, slope_rows = [], [], [], []
+    acc_ok, var_ok, slope_in, slope0_in, rising, steps_done, paper_bias = [], [], [], [], [], {}, False
     for name, path in stores.items():
         ds = es.open_ensemble(path).load()
         model = json.loads(ds.attrs["config"])["model"]
         paper_bias |= bool(model.get("bias")) and model.get("init") == "paper"
         gammas, widths = ds.gamma.values, ds.width.values
-        fig, axes = plt.subplots(2, len(widths), figsize=(3.0 * len(widths), 5.4), sharey="row", squeeze=False)
-        for row, (var, label) in enumerate((("accuracy", "test accuracy"), ("train_accuracy", "train accuracy"))):
-            m, lo, hi = seed_ci(ds[var])
-            for j, w in enumerate(widths):
-                ax = axes[row][j]
-                for g, c in zip(gammas, PALETTE, strict=False):
-                    sel = dict(gamma=g, width=w)
-                    ax.plot(ds.time, m.sel(sel), color=c, label=f"gamma = {g:g}")
-                    ax.fill_between(ds.time, lo.sel(sel), hi.sel(sel), color=c, alpha=0.2, lw=0)
-                ax.set_title(f"N = {int(w)}")
-                ax.set_xlabel("epoch")
-            axes[row][0].set_ylabel(f"{label} (seed mean, 95% CI)")
-        axes[0][-1].legend(fontsize=7)
-        fig.suptitle(f"{name}: accuracy vs epoch per gamma")
-        md.append(f"![{name} accuracy]({_save(fig, figdir, f'shallow-{name}-accuracy.png')})")
-
-        final = ds.isel(time=-1)
+        fig, axes = plt.subplots(2, len(widths), figsize=(3 * len(widths), 5.6), layout="constrained", squeeze=False)
+        plot.curves(ds, "accuracy", ax=axes[0])
+        plot.curves(ds, "train_accuracy", ax=axes[1])
+        figs.append(f"![{name} accuracy]({_save(fig, figdir, f'shallow-{name}-accuracy.png')})")
+        k0 = round(0.8 * (ds.sizes["time"] - 1))  # is gamma = 1 still learning over the last fifth of training?
+        final = ds.accuracy.isel(time=-1)
+        tr = es.trend(final).compute()
+        late = ds.accuracy.sel(gamma=gammas[-1])
+        gain = es.paired_difference(late.isel(time=-1), late.isel(time=k0)).compute()
         for w in widths:
-            acc = final.accuracy.sel(width=w)
-            means = acc.mean("seed").values
-            pairs = list(itertools.pairwise(gammas))
-            steps = [paired_diff(acc.sel(gamma=b), acc.sel(gamma=a)) for a, b in pairs]
-            drops = [f"{a:g}->{b:g}" for (a, b), (_, _, hi) in zip(pairs, steps, strict=True) if hi < 0]
-            rho = scipy.stats.spearmanr(gammas, means).statistic
-            d, dlo, dhi = paired_diff(acc.sel(gamma=gammas[-1]), acc.sel(gamma=gammas[0]))
-            ok = not drops and bool(dlo > 0)
-            # is gamma = 1 still learning? its gain over the last fifth of training, paired over seeds
-            late = ds.accuracy.sel(width=w, gamma=gammas[-1])
-            k0 = round(0.8 * (ds.sizes["time"] - 1))
-            r, rlo, rhi = paired_diff(late.isel(time=-1), late.isel(time=k0))
-            rising.append(bool(rlo > 0))
-            acc_verdicts.append(ok)
+            t, g = tr.sel(width=w), gain.sel(width=w)
+            acc_ok.append(bool(t.increasing))
+            rising.append(bool(g.mean_lo > 0))
+            means = " / ".join(f"{x:.3f}" for x in final.sel(width=w).mean("seed").values)
+            late_gain = (
+                f"{ci(g['mean'], g.mean_lo, g.mean_hi)} (epoch {float(ds.time[k0]):g} -> {float(ds.time[-1]):g})"
+            )
             mono_rows.append(
                 [
                     name,
                     int(w),
-                    " / ".join(f"{x:.3f}" for x in means),
-                    f"{rho:+.2f}",
-                    fmt_ci(d, dlo, dhi),
-                    ", ".join(drops) or "none",
-                    "yes" if ok else "no",
-                    f"{fmt_ci(r, rlo, rhi)} (epoch {float(ds.time[k0]):g} -> {float(ds.time[-1]):g})",
+                    means,
+                    f"{float(t.spearman):+.2f}",
+                    ci(t.rise, t.rise_lo, t.rise_hi),
+                    int(t.drops),
+                    "yes" if t.increasing else "no",
+                    late_gain,
                 ]
             )
         steps_done[name] = int(ds.step.max())
-        bv = es.bias_variance(ds).isel(time=-1).compute()  # the table and the figure below both use it
+        bv = es.bias_variance(ds).isel(time=-1).compute()
         for w in widths:
-            v = bv.variance.sel(width=w)
-            rho = scipy.stats.spearmanr(gammas, v.values).statistic
-            falls = bool(np.all(np.diff(v.values) < 0))
-            var_verdicts.append(falls)
+            v = bv.variance.sel(width=w).values
+            var_ok.append(bool(np.all(np.diff(v) < 0)))
+            rho = scipy.stats.spearmanr(gammas, v).statistic
             var_rows.append(
-                [name, int(w), " / ".join(f"{x:.3g}" for x in v.values), f"{rho:+.2f}", "yes" if falls else "no"]
+                [name, int(w), " / ".join(f"{x:.3g}" for x in v), f"{rho:+.2f}", "yes" if var_ok[-1] else "no"]
             )
         if len(widths) >= 2:
-            rate0 = es.fit_rate(ds.isel(time=[0])).isel(time=0).compute()
-            last = es.fit_rate(ds.isel(time=[-1])).isel(time=0).compute()
-            sub, t_common = at_common_scaled_time(ds)
-            common = es.fit_rate(sub).isel(time=0).compute() if sub is not None else None
-            cell = lambda q: fmt_ci(q.slope, q.slope_lo, q.slope_hi)  # noqa: E731
+            rate0 = es.fit_rate(ds, at=0.0).isel(time=0).compute()
+            last = es.fit_rate(ds.isel(time=[-1]), at="record").isel(time=0).compute()
+            t_common = float(es.common_times(ds)[-1])
+            common = es.fit_rate(ds, at="common").isel(time=0).compute() if t_common > 0 else None
             for g in gammas:
                 r = (common if common is not None else last).sel(gamma=g)
-                inside = bool(r.slope_lo <= r.theory <= r.slope_hi)
-                slope_in.append(inside)
-                r0 = rate0.sel(gamma=g)
-                slope0_in.append(bool(r0.slope_lo <= r0.theory <= r0.slope_hi))
+                slope_in.append(bool(es.covers(r)))
+                slope0_in.append(bool(es.covers(rate0.sel(gamma=g))))
+                at_t = f"{_slope(r)} (t = {t_common:g})" if common is not None else "no common t > 0"
                 slope_rows.append(
                     [
                         name,
                         f"{g:g}",
-                        cell(r0),
-                        f"{cell(common.sel(gamma=g))} (t = {t_common:g})" if common is not None else "no common t > 0",
-                        cell(last.sel(gamma=g)),
+                        _slope(rate0.sel(gamma=g)),
+                        at_t,
+                        _slope(last.sel(gamma=g)),
                         f"{float(r.theory):.2f}",
-                        "yes" if inside else "no",
+                        "yes" if slope_in[-1] else "no",
                     ]
                 )
-        fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        for g, c in zip(gammas, PALETTE, strict=False):
-            v = bv.sel(gamma=g)
-            ax.errorbar(
-                widths,
-                v.variance,
-                yerr=[v.variance - v.variance_lo, v.variance_hi - v.variance],
-                color=c,
-                marker="o",
-                capsize=2,
-                label=f"gamma = {g:g}",
-            )
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="width N",
-            ylabel="seed variance of the logits (grid mean)",
-            title=f"{name}: variance at the last epoch",
+        fig = plot.variance_vs_width(bv)
+        fig.axes[0].set_title(f"{name}: variance at the last epoch")
+        figs.append(f"![{name} variance]({_save(fig, figdir, f'shallow-{name}-variance.png')})")
+    acc, var, sl, sl0 = es.verdict(acc_ok), es.verdict(var_ok), es.verdict(slope_in), es.verdict(slope0_in)
+    c0 = (
+        (
+            "; the paper init's output bias c0 ~ U(-1/sqrt(N), 1/sqrt(N)) (PyTorch's default for a layer of fan-in N) "
+            "adds 1/(3N), a lower-order term that bends the t = 0 slope down at these widths"
         )
-        ax.legend(fontsize=7)
-        md.append(f"![{name} variance]({_save(fig, figdir, f'shallow-{name}-variance.png')})")
-
-    n_ok = sum(acc_verdicts)
-    lines = [
-        "**Verdict 1: does accuracy improve monotonically as gamma -> 1?** "
-        f"{overall(acc_verdicts)} overall: in {n_ok} of "
-        f"{len(acc_verdicts)} (variant, N) cases the final test accuracy has no significant drop between neighbouring "
+        if paper_bias
+        else ""
+    )
+    return [
+        f"**Verdict 1: does accuracy improve monotonically as gamma -> 1?** {acc.markdown()} overall: in {acc.agree} "
+        f"of {acc.cases} (variant, N) cases the final test accuracy has no significant drop between neighbouring "
         "gammas (paired over seeds, 95% CI entirely below 0) and acc(gamma = 1) - acc(gamma = 0.5) is significantly "
         f"positive. Where it fails, look at the last column: gamma = 1's accuracy is still rising significantly at the "
         f"end of training in {sum(rising)} of {len(rising)} cases, i.e. these runs stop before the long-time regime "
@@ -277,7 +170,7 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
         + ", ".join(f"{k} {v:,}" for k, v in steps_done.items())
         + " (the paper: 500 MNIST epochs of 3,000 steps, 1.5 million).",
         "",
-        md_table(
+        md(
             [
                 "variant",
                 "N",
@@ -289,30 +182,24 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
                 "gamma = 1: accuracy gain over the last fifth, 95% CI",
             ],
             mono_rows,
+            "markdown",
         ),
         "",
-        f"**Verdict 2: does the variance fall as gamma -> 1?** {overall(var_verdicts)}: "
-        f"strictly falling in gamma in {sum(var_verdicts)} of {len(var_verdicts)} (variant, N) cases (seed variance of "
-        "the logits at the last epoch, pooled over the test grid).",
+        f"**Verdict 2: does the variance fall as gamma -> 1?** {var.markdown()}: strictly falling in gamma in "
+        f"{var.agree} of {var.cases} (variant, N) cases (seed variance of the logits at the last epoch, pooled over the "
+        "test grid).",
         "",
-        md_table(["variant", "N", "variance, gamma ascending", "Spearman rho", "falls"], var_rows),
+        md(["variant", "N", "variance, gamma ascending", "Spearman rho", "falls"], var_rows, "markdown"),
         "",
-        f"**Verdict 3: does it fall with N with slope 1 - 2 gamma?** {overall(slope_in)}: theory inside the 95% CI "
-        f"of the fitted log-log slope in {sum(slope_in)} of {len(slope_in)} (variant, gamma) cases, at the largest "
-        "scaled time t = k/N that every width of the variant reaches (the theory's N-scaling is at fixed t; the same "
-        "epoch is a smaller t at a larger N), or at the last epoch where the widths share no t > 0. At t = 0 the "
-        "hidden units contribute exactly N^(1 - 2 gamma) Var(c s(w.x + b)) to the variance"
-        + (
-            "; the paper init's output bias c0 ~ U(-1/sqrt(N), 1/sqrt(N)) (PyTorch's default for a layer of fan-in N) "
-            "adds 1/(3N), a lower-order term that bends the t = 0 slope down by a few hundredths at these widths"
-            if paper_bias
-            else ""
-        )
-        + f". The t = 0 column contains 1 - 2 gamma in {sum(slope0_in)} of {len(slope0_in)} cases; a variant's "
-        "gammas share their initial weights (common random numbers), so its t = 0 slopes are one draw shifted "
-        "by -2 (gamma - 0.5) and agree or miss together.",
+        f"**Verdict 3: does it fall with N with slope 1 - 2 gamma?** {sl.markdown()}: theory inside the 95% CI of the "
+        f"fitted log-log slope in {sl.agree} of {sl.cases} (variant, gamma) cases, at the largest scaled time t = k/N "
+        "that every width of the variant reaches (`fit_rate(at='common')`: the theory's N-scaling is at fixed t; the "
+        "same epoch is a smaller t at a larger N), or at the last epoch where the widths share no t > 0. At t = 0 the "
+        f"hidden units contribute exactly N^(1 - 2 gamma) Var(c s(w.x + b)) to the variance{c0}. The t = 0 column "
+        f"contains 1 - 2 gamma in {sl0.agree} of {sl0.cases} cases; a variant's gammas share their initial weights "
+        "(common random numbers), so its t = 0 slopes are one draw shifted by -2 (gamma - 0.5) and agree or miss together.",
         "",
-        md_table(
+        md(
             [
                 "variant",
                 "gamma",
@@ -323,115 +210,83 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
                 "inside (common t)",
             ],
             slope_rows,
+            "markdown",
         ),
         "",
-        *md,
+        *figs,
     ]
-    return lines
-
-
-# ----------------------------------------------------------------------------------------------- study 2
-def _eta2(frame, response: str, factors: list[str]) -> dict[str, float]:
-    """Partial eta^2 per factor from a type-II ANOVA (statsmodels), additive model with the seed as a block."""
-    import statsmodels.formula.api as smf
-    from statsmodels.stats.anova import anova_lm
-
-    rhs = " + ".join(f"C({f})" for f in factors)
-    model = smf.ols(f"{response} ~ {rhs}", data=frame).fit()
-    table = anova_lm(model, typ=2)
-    resid = table.loc["Residual", "sum_sq"]
-    return {f: float(table.loc[f"C({f})", "sum_sq"] / (table.loc[f"C({f})", "sum_sq"] + resid)) for f in factors} | {
-        f"p_{f}": float(table.loc[f"C({f})", "PR(>F)"]) for f in factors
-    }
 
 
 def analyze_deep(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    import pandas as pd
-
-    plt = _plt()
-    rows, var_rows, slope_rows = [], [], []
-    train_loss = []
+    rows, var_rows, slope_rows, train_loss = [], [], [], []
     for path in stores.values():
         ds = es.open_ensemble(path).load()
         g1, g2 = (float(v) for v in json.loads(ds.attrs["config"])["model"]["inner_gammas"][:2])
         w0 = int(ds.width.values[0])
         final = ds.isel(time=-1)
         train_loss.append(float(final.train_loss.sel(width=w0).median()))
-        for g3 in ds.gamma.values:
-            acc = final.accuracy.sel(gamma=g3, width=w0)
-            for s, a in zip(ds.seed.values, acc.values, strict=True):
-                rows.append(dict(g1=g1, g2=g2, g3=float(g3), seed=int(s), acc=float(a)))
         bv = es.bias_variance(ds).isel(time=-1)
         for g3 in ds.gamma.values:
+            accs = final.accuracy.sel(gamma=g3, width=w0).values
+            rows += [
+                dict(g1=g1, g2=g2, g3=float(g3), seed=int(s), acc=float(a))
+                for s, a in zip(ds.seed.values, accs, strict=True)
+            ]
             var_rows.append(dict(g1=g1, g2=g2, g3=float(g3), logvar=float(np.log(bv.variance.sel(gamma=g3, width=w0)))))
         if ds.sizes["width"] >= 2:
-            sub, t_common = at_common_scaled_time(ds)  # fixed t = k/N_3, as the theory's N-scaling
-            rate = es.fit_rate(sub if sub is not None else ds.isel(time=[-1])).isel(time=-1).compute()
+            t_common = float(es.common_times(ds)[-1])  # fixed t = k/N_3, as the theory's N-scaling
+            rate = es.fit_rate(ds, at="common") if t_common > 0 else es.fit_rate(ds.isel(time=[-1]), at="record")
+            rate = rate.isel(time=-1).compute()
             for g3 in ds.gamma.values:
                 r = rate.sel(gamma=g3)
-                inside = bool(r.slope_lo <= r.theory <= r.slope_hi)
-                slope_rows.append(
-                    [
-                        f"{g1:g}",
-                        f"{g2:g}",
-                        f"{g3:g}",
-                        f"t = {t_common:g}" if sub is not None else "last epoch",
-                        fmt_ci(r.slope, r.slope_lo, r.slope_hi),
-                        f"{float(r.theory):.2f}",
-                        "yes" if inside else "no",
-                    ]
-                )
-    # every variant evaluates on the same test grid: the rate of always predicting its commonest class
-    labels = ds.target.argmax("output").values
+                at = f"t = {t_common:g}" if t_common > 0 else "last epoch"
+                inside = "yes" if es.covers(r) else "no"
+                slope_rows.append([f"{g1:g}", f"{g2:g}", f"{g3:g}", at, _slope(r), f"{float(r.theory):.2f}", inside])
+    labels = ds.target.argmax("output").values  # every variant evaluates on the same test grid
     n_classes = ds.sizes["output"]
-    chance = float(np.bincount(labels, minlength=n_classes).max() / labels.size)
-    acc = pd.DataFrame(rows).dropna()
-    var = pd.DataFrame(var_rows)
-    e_acc = _eta2(acc, "acc", ["g1", "g2", "g3", "seed"])
-    e_var = _eta2(var, "logvar", ["g1", "g2", "g3"])
-
-    # seed bootstrap of the accuracy comparison: eta2(g3) - max(eta2(g1), eta2(g2))
-    rng = np.random.default_rng(0)
-    seeds = acc.seed.unique()
-    diffs = []
+    chance = float(np.bincount(labels, minlength=n_classes).max() / labels.size)  # always the commonest class
+    acc, var = pd.DataFrame(rows).dropna(), pd.DataFrame(var_rows)
+    e_acc = es.anova_effects(acc, "acc", ["g1", "g2", "g3", "seed"])
+    e_var = es.anova_effects(var, "logvar", ["g1", "g2", "g3"])
+    rng, seeds, diffs = np.random.default_rng(0), acc.seed.unique(), []  # seed bootstrap of eta2(g3) - inner max
     for _ in range(int(analysis.get("bootstrap", 200))):
         pick = rng.choice(seeds, size=len(seeds), replace=True)
-        boot = pd.concat([acc[acc.seed == s].assign(seed=i) for i, s in enumerate(pick)])
-        e = _eta2(boot, "acc", ["g1", "g2", "g3", "seed"])
+        e = es.anova_effects(
+            pd.concat([acc[acc.seed == s].assign(seed=i) for i, s in enumerate(pick)]),
+            "acc",
+            ["g1", "g2", "g3", "seed"],
+        )
         diffs.append(e["g3"] - max(e["g1"], e["g2"]))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     # a sensitivity comparison means something only if some configuration learned: its accuracy CI above chance
-    cfg_acc = {k: seed_ci(xr.DataArray(g.acc.values, dims="seed")) for k, g in acc.groupby(["g1", "g2", "g3"])}
-    learned = sorted(k for k, (_, a_lo, _) in cfg_acc.items() if float(a_lo) > chance)
-    outer_acc = bool(lo > 0) if learned else None
-    outer_var = e_var["g3"] > max(e_var["g1"], e_var["g2"]) and e_var["p_g3"] < 0.05
-
+    cfg = {k: es.seed_mean(xr.DataArray(g.acc.values, dims="seed")) for k, g in acc.groupby(["g1", "g2", "g3"])}
+    learned = sorted(k for k, m in cfg.items() if float(m.mean_lo) > chance)
+    outer_acc = es.verdict(bool(lo > 0) if learned else None)
+    outer_var = es.verdict(e_var["g3"] > max(e_var["g1"], e_var["g2"]) and e_var["p_g3"] < 0.05)
     best = acc.groupby(["g1", "g2", "g3"]).acc.mean().sort_values(ascending=False)
     means = acc.groupby(["g1", "g2", "g3"]).acc.agg(["mean", "std", "count"]).reset_index()
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     for ax, (frame, resp, label) in zip(
-        axes, ((acc, "acc", "final test accuracy"), (var, "logvar", "log seed variance")), strict=True
+        axes, ((acc, "acc", "final test accuracy"), (var, "logvar", "log seed variance")), strict=False
     ):
         for k, f in enumerate(("g1", "g2", "g3")):
             m = frame.groupby(f)[resp].mean()
-            ax.plot(m.index, m.values, "o-", color=PALETTE[k], label=f"gamma_{k + 1} (others averaged)")
+            ax.plot(m.index, m.values, "o-", color=plot.PALETTE[k], label=f"gamma_{k + 1} (others averaged)")
         ax.set(xlabel="gamma_i", ylabel=label)
         ax.legend(fontsize=7)
     fig.suptitle(f"Main effects at N_3 = {w0}")
-    fig_main = _save(fig, figdir, "deep-main-effects.png")
-
-    table_rows = [
+    effects = [
         [f"gamma_{k + 1}", f"{e_acc[f]:.3f}", f"{e_acc['p_' + f]:.2g}", f"{e_var[f]:.3f}", f"{e_var['p_' + f]:.2g}"]
         for k, f in enumerate(("g1", "g2", "g3"))
     ]
-    top = best.index[0]
-    lines = [
-        f"**Verdict: is test accuracy more sensitive to the outer gamma_3 than to the inner ones?** {verdict(outer_acc)}: "
-        f"partial eta^2 of gamma_3 minus the larger inner one = {e_acc['g3'] - max(e_acc['g1'], e_acc['g2']):+.3f}, "
-        f"95% seed-bootstrap CI [{lo:+.3f}, {hi:+.3f}] ({len(diffs)} resamples). "
+    n_in = sum(r[-1] == "yes" for r in slope_rows)
+    return [
+        f"**Verdict: is test accuracy more sensitive to the outer gamma_3 than to the inner ones?** "
+        f"{outer_acc.markdown()}: partial eta^2 of gamma_3 minus the larger inner one = "
+        f"{e_acc['g3'] - max(e_acc['g1'], e_acc['g2']):+.3f}, 95% seed-bootstrap CI [{lo:+.3f}, {hi:+.3f}] "
+        f"({len(diffs)} resamples). "
         + (
-            f"{len(learned)} of {len(cfg_acc)} configurations learned (mean test accuracy's 95% CI above the "
+            f"{len(learned)} of {len(cfg)} configurations learned (mean test accuracy's 95% CI above the "
             f"commonest-class rate {chance:.3f})."
             if learned
             else f"But no configuration learned: every mean test accuracy's 95% CI reaches down to the commonest-class "
@@ -442,146 +297,130 @@ def analyze_deep(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[
             "the paper's rates the inner layers move the output only at relative order 1/N (docs/theory.md §2)."
         ),
         "",
-        f"**Verdict: is the output variance more sensitive to gamma_3?** {verdict(outer_var)}: partial eta^2 "
+        f"**Verdict: is the output variance more sensitive to gamma_3?** {outer_var.markdown()}: partial eta^2 "
         f"{e_var['g3']:.3f} for gamma_3 vs {e_var['g1']:.3f} (gamma_1) and {e_var['g2']:.3f} (gamma_2)."
         + (
             ""
             if learned
-            else " With no configuration trained, the outputs are near their initial values, so this mostly "
-            "measures the initialization's N_3^(1 - 2 gamma_3) scaling rather than anything learned."
+            else " With no configuration trained, the outputs are near their initial values, so this "
+            "mostly measures the initialization's N_3^(1 - 2 gamma_3) scaling rather than anything learned."
         ),
         "",
         f"**Is all gamma_i = 1 best?** The best mean final test accuracy is at (gamma_1, gamma_2, gamma_3) = "
-        f"({', '.join(f'{float(v):g}' for v in top)}) "
-        f"({best.iloc[0]:.3f}); all ones: {best.get((1.0, 1.0, 1.0), float('nan')):.3f}.",
+        f"({', '.join(f'{float(v):g}' for v in best.index[0])}) ({best.iloc[0]:.3f}); all ones: "
+        f"{best.get((1.0, 1.0, 1.0), float('nan')):.3f}.",
         "",
-        "Type-II ANOVA (statsmodels `ols` + `anova_lm`), additive model, N_3 = 100, last epoch. Accuracy: one row per "
-        "(gamma_1, gamma_2, gamma_3, seed), seed as a block factor; variance: one row per configuration, response "
-        "log of the grid-mean seed variance of the logits.",
+        f"Type-II ANOVA (`es.anova_effects`: statsmodels `ols` + `anova_lm`), additive model, N_3 = {w0}, last epoch. "
+        "Accuracy: one row per (gamma_1, gamma_2, gamma_3, seed), seed as a block factor; variance: one row per "
+        "configuration, response log of the grid-mean seed variance of the logits.",
         "",
-        md_table(["factor", "accuracy: partial eta^2", "p", "log variance: partial eta^2", "p"], table_rows),
+        md(["factor", "accuracy: partial eta^2", "p", "log variance: partial eta^2", "p"], effects, "markdown"),
         "",
-        f"![deep main effects]({fig_main})",
+        f"![deep main effects]({_save(fig, figdir, 'deep-main-effects.png')})",
         "",
-        "Slope of log Var vs log N_3 at the largest scaled time t = k/N_3 every N_3 reaches (docs/theory.md §9, item 12: "
-        "about 1 - 2 gamma_3 and insensitive to gamma_1, gamma_2, an unverified reconstruction): 1 - 2 gamma_3 inside "
-        f"the 95% CI in {sum(r[-1] == 'yes' for r in slope_rows)} of {len(slope_rows)} configurations.",
+        "Slope of log Var vs log N_3 at the largest scaled time t = k/N_3 every N_3 reaches (docs/theory.md §9, item "
+        "12: about 1 - 2 gamma_3 and insensitive to gamma_1, gamma_2, an unverified reconstruction): 1 - 2 gamma_3 "
+        f"inside the 95% CI in {n_in} of {len(slope_rows)} configurations.",
         "",
-        md_table(["gamma_1", "gamma_2", "gamma_3", "at", "slope, 95% CI", "1 - 2 gamma_3", "inside"], slope_rows),
+        md(["gamma_1", "gamma_2", "gamma_3", "at", "slope, 95% CI", "1 - 2 gamma_3", "inside"], slope_rows, "markdown"),
         "",
         "Mean final test accuracy per configuration (8 seeds unless a seed diverged):",
         "",
-        md_table(
+        md(
             ["gamma_1", "gamma_2", "gamma_3", "mean", "sd", "seeds"],
             [
                 [f"{r.g1:g}", f"{r.g2:g}", f"{r.g3:g}", f"{r['mean']:.3f}", f"{r['std']:.3f}", int(r["count"])]
                 for _, r in means.iterrows()
             ],
+            "markdown",
         ),
     ]
-    return lines
 
 
-# ----------------------------------------------------------------------------------------------- study 3
 def analyze_clt(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    plt = _plt()
-    nvar = {}
-    loss = {}
+    nvar, loss = {}, {}
     for name, path in stores.items():
         ds = es.open_ensemble(path).load()
         bv = es.bias_variance(ds).sel(gamma=1.0)
         N = bv.width.astype(float)
-        nvar[name] = xr.Dataset({"v": bv.variance * N, "lo": bv.variance_lo * N, "hi": bv.variance_hi * N})
+        nvar[name] = xr.Dataset({k: bv[k] * N for k in ("variance", "variance_lo", "variance_hi")}, attrs=bv.attrs)
         loss[name] = ds.train_loss.sel(gamma=1.0).median("seed")
-    names = list(nvar)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.3), sharey=True, squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        d = nvar[name]
-        for w, c in zip(d.width.values, PALETTE, strict=False):
+    fig, axes = plt.subplots(
+        1, len(nvar), figsize=(3.3 * len(nvar), 3.3), sharey=True, squeeze=False, layout="constrained"
+    )
+    rows, bounded = [], []
+    for ax, (name, d) in zip(axes[0], nvar.items(), strict=True):
+        for w, c in zip(d.width.values, plot.PALETTE, strict=False):
             s = d.sel(width=w)
-            ax.plot(d.time, s.v, color=c, label=f"N = {int(w)}")
-            ax.fill_between(d.time, s.lo, s.hi, color=c, alpha=0.2, lw=0)
-        ax.set(yscale="log", xlabel="scaled time t = k / N", title=name)
-    axes[0][0].set_ylabel("N x seed variance (grid mean, 95% CI)")
-    axes[0][-1].legend(fontsize=7)
-    fig_path = _save(fig, figdir, "clt-n-variance.png")
-
-    lines = []
-    bounded_rows, bounded = [], []
-    for name in names:
-        d = nvar[name]
-        for w in d.width.values:
-            s = d.sel(width=w)
-            peak_t = float(s.time[int(s.v.argmax("time"))])
-            late = s.v.sel(time=s.time >= s.time[-1] / 2)
+            ax.plot(d.time, s.variance, color=c, label=f"N = {int(w)}")
+            ax.fill_between(d.time, s.variance_lo, s.variance_hi, color=c, alpha=0.2, lw=0)
+            late = s.variance.sel(time=s.time >= s.time[-1] / 2)
             growth = float(late[-1] / late[0])
-            ok = growth < 1.5
-            bounded.append(ok)
-            bounded_rows.append(
+            bounded.append(growth < 1.5)
+            peak = f"{float(s.variance.max()):.4f} at t = {float(s.time[int(s.variance.argmax('time'))]):g}"
+            rows.append(
                 [
                     name,
                     int(w),
-                    fmt_ci(s.v[0], s.lo[0], s.hi[0], 4),
-                    fmt_ci(s.v[-1], s.lo[-1], s.hi[-1], 4),
-                    f"{float(s.v.max()):.4f} at t = {peak_t:g}",
+                    ci(s.variance[0], s.variance_lo[0], s.variance_hi[0], 4),
+                    ci(s.variance[-1], s.variance_lo[-1], s.variance_hi[-1], 4),
+                    peak,
                     f"{growth:.2f}",
                 ]
             )
-    lines += [
-        f"**Verdict 1: does N Var stay bounded in t?** {overall(bounded)}: "
-        f"over the second half of training N Var grows by less than 1.5x in {sum(bounded)} of {len(bounded)} "
-        "(variant, N) cases, and its values at different N agree (the CLT's N-independence) as the table shows.",
+        ax.set(yscale="log", xlabel="scaled time t = k / N", title=name)
+    axes[0][0].set_ylabel("N x seed variance (grid mean, 95% CI)")
+    axes[0][-1].legend(fontsize=7)
+    b = es.verdict(bounded)
+    lines = [
+        f"**Verdict 1: does N Var stay bounded in t?** {b.markdown()}: over the second half of training N Var grows "
+        f"by less than 1.5x in {b.agree} of {b.cases} (variant, N) cases, and its values at different N agree (the "
+        "CLT's N-independence) as the table shows.",
         "",
-        md_table(
+        md(
             ["variant", "N", "N Var at t = 0", "N Var at the horizon", "max over t", "growth over the 2nd half"],
-            bounded_rows,
+            rows,
+            "markdown",
         ),
         "",
-        f"![N Var over time]({fig_path})",
+        f"![N Var over time]({_save(fig, figdir, 'clt-n-variance.png')})",
         "",
     ]
     reg_rows, lower = [], []
     for base in ("test", "train"):
-        if base not in nvar or f"{base}-regularized" not in nvar:
-            continue
-        a, b = nvar[f"{base}-regularized"].isel(time=-1), nvar[base].isel(time=-1)
-        for w in a.width.values:
-            ra, rb = a.sel(width=w), b.sel(width=w)
-            # log-ratio CI from the two independent jackknife intervals
-            se = np.hypot(np.log(ra.hi / ra.lo), np.log(rb.hi / rb.lo)) / (2 * 1.96)
-            ratio = float(ra.v / rb.v)
-            lo_r, hi_r = ratio * np.exp(-1.96 * float(se)), ratio * np.exp(1.96 * float(se))
-            lower.append(hi_r < 1)
-            reg_rows.append([base, int(w), f"{ratio:.3f} [{lo_r:.3f}, {hi_r:.3f}]", "yes" if hi_r < 1 else "no"])
+        if base in nvar and f"{base}-regularized" in nvar:
+            r = es.ratio_interval(nvar[f"{base}-regularized"].isel(time=-1), nvar[base].isel(time=-1))
+            for w in r.width.values:
+                q = r.sel(width=w)
+                lower.append(bool(q.ratio_hi < 1))
+                reg_rows.append([base, int(w), ci(q.ratio, q.ratio_lo, q.ratio_hi), "yes" if lower[-1] else "no"])
     if reg_rows:
-        lam = analysis.get("weight_decay", "lambda")
+        v = es.verdict(lower)
         lines += [
-            f"**Verdict 2: does the regularizer (lambda = {lam}) lower N Var?** "
-            f"{overall(lower)}: the ratio regularized / plain at the "
-            f"horizon is significantly below 1 in {sum(lower)} of {len(lower)} cases.",
+            f"**Verdict 2: does the regularizer (lambda = {analysis.get('weight_decay', 'lambda')}) lower N Var?** "
+            f"{v.markdown()}: the ratio regularized / plain at the horizon (`es.ratio_interval`) is significantly "
+            f"below 1 in {v.agree} of {v.cases} cases.",
             "",
-            md_table(["grid", "N", "ratio of N Var at the horizon, 95% CI", "lower"], reg_rows),
+            md(["grid", "N", "ratio of N Var at the horizon, 95% CI", "lower"], reg_rows, "markdown"),
             "",
         ]
     if "train" in nvar:
-        tr, te = nvar["train"], nvar.get("test")
-        rows, shrink = [], []
+        tr, te, rows, shrink = nvar["train"], nvar.get("test"), [], []
         for w in tr.width.values:
-            s = tr.sel(width=w)
-            peak = float(s.v.max())
-            end = float(s.v[-1])
+            s = tr.variance.sel(width=w)
+            peak, end = float(s.max()), float(s[-1])
             shrink.append(end < 0.5 * peak)
+            te_end = float(te.variance.sel(width=w)[-1] / te.variance.sel(width=w).max()) if te is not None else np.nan
             tl = float(loss["train"].sel(width=w).isel(time=-1))
-            te_end = float(te.sel(width=w).v[-1] / te.sel(width=w).v.max()) if te is not None else float("nan")
             rows.append([int(w), f"{peak:.4f}", f"{end:.4f}", f"{end / peak:.2f}", f"{te_end:.2f}", f"{tl:.2e}"])
+        v = es.verdict(shrink)
         lines += [
             f"**Verdict 3: does N Var shrink on the training points when the limit interpolates them?** "
-            f"{overall(shrink)}: at the horizon N Var on the training "
-            f"points is below half its peak in {sum(shrink)} of {len(shrink)} widths. Whether the limit interpolates is "
-            "read off the median training loss at the horizon (last column); the test-grid column is the same ratio on "
-            "held-out points.",
+            f"{v.markdown()}: at the horizon N Var on the training points is below half its peak in {v.agree} of "
+            f"{v.cases} widths. Whether the limit interpolates is read off the median training loss at the horizon "
+            "(last column); the test-grid column is the same ratio on held-out points.",
             "",
-            md_table(
+            md(
                 [
                     "N",
                     "peak N Var (train points)",
@@ -591,23 +430,20 @@ def analyze_clt(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[s
                     "median train loss",
                 ],
                 rows,
+                "markdown",
             ),
             "",
         ]
     return lines
 
 
-# ----------------------------------------------------------------------------------------------- study 4
 def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    from collectors import digits
-
-    plt = _plt()
     x = digits(n_test=int(analysis.get("kernel_points", 200))).grid.x
     depths = [int(d) for d in analysis.get("kernel_depths", [1, 2, 4, 8, 16])]
     acts = analysis.get("kernel_activations", ["relu", "normalized_relu", "tanh", "erf"])
     cond = {a: list(es.theory.kernel_condition_number(x, activation=a, depth=depths)) for a in acts}
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for a, c in zip(acts, PALETTE, strict=False):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    for a, c in zip(acts, plot.PALETTE, strict=False):
         axes[0].plot(depths, cond[a], "o-", color=c, label=a)
     axes[0].set(
         yscale="log",
@@ -616,34 +452,35 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
         title=f"digits, {len(x)} inputs",
     )
     axes[0].legend(fontsize=7)
-
-    rows, finals, start, acc_end = [], {}, {}, {}
-    zero_loss = None  # the loss of the predictor that outputs 0: what a collapsed net reaches
+    loss_end, start, acc_end, div, zero_loss = {}, {}, {}, {}, None
     for name, path in stores.items():
-        ds = es.open_ensemble(path).load()
-        if zero_loss is None:  # from the study's own training data
-            zero_loss = 0.5 * float(np.mean(np.square(SweepSpec.from_json(ds.attrs["config"]).load_data().y_train)))
+        ds = es.open_ensemble(path).load().isel(gamma=0, width=0)
+        if zero_loss is None:  # the loss of the predictor that outputs 0: what a collapsed net reaches
+            zero_loss = 0.5 * float(np.mean(np.square(ds.y_train))) if "y_train" in ds else np.nan
         act, _, L = name.rpartition("-L")
-        tl = ds.train_loss.isel(time=-1, gamma=0, width=0)
-        div = int((ds.diverged_step.isel(gamma=0, width=0) >= 0).sum())
-        m, lo, hi = seed_ci(tl)
-        finals.setdefault(act, {})[int(L)] = (float(m), float(lo), float(hi), div)
-        start[(act, int(L))] = float(ds.train_loss.isel(time=0, gamma=0, width=0).median())
-        acc_end[(act, int(L))] = seed_ci(ds.train_accuracy.isel(time=-1, gamma=0, width=0))
-    for a, c in zip(sorted(finals), PALETTE[1:], strict=False):
-        Ls = sorted(finals[a])
-        axes[1].errorbar(
-            Ls,
-            [finals[a][L][0] for L in Ls],
-            yerr=[[finals[a][L][0] - finals[a][L][1] for L in Ls], [finals[a][L][2] - finals[a][L][0] for L in Ls]],
-            marker="o",
-            capsize=2,
-            color=c,
-            label=a,
-        )
-        for L in Ls:
-            m, lo, hi, div = finals[a][L]
-            rows.append([a, L, f"{start[(a, L)]:.4f}", fmt_ci(m, lo, hi, 4), fmt_ci(*acc_end[(a, L)]), div])
+        key = (act, int(L))
+        loss_end[key] = es.seed_mean(ds.train_loss.isel(time=-1))
+        acc_end[key] = es.seed_mean(ds.train_accuracy.isel(time=-1))
+        start[key] = float(ds.train_loss.isel(time=0).median())
+        div[key] = int((ds.diverged_step >= 0).sum())
+    rows = []
+    for a, c in zip(sorted({k[0] for k in loss_end}), plot.PALETTE[1:], strict=False):
+        Ls = sorted(L for act, L in loss_end if act == a)
+        m = [loss_end[(a, L)] for L in Ls]
+        yerr = [[float(q["mean"] - q.mean_lo) for q in m], [float(q.mean_hi - q["mean"]) for q in m]]
+        axes[1].errorbar(Ls, [float(q["mean"]) for q in m], yerr=yerr, marker="o", capsize=2, color=c, label=a)
+        for L, q in zip(Ls, m, strict=True):
+            r = acc_end[(a, L)]
+            rows.append(
+                [
+                    a,
+                    L,
+                    f"{start[(a, L)]:.4f}",
+                    ci(q["mean"], q.mean_lo, q.mean_hi, 4),
+                    ci(r["mean"], r.mean_lo, r.mean_hi),
+                    div[(a, L)],
+                ]
+            )
     axes[1].set(
         xscale="log",
         yscale="log",
@@ -652,41 +489,40 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
         title="trained, width 128, gamma = 1/2",
     )
     axes[1].legend(fontsize=7)
-    fig_path = _save(fig, figdir, "conditioning.png")
-
-    krow = [[a, *(f"{v:.3g}" for v in cond[a])] for a in acts]
-    deep = depths[-1]
-    grows = {a: cond[a][-1] / cond[a][0] for a in acts}
-    kernel_ok = None
-    if "relu" in cond and "normalized_relu" in cond:
-        kernel_ok = cond["normalized_relu"][-1] < cond["relu"][-1]
+    kernel_ok = cond["normalized_relu"][-1] < cond["relu"][-1] if {"relu", "normalized_relu"} <= set(cond) else None
     # "trains better" is read off training accuracy: a collapsed net reaches the zero predictor's low MSE
     # with chance accuracy, so a lower loss alone would reward collapse
-    train_cases, depth_rows = [], []
-    if "relu" in finals and "normalized_relu" in finals:
-        for L in sorted(set(finals["relu"]) & set(finals["normalized_relu"])):
-            (mn, lon, _), (mr, _, hir) = acc_end[("normalized_relu", L)], acc_end[("relu", L)]
-            better = bool(lon > hir)
-            train_cases.append(better)
-            depth_rows.append(f"L = {L}: {float(mn):.3f} vs {float(mr):.3f} ({'yes' if better else 'no'})")
-    lines = [
-        f"**Verdict (kernel): is the normalized ReLU's Gram matrix better conditioned at depth?** {verdict(kernel_ok)}: at depth "
-        f"{deep} the condition number is {cond.get('normalized_relu', [np.nan])[-1]:.3g} (normalized ReLU) vs "
-        f"{cond.get('relu', [np.nan])[-1]:.3g} (ReLU); growth from depth {depths[0]} to {deep}: "
-        + ", ".join(f"{a} x{grows[a]:.3g}" for a in acts)
+    better, depth_rows = [], []
+    for L in sorted({L for a, L in acc_end if a == "relu"} & {L for a, L in acc_end if a == "normalized_relu"}):
+        n, r = acc_end[("normalized_relu", L)], acc_end[("relu", L)]
+        better.append(bool(n.mean_lo > r.mean_hi))
+        depth_rows.append(
+            f"L = {L}: {float(n['mean']):.3f} vs {float(r['mean']):.3f} ({'yes' if better[-1] else 'no'})"
+        )
+    k, t = es.verdict(kernel_ok), es.verdict(better)
+    nan = [np.nan]
+    return [
+        f"**Verdict (kernel): is the normalized ReLU's Gram matrix better conditioned at depth?** {k.markdown()}: at "
+        f"depth {depths[-1]} the condition number is {cond.get('normalized_relu', nan)[-1]:.3g} (normalized ReLU) vs "
+        f"{cond.get('relu', nan)[-1]:.3g} (ReLU); growth from depth {depths[0]} to {depths[-1]}: "
+        + ", ".join(f"{a} x{cond[a][-1] / cond[a][0]:.3g}" for a in acts)
         + ".",
         "",
-        md_table(["activation", *(f"depth {d}" for d in depths)], krow),
+        md(
+            ["activation", *(f"depth {d}" for d in depths)],
+            [[a, *(f"{v:.3g}" for v in cond[a])] for a in acts],
+            "markdown",
+        ),
         "",
-        f"**Verdict (training): does normalized ReLU train better at depth?** {overall(train_cases)}: its training "
-        f"accuracy's 95% CI lies above plain ReLU's at {sum(train_cases)} of {len(train_cases)} depths ("
+        f"**Verdict (training): does normalized ReLU train better at depth?** {t.markdown()}: its training accuracy's "
+        f"95% CI lies above plain ReLU's at {t.agree} of {t.cases} depths ("
         + "; ".join(depth_rows)
         + "). A diverged seed is left out and counted.",
         "",
         f"For scale: a net that outputs 0 everywhere has training loss {zero_loss:.4f}; a loss near it with chance "
         "accuracy is a collapsed net, not a trained one.",
         "",
-        md_table(
+        md(
             [
                 "activation",
                 "hidden layers",
@@ -696,78 +532,58 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
                 "diverged seeds",
             ],
             rows,
+            "markdown",
         ),
         "",
-        f"![conditioning]({fig_path})",
+        f"![conditioning]({_save(fig, figdir, 'conditioning.png')})",
     ]
-    return lines
 
 
-# ----------------------------------------------------------------------------------------------- study 5
 def analyze_collapse(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    from collectors import SweepSpec as _Spec
-
-    plt = _plt()
     (path,) = stores.values()
-    ds = es.open_ensemble(path)
-    spec = _Spec.from_json(ds.attrs["config"])
-    data = spec.load_data()
-    cmp = es.theory.compare_to_theory(ds, data.x_train, data.y_train).compute()
-    gammas, widths = cmp.gamma.values, cmp.width.values
-    fig, axes = plt.subplots(1, len(gammas), figsize=(2.9 * len(gammas), 3.2), sharey=True, squeeze=False)
-    later = cmp.time > 0
-    for ax, g in zip(axes[0], gammas, strict=True):
-        for w, c in zip(widths, PALETTE, strict=False):
-            s = cmp.sel(gamma=g, width=w)
-            ax.plot(cmp.time, s.ratio, color=c, label=f"N = {int(w)}")
-            ax.fill_between(cmp.time, s.ratio_lo, s.ratio_hi, color=c, alpha=0.15, lw=0)
-        ax.axhline(1.0, color="k", lw=0.8, ls=":")
-        ax.set(title=f"gamma = {g:g}", xlabel="scaled time t = k / N")
-    axes[0][0].set_ylabel("N^(2 gamma - 1) Var / Var K_t")
-    axes[0][-1].legend(fontsize=6)
-    fig_path = _save(fig, figdir, "collapse.png")
-
+    cmp = es.compare_to_theory(es.open_ensemble(path)).compute()  # the kernel limit from the store's training set
+    fig_path = _save(plot.collapse(cmp), figdir, "collapse.png")
+    widths, later = cmp.width.values, cmp.time > 0
     rows, holds = [], []
-    wmax = widths[-1]
-    for g in gammas:
-        s = cmp.sel(gamma=g, width=wmax).where(later, drop=True)
+    for g in cmp.gamma.values:
+        first, s = (cmp.sel(gamma=g, width=w).where(later, drop=True) for w in (widths[0], widths[-1]))
         inside = (s.ratio_lo <= 1) & (1 <= s.ratio_hi)
         holds.append(bool(inside.all()))
-        first = cmp.sel(gamma=g, width=widths[0]).where(later, drop=True)
+        mid = len(s.time) // 2
+        gap = lambda q: float(np.abs(q.ratio - 1).max())  # noqa: E731
         rows.append(
             [
                 f"{g:g}",
-                fmt_ci(first.ratio[-1], first.ratio_lo[-1], first.ratio_hi[-1]),
-                fmt_ci(s.ratio[len(s.time) // 2], s.ratio_lo[len(s.time) // 2], s.ratio_hi[len(s.time) // 2]),
-                fmt_ci(s.ratio[-1], s.ratio_lo[-1], s.ratio_hi[-1]),
+                ci(first.ratio[-1], first.ratio_lo[-1], first.ratio_hi[-1]),
+                ci(s.ratio[mid], s.ratio_lo[mid], s.ratio_hi[mid]),
+                ci(s.ratio[-1], s.ratio_lo[-1], s.ratio_hi[-1]),
                 f"{int(inside.sum())} of {inside.size}",
-                f"{float(np.abs(cmp.sel(gamma=g, width=widths[0]).ratio.where(later) - 1).max()):.3f} -> "
-                f"{float(np.abs(cmp.sel(gamma=g, width=wmax).ratio.where(later) - 1).max()):.3f}",
+                f"{gap(first):.3f} -> {gap(s):.3f}",
             ]
         )
-    mid_t = float(cmp.time.where(later, drop=True)[len(cmp.time.where(later, drop=True)) // 2])
-    lines = [
-        f"**Verdict: does the ratio collapse to 1 for every gamma?** {overall(holds)}: "
-        f"at N = {int(wmax)} the 95% CI contains 1 at every t > 0 for {sum(holds)} of {len(holds)} gammas "
-        f"({int(cmp.n_seeds.min())} seeds). Where it does not, the last column shows whether the gap closes with N "
-        "(lower-order terms). All gammas at one N share their initial weights (common random numbers), so their "
-        "seed noise is shared: rows that sit off 1 by the same amount at one N are one draw, not a trend in gamma.",
+    v, t = es.verdict(holds), cmp.time.where(later, drop=True)
+    return [
+        f"**Verdict: does the ratio collapse to 1 for every gamma?** {v.markdown()}: at N = {int(widths[-1])} the 95% "
+        f"CI contains 1 at every t > 0 for {v.agree} of {v.cases} gammas ({int(cmp.n_seeds.min())} seeds). Where it "
+        "does not, the last column shows whether the gap closes with N (lower-order terms). All gammas at one N share "
+        "their initial weights (common random numbers), so their seed noise is shared: rows that sit off 1 by the same "
+        "amount at one N are one draw, not a trend in gamma.",
         "",
-        md_table(
+        md(
             [
                 "gamma",
-                f"N = {int(widths[0])}, t = {float(cmp.time[-1]):g}",
-                f"N = {int(wmax)}, t = {mid_t:g}",
-                f"N = {int(wmax)}, t = {float(cmp.time[-1]):g}",
-                f"t > 0 with 1 inside the CI, N = {int(wmax)}",
-                f"max_t |ratio - 1|, N = {int(widths[0])} -> {int(wmax)}",
+                f"N = {int(widths[0])}, t = {float(t[-1]):g}",
+                f"N = {int(widths[-1])}, t = {float(t[len(t) // 2]):g}",
+                f"N = {int(widths[-1])}, t = {float(t[-1]):g}",
+                f"t > 0 with 1 inside the CI, N = {int(widths[-1])}",
+                f"max_t |ratio - 1|, N = {int(widths[0])} -> {int(widths[-1])}",
             ],
             rows,
+            "markdown",
         ),
         "",
         f"![collapse]({fig_path})",
     ]
-    return lines
 
 
 ANALYSES = {

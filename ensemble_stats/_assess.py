@@ -1,0 +1,406 @@
+"""Assessment: does the theory hold here? Comparisons with intervals, verdicts, and the tables that report them.
+
+Every comparison returns an estimate with its interval; a verdict is a count of cases whose interval decides a
+claim (:class:`Verdict`). Seed-paired comparisons use common random numbers: the trainer gives every gamma of a
+sweep the same initial weights for one seed.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from scipy import stats
+
+from . import schema
+from ._stats import _check_ci, bias_variance, seed_mean
+from .errors import ValidationError
+
+__all__ = [
+    "OUTCOMES",
+    "Verdict",
+    "anova_effects",
+    "compare_to_theory",
+    "covers",
+    "format_table",
+    "interval",
+    "kernel_limit_problems",
+    "paired_difference",
+    "rate_table",
+    "ratio_interval",
+    "trend",
+    "verdict",
+]
+
+OUTCOMES = ("holds", "does not hold", "inconclusive")
+"""The verdict vocabulary: every case agrees, no case agrees, or mixed / undecided cases / none."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a claim tested in several cases: ``holds`` only if every case agrees.
+
+    Attributes
+    ----------
+    agree, disagree, undecided : number of cases for, against, and that could not be decided
+    """
+
+    agree: int
+    disagree: int
+    undecided: int = 0
+
+    @property
+    def cases(self) -> int:
+        return self.agree + self.disagree + self.undecided
+
+    @property
+    def outcome(self) -> str:
+        """``"holds"``, ``"does not hold"`` or ``"inconclusive"`` (mixed, any undecided case, or no cases)."""
+        if self.cases == 0 or self.undecided:
+            return "inconclusive"
+        if self.disagree == 0:
+            return "holds"
+        return "does not hold" if self.agree == 0 else "inconclusive"
+
+    def __str__(self) -> str:
+        return f"{self.outcome} ({self.agree} of {self.cases} cases)"
+
+    def markdown(self) -> str:
+        """The outcome in bold, as the studies' documents write it."""
+        return f"**{self.outcome}**"
+
+
+def verdict(cases: Iterable[bool | None] | xr.DataArray | bool | None) -> Verdict:
+    """Count cases into a :class:`Verdict`: ``True`` agrees, ``False`` disagrees, ``None`` / NaN is undecided.
+
+    A boolean DataArray (e.g. from :func:`covers`) counts every element; a single bool or None is one case.
+    """
+    if isinstance(cases, xr.DataArray):
+        cases = cases.values.ravel().tolist()
+    elif cases is None or isinstance(cases, bool | np.bool_):
+        cases = [cases]
+    agree = disagree = undecided = 0
+    for c in cases:
+        if c is None or (isinstance(c, float) and np.isnan(c)):
+            undecided += 1
+        elif bool(c):
+            agree += 1
+        else:
+            disagree += 1
+    return Verdict(agree, disagree, undecided)
+
+
+def covers(res: xr.Dataset, value: float | xr.DataArray | str = "theory", *, var: str = "slope") -> xr.DataArray:
+    """Whether ``value`` lies in the interval ``[var_lo, var_hi]`` of a result; NaN bounds give False.
+
+    Parameters
+    ----------
+    res : a result with ``{var}_lo`` and ``{var}_hi`` (e.g. :func:`fit_rate`'s ``slope``)
+    value : a number, a DataArray, or the name of a variable of ``res`` (default ``"theory"``)
+    """
+    v = res[value] if isinstance(value, str) else value
+    lo, hi = res[f"{var}_lo"], res[f"{var}_hi"]
+    out = (lo <= v) & (v <= hi)
+    out.attrs["long_name"] = f"{value if isinstance(value, str) else 'value'} inside the interval of {var}"
+    return out
+
+
+def paired_difference(a: xr.DataArray, b: xr.DataArray, *, ci: float = 0.95) -> xr.Dataset:
+    """Seed mean of ``a - b`` over paired seeds (common random numbers), with its Student-t interval.
+
+    ``a`` and ``b`` must carry the same ``seed`` coordinate: seed i of one is paired with seed i of the other.
+    Pairing removes the noise the two share (the initial weights, when ``a`` and ``b`` are two gammas of one
+    sweep), so the interval is narrower than that of two independent means.
+
+    Returns
+    -------
+    :func:`seed_mean`'s Dataset (``mean``, ``stderr``, ``mean_lo``, ``mean_hi``, ``n_seeds``, ``ci_status``)
+    """
+    for name, da in (("a", a), ("b", b)):
+        if schema.SEED not in da.dims:
+            raise ValidationError(f"paired_difference: {name} has dims {list(da.dims)}; both need a 'seed' dim.")
+    if not np.array_equal(a[schema.SEED].values, b[schema.SEED].values):
+        raise ValidationError(
+            "paired_difference: a and b have different seed coordinates; a pairing needs the same seeds in the "
+            "same order (select them with .sel(seed=...))."
+        )
+    a, b = xr.align(a, b, join="exact", exclude=[d for d in set(a.dims) ^ set(b.dims)])
+    diff = a - b
+    diff.attrs = {"long_name": f"paired difference of {a.attrs.get('long_name', a.name)}"}
+    return seed_mean(diff, ci=ci)
+
+
+def ratio_interval(num: xr.Dataset, den: xr.Dataset, *, var: str = "variance", ci: float = 0.95) -> xr.Dataset:
+    """The ratio of two independent positive estimates and its interval, on the log scale.
+
+    Each input's ``{var}_lo`` / ``{var}_hi`` interval (at level ``ci``) gives its log-scale standard error
+    ``log(hi / lo) / (2 z)``; the two are added in quadrature (independent ensembles).
+
+    Returns
+    -------
+    Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` over the broadcast dims of the inputs
+    """
+    _check_ci(ci, "auto")
+    z = stats.norm.ppf(0.5 + ci / 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se_n = np.log(num[f"{var}_hi"] / num[f"{var}_lo"]) / (2 * z)
+        se_d = np.log(den[f"{var}_hi"] / den[f"{var}_lo"]) / (2 * z)
+        ratio = num[var] / den[var]
+        se = np.hypot(se_n, se_d)
+    out = xr.Dataset({"ratio": ratio, "ratio_lo": ratio * np.exp(-z * se), "ratio_hi": ratio * np.exp(z * se)})
+    out["ratio"].attrs["long_name"] = f"ratio of the {var}s"
+    out["ratio_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the ratio (log scale)"
+    out["ratio_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the ratio (log scale)"
+    out.attrs.update({"ci": ci, "method": "log-scale standard errors from each interval, added in quadrature"})
+    return out
+
+
+def trend(a: xr.DataArray, dim: str = schema.GAMMA, *, ci: float = 0.95) -> xr.Dataset:
+    """Does ``a`` rise along ``dim``? Paired-over-seeds differences between neighbours and first to last.
+
+    Parameters
+    ----------
+    a : DataArray with ``dim`` and ``seed`` (e.g. the final test accuracy, dims gamma, seed, ...)
+    dim : the ordered dim (default ``gamma``)
+
+    Returns
+    -------
+    Dataset over the other dims with ``rise`` / ``rise_lo`` / ``rise_hi`` (last minus first along ``dim``,
+    paired), ``drops`` (neighbour steps whose interval lies below 0), ``increasing`` (no significant drop and a
+    significant rise), ``spearman`` (rank correlation of the seed means with ``dim``'s values).
+    """
+    if dim not in a.dims or a.sizes[dim] < 2:
+        raise ValidationError(f"trend: '{a.name}' needs at least 2 values along '{dim}', has dims {dict(a.sizes)}.")
+    first, last = a.isel({dim: 0}, drop=True), a.isel({dim: -1}, drop=True)
+    rise = paired_difference(last, first, ci=ci)
+    steps = paired_difference(
+        a.isel({dim: slice(1, None)}).drop_vars(dim), a.isel({dim: slice(None, -1)}).drop_vars(dim), ci=ci
+    )
+    drops = (steps["mean_hi"] < 0).sum(dim)
+    means = a.mean(schema.SEED)
+    rho = xr.apply_ufunc(
+        lambda m: _spearman(a[dim].values, m),
+        means,
+        input_core_dims=[[dim]],
+        vectorize=True,
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+    out = xr.Dataset(
+        {
+            "rise": rise["mean"],
+            "rise_lo": rise["mean_lo"],
+            "rise_hi": rise["mean_hi"],
+            "drops": drops,
+            "increasing": (drops == 0) & (rise["mean_lo"] > 0),
+            "spearman": rho,
+        }
+    )
+    what = a.attrs.get("long_name", a.name)
+    out["rise"].attrs["long_name"] = f"last minus first {dim} of {what}, paired over seeds"
+    out["rise_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the rise"
+    out["rise_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the rise"
+    out["drops"].attrs["long_name"] = f"neighbouring {dim} steps with a significant drop"
+    out["increasing"].attrs["long_name"] = f"no significant drop and a significant rise along {dim}"
+    out["spearman"].attrs["long_name"] = f"Spearman rank correlation of the seed means with {dim}"
+    out.attrs.update({"ci": ci, "dim": dim, "method": "paired Student t over seeds"})
+    return out
+
+
+def _spearman(x, y) -> float:
+    ok = np.isfinite(y)
+    if ok.sum() < 2 or np.ptp(y[ok]) == 0:
+        return np.nan
+    return float(stats.spearmanr(x[ok], y[ok]).statistic)
+
+
+def kernel_limit_problems(ds: xr.Dataset) -> list[str]:
+    """Why the kernel limit of :func:`compare_to_theory` does not describe this store (empty if it does).
+
+    It holds for one hidden layer, the theory init, MSE, full-batch gradient descent, no weight decay, one
+    output, scaled time, and needs the training set (in the store or given).
+    """
+    model = ds.attrs.get(schema.ATTR_MODEL)
+    if not isinstance(model, dict):
+        return ["the store has no model description (attrs 'model')"]
+    checks = [
+        (str(model.get("architecture", "")).startswith("1-hidden-layer"), "not one hidden layer"),
+        (str(model.get("init", "")).startswith("theory"), "not the theory init law"),
+        (model.get("loss") == "mse", "loss is not MSE"),
+        (model.get("optimizer") == "full-batch gradient descent", "not full-batch gradient descent"),
+        (not model.get("output_weight_decay"), "weight decay"),
+        ("bias=False" in str(model.get("architecture", "")), "biases"),
+        (ds.sizes.get(schema.OUTPUT, 1) == 1, "more than one output"),
+        (ds[schema.TIME].attrs.get("units", "scaled") == "scaled", "time is not scaled"),
+        (schema.X_TRAIN in ds and schema.Y_TRAIN in ds, "no training set in the store"),
+    ]
+    return [why for ok, why in checks if not ok]
+
+
+def compare_to_theory(
+    ds: xr.Dataset,
+    train_x=None,
+    train_y=None,
+    *,
+    activation: str | Callable | None = None,
+    sigma_w: float = 1.0,
+    alpha: float | None = None,
+    ci: float = 0.95,
+    decomposition: xr.Dataset | None = None,
+) -> xr.Dataset:
+    """The parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid.
+
+    Parameters
+    ----------
+    ds : Dataset from ``open_ensemble`` of a shallow sweep with the theory init law, scaled time, one output;
+        the grid is ``ds.x``.
+    train_x, train_y : the training set (M, d), (M,) or (M, 1); default the store's ``x_train`` / ``y_train``
+    activation, alpha : default the store's model (``attrs["model"]``), else ``"tanh"`` and 1
+    decomposition : a :func:`bias_variance` result of ``ds`` at level ``ci`` to reuse (computed if not given)
+
+    Returns
+    -------
+    Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` per (gamma, width, time), and the kernel limit's ``h``
+    and ``var_k`` (time, point). See docs/theory.md §9.3.
+    """
+    from .theory import kernel_limit
+
+    if train_x is None or train_y is None:
+        if schema.X_TRAIN not in ds or schema.Y_TRAIN not in ds:
+            raise ValidationError(
+                "compare_to_theory needs the training set: this store has no x_train / y_train (written by sweeps "
+                "of version 0.2 on); pass train_x and train_y."
+            )
+        train_x = ds[schema.X_TRAIN].values if train_x is None else train_x
+        train_y = ds[schema.Y_TRAIN].values if train_y is None else train_y
+    model = ds.attrs.get(schema.ATTR_MODEL) if isinstance(ds.attrs.get(schema.ATTR_MODEL), dict) else {}
+    activation = model.get("activation", "tanh") if activation is None else activation
+    alpha = float(model.get("alpha", 1.0)) if alpha is None else alpha
+    lim = kernel_limit(
+        train_x,
+        train_y,
+        ds[schema.X].values,
+        ds[schema.TIME].values,
+        activation=activation,
+        sigma_w=sigma_w,
+        alpha=alpha,
+    )
+    bv = bias_variance(ds, ci=ci) if decomposition is None else decomposition
+    scale = ds[schema.WIDTH].astype(float) ** (2 * ds[schema.GAMMA] - 1)
+    vk = lim["var_k"].mean(schema.POINT)
+    out = xr.Dataset(
+        {
+            "ratio": bv["variance"] * scale / vk,
+            "ratio_lo": bv["variance_lo"] * scale / vk,
+            "ratio_hi": bv["variance_hi"] * scale / vk,
+            "n_seeds": bv["n_seeds"],
+            "h": lim["h"],
+            "var_k": lim["var_k"],
+        }
+    )
+    names = {
+        "ratio": "N^(2 gamma - 1) seed variance / kernel-limit variance Var K_t (grid means)",
+        "ratio_lo": f"lower {ci:.0%} confidence bound of the ratio",
+        "ratio_hi": f"upper {ci:.0%} confidence bound of the ratio",
+        "n_seeds": "seeds used",
+        "h": "kernel-limit mean output h_t",
+        "var_k": "kernel-limit variance Var K_t of the rescaled fluctuation",
+    }
+    for k, v in names.items():
+        out[k].attrs["long_name"] = v
+    out.attrs.update({"ci": ci, "definition": "N^(2 gamma - 1) mean_x s^2(x) / mean_x Var K_t(x)"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def format_table(header: Sequence[str], rows: Sequence[Sequence], fmt: str = "text", caption: str = "") -> str:
+    """Render a table as aligned ``"text"``, ``"markdown"`` or ``"html"`` (cells escaped)."""
+    cells = [[str(c) for c in r] for r in rows]
+    if fmt == "markdown":
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in cells])
+    if fmt == "html":
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
+        return f"<table>{cap}{head}{body}</table>"
+    if fmt != "text":
+        raise ValidationError(f"fmt={fmt!r}: use 'text', 'markdown' or 'html'.")
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = [caption] if caption else []
+    lines.append("  ".join(str(h).rjust(w) for h, w in zip(header, widths, strict=True)))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def interval(m, lo, hi, digits: int = 3) -> str:
+    """``"m [lo, hi]"`` with ``digits`` decimals."""
+    return f"{float(m):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+
+
+def rate_table(rate: xr.Dataset, *, fit: xr.Dataset | None = None, fmt: str = "text", time: int = -1) -> str:
+    """The table of fitted rates per gamma: slope, interval, theory, whether the interval covers it.
+
+    Parameters
+    ----------
+    rate : :func:`fit_rate` result (dims gamma, [time]); extra dims must be reduced first
+    fit : optional :func:`fit_expansion` result: adds the median leading coefficient and the cells fitted
+    fmt : ``"text"``, ``"markdown"`` or ``"html"``
+    time : index along ``time`` of the row shown (default the last)
+    """
+    r = rate.isel({schema.TIME: time}) if schema.TIME in rate.dims else rate
+    extra = [d for d in r.dims if d != schema.GAMMA]
+    if extra:
+        raise ValidationError(f"rate_table: reduce the dims {extra} first (e.g. .mean() or .sel()); one row per gamma.")
+    level = float(rate.attrs.get("ci", 0.95))
+    header = ["gamma", "slope", f"{level:.0%} CI", "theory", "inside"]
+    if fit is not None:
+        header += ["median leading coefficient", "cells fitted"]
+    rows = []
+    inside = covers(r)
+    for g in r[schema.GAMMA].values:
+        s = r.sel({schema.GAMMA: g})
+        row = [
+            f"{g:g}",
+            f"{float(s.slope):.3f}",
+            f"[{float(s.slope_lo):.3f}, {float(s.slope_hi):.3f}]",
+            f"{float(s.theory):.3f}",
+            "yes" if bool(inside.sel({schema.GAMMA: g})) else "no",
+        ]
+        if fit is not None:
+            f = fit.sel({schema.GAMMA: g})
+            row += [f"{float(f.coef.isel(term=0).median()):.4g}", f"{100 * float((f.status == 0).mean()):.0f}%"]
+        rows.append(row)
+    at = f" at t = {float(r[schema.TIME]):g}" if schema.TIME in r.coords else ""
+    what = rate.attrs.get("quantity", "variance")
+    caption = f"slope of log {what} vs log N, pooled over {rate.attrs.get('pooled_over', 'the grid')}{at}"
+    return format_table(header, rows, fmt, caption)
+
+
+def anova_effects(frame, response: str, factors: Sequence[str]) -> dict[str, float]:
+    """Partial eta^2 and p-value per factor from a type-II ANOVA (statsmodels), additive model.
+
+    Parameters
+    ----------
+    frame : pandas DataFrame with one row per observation
+    response : the column explained; factors : categorical columns (e.g. gamma_1, gamma_2, gamma_3, seed)
+
+    Returns
+    -------
+    dict with ``factor`` -> partial eta^2 = SS_factor / (SS_factor + SS_residual) and ``p_factor`` -> p-value
+    """
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    model = smf.ols(f"{response} ~ " + " + ".join(f"C({f})" for f in factors), data=frame).fit()
+    table = anova_lm(model, typ=2)
+    resid = table.loc["Residual", "sum_sq"]
+    out = {}
+    for f in factors:
+        ss = table.loc[f"C({f})", "sum_sq"]
+        out[f] = float(ss / (ss + resid))
+        out[f"p_{f}"] = float(table.loc[f"C({f})", "PR(>F)"])
+    return out

@@ -1,0 +1,227 @@
+"""Figures of an ensemble and its analysis (matplotlib, an optional dependency: ``ensemble-stats[report]``).
+
+Each function takes a store's Dataset or an analysis result, draws into the axes it is given (or a new figure)
+and returns the figure. Figures are made with pyplot and its current backend, so they show inline in a
+notebook; :func:`ensemble_stats.report` saves and closes them. ``ds.ens.plot.<name>()`` is the same with the
+analysis computed from ``ds``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from . import schema
+from ._stats import seed_mean
+
+__all__ = ["PALETTE", "bias_variance", "collapse", "completeness", "curves", "time_label", "variance_vs_width"]
+
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+"""Okabe-Ito: distinguishable with the common colour-vision deficiencies."""
+
+_STYLE = {"font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
+
+
+def _subplots(nrows: int, ncols: int, size: tuple[float, float], **kw):
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained", **kw)
+    return fig, axes
+
+
+def _axes(ax, n: int, size: tuple[float, float], **kw):
+    """``n`` axes in a row: the given ones, or a new figure's."""
+    if ax is None:
+        return _subplots(1, n, size, **kw)[1][0]
+    axes = np.atleast_1d(ax).ravel()
+    if len(axes) != n:
+        from .errors import ValidationError
+
+        raise ValidationError(f"ax: {len(axes)} axes given, this figure draws {n}; pass {n} axes or none.")
+    return axes
+
+
+def _colors(n: int) -> list[str]:
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def time_label(ds: xr.Dataset | xr.DataArray) -> str:
+    """The axis label of the ``time`` coordinate from its units."""
+    units = ds[schema.TIME].attrs.get("units", "")
+    return {"scaled": "scaled time t = k / N", "step": "optimizer step", "epoch": "epoch"}.get(units, "time")
+
+
+def _at(res: xr.Dataset) -> str:
+    """``"t = 1"``, ``"epoch 3"`` or ``"step 500"`` for a result selected at one time."""
+    if schema.TIME not in res.coords or res[schema.TIME].size != 1:
+        return ""
+    value = res[schema.TIME].item()
+    units = res[schema.TIME].attrs.get("units", "scaled")
+    return {"epoch": f"epoch {value:g}", "step": f"step {value:g}"}.get(units, f"t = {value:g}")
+
+
+def _width_axis(ax, widths) -> None:
+    """Log-scaled width axis with one plain tick per width (no overlapping 10^k labels)."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(np.asarray(widths, dtype=float)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.xaxis.set_major_formatter(fmt)
+    if len(widths) > 6:
+        ax.tick_params(axis="x", labelrotation=45)
+    ax.set_xlabel("width N")
+
+
+def _pool(da: xr.DataArray, keep: tuple[str, ...]) -> xr.DataArray:
+    other = [d for d in da.dims if d not in keep]
+    return da.mean(other) if other else da
+
+
+def curves(ds: xr.Dataset, var: str = schema.TEST_LOSS, *, ci: float = 0.95, log: bool | None = None, ax=None):
+    """``var`` against time, one line per gamma with its seed-mean interval, one panel per width.
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` (or with dims gamma, width, seed, time, ...); grid and extra dims
+        are averaged per seed first
+    var : a per-record variable, e.g. ``"test_loss"``, ``"accuracy"``, or ``"prediction"``
+    log : log y axis (default: for losses)
+    ax : one axes per width, or None for a new figure
+    """
+    da = _pool(ds[var], (schema.GAMMA, schema.WIDTH, schema.SEED, schema.TIME))
+    m = seed_mean(da, ci=ci).compute()
+    widths = ds[schema.WIDTH].values
+    axes = _axes(ax, len(widths), (3.0 * len(widths), 3.0), sharey=True)
+    log = var.endswith("loss") if log is None else log
+    what = ds[var].attrs.get("long_name", var)
+    for a, w in zip(axes, widths, strict=True):
+        for g, c in zip(ds[schema.GAMMA].values, _colors(ds.sizes[schema.GAMMA]), strict=True):
+            s = m.sel({schema.GAMMA: g, schema.WIDTH: w})
+            a.plot(ds[schema.TIME], s["mean"], color=c, label=f"gamma = {g:g}")
+            a.fill_between(ds[schema.TIME], s["mean_lo"], s["mean_hi"], color=c, alpha=0.2, lw=0)
+        a.set_title(f"N = {int(w)}")
+        a.set_xlabel(time_label(ds))
+        if log:
+            a.set_yscale("log")
+    axes[0].set_ylabel(f"{what}\n(seed mean, {ci:.0%} CI)")
+    axes[-1].legend(fontsize=7)
+    return axes[0].figure
+
+
+def variance_vs_width(bv: xr.Dataset, rate: xr.Dataset | None = None, *, time: int = -1, ax=None):
+    """Seed variance (grid mean) against N on log-log axes with its intervals, per gamma; with ``rate``, the
+    fitted line (solid) and the theory slope 1 - 2 gamma through the first width (dotted).
+
+    Parameters
+    ----------
+    bv : :func:`bias_variance` result, dims (gamma, width, [time])
+    rate : :func:`fit_rate` result, dims (gamma, [time])
+    time : index along ``time`` (default the last)
+    """
+    last = bv.isel({schema.TIME: time}) if schema.TIME in bv.dims else bv
+    r = None if rate is None else rate.isel({schema.TIME: time}) if schema.TIME in rate.dims else rate
+    (a,) = _axes(ax, 1, (5.6, 4.2))
+    N = bv[schema.WIDTH].values.astype(float)
+    for g, c in zip(bv[schema.GAMMA].values, _colors(bv.sizes[schema.GAMMA]), strict=True):
+        v = _pool(last.sel({schema.GAMMA: g}), (schema.WIDTH,))
+        yerr = np.abs([v.variance - v.variance_lo, v.variance_hi - v.variance])
+        label = f"gamma = {g:g}"
+        if r is not None:
+            rr = r.sel({schema.GAMMA: g})
+            label += f": slope {float(rr.slope):.2f} [{float(rr.slope_lo):.2f}, {float(rr.slope_hi):.2f}], theory {float(rr.theory):.2f}"
+            fitted = np.exp(float(rr.intercept)) * N ** float(rr.slope)
+            a.plot(N, fitted, color=c, lw=1.2)
+            a.plot(N, fitted[0] * (N / N[0]) ** float(rr.theory), color=c, ls=":", lw=1)
+        a.errorbar(N, v.variance, yerr=yerr, fmt="o", color=c, capsize=3, label=label)
+    a.set_yscale("log")
+    _width_axis(a, N)
+    at = f" at {_at(last)}" if _at(last) else ""
+    a.set_ylabel(f"seed variance{at}\n(grid mean, {float(bv.attrs.get('ci', 0.95)):.0%} CI)")
+    if r is not None:
+        a.set_title("fit (solid), theory slope 1 - 2 gamma (dotted)", fontsize=9)
+    a.legend(fontsize=7)
+    return a.figure
+
+
+def _positive(v) -> np.ndarray:
+    """Estimates <= 0 (the corrected bias^2 below the seed noise) are left out of a log axis."""
+    v = np.asarray(v, dtype=float)
+    return np.where(v > 0, v, np.nan)
+
+
+def bias_variance(bv: xr.Dataset, *, time: int = -1, ax=None):
+    """Bias^2 and variance against N (at one time) and against time (at the largest width), per gamma.
+
+    Bias^2 estimates <= 0, where the bias is below the seed noise, are not drawn.
+    """
+    axes = _axes(ax, 2, (10, 3.8))
+    last = bv.isel({schema.TIME: time})
+    N = bv[schema.WIDTH].values
+    for g, c in zip(bv[schema.GAMMA].values, _colors(bv.sizes[schema.GAMMA]), strict=True):
+        v = _pool(last.sel({schema.GAMMA: g}), (schema.WIDTH,))
+        axes[0].plot(N, _positive(v.bias2), "o-", color=c, label=f"bias^2, gamma = {g:g}")
+        axes[0].plot(N, _positive(v.variance), "s--", color=c, label=f"variance, gamma = {g:g}")
+        wmax = _pool(bv.sel({schema.GAMMA: g}).isel({schema.WIDTH: -1}), (schema.TIME,))
+        axes[1].plot(bv[schema.TIME], _positive(wmax.bias2), color=c, label=f"gamma = {g:g}")
+        axes[1].plot(bv[schema.TIME], _positive(wmax.variance), color=c, ls="--")
+    axes[0].set_yscale("log")
+    _width_axis(axes[0], N)
+    axes[0].set_ylabel(f"against the target, {_at(last)}")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel(time_label(bv))
+    axes[1].set_ylabel(f"bias^2 (solid), variance (dashed)\nN = {int(N[-1])}")
+    axes[0].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=6)
+    return axes[0].figure
+
+
+def completeness(ds: xr.Dataset, *, ax=None):
+    """The share of records written per (gamma, width), with the number of diverged runs."""
+    w = _pool(ds[schema.WRITTEN].astype(float), (schema.GAMMA, schema.WIDTH)).compute()
+    div = (
+        (ds[schema.DIVERGED_STEP] >= 0)
+        .sum([d for d in ds[schema.DIVERGED_STEP].dims if d not in (schema.GAMMA, schema.WIDTH)])
+        .compute()
+    )
+    size = (1.6 + 0.9 * ds.sizes[schema.WIDTH], 1.2 + 0.5 * ds.sizes[schema.GAMMA])
+    (a,) = _axes(ax, 1, size)
+    vals = w.transpose(schema.GAMMA, schema.WIDTH).values
+    dv = div.transpose(schema.GAMMA, schema.WIDTH).values
+    im = a.imshow(vals, vmin=0, vmax=1, cmap="cividis", aspect="auto")
+    for i in range(vals.shape[0]):
+        for j in range(vals.shape[1]):
+            txt = f"{100 * vals[i, j]:.0f}%" + (f"\n{int(dv[i, j])} div." if dv[i, j] else "")
+            a.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if vals[i, j] < 0.6 else "black")
+    a.set_xticks(range(vals.shape[1]), [str(int(v)) for v in ds[schema.WIDTH].values])
+    a.set_yticks(range(vals.shape[0]), [f"{v:g}" for v in ds[schema.GAMMA].values])
+    a.grid(False)
+    a.set_xlabel("width N")
+    a.set_ylabel("gamma")
+    a.set_title("records written (diverged runs counted)", fontsize=9)
+    a.figure.colorbar(im, ax=a, fraction=0.05)
+    return a.figure
+
+
+def collapse(cmp: xr.Dataset, *, ax=None):
+    """The collapse ratio N^(2 gamma - 1) Var / Var K_t against time, one panel per gamma, one line per width.
+
+    Parameters
+    ----------
+    cmp : :func:`compare_to_theory` result, dims (gamma, width, time)
+    """
+    gammas = cmp[schema.GAMMA].values
+    axes = _axes(ax, len(gammas), (2.9 * len(gammas), 3.2), sharey=True)
+    for a, g in zip(axes, gammas, strict=True):
+        for w, c in zip(cmp[schema.WIDTH].values, _colors(cmp.sizes[schema.WIDTH]), strict=True):
+            s = _pool(cmp[["ratio", "ratio_lo", "ratio_hi"]].sel({schema.GAMMA: g, schema.WIDTH: w}), (schema.TIME,))
+            a.plot(cmp[schema.TIME], s.ratio, color=c, label=f"N = {int(w)}")
+            a.fill_between(cmp[schema.TIME], s.ratio_lo, s.ratio_hi, color=c, alpha=0.15, lw=0)
+        a.axhline(1.0, color="k", lw=0.8, ls=":")
+        a.set(title=f"gamma = {g:g}", xlabel=time_label(cmp))
+    axes[0].set_ylabel("N^(2 gamma - 1) Var / Var K_t")
+    axes[-1].legend(fontsize=6)
+    return axes[0].figure

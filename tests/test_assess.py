@@ -1,0 +1,265 @@
+"""Selection at a common scaled time, the assessment functions and the plots, against known truth."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import ensemble_stats as es
+from ensemble_stats.errors import ScaledTimeWarning, ValidationError
+from ensemble_stats.testing import synthetic_ensemble
+
+SPE = 64  # optimizer steps per epoch of the epoch-indexed store below
+
+
+def epoch_store(**kw) -> xr.Dataset:
+    """A synthetic ensemble indexed by epoch: epoch e is k = 64 e steps, so t = k / N differs per width."""
+    ds = synthetic_ensemble(widths=[64, 128, 256], times=np.arange(9.0), n_seeds=8, n_points=6, seed=5, **kw)
+    epochs = np.arange(ds.sizes["time"])
+    ds = ds.assign_coords(time=epochs.astype(float))
+    ds["time"].attrs["units"] = "epoch"
+    ds["step"] = (xr.ones_like(ds.step) * xr.DataArray(epochs * SPE, dims="time")).astype(np.int64)
+    return ds
+
+
+def test_common_times_and_the_selection_pick_each_widths_own_record():
+    ds = epoch_store()
+    # width 64 reaches t = 0..8, width 128 t = 0, 0.5, ..., 4, width 256 t = 0, 0.25, ..., 2: shared 0, 1, 2
+    np.testing.assert_array_equal(es.common_times(ds), [0.0, 1.0, 2.0])
+    out = es.at_common_time(ds)
+    assert out.sizes["time"] == 1 and out.time.item() == 2.0 and out.time.attrs["units"] == "scaled"
+    np.testing.assert_array_equal(out.record_time.values, [2.0, 4.0, 8.0])  # the epoch of each width's record
+    for w, e in zip((64, 128, 256), (2, 4, 8), strict=True):
+        got = out.prediction.sel(width=w).isel(time=0).values
+        np.testing.assert_array_equal(got, ds.prediction.sel(width=w, time=float(e)).values)
+        assert int(out.step.sel(width=w).max()) == e * SPE
+    assert out.prediction.dims == ds.prediction.dims  # the source's dim order
+    xr.testing.assert_equal(out.x, ds.x)  # variables without time are untouched
+    one = es.at_common_time(ds, 1.0)
+    np.testing.assert_array_equal(one.record_time.values, [1.0, 2.0, 4.0])
+    with pytest.raises(ValidationError, match=r"t = 1.5 is not a scaled time .* share t = 0, 1, 2"):
+        es.at_common_time(ds, 1.5)
+
+
+def test_unwritten_records_are_not_a_common_time():
+    ds = epoch_store()
+    ds["step"] = ds.step.where(~((ds.width == 256) & (ds.time == 8.0)), -1)  # width 256 never reached epoch 8
+    np.testing.assert_array_equal(es.common_times(ds), [0.0, 1.0])
+
+
+def test_fit_rate_on_an_epoch_store_warns_or_selects_a_common_time():
+    ds = epoch_store()
+    with pytest.warns(ScaledTimeWarning, match="at='common'"):
+        es.fit_rate(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        common = es.fit_rate(ds, at="common").compute()
+        per_record = es.fit_rate(ds, at="record").compute()
+        at1 = es.fit_rate(ds, at=1.0).compute()
+    xr.testing.assert_allclose(common, es.fit_rate(es.at_common_time(ds)).compute())
+    xr.testing.assert_allclose(at1, es.fit_rate(es.at_common_time(ds, 1.0)).compute())
+    assert per_record.sizes["time"] == 9 and common.time.item() == 2.0
+    with pytest.raises(es.errors.FitError, match="at="):
+        es.fit_rate(ds, at="latest")
+    with warnings.catch_warnings():  # scaled stores never warn
+        warnings.simplefilter("error")
+        es.fit_rate(synthetic_ensemble(n_seeds=8, seed=1))
+
+
+@pytest.mark.parametrize(
+    ("cases", "outcome", "text"),
+    [
+        ([True, True, True], "holds", "holds (3 of 3 cases)"),
+        ([False, False], "does not hold", "does not hold (0 of 2 cases)"),
+        ([True, False, True], "inconclusive", "inconclusive (2 of 3 cases)"),
+        ([True, None], "inconclusive", "inconclusive (1 of 2 cases)"),
+        ([], "inconclusive", "inconclusive (0 of 0 cases)"),
+        (None, "inconclusive", "inconclusive (0 of 1 cases)"),
+        (True, "holds", "holds (1 of 1 cases)"),
+        (xr.DataArray([[True, True], [True, np.nan]]), "inconclusive", "inconclusive (3 of 4 cases)"),
+    ],
+)
+def test_verdict_rules(cases, outcome, text):
+    v = es.verdict(cases)
+    assert v.outcome == outcome and str(v) == text and v.markdown() == f"**{outcome}**"
+    assert v.outcome in es.OUTCOMES
+
+
+def test_covers_reads_the_interval():
+    res = xr.Dataset(
+        {"slope_lo": ("g", [0.0, 0.0, np.nan]), "slope_hi": ("g", [1.0, 0.4, 1.0]), "theory": ("g", [0.5] * 3)}
+    )
+    assert es.covers(res).values.tolist() == [True, False, False]
+    assert es.covers(res, 0.2).values.tolist() == [True, True, False]
+
+
+def _paired(rng, reps, seeds, shared_sd, delta):
+    z = rng.normal(0, shared_sd, (reps, seeds))  # noise both share (the initial weights)
+    a = xr.DataArray(1.0 + delta + z + rng.standard_t(5, (reps, seeds)), dims=("rep", "seed"))
+    b = xr.DataArray(1.0 + z + rng.standard_t(5, (reps, seeds)), dims=("rep", "seed"))
+    return a, b
+
+
+def test_paired_difference_covers_the_truth_and_removes_the_shared_noise():
+    rng = np.random.default_rng(7)
+    a, b = _paired(rng, 2000, 8, shared_sd=5.0, delta=0.3)
+    d = es.paired_difference(a, b)
+    cover = float(((d.mean_lo <= 0.3) & (0.3 <= d.mean_hi)).mean())
+    assert 0.93 <= cover <= 0.97, cover  # Student t on heavy-tailed (t5) pairs, 2000 replicates
+    unpaired = es.seed_mean(a).stderr ** 2 + es.seed_mean(b).stderr ** 2
+    assert float((d.stderr**2 / unpaired).median()) < 0.1  # the shared noise cancels
+    with pytest.raises(ValidationError, match="different seed coordinates"):
+        es.paired_difference(a.assign_coords(seed=np.arange(8)), b.assign_coords(seed=np.arange(1, 9)))
+
+
+def test_ratio_interval_covers_the_true_ratio_of_two_variances():
+    truth = []
+    for s in (1, 2):
+        ds, t = synthetic_ensemble(
+            gammas=[0.75], widths=[128], n_seeds=16, n_points=6, replicates=400, seed=10 + s, return_truth=True
+        )
+        truth.append((es.bias_variance(ds).isel(time=-1).compute(), float(t.variance.isel(time=-1).mean())))
+    (a, va), (b, vb) = truth
+    r = es.ratio_interval(a, b)
+    cover = float(((r.ratio_lo <= va / vb) & (va / vb <= r.ratio_hi)).mean())
+    assert 0.92 <= cover <= 0.99, cover
+    assert r.ratio.attrs["long_name"] and r.ratio_lo.attrs["long_name"]
+
+
+def test_trend_finds_rises_drops_and_flat_cases():
+    rng = np.random.default_rng(3)
+    gammas = [0.5, 0.75, 1.0]
+    shared = rng.normal(0, 1, (1, 1, 16))
+    means = {"up": [0.2, 0.5, 0.8], "dip": [0.2, 0.9, 0.5], "flat": [0.5, 0.5, 0.5]}
+    vals = np.array([m for m in means.values()])[:, :, None] + shared + 0.02 * rng.normal(size=(3, 3, 16))
+    a = xr.DataArray(vals, dims=("case", "gamma", "seed"), coords={"case": list(means), "gamma": gammas})
+    t = es.trend(a).compute()
+    assert t.increasing.values.tolist() == [True, False, False]
+    assert t.drops.values.tolist() == [0, 1, 0]
+    np.testing.assert_allclose(t.rise.values, [0.6, 0.3, 0.0], atol=0.05)
+    assert float(t.spearman.sel(case="up")) == 1.0
+    with pytest.raises(ValidationError, match="at least 2 values"):
+        es.trend(a.isel(gamma=[0]))
+
+
+def test_anova_effects_against_the_sums_of_squares_of_a_balanced_design():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    f1, f2, _ = np.meshgrid([0, 1, 2], [0, 1], np.arange(10), indexing="ij")
+    y = 2.0 * f1 + 0.0 * f2 + rng.normal(size=f1.shape)
+    frame = pd.DataFrame({"y": y.ravel(), "f1": f1.ravel(), "f2": f2.ravel()})
+    e = es.anova_effects(frame, "y", ["f1", "f2"])
+    grand = frame.y.mean()
+    ss1 = sum(len(g) * (g.y.mean() - grand) ** 2 for _, g in frame.groupby("f1"))
+    ss2 = sum(len(g) * (g.y.mean() - grand) ** 2 for _, g in frame.groupby("f2"))
+    resid = (
+        (frame.y - frame.groupby("f1").y.transform("mean") - frame.groupby("f2").y.transform("mean") + grand) ** 2
+    ).sum()
+    assert e["f1"] == pytest.approx(ss1 / (ss1 + resid), rel=1e-9)
+    assert e["f2"] == pytest.approx(ss2 / (ss2 + resid), rel=1e-9)
+    assert e["p_f1"] < 1e-10 and e["p_f2"] > 0.01
+
+
+def test_rate_table_in_every_format():
+    rate = es.fit_rate(synthetic_ensemble(n_seeds=16, seed=2)).compute()
+    last = rate.isel(time=-1)
+    text = es.rate_table(rate)
+    for g in rate.gamma.values:
+        row = next(ln.split() for ln in text.splitlines() if ln.split()[:1] == [f"{g:g}"])
+        assert float(row[1]) == round(float(last.slope.sel(gamma=g)), 3)
+        assert row[-1] == ("yes" if bool(es.covers(last.sel(gamma=g))) else "no")
+    md = es.rate_table(rate, fmt="markdown")
+    assert md.splitlines()[0].startswith("| gamma | slope |") and md.count("\n") == 1 + rate.sizes["gamma"]
+    html = es.format_table(["a<b"], [["<script>"]], "html", caption="x & y")
+    assert "<script>" not in html and "&lt;script&gt;" in html and "x &amp; y" in html
+    with pytest.raises(ValidationError, match="reduce the dims"):
+        es.rate_table(rate.expand_dims(data_seed=[0, 1]))
+    with pytest.raises(ValidationError, match="fmt="):
+        es.format_table(["a"], [], "latex")
+
+
+def test_compare_to_theory_needs_a_training_set():
+    ds = synthetic_ensemble(n_seeds=4, seed=3)
+    with pytest.raises(ValidationError, match="x_train"):
+        es.compare_to_theory(ds)
+    assert "no training set in the store" in es.kernel_limit_problems(ds.assign_attrs(model={}))
+
+
+def test_accessor_methods_have_the_functions_signatures():
+    from ensemble_stats import plot
+
+    ds = synthetic_ensemble(n_seeds=4, seed=3)
+    for name in (
+        "bias_variance",
+        "seed_mean",
+        "fit_expansion",
+        "fit_rate",
+        "at_common_time",
+        "compare_to_theory",
+        "report",
+    ):
+        want = list(inspect.signature(getattr(es, name)).parameters.values())[1:]
+        got = list(inspect.signature(getattr(ds.ens, name)).parameters.values())
+        assert got == want, name
+    for name in ("curves", "completeness", "collapse", "bias_variance", "variance_vs_width"):
+        fn = getattr(plot, name)
+        kw = [p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+        got = [p for p in inspect.signature(getattr(ds.ens.plot, name)).parameters.values() if p.kind == p.KEYWORD_ONLY]
+        assert got == kw, name
+
+
+def test_plots_return_figures_with_the_expected_axes():
+    import matplotlib.pyplot as plt
+
+    from ensemble_stats import plot
+
+    ds = synthetic_ensemble(gammas=[0.5, 1.0], widths=[64, 128, 256, 512, 1024, 2048, 4096, 8192], n_seeds=6, seed=4)
+    ds["test_loss"] = (ds.prediction - ds.target).pipe(lambda e: (e**2).mean(["point", "output"]))
+    bv, rate = es.bias_variance(ds).compute(), es.fit_rate(ds).compute()
+    try:
+        fig = ds.ens.plot.variance_vs_width()
+        (ax,) = fig.axes
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == [str(w) for w in ds.width.values]  # one plain label per width, none overlapping
+        assert len(ax.xaxis.get_minor_ticks()) == 0
+        assert "seed variance" in ax.get_ylabel() and len(ax.get_legend().get_texts()) == 2
+        assert fig.get_layout_engine() is not None  # constrained: the y label is not clipped
+        fig = plot.curves(ds, "test_loss")
+        assert len(fig.axes) == ds.sizes["width"] and fig.axes[0].get_yscale() == "log"
+        assert len(fig.axes[0].get_lines()) == ds.sizes["gamma"] and fig.axes[0].get_xlabel() == "scaled time t = k / N"
+        fig = plot.bias_variance(bv)
+        assert len(fig.axes) == 2 and fig.axes[1].get_xlabel() == "scaled time t = k / N"
+        fig = plot.completeness(ds)
+        assert fig.axes[0].get_xlabel() == "width N" and len(fig.axes) == 2  # the map and its colour bar
+        cmp = xr.Dataset({k: bv.variance for k in ("ratio", "ratio_lo", "ratio_hi")})
+        fig = plot.collapse(cmp)
+        assert len(fig.axes) == 2 and [a.get_title() for a in fig.axes] == ["gamma = 0.5", "gamma = 1"]
+        _, axes = plt.subplots(1, 3)
+        with pytest.raises(ValidationError, match="3 axes given"):
+            plot.curves(ds, "test_loss", ax=axes)
+        assert plot.variance_vs_width(bv, rate, ax=axes[0]) is axes[0].figure
+    finally:
+        plt.close("all")
+
+
+def test_the_training_set_is_stored_and_guarded(tmp_path):
+    from collectors import EnsembleStore, teacher
+
+    data = teacher()
+    kw = dict(gammas=[0.75], widths=[64], seeds=[0], times=[0.0])
+    st = EnsembleStore.create(tmp_path / "t.zarr", data.grid, train=(data.x_train, data.y_train), **kw)
+    ds = es.open_ensemble(st.path)
+    np.testing.assert_array_equal(ds.x_train.values, data.x_train)
+    assert ds.x_train.attrs["long_name"] == "training inputs"
+    st.array("x_train")[0, 0] = 99.0  # edited after creation
+    with pytest.raises(es.errors.StoreCorruptionError, match="training set"):
+        es.open_ensemble(st.path)
+    with pytest.raises(ValidationError, match="y_train has shape"):
+        EnsembleStore.create(tmp_path / "u.zarr", data.grid, train=(data.x_train, data.y_train[:-1]), **kw)
+    assert not (tmp_path / "u.zarr").exists()
