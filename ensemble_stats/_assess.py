@@ -376,7 +376,7 @@ def rate_table(rate: xr.Dataset, *, fit: xr.Dataset | None = None, fmt: str = "t
         rows.append(row)
     at = f" at t = {float(r[schema.TIME]):g}" if schema.TIME in r.coords else ""
     what = rate.attrs.get("quantity", "variance")
-    caption = f"slope of log {what} vs log N, pooled over {rate.attrs.get('pooled_over', 'the grid')}{at}"
+    caption = f"slope of log {what} vs log N, pooled over {rate.attrs.get('pooled_over', 'the grid').replace(',', ' and ')}{at}"
     return format_table(header, rows, fmt, caption)
 
 

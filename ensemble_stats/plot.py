@@ -124,7 +124,7 @@ def variance_vs_width(bv: xr.Dataset, rate: xr.Dataset | None = None, *, time: i
     """
     last = bv.isel({schema.TIME: time}) if schema.TIME in bv.dims else bv
     r = None if rate is None else rate.isel({schema.TIME: time}) if schema.TIME in rate.dims else rate
-    (a,) = _axes(ax, 1, (5.6, 4.2))
+    (a,) = _axes(ax, 1, (8.4, 4.2) if rate is not None else (6.4, 4.2))
     N = bv[schema.WIDTH].values.astype(float)
     for g, c in zip(bv[schema.GAMMA].values, _colors(bv.sizes[schema.GAMMA]), strict=True):
         v = _pool(last.sel({schema.GAMMA: g}), (schema.WIDTH,))
@@ -143,7 +143,7 @@ def variance_vs_width(bv: xr.Dataset, rate: xr.Dataset | None = None, *, time: i
     a.set_ylabel(f"seed variance{at}\n(grid mean, {float(bv.attrs.get('ci', 0.95)):.0%} CI)")
     if r is not None:
         a.set_title("fit (solid), theory slope 1 - 2 gamma (dotted)", fontsize=9)
-    a.legend(fontsize=7)
+    a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data, never over it
     return a.figure
 
 
