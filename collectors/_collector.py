@@ -144,15 +144,38 @@ class OutputCollector:
         """
         if start_step is not None:
             self._seek(int(start_step))
-        if self._next < len(self.schedule) and self.schedule[self._next] == self._step:
-            self.record(model, self._step)
+        self.on_step(model, self._step)
 
         def hook(opt, args, kwargs):
-            self._step += 1
-            if self._next < len(self.schedule) and self.schedule[self._next] == self._step:
-                self.record(model, self._step)
+            self.on_step(model, self._step + 1)
 
         return CollectorHandle(self, optimizer.register_step_post_hook(hook))
+
+    def on_step(self, model: torch.nn.Module, step: int) -> bool:
+        """The run has taken ``step`` optimizer steps: record ``model`` if ``step`` is scheduled and not yet taken.
+
+        Call it after every optimizer step (the ``attach`` hook and the Lightning callback do); calling it
+        again at the same step does nothing. Returns whether a record was taken.
+
+        Raises
+        ------
+        ValidationError
+            ``step`` went backwards, or skipped a scheduled step (that record would be lost).
+        """
+        step = int(step)
+        if step < self._step:
+            raise ValidationError(f"optimizer step {step} is before the step already seen ({self._step}).")
+        missed = self.schedule[self._next : int(np.searchsorted(self.schedule, step))]
+        if missed.size:
+            raise ValidationError(
+                f"run ({schema.describe_run(self.run)}) went from step {self._step} to {step}, past the scheduled "
+                f"record(s) at step {missed.tolist()}; call on_step after every optimizer step."
+            )
+        self._step = step
+        if self._next < len(self.schedule) and self.schedule[self._next] == step:
+            self.record(model, step)
+            return True
+        return False
 
     def _seek(self, step: int) -> None:
         self._step = step

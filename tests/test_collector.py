@@ -199,3 +199,21 @@ def test_scaled_times_too_fine_for_a_width_are_refused(make_store):
     store = make_store(name="f.zarr", time_units="scaled", times=[0.0, 0.01, 0.02])
     with pytest.raises(ValidationError, match="both map to optimizer step"):
         OutputCollector(store, gamma=0.5, width=4, seed=0)
+
+
+def test_on_step_records_each_scheduled_step_once_and_refuses_to_lose_one(tmp_path):
+    rng = np.random.default_rng(2)
+    grid = EvalGrid(rng.normal(size=(4, 2)), rng.normal(size=(4, 1)))
+    store = EnsembleStore.create(
+        tmp_path / "s.zarr", grid, gammas=[0.75], widths=[8], seeds=[0], times=[0, 2, 5], time_units="step"
+    )
+    model = Shallow(2, 8, 0.75)
+    with OutputCollector(store, gamma=0.75, width=8, seed=0) as col:
+        taken = [col.on_step(model, k) for k in (0, 0, 1, 2, 2, 3)]  # a step seen twice records once
+        assert taken == [True, False, False, True, False, False]
+        with pytest.raises(ValidationError, match="before the step already seen"):
+            col.on_step(model, 1)
+        with pytest.raises(ValidationError, match=r"past the scheduled record\(s\) at step \[5\]"):
+            col.on_step(model, 6)
+        assert col.on_step(model, 5) and col.done
+    np.testing.assert_array_equal(es.open_ensemble(store.path).step.values.ravel(), [0, 2, 5])
