@@ -74,8 +74,9 @@ class OutputCollector:
     loss_fn
         ``loss_fn(output, target) -> tensor`` evaluated on the grid and stored as ``test_loss``.
     metrics
-        ``metrics(model) -> {name: float}`` for further per-record scalars (``train_loss``,
-        ``output_weight_norm``, ...); names must be in ``schema.SCALAR_VARIABLES``.
+        ``metrics(model) -> {name: float}`` for further per-record scalars: the known ones (``train_loss``,
+        ``output_weight_norm``, ...) or any metric the store declared at creation (``metrics=`` of
+        :meth:`EnsembleStore.create`, e.g. a gradient norm or a parameter displacement).
     background
         Evaluate and write on a worker thread: at each record the parameters and buffers are copied into a
         private copy of the model, which is evaluated concurrently with training. It pays only where spare
@@ -246,9 +247,7 @@ class OutputCollector:
             )
         if j < self._next:
             raise ValidationError(f"step {step} was already recorded for run ({schema.describe_run(self.run)}).")
-        unknown = set(scalars) - set(schema.SCALAR_VARIABLES)
-        if unknown:
-            raise ValidationError(f"unknown scalars {sorted(unknown)}; allowed: {list(schema.SCALAR_VARIABLES)}.")
+        self._check_scalars(scalars)
         self._raise_background_error()
         self._next = j + 1
         self._step = max(self._step, step)
@@ -286,10 +285,16 @@ class OutputCollector:
     def _take(self, model: torch.nn.Module, j: int, step: int, extra: dict[str, float]) -> None:
         out, auto = self.evaluate(model)
         auto.update(extra)
-        unknown = set(auto) - set(schema.SCALAR_VARIABLES)
-        if unknown:
-            raise ValidationError(f"unknown scalars {sorted(unknown)}; allowed: {list(schema.SCALAR_VARIABLES)}.")
+        self._check_scalars(auto)
         self._append(j, step, out, auto)
+
+    def _check_scalars(self, scalars: Mapping[str, float]) -> None:
+        unknown = set(scalars) - set(self.store.scalar_names)
+        if unknown:
+            raise ValidationError(
+                f"unknown scalars {sorted(unknown)}; this store records {list(self.store.scalar_names)}. Declare "
+                "further metrics when the store is created: EnsembleStore.create(..., metrics={name: long_name})."
+            )
 
     def _append(self, j: int, step: int, out: np.ndarray, scalars: dict[str, float]) -> None:
         with self._lock:

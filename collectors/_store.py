@@ -80,6 +80,7 @@ class StoreSpec:
     seed_chunk: int = 1
     dtype: str = "float32"
     extra: tuple[tuple[str, tuple[float, ...]], ...] = field(default_factory=tuple)
+    metrics: tuple[str, ...] = ()
 
     @property
     def extra_dims(self) -> tuple[str, ...]:
@@ -195,6 +196,7 @@ class EnsembleStore:
         dtype: str = "float32",
         check_space: bool = True,
         train: tuple | None = None,
+        metrics: Mapping[str, str] | Sequence[str] | None = None,
         **attrs,
     ) -> EnsembleStore:
         """Create a store, or open it if an identical one exists (safe under concurrent creators).
@@ -222,6 +224,11 @@ class EnsembleStore:
         train
             Optional training set ``(x_train, y_train)``, shapes (M, features) and (M, outputs), stored as
             ``x_train`` / ``y_train`` so the analysis can compute the kernel limit from the store alone.
+        metrics
+            Further per-record scalars beyond ``schema.SCALAR_VARIABLES`` (e.g. a gradient norm), as
+            ``{name: long_name}`` or names: each becomes a float32 variable with the record dims, written by
+            collectors whose ``metrics`` return it. Declared here, once, so concurrent writers never change
+            the store's layout.
         **attrs
             Stored as group attributes, e.g. ``model={...}`` describing architecture, init law, lr rule.
 
@@ -247,6 +254,12 @@ class EnsembleStore:
             problems.append(f"output_size={output_size} but the grid's target has {grid.output_size} columns.")
         # sizes first: a coordinate of 10**8 values must be refused before anything allocates it
         extra_dims = dict(extra_dims or {})
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        metrics = (
+            dict(metrics) if isinstance(metrics, Mapping) else {m: str(m).replace("_", " ") for m in metrics or ()}
+        )
+        problems += schema.validate_metrics(list(metrics))
         counts = {"gammas": gammas, "widths": widths, "seeds": seeds, "times": times, **extra_dims}
         problems += [p for name, v in counts.items() for p in _count_problems(name, v)]
         ValidationError.raise_if(problems, "EnsembleStore.create")
@@ -267,12 +280,15 @@ class EnsembleStore:
             seed_chunk=seed_chunk,
             dtype=str(dtype),
             extra=extra,
+            metrics=tuple(metrics),
         )
         # validate raw values first (coercion above keeps them comparable but may hide non-integers)
         problems += schema.validate_gammas(gammas) + schema.validate_widths(widths) + schema.validate_seeds(seeds)
         if times_t:
             problems += schema.validate_times(times, time_units)
         train = _train_arrays(train, grid, problems)
+        if metrics:
+            attrs = {**attrs, schema.ATTR_METRICS: {str(k): str(v) for k, v in metrics.items()}}
         ValidationError.raise_if(problems, "EnsembleStore.create")
         tc = time_chunk or default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk)
         spec = StoreSpec(**base, time_chunk=tc)
@@ -478,12 +494,13 @@ class EnsembleStore:
             dimension_names=schema.prediction_dims(spec.extra_dims),
             compressors=_codecs(),
         ).attrs.update({"long_name": "raw network output (pre-softmax)"})
+        declared = attrs.get(schema.ATTR_METRICS, {})
         for name, dtype, fill in (
             (schema.WRITTEN, "bool", False),
             (schema.STEP, "int64", schema.MISSING_STEP),
-            *((s, "float32", np.nan) for s in schema.SCALAR_VARIABLES),
+            *((s, "float32", np.nan) for s in (*schema.SCALAR_VARIABLES, *spec.metrics)),
         ):
-            g.create_array(
+            arr = g.create_array(
                 name,
                 shape=(*rshape, T),
                 chunks=(*rchunks, tc),
@@ -492,6 +509,9 @@ class EnsembleStore:
                 dimension_names=rdims,
                 compressors=_codecs(),
             )
+            long_name = declared.get(name) or schema.LONG_NAMES.get(name, ("",))[0]
+            if long_name:
+                arr.attrs.update({"long_name": long_name})
         for name, what in (
             (schema.DIGEST, "keyed hash of the record's prediction and step bytes, 0 if never written"),
             (schema.SCALAR_DIGEST, "keyed hash of the record's step and per-record scalars, 0 if never written"),
@@ -574,6 +594,7 @@ class EnsembleStore:
             seed_chunk=int(layout.get("seed_chunk", pred.chunks[2])),
             dtype=str(pred.dtype),
             extra=extra,
+            metrics=tuple(attrs.get(schema.ATTR_METRICS, {})),
         )
         return cls(path, g, spec)
 
@@ -583,6 +604,11 @@ class EnsembleStore:
             f"EnsembleStore({str(self.path)!r}, gammas={len(s.gammas)}, widths={len(s.widths)}, seeds={len(s.seeds)}, "
             f"times={len(s.times)} [{s.time_units}], points={s.n_points}, outputs={s.output_size})"
         )
+
+    @property
+    def scalar_names(self) -> tuple[str, ...]:
+        """The per-record scalars this store records: the known ones, then its declared metrics."""
+        return (*schema.SCALAR_VARIABLES, *self.spec.metrics)
 
     def array(self, name: str) -> zarr.Array:
         """The zarr array ``name``, configured to write every chunk (array config is not persisted)."""
@@ -724,7 +750,7 @@ class EnsembleStore:
                 run_chunk = (unit[0], unit[1], unit[2] // sc, *unit[3:])
                 keys = []
                 for c in sorted(k for k in chunks if k.startswith("t")):
-                    for name in schema.RECORD_VARIABLES:
+                    for name in (*schema.RECORD_VARIABLES, *self.spec.metrics):
                         if name not in self._array_names:
                             continue
                         arr = self.group[name]
@@ -789,7 +815,8 @@ class EnsembleStore:
         step : (n,)
             Optimizer step of each record.
         scalars
-            Optional per-record scalars from ``schema.SCALAR_VARIABLES``, shape ([seed,] n).
+            Optional per-record scalars (``schema.SCALAR_VARIABLES`` and the store's declared metrics), shape
+            ([seed,] n).
 
         Writes data, then scalars and steps, then ``written`` (the commit mark). Writing the same records
         twice leaves the same store.
@@ -823,9 +850,13 @@ class EnsembleStore:
         elif not problems:
             problems += self._schedule_problems(sel, ti, steps)
         scalars = dict(scalars or {})
+        names = self.scalar_names
         for name, values in scalars.items():
-            if name not in schema.SCALAR_VARIABLES:
-                problems.append(f"unknown scalar {name!r}; allowed: {list(schema.SCALAR_VARIABLES)}.")
+            if name not in names:
+                problems.append(
+                    f"unknown scalar {name!r}; this store records {list(names)} (declare further metrics with "
+                    "EnsembleStore.create(..., metrics=...))."
+                )
             elif np.shape(values) != (*lead, ti.size):
                 problems.append(f"scalar {name!r} has shape {np.shape(values)}, expected {(*lead, ti.size)}.")
         ValidationError.raise_if(problems, f"write_records({self._describe(index)})")
@@ -846,7 +877,7 @@ class EnsembleStore:
         # every scalar is written, NaN where not given: a record's stored state is then what this call wrote,
         # whatever an earlier write left, and its digest can be computed from the values at hand
         nan = np.full((*lead, ti.size), np.nan, dtype=np.float32)
-        data.update({name: shaped(scalars.get(name, nan), np.float32) for name in schema.SCALAR_VARIABLES})
+        data.update({name: shaped(scalars.get(name, nan), np.float32) for name in names})
         if self.has_digests:
             key = _integrity.store_key(self.attrs_cached[schema.ATTR_STORE_ID])
             positions = [np.arange(r.start, r.stop) for r in sel] + [ti]
@@ -855,7 +886,7 @@ class EnsembleStore:
                 keys, _integrity.prediction_parts(data[schema.PREDICTION], data[schema.STEP])
             )
             data[schema.SCALAR_DIGEST] = _integrity.record_digest(
-                keys, _integrity.scalar_parts(data[schema.STEP], [data[n] for n in schema.SCALAR_VARIABLES])
+                keys, _integrity.scalar_parts(data[schema.STEP], [data[n] for n in names])
             )
         finite = np.isfinite(pred).reshape(*lead, ti.size, -1).all(axis=-1)
         ones = shaped(np.ones((*lead, ti.size), dtype=bool), bool)
@@ -1076,7 +1107,7 @@ def store_bytes(spec: StoreSpec) -> tuple[int, int]:
     """(records, bytes) of a complete store of ``spec``: predictions, per-record arrays and digests."""
     records = int(np.prod(spec.run_shape, dtype=np.float64) * len(spec.times))
     per_record = spec.n_points * spec.output_size * np.dtype(spec.dtype).itemsize
-    per_record += 1 + 8 + 4 * len(schema.SCALAR_VARIABLES) + 8 * len(schema.INTERNAL_VARIABLES)
+    per_record += 1 + 8 + 4 * (len(schema.SCALAR_VARIABLES) + len(spec.metrics)) + 8 * len(schema.INTERNAL_VARIABLES)
     return records, int(records * per_record)
 
 

@@ -93,8 +93,9 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
         **common,
     )
     ds[schema.PREDICTION] = pred
-    names = [n for n in schema.SCALAR_VARIABLES if n in ds]
-    if digests and len(names) == len(schema.SCALAR_VARIABLES):
+    declared = schema.scalar_names(ds.attrs)
+    names = [n for n in declared if n in ds]
+    if digests and len(names) == len(declared):
         masked = xr.apply_ufunc(
             functools.partial(_mask_scalars, key=key, source=source, n=len(names)),
             written,

@@ -82,7 +82,8 @@ class _Where:
 
 
 def _record_arrays(group: zarr.Group) -> list[str]:
-    return [n for n in schema.RECORD_VARIABLES if n in group]
+    names = (*schema.RECORD_VARIABLES, *group.attrs.get(schema.ATTR_METRICS, {}))
+    return [n for n in names if n in group]
 
 
 def _describe_region(region, dims) -> str:
@@ -188,6 +189,7 @@ def _verify_records(where: _Where, arrays, record, rdims, attrs) -> list[StorePr
     store_id = attrs.get(schema.ATTR_STORE_ID)
     digests = store_id is not None and all(n in arrays for n in schema.INTERNAL_VARIABLES)
     key = _integrity.store_key(store_id) if digests else None
+    scalars = schema.scalar_names(attrs)
     for coords in itertools.product(*(range(n) for n in written_arr.cdata_shape)):
         region = tuple(
             (c * s, min((c + 1) * s, n)) for c, s, n in zip(coords, written_arr.chunks, written_arr.shape, strict=True)
@@ -232,12 +234,12 @@ def _verify_records(where: _Where, arrays, record, rdims, attrs) -> list[StorePr
                 _integrity.prediction_parts(blocks[schema.PREDICTION], blocks[schema.STEP]),
             )
         ]
-        if all(n in blocks for n in schema.SCALAR_VARIABLES):
+        if all(n in blocks for n in scalars):
             checks.append(
                 (
                     schema.SCALAR_DIGEST,
                     "per-record scalars",
-                    _integrity.scalar_parts(blocks[schema.STEP], [blocks[n] for n in schema.SCALAR_VARIABLES]),
+                    _integrity.scalar_parts(blocks[schema.STEP], [blocks[n] for n in scalars]),
                 )
             )
         for dname, what, parts in checks:

@@ -91,8 +91,36 @@ ATTR_CONFIG = "config"
 ATTR_STORE_ID = "store_id"
 ATTR_MANIFEST = "manifest"
 ATTR_TRAIN_HASH = "train_hash"
+ATTR_METRICS = "metrics"
+"""Group attr: the further per-record scalars declared at creation, name -> long_name, in order."""
 ATTR_TRAIN_SET = "train_set"
 MISSING_STEP = -1
+
+
+def scalar_names(attrs: Mapping) -> tuple[str, ...]:
+    """The per-record scalars of a store: the known ``SCALAR_VARIABLES``, then the metrics it declared."""
+    return (*SCALAR_VARIABLES, *attrs.get(ATTR_METRICS, {}))
+
+
+def validate_metrics(metrics) -> list[str]:
+    """Problems with further per-record scalar names (a mapping name -> long_name, or names)."""
+    import re
+
+    reserved = {
+        *RECORD_VARIABLES, X, TARGET, X_TRAIN, Y_TRAIN, DIVERGED_STEP, *RUN_DIMS, TIME, POINT, OUTPUT, FEATURE,
+        TRAIN_POINT,
+    }  # fmt: skip
+    problems = []
+    for name in metrics:
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+            problems.append(
+                f"metric name {_show(name)} is not a lowercase identifier (a-z, 0-9, _; starting with a letter)."
+            )
+        elif name in SCALAR_VARIABLES:
+            problems.append(f"metric {name!r} is a known scalar already; record it without declaring it.")
+        elif name in reserved:
+            problems.append(f"metric name {name!r} is a variable or dim of the store; choose another name.")
+    return problems
 
 
 def record_dims(extra_dims: Sequence[str] = ()) -> tuple[str, ...]:

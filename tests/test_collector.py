@@ -217,3 +217,50 @@ def test_on_step_records_each_scheduled_step_once_and_refuses_to_lose_one(tmp_pa
             col.on_step(model, 6)
         assert col.on_step(model, 5) and col.done
     np.testing.assert_array_equal(es.open_ensemble(store.path).step.values.ravel(), [0, 2, 5])
+
+
+def test_a_declared_metric_round_trips_with_its_long_name_and_its_digest(tmp_path):
+    rng = np.random.default_rng(3)
+    grid = EvalGrid(rng.normal(size=(4, 2)), rng.normal(size=(4, 1)))
+    kw = dict(gammas=[0.75], widths=[8], seeds=[0, 1], times=[0, 1, 2], time_units="step")
+    store = EnsembleStore.create(tmp_path / "m.zarr", grid, metrics={"grad_norm": "gradient 2-norm"}, **kw)
+    model = Shallow(2, 8, 0.75)
+    x, y = torch.tensor(rng.normal(size=(6, 2)), dtype=torch.float32), torch.zeros(6, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms = []
+
+    def metrics(m):
+        norm = float(sum((p.grad**2).sum() for p in m.parameters() if p.grad is not None) ** 0.5)
+        norms.append(norm)
+        return {"grad_norm": norm, "train_loss": 1.0}
+
+    with OutputCollector(store, gamma=0.75, width=8, seed=0, metrics=metrics).attach(model, opt):
+        _train(model, opt, x, y, 2)
+    ds = es.open_ensemble(store.path)
+    assert ds.grad_norm.dims == ("gamma", "width", "seed", "time")
+    assert ds.grad_norm.attrs["long_name"] == "gradient 2-norm"
+    np.testing.assert_allclose(ds.grad_norm.sel(seed=0).values.ravel(), norms, rtol=1e-6)
+    assert np.isnan(ds.grad_norm.sel(seed=1)).all()  # the other run was never recorded
+    assert es.verify_store(store.path) == []
+    # undeclared names are refused with what to do; the store's layout is fixed at creation
+    with pytest.raises(ValidationError, match=r"unknown scalars \['lr'\].*metrics=\{name: long_name\}"):
+        with OutputCollector(store, gamma=0.75, width=8, seed=1, metrics=lambda m: {"lr": 0.1}) as col:
+            col.record(model, 0)
+    with pytest.raises(es.errors.SpecMismatchError, match="metrics"):
+        EnsembleStore.create(tmp_path / "m.zarr", grid, metrics=["other"], **kw)
+    # an edited metric value is caught by the record's scalar digest
+    store.array("grad_norm")[0, 0, 0, 1] = 123.0
+    assert any("per-record scalars" in str(p) for p in es.verify_store(store.path))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "match"),
+    [(["Grad"], "lowercase identifier"), (["accuracy"], "known scalar"), (["written"], "variable or dim")],
+)
+def test_bad_metric_names_are_refused_before_anything_is_written(tmp_path, metrics, match):
+    grid = EvalGrid(np.zeros((2, 2)), np.zeros((2, 1)))
+    with pytest.raises(ValidationError, match=match):
+        EnsembleStore.create(
+            tmp_path / "b.zarr", grid, gammas=[0.5], widths=[8], seeds=[0], times=[0.0], metrics=metrics
+        )
+    assert not (tmp_path / "b.zarr").exists()
