@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -14,26 +13,10 @@ import torch
 from ensemble_stats import schema
 from ensemble_stats.errors import RunExistsError, ValidationError
 
+from ._records import RecordBuffer
 from ._store import EnsembleStore
 
 _STATE_VERSION = 1
-
-
-def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Arrays for ``EnsembleStore.write_records`` from buffered ``(time_index, step, output, scalars)`` records.
-
-    Records are stacked along ``axis``: 0 for one run's (point, output) outputs, 1 for a block whose outputs
-    carry a leading member axis. A scalar missing from a record is NaN there.
-    """
-    ti = np.array([b[0] for b in buffer])
-    steps = np.array([b[1] for b in buffer], dtype=np.int64)
-    out = np.stack([b[2] for b in buffer], axis)
-    names = sorted({k for b in buffer for k in b[3]})
-    with np.errstate(over="ignore"):  # a diverging run's huge values become +-inf: stored as is
-        scalars = {
-            n: np.stack([np.asarray(b[3].get(n, np.nan), dtype=np.float32) for b in buffer], axis) for n in names
-        }
-    return ti, steps, out, scalars
 
 
 class CollectorHandle:
@@ -123,16 +106,18 @@ class OutputCollector:
             )
         self._step = 0
         self._next = 0  # index into schedule of the next record to take
-        self._buffer: list[tuple[int, int, np.ndarray, dict[str, float]]] = []
         self._grid_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._time_chunk = store.spec.time_chunk
         self.background = background
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
         self._shadow: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (source model, private copy)
-        self._lock = threading.Lock()
         # one writer per run: a second live collector for this run is refused; a dead one's lock is taken over
-        self.run_lock = store.lock(self.index).acquire()
+        self._records = RecordBuffer(store, self.index, self.schedule)
+
+    @property
+    def run_lock(self):
+        """The run's write lock (held until :meth:`close`)."""
+        return self._records.run_lock
 
     # ------------------------------------------------------------------ hooks
     def attach(
@@ -247,7 +232,7 @@ class OutputCollector:
             )
         if j < self._next:
             raise ValidationError(f"step {step} was already recorded for run ({schema.describe_run(self.run)}).")
-        self._check_scalars(scalars)
+        self._records.check_scalars(scalars)
         self._raise_background_error()
         self._next = j + 1
         self._step = max(self._step, step)
@@ -272,11 +257,11 @@ class OutputCollector:
         expected = (self.store.spec.n_points, self.store.spec.output_size)
         if out.shape != expected:
             raise ValidationError(f"output has shape {out.shape}, expected {expected} (point, output).")
-        self._append(j, int(step), out, {k: float(v) for k, v in scalars.items()})
+        self._records.add(j, int(step), out, {k: float(v) for k, v in scalars.items()})
 
     def mark_diverged(self, step: int) -> None:
         """Record that the run produced non-finite values at optimizer ``step`` (earliest step kept)."""
-        self.store.mark_diverged(self.index, int(step))
+        self._records.mark_diverged(step)
 
     def _take_snapshot(self, shadow: torch.nn.Module, state: dict, j: int, step: int, extra: dict) -> None:
         shadow.load_state_dict(state)
@@ -285,22 +270,7 @@ class OutputCollector:
     def _take(self, model: torch.nn.Module, j: int, step: int, extra: dict[str, float]) -> None:
         out, auto = self.evaluate(model)
         auto.update(extra)
-        self._check_scalars(auto)
-        self._append(j, step, out, auto)
-
-    def _check_scalars(self, scalars: Mapping[str, float]) -> None:
-        unknown = set(scalars) - set(self.store.scalar_names)
-        if unknown:
-            raise ValidationError(
-                f"unknown scalars {sorted(unknown)}; this store records {list(self.store.scalar_names)}. Declare "
-                "further metrics when the store is created: EnsembleStore.create(..., metrics={name: long_name})."
-            )
-
-    def _append(self, j: int, step: int, out: np.ndarray, scalars: dict[str, float]) -> None:
-        with self._lock:
-            self._buffer.append((j, step, out, scalars))
-            if (j + 1) % self._time_chunk == 0 or j + 1 == len(self.schedule):
-                self._write_buffer()
+        self._records.add(j, step, out, auto)
 
     def _shadow_of(self, model: torch.nn.Module) -> torch.nn.Module:
         if self._shadow is None or self._shadow[0] is not model:
@@ -339,15 +309,7 @@ class OutputCollector:
     def flush(self) -> None:
         """Wait for background work, then write and commit every buffered record."""
         self.wait()
-        with self._lock:
-            self._write_buffer()
-
-    def _write_buffer(self) -> None:
-        if not self._buffer:
-            return
-        ti, steps, pred, scalars = stack_records(self._buffer)
-        self.store.write_records(self.index, ti, pred, steps, scalars)
-        self._buffer.clear()
+        self._records.flush()
 
     def close(self) -> None:
         """Flush, stop the background worker and release the run's lock (even if the flush fails)."""
@@ -358,7 +320,7 @@ class OutputCollector:
                 self._executor.shutdown(wait=True)
                 self._executor = None
             self._shadow = None
-            self.run_lock.release()
+            self._records.release()
 
     def __enter__(self) -> OutputCollector:
         return self
@@ -393,6 +355,6 @@ class OutputCollector:
             problems.append(f"state belongs to run {run}, not ({schema.describe_run(self.run)}).")
         ValidationError.raise_if(problems, "OutputCollector.load_state_dict")
         self.wait()
-        self._buffer.clear()
+        self._records.clear()
         self._step = int(state["step"])
         self._next = int(state["next_index"])

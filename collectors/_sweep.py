@@ -145,8 +145,13 @@ def run_cell(
     seeds: tuple[int, ...],
     data_seed: int | None,
     threads: int = 1,
+    collectors=None,
 ) -> dict:
-    """One task: train one (width, seed block[, data seed]) cell into the store. Idempotent."""
+    """One task: train one (width, seed block[, data seed]) cell into the store. Idempotent.
+
+    ``collectors``: a picklable callable returning further :class:`Collector` s for this cell (fresh ones per
+    cell), or None.
+    """
     import torch
 
     from ._trainer import train_block
@@ -166,6 +171,7 @@ def run_cell(
         config=spec.train,
         data_seed=spec.data_seed if data_seed is None else data_seed,
         extra_coords=extra,
+        collectors=list(collectors()) if collectors is not None else (),
     )
     return {
         "skipped": res.skipped,
@@ -240,6 +246,7 @@ def run_sweep(
     progress: bool = True,
     threads_per_worker: int = 1,
     repair: bool = False,
+    collectors=None,
 ) -> SweepReport:
     """Run (or resume) a sweep on a Dask cluster.
 
@@ -253,6 +260,8 @@ def run_sweep(
     progress : show a progress bar (cells done / total, records written, ETA) on stderr
     repair : verify the store first and un-commit every record it flags (corrupt, missing or misplaced chunks),
         so that their cells are retrained and rewritten
+    collectors : a callable returning further :class:`Collector` s, called in every cell's task (on the worker;
+        so it must be picklable, e.g. a module-level function or a class): each receives that block's hooks
 
     Raises
     ------
@@ -290,6 +299,7 @@ def run_sweep(
                     b,
                     d,
                     threads_per_worker,
+                    collectors,
                     key=f"cell-w{w}-s{b[0]}-d{d}-{os.getpid()}-{time.time_ns()}",
                     pure=False,
                     retries=1,

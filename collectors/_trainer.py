@@ -12,16 +12,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
-from ._collector import OutputCollector, stack_records
 from ._data import DataSet
 from ._models import INIT_DESCRIPTIONS, LR_FORMULA, Architecture, forward, init_params, learning_rates
+from ._records import Block, Collector, _StoreSink
 from ._store import EnsembleStore
 
 LOSSES = ("mse", "cross_entropy")
@@ -144,57 +143,6 @@ class BlockResult:
     seconds: float
 
 
-class _BlockWriter:
-    """Writes a whole seed block per gamma in one call, for stores chunked by seed block (``seed_chunk > 1``).
-
-    The block must cover whole seed chunks, so this writer owns every chunk it touches.
-    """
-
-    def __init__(self, store: EnsembleStore, width: int, gammas: list[float], seeds: list[int], extra: dict, schedule):
-        self.store, self.gammas, self.S, self.schedule = store, gammas, len(seeds), np.asarray(schedule)
-        idx = [store.run_index(g, width, s, **extra) for g in gammas for s in seeds]
-        first = idx[0]
-        si = [i[2] for i in idx[: self.S]]
-        if si != list(range(si[0], si[0] + self.S)):
-            raise ValidationError(f"seeds {seeds} are not contiguous in the store; a block must be whole seed chunks.")
-        self.seed_slice = slice(si[0], si[0] + self.S)
-        self.index = [(i[0], first[1], self.seed_slice, *first[3:]) for i in idx[:: self.S]]
-        self.member_index = {(g, s): i for (g, s), i in zip([(g, s) for g in gammas for s in seeds], idx, strict=True)}
-        self.schedule_len = len(self.schedule)
-        self.buffer: list[tuple[int, int, np.ndarray, dict]] = []
-        self.tc = store.spec.time_chunk
-        self.locks = []
-        try:
-            for index in self.index:  # one lock per gamma's seed block: this writer owns those chunks
-                self.locks.append(store.lock(index).acquire())
-        except BaseException:
-            for lock in self.locks:
-                lock.release()
-            raise
-
-    def complete(self) -> bool:
-        w = self.store.array(schema.WRITTEN)
-        return all(bool(np.all(w[i])) for i in self.index)
-
-    def record(self, step: int, out: np.ndarray, scalars: dict) -> None:
-        j = int(np.searchsorted(self.schedule, step))
-        self.buffer.append((j, step, out, scalars))
-        if (j + 1) % self.tc == 0 or j + 1 == self.schedule_len:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        ti, steps, out, sc = stack_records(self.buffer, axis=1)  # out (B, n, P, O), scalars (B, n)
-        for gi, index in enumerate(self.index):
-            rows = slice(gi * self.S, (gi + 1) * self.S)
-            self.store.write_records(index, ti, out[rows], steps, {k: v[rows] for k, v in sc.items()})
-        self.buffer.clear()
-
-    def mark_diverged(self, gamma: float, seed: int, step: int) -> None:
-        self.store.mark_diverged(self.member_index[(gamma, seed)], step, owner_of_block=True)
-
-
 def _workspace(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """A buffer reused across steps: a fresh multi-MB tensor per step costs page faults comparable to a GEMM."""
     t = ws.get(name)
@@ -297,6 +245,7 @@ def train_block(
     data_seed: int = 0,
     extra_coords: dict | None = None,
     progress: Callable[[int], None] | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> BlockResult:
     """Train seeds x gammas at one width, vectorised, and record every member through an OutputCollector.
 
@@ -314,6 +263,8 @@ def train_block(
     data_seed : seed of the minibatch order (shared by the block)
     extra_coords : values of the store's extra sweep dims for this block, e.g. ``{"data_seed": 1}``
     progress : called with the number of records written after each recording
+    collectors : further :class:`Collector` s; each receives every hook (after the store's own writer), and is
+        closed however the block ends. Not called for a block whose records are all written already.
     """
     t_start = time.perf_counter()
     check_compatible(config, data)
@@ -323,53 +274,36 @@ def train_block(
     seeds = [int(s) for s in seeds]
     steps_per_epoch = math.ceil(len(data.x_train) / (config.batch_size or len(data.x_train)))
     schedule = store.record_steps(int(width), steps_per_epoch)
-    members = [(g, s) for g in gammas for s in seeds]
-    writer, cols = None, []
-    try:  # the writers hold the runs' locks: released however this ends, so a retry can take them
-        if store.spec.seed_chunk > 1:
-            writer = _BlockWriter(store, width, gammas, seeds, extra_coords, schedule)
-            complete = writer.complete()
-        else:
-            for g, s in members:
-                cols.append(
-                    OutputCollector(
-                        store,
-                        gamma=g,
-                        width=width,
-                        seed=s,
-                        resume=True,
-                        steps_per_epoch=steps_per_epoch,
-                        **extra_coords,
-                    )
-                )
-            complete = all(store.written_mask(c.index).all() for c in cols)
-        if complete:
-            return BlockResult(int(width), len(members), 0, True, {}, time.perf_counter() - t_start)
-        return _train(
-            store,
+    block = Block(store, int(width), tuple(gammas), tuple(seeds), schedule, extra_coords)
+    sink = _StoreSink(block)  # holds the writer units' locks until closed
+    try:
+        if sink.complete():
+            return BlockResult(int(width), len(block.members), 0, True, {}, time.perf_counter() - t_start)
+        hooks = [sink, *collectors]
+        for c in hooks:
+            c.on_block_start(block)
+        result = _train(
             data,
             config,
-            width=width,
-            gammas=gammas,
-            seeds=seeds,
-            schedule=schedule,
+            block=block,
             steps_per_epoch=steps_per_epoch,
-            writer=writer,
-            cols=cols,
+            hooks=hooks,
             data_seed=data_seed,
             progress=progress,
             t_start=t_start,
         )
+        for c in hooks:
+            c.on_block_end(result)
+        return result
     finally:
-        for lock in [c.run_lock for c in cols] + (writer.locks if writer is not None else []):
-            lock.release()
+        for c in (*collectors, sink):
+            c.close()
 
 
-def _train(
-    store, data, config, *, width, gammas, seeds, schedule, steps_per_epoch, writer, cols, data_seed, progress, t_start
-):
-    """The training loop of :func:`train_block` for a block whose writers (and locks) are set up."""
-    members = [(g, s) for g in gammas for s in seeds]
+def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector], data_seed, progress, t_start):
+    """The training loop of :func:`train_block`: every record, step and divergence goes to ``hooks``."""
+    width, gammas, seeds, schedule = block.width, list(block.gammas), list(block.seeds), block.schedule
+    members = block.members
     dtype, dev = DTYPES[config.dtype], torch.device(config.device)
     archs = [config.architecture(data.d_in, data.output_size, width, g) for g in gammas]
     arch = archs[0]
@@ -418,11 +352,8 @@ def _train(
         if acc is not None:
             sc[schema.ACCURACY] = acc.cpu().numpy()
             sc[schema.TRAIN_ACCURACY] = train_acc.cpu().numpy()
-        if writer is not None:
-            writer.record(step, out_np, sc)
-        else:
-            for b, col in enumerate(cols):
-                col.record_output(step, out_np[b], **{k: v[b] for k, v in sc.items()})
+        for c in hooks:
+            c.on_record(step, out_np, sc)
         written += B
         if progress:
             progress(B)
@@ -456,6 +387,8 @@ def _train(
                     params, arch, scales[0], xb, yb, lb, config.loss, lr, config.output_weight_decay, width, ws
                 )
             if bool(torch.isfinite(losses).all()):
+                for c in hooks:
+                    c.on_train_step(k + 1, losses)
                 continue  # updated in place; otherwise nothing was changed: the step below handles divergence
         out = forward(params, arch, xb, scales)
         losses = _member_losses(out, yb, lb, config.loss)
@@ -465,10 +398,8 @@ def _train(
         if bool(bad.any()):
             for b in torch.nonzero(bad).flatten().tolist():
                 diverged[members[b]] = k
-                if writer is not None:
-                    writer.mark_diverged(*members[b], k)
-                else:
-                    cols[b].mark_diverged(k)
+                for c in hooks:
+                    c.on_diverged(b, k)
             alive &= ~bad
         all_alive = bool(alive.all())
         grads = torch.autograd.grad(
@@ -480,9 +411,6 @@ def _train(
                     p.addcmul_(lr[name], g, value=-1.0)  # p -= lr * g in one pass
                 else:  # frozen members keep their parameters (their gradients may be NaN)
                     p.sub_(torch.where(alive.view(B, *([1] * (p.ndim - 1))), lr[name] * g, 0.0))
-    if writer is not None:
-        writer.flush()
-    else:
-        for col in cols:
-            col.close()
+        for c in hooks:
+            c.on_train_step(k + 1, losses.detach())
     return BlockResult(int(width), B, total, False, diverged, time.perf_counter() - t_start)

@@ -175,3 +175,31 @@ if __name__ == "__main__":
         _oracle_main(sys.argv[2:])
     else:
         _train_main()
+
+
+class BlockLogs:
+    """A picklable factory of user collectors for run_sweep(collectors=...): each logs its block to a file."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def __call__(self):
+        from collectors import Collector
+
+        folder = self.folder
+
+        class BlockLog(Collector):
+            def on_block_start(self, block):
+                self.block, self.records = block, []
+
+            def on_record(self, step, outputs, scalars):
+                self.records.append([int(step), list(outputs.shape)])
+
+            def on_block_end(self, result):
+                import json
+
+                b = self.block
+                name = f"w{b.width}-s{b.seeds[0]}.json"
+                Path(folder, name).write_text(json.dumps({"members": b.members, "records": self.records}))
+
+        return [BlockLog()]

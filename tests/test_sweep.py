@@ -240,3 +240,24 @@ def test_a_poisoned_cell_is_named_and_the_others_complete(tmp_path):
     ds = es.open_ensemble(tmp_path / "p.zarr")
     assert bool(ds.written.sel(width=[32, 64, 128]).all())
     assert not bool(ds.written.sel(width=16).any())
+
+
+def test_user_collectors_run_in_every_cell_on_the_cluster(tmp_path):
+    import json
+
+    from collectors import SweepSpec
+
+    from ._workers import BlockLogs
+    from .conftest import TINY_SWEEP
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    spec = SweepSpec.from_toml(TINY_SWEEP)
+    run_sweep(spec, tmp_path / "s.zarr", workers=2, progress=False, collectors=BlockLogs(str(logs)))
+    found = {p.name: json.loads(p.read_text()) for p in logs.iterdir()}
+    assert sorted(found) == ["w16-s0.json", "w16-s2.json", "w8-s0.json", "w8-s2.json"]
+    for name, log in found.items():
+        w, s0 = int(name[1:].split("-")[0]), int(name.split("-s")[1].split(".")[0])
+        assert log["members"] == [[g, s] for g in (0.5, 1.0) for s in (s0, s0 + 1)]
+        assert [r[0] for r in log["records"]] == [round(t * w) for t in (0, 0.25, 0.5, 0.75, 1)]
+        assert all(r[1] == [4, 4, 1] for r in log["records"])  # (member, point, output)

@@ -226,3 +226,74 @@ def test_cuda_block_matches_cpu(tmp_path):
         train_block(store, data, width=64, gammas=[0.75], seeds=[0, 1], config=TrainConfig(device=dev, dtype="float64"))
         out[dev] = es.open_ensemble(store.path).prediction.values
     np.testing.assert_allclose(out["cuda"], out["cpu"], atol=1e-10)
+
+
+class Recorder:
+    """A user collector that keeps every hook call (a Collector subclass: the hooks it does not define are no-ops)."""
+
+    def __init__(self, fail_at_record: int | None = None):
+        self.calls, self.records, self.losses, self.fail_at = [], {}, [], fail_at_record
+        self.closed = False
+
+    def on_block_start(self, block):
+        self.calls.append("start")
+        self.block = block
+
+    def on_train_step(self, step, losses):
+        self.losses.append((step, losses.cpu().numpy().copy()))
+
+    def on_record(self, step, outputs, scalars):
+        if self.fail_at is not None and len(self.records) == self.fail_at:
+            raise RuntimeError("collector failed")
+        self.records[step] = (outputs.copy(), {k: v.copy() for k, v in scalars.items()})
+
+    def on_diverged(self, member, step):
+        self.calls.append(("diverged", self.block.members[member], step))
+
+    def on_block_end(self, result):
+        self.calls.append("end")
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("seed_chunk", [1, 2])
+def test_a_user_collector_receives_every_hook(tmp_path, seed_chunk):
+    from collectors import Collector
+
+    rec_cls = type("Rec", (Recorder, Collector), {})
+    data = teacher()
+    gammas, seeds, width, times = [0.5, 1.0], [0, 1], 16, [0, 5, 10, 20, 40]
+    cfg = TrainConfig(alpha=200.0, activation="relu", dtype="float64")  # the gamma = 1 members blow up
+    st = EnsembleStore.create(
+        tmp_path / "a.zarr", data.grid, gammas=gammas, widths=[width], seeds=seeds, times=times, time_units="step",
+        seed_chunk=seed_chunk,
+    )  # fmt: skip
+    rec = rec_cls()
+    res = train_block(st, data, width=width, gammas=gammas, seeds=seeds, config=cfg, collectors=[rec])
+    assert rec.calls[0] == "start" and rec.calls[-1] == "end" and rec.closed
+    assert rec.block.members == [(0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1)]
+    assert sorted((m, k) for _, m, k in [c for c in rec.calls if c[0] == "diverged"]) == sorted(res.diverged.items())
+    assert [k for k, _ in rec.losses] == list(range(1, 41))  # after every optimizer step
+    ds = es.open_ensemble(st.path)
+    assert sorted(rec.records) == times
+    for k, (out, scalars) in rec.records.items():  # exactly what the store holds, member by member
+        with np.errstate(over="ignore"):  # stored as float32, as the store casts (a blow-up becomes inf)
+            out, loss = out.astype(np.float32), scalars["train_loss"].astype(np.float32)
+        stored = ds.prediction.sel(time=float(k)).stack(member=("gamma", "seed")).transpose("member", ...)
+        np.testing.assert_array_equal(stored.values.squeeze(1), out)
+        np.testing.assert_array_equal(
+            ds.train_loss.sel(time=float(k)).stack(member=("gamma", "seed")).values.ravel(),
+            loss,
+        )
+    # a collector that fails stops the block, and every collector is still closed (the locks released)
+    bad = rec_cls(fail_at_record=2)
+    st2 = EnsembleStore.create(
+        tmp_path / "b.zarr", data.grid, gammas=gammas, widths=[width], seeds=seeds, times=times, time_units="step",
+        seed_chunk=seed_chunk,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="collector failed"):
+        train_block(st2, data, width=width, gammas=gammas, seeds=seeds, config=cfg, collectors=[bad])
+    assert bad.closed and "end" not in bad.calls
+    train_block(st2, data, width=width, gammas=gammas, seeds=seeds, config=cfg)  # the locks were released
+    assert bool(es.open_ensemble(st2.path).written.all())

@@ -1,0 +1,231 @@
+"""One record path: the record buffer every writer builds on, the :class:`Collector` interface of the trainer,
+and the store sinks the trainer writes through.
+
+A :class:`RecordBuffer` is one writer unit of a store (a run, or one gamma's seed block when the store is
+chunked by seed block): it holds the unit's write lock, checks the scalar names against the store, buffers
+records and writes them when a time chunk completes, and marks divergence. :class:`OutputCollector` (a user's
+own loop) and the block trainer's sinks both write through it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ensemble_stats.errors import ValidationError
+
+from ._store import EnsembleStore
+
+__all__ = ["Block", "Collector", "RecordBuffer"]
+
+
+def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Arrays for ``EnsembleStore.write_records`` from buffered ``(time_index, step, output, scalars)`` records.
+
+    Records are stacked along ``axis``: 0 for one run's (point, output) outputs, 1 for a block whose outputs
+    carry a leading member axis. A scalar missing from a record is NaN there.
+    """
+    ti = np.array([b[0] for b in buffer])
+    steps = np.array([b[1] for b in buffer], dtype=np.int64)
+    out = np.stack([b[2] for b in buffer], axis)
+    names = sorted({k for b in buffer for k in b[3]})
+    with np.errstate(over="ignore"):  # a diverging run's huge values become +-inf: stored as is
+        scalars = {
+            n: np.stack([np.asarray(b[3].get(n, np.nan), dtype=np.float32) for b in buffer], axis) for n in names
+        }
+    return ti, steps, out, scalars
+
+
+class RecordBuffer:
+    """The buffered records of one writer unit of ``store``, written at time-chunk boundaries.
+
+    Parameters
+    ----------
+    store : the store
+    index : the unit's index along (gamma, width, seed, *extra); the seed may be a slice of whole seed chunks
+    schedule : optimizer step of every recording time, for this unit's width
+
+    The unit's write lock is taken here and released by :meth:`close` (or :meth:`release`).
+    """
+
+    def __init__(self, store: EnsembleStore, index: Sequence[int | slice], schedule: np.ndarray):
+        self.store, self.index, self.schedule = store, tuple(index), np.asarray(schedule)
+        self.block = isinstance(self.index[2], slice)
+        self._time_chunk = store.spec.time_chunk
+        self._buffer: list[tuple[int, int, np.ndarray, dict]] = []
+        self._mutex = threading.Lock()  # records may arrive from a background evaluation thread
+        self.run_lock = store.lock(self.index).acquire()
+
+    def check_scalars(self, names) -> None:
+        """Refuse scalar names the store does not record, saying how to declare them."""
+        unknown = set(names) - set(self.store.scalar_names)
+        if unknown:
+            raise ValidationError(
+                f"unknown scalars {sorted(unknown)}; this store records {list(self.store.scalar_names)}. Declare "
+                "further metrics when the store is created: EnsembleStore.create(..., metrics={name: long_name})."
+            )
+
+    def add(self, j: int, step: int, out: np.ndarray, scalars: Mapping[str, Any]) -> None:
+        """Buffer record ``j`` (time index) taken at optimizer ``step``; write the chunk once it is complete."""
+        self.check_scalars(scalars)
+        with self._mutex:
+            self._buffer.append((int(j), int(step), out, dict(scalars)))
+            if (j + 1) % self._time_chunk == 0 or j + 1 == len(self.schedule):
+                self._write()
+
+    def flush(self) -> None:
+        """Write and commit every buffered record."""
+        with self._mutex:
+            self._write()
+
+    def _write(self) -> None:
+        if not self._buffer:
+            return
+        ti, steps, out, scalars = stack_records(self._buffer, axis=1 if self.block else 0)
+        self.store.write_records(self.index, ti, out, steps, scalars)
+        self._buffer.clear()
+
+    def clear(self) -> None:
+        """Drop what is buffered (a resumed collector rewinds to its saved state)."""
+        with self._mutex:
+            self._buffer.clear()
+
+    def mark_diverged(self, step: int, seed_offset: int | None = None) -> None:
+        """Mark the run (or, in a block, the seed at ``seed_offset``) diverged at ``step`` (earliest kept)."""
+        if not self.block:
+            self.store.mark_diverged(self.index, int(step))
+            return
+        run = (*self.index[:2], self.index[2].start + int(seed_offset), *self.index[3:])
+        self.store.mark_diverged(run, int(step), owner_of_block=True)
+
+    def complete(self) -> bool:
+        """Every record of the unit is written."""
+        return bool(self.store.written_mask(self.index).all())
+
+    def release(self) -> None:
+        self.run_lock.release()
+
+    def close(self) -> None:
+        """Flush, then release the lock (also when the flush fails)."""
+        try:
+            self.flush()
+        finally:
+            self.release()
+
+
+@dataclass(frozen=True)
+class Block:
+    """What the block trainer trains: ``members`` = [(gamma, seed), ...] in the order of the member axis."""
+
+    store: EnsembleStore
+    width: int
+    gammas: tuple[float, ...]
+    seeds: tuple[int, ...]
+    schedule: np.ndarray
+    extra_coords: Mapping[str, Any]
+
+    @property
+    def members(self) -> list[tuple[float, int]]:
+        return [(g, s) for g in self.gammas for s in self.seeds]
+
+
+class Collector:
+    """A hook into the block trainer (:func:`~collectors.train_block` and the sweep), in the style of Lightning's
+    ``Callback``: every hook is a no-op; override the ones you need.
+
+    Hooks are called in this order: ``on_block_start`` once; ``on_record`` at each scheduled record (step 0
+    first) and ``on_train_step`` after each optimizer step, interleaved as training goes; ``on_diverged`` when a
+    member stops; ``on_block_end`` once; ``close`` always, also after an error.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """The key of this collector's state in a checkpoint of several collectors."""
+        return type(self).__qualname__
+
+    def on_block_start(self, block: Block) -> None:
+        """The block is about to train (its members, width and recording schedule are in ``block``)."""
+
+    def on_train_step(self, step: int, losses) -> None:
+        """``step`` optimizer steps are done; ``losses`` (member,) is the batch loss of each member at that step
+        (a detached tensor on the training device)."""
+
+    def on_record(self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray]) -> None:
+        """A scheduled record at optimizer ``step``: ``outputs`` (member, point, output) on the grid, ``scalars``
+        name -> (member,) values (losses, accuracies, output weight norm)."""
+
+    def on_diverged(self, member: int, step: int) -> None:
+        """Member ``member`` produced non-finite values at ``step`` and is frozen from now on."""
+
+    def on_block_end(self, result) -> None:
+        """Training finished; ``result`` is the :class:`~collectors.BlockResult`."""
+
+    def close(self) -> None:
+        """Release what the collector holds; called however the block ends."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+class _StoreSink(Collector):
+    """The trainer's store writer: one :class:`RecordBuffer` per writer unit of the block.
+
+    With seed blocks (``seed_chunk > 1``) a unit is one gamma's whole seed block; otherwise one member's run.
+    """
+
+    def __init__(self, block: Block):
+        store, width, extra = block.store, block.width, dict(block.extra_coords)
+        self.S = len(block.seeds)
+        self.units: list[RecordBuffer] = []
+        try:  # the units hold the locks: released however this ends, so a retry can take them
+            if store.spec.seed_chunk > 1:
+                for g in block.gammas:
+                    idx = [store.run_index(g, width, s, **extra) for s in block.seeds]
+                    si = [i[2] for i in idx]
+                    if si != list(range(si[0], si[0] + self.S)):
+                        raise ValidationError(
+                            f"seeds {list(block.seeds)} are not contiguous in the store; a block must be whole "
+                            "seed chunks."
+                        )
+                    index = (idx[0][0], idx[0][1], slice(si[0], si[0] + self.S), *idx[0][3:])
+                    self.units.append(RecordBuffer(store, index, block.schedule))
+                self.per_unit = self.S
+            else:
+                for g, s in block.members:
+                    self.units.append(RecordBuffer(store, store.run_index(g, width, s, **extra), block.schedule))
+                self.per_unit = 1
+        except BaseException:
+            self.close()
+            raise
+
+    def complete(self) -> bool:
+        return all(u.complete() for u in self.units)
+
+    def on_record(self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray]) -> None:
+        j = int(np.searchsorted(self.units[0].schedule, step))
+        n = self.per_unit
+        for u, unit in enumerate(self.units):
+            rows = slice(u * n, (u + 1) * n)
+            if n == 1:
+                unit.add(j, step, outputs[u], {k: v[u] for k, v in scalars.items()})
+            else:
+                unit.add(j, step, outputs[rows], {k: v[rows] for k, v in scalars.items()})
+
+    def on_diverged(self, member: int, step: int) -> None:
+        unit, offset = divmod(member, self.per_unit)
+        self.units[unit].mark_diverged(step, offset if self.per_unit > 1 else None)
+
+    def on_block_end(self, result) -> None:
+        for unit in self.units:
+            unit.flush()
+
+    def close(self) -> None:
+        for unit in self.units:
+            unit.release()
