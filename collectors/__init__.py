@@ -9,9 +9,10 @@ from ._collector import CollectorHandle, OutputCollector
 from ._config import SweepSpec
 from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
 from ._grid import EvalGrid
+from ._layout import StoreSpec
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._records import Block, Collector, RecordBuffer
-from ._store import EnsembleStore, StoreSpec
+from ._store import EnsembleStore
 from ._sweep import SweepReport, prepare_store, run_sweep
 from ._trainer import BlockResult, TrainConfig, train_block
 

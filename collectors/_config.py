@@ -21,8 +21,8 @@ from ensemble_stats import schema
 from ensemble_stats.errors import ConfigError, ValidationError, shorten
 
 from ._data import LOADERS, DataSet, load_dataset, validate_options
+from ._layout import MAX_COORDINATE, StoreSpec, default_time_chunk, size_problems
 from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
-from ._store import MAX_COORDINATE, StoreSpec, default_time_chunk, size_problems
 from ._trainer import DTYPES, LOSSES, TrainConfig
 
 MAX_CELLS = 1_000_000
@@ -334,21 +334,11 @@ class SweepSpec:
                 f"{data.task}: use loss = 'mse'."
             )
         steps_per_epoch = math.ceil(n / (t.batch_size or n))
-        times = np.asarray(self.times)
         for w in self.widths:
-            if self.time_units == "scaled":
-                steps = np.rint(times * w)
-            elif self.time_units == "step":
-                steps = np.rint(times)
-            else:
-                steps = np.rint(times * steps_per_epoch)
-            clash = np.flatnonzero(np.diff(steps) <= 0)
-            if clash.size:
-                i = int(clash[0])
-                problems.append(
-                    f"[time]: recording times {times[i]} and {times[i + 1]} ({self.time_units}) both map to optimizer "
-                    f"step {int(steps[i])} at width {w}; use fewer recording times or larger widths."
-                )
+            try:
+                schema.record_steps(self.times, self.time_units, w, steps_per_epoch)
+            except ValidationError as e:
+                problems.append(f"[time]: {e.problems[0]}")
                 break
         try:
             for w in self.widths:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensemble_stats import schema
-from ensemble_stats._paths import location, remote_exists
+from ensemble_stats._paths import has_group, location
 from ensemble_stats._verify import sweep_partial_files
 from ensemble_stats.errors import ConfigError, SpecMismatchError, SweepError
 
@@ -75,7 +75,7 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
     create one path, the one that loses the race is refused rather than writing into the other's store.
     """
     path = location(path, "--store")
-    if remote_exists(path) if isinstance(path, str) else (path / "zarr.json").is_file():
+    if has_group(path):
         store = EnsembleStore.open(path)
         _check_config(store, spec, path)
         return store

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import dask
 import numpy as np
@@ -13,7 +12,7 @@ import xarray as xr
 import zarr
 
 from . import _integrity, schema
-from ._paths import is_url
+from ._paths import has_group, is_url
 from ._verify import verify_store
 from .errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
 
@@ -21,7 +20,7 @@ PathLike = str | os.PathLike
 
 
 def _open_one(path: PathLike) -> xr.Dataset:
-    if not is_url(path) and not (Path(path) / "zarr.json").is_file():
+    if not is_url(path) and not has_group(path):
         raise StoreNotFoundError(
             f"{path} is not an ensemble store (no zarr.json); pass the directory created by EnsembleStore.create "
             "or `ensemble-stats run`."

@@ -91,6 +91,16 @@ def remote_exists(url: str, key: str = "zarr.json") -> bool:
     return bool(fs.exists(target))
 
 
+def has_group(path: str | os.PathLike) -> bool:
+    """Whether a Zarr group's ``zarr.json`` is at ``path`` (a local directory, or a URL on object storage).
+
+    The one test of "is something there" used before opening or creating a store; :func:`is_store` also
+    checks that the group is an ensemble store.
+    """
+    loc = location(path)
+    return remote_exists(loc) if isinstance(loc, str) else (loc / "zarr.json").is_file()
+
+
 def is_store(path: str | os.PathLike) -> bool:
     """Whether ``path`` (local or URL) is an ensemble store (a Zarr v3 group with the schema version attribute)."""
     try:

@@ -28,7 +28,7 @@ import zarr
 
 from . import _integrity, schema
 from ._locks import is_free, lock_dir, lock_name
-from ._paths import location, remote_exists
+from ._paths import has_group, location
 from .errors import StoreNotFoundError
 
 PARTIAL_MARKERS = (".partial",)
@@ -110,12 +110,9 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
     """
     root = location(path)
     problems: list[StoreProblem] = []
-    if isinstance(root, str):
-        if not remote_exists(root):
-            raise StoreNotFoundError(f"{root} is not an ensemble store (no zarr.json).")
-    else:
-        if not (root / "zarr.json").is_file():
-            raise StoreNotFoundError(f"{root} is not an ensemble store (no zarr.json).")
+    if not has_group(root):
+        raise StoreNotFoundError(f"{root} is not an ensemble store (no zarr.json).")
+    if not isinstance(root, str):
         problems += [
             StoreProblem("partial", str(p), "temporary file of an interrupted write") for p in _partial_files(root)
         ]

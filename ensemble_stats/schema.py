@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .errors import ValidationError
 from .errors import shorten as _show
 
 SCHEMA_VERSION = 1
@@ -95,6 +96,36 @@ ATTR_METRICS = "metrics"
 """Group attr: the further per-record scalars declared at creation, name -> long_name, in order."""
 ATTR_TRAIN_SET = "train_set"
 MISSING_STEP = -1
+
+
+def record_steps(times, units: str, width: int, steps_per_epoch: int | None = None) -> np.ndarray:
+    """The optimizer step k of each recording time for a run of ``width``: k = t for ``"step"``, k = round(t N)
+    for ``"scaled"`` (t = k / N), k = round(t * steps_per_epoch) for ``"epoch"``.
+
+    Raises
+    ------
+    ValidationError
+        Two recording times map to the same step, or epoch units without ``steps_per_epoch``.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    if units == "step":
+        steps = np.rint(t).astype(np.int64)
+    elif units == "scaled":
+        steps = np.rint(t * width).astype(np.int64)
+    else:
+        if not steps_per_epoch or steps_per_epoch < 1:
+            raise ValidationError(
+                "time_units='epoch' needs steps_per_epoch (optimizer steps per epoch, an integer >= 1); "
+                f"got {steps_per_epoch!r}."
+            )
+        steps = np.rint(t * steps_per_epoch).astype(np.int64)
+    if np.any(np.diff(steps) <= 0):
+        i = int(np.argmax(np.diff(steps) <= 0))
+        raise ValidationError(
+            f"recording times {t[i]} and {t[i + 1]} ({units}) both map to optimizer step {steps[i]} at "
+            f"width {width}; use coarser times or larger widths so each time is a distinct step."
+        )
+    return steps
 
 
 def scalar_names(attrs: Mapping) -> tuple[str, ...]:

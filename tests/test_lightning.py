@@ -85,7 +85,7 @@ def test_a_fit_records_on_the_schedule_and_a_resumed_fit_writes_the_same_bytes(t
     t1.fit(Tiny(0), _loader(data))
     ckpt = tmp_path / "mid.ckpt"
     t1.save_checkpoint(ckpt)
-    state = torch.load(ckpt, weights_only=False)["callbacks"]
+    state = torch.load(ckpt, weights_only=True)["callbacks"]
     assert state[first.state_key]["step"] == 6 and state[first.state_key]["next_index"] == 4
     done = es.open_ensemble(split.path).written.sel(seed=0).values.ravel()
     assert done.tolist() == [True] * 4 + [False] * 3  # epochs 0-3 durable at the checkpoint

@@ -142,7 +142,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.faults[str(partial)] = "partial"
             type(self).injected["partial"] += 1
         col.run_lock.release()  # what the kernel does for a dead process
-        col._buffer.clear()  # the dead process's memory
+        col._records.clear()  # the dead process's memory
         type(self).injected["kill"] += 1
 
     @precondition(lambda self: bool(self.writers))
