@@ -58,6 +58,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "batch_size": ((int,), 0),
         "shuffle": ((bool,), True),
         "output_weight_decay": ((int, float), 0.0),
+        "blowup": ((int, float), 10.0),
+        "max_output": ((int, float), 0.0),
         "data_seed": ((int,), 0),
     },
     "run": {"dtype": ((str,), "float32"), "device": ((str,), "cpu")},
@@ -227,6 +229,10 @@ class SweepSpec:
             problems.append(
                 f"[optimizer].output_weight_decay = {op['output_weight_decay']}: must be a finite number >= 0."
             )
+        for key, low in (("blowup", 1.0), ("max_output", 0.0)):
+            v = op[key]
+            if not (math.isfinite(v) and (v == 0 or v > low)):
+                problems.append(f"[optimizer].{key} = {v}: 0 turns the check off, else a finite number > {low:g}.")
         if dt["name"] in LOADERS:
             problems += [f"[data].options: {p}" for p in validate_options(dt["name"], dt["options"])]
         if problems:
@@ -243,6 +249,8 @@ class SweepSpec:
                 batch_size=op["batch_size"] or None,
                 shuffle=op["shuffle"],
                 output_weight_decay=float(op["output_weight_decay"]),
+                blowup=float(op["blowup"]) or None,
+                max_output=float(op["max_output"]) or None,
                 dtype=rn["dtype"],
                 device=rn["device"],
             )
@@ -292,6 +300,9 @@ class SweepSpec:
                 "batch_size": t.batch_size or 0,
                 "shuffle": t.shuffle,
                 "output_weight_decay": t.output_weight_decay,
+                # written only where they differ from the defaults: older configs keep their canonical form
+                **({"blowup": t.blowup or 0.0} if t.blowup != 10.0 else {}),
+                **({"max_output": t.max_output} if t.max_output else {}),
                 "data_seed": self.data_seed,
             },
             "run": {"dtype": t.dtype},

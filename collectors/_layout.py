@@ -468,7 +468,7 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         fill_value=schema.MISSING_STEP,
         dimension_names=rdims[:-1],
         compressors=_codecs(),
-    ).attrs.update({"long_name": "first optimizer step with non-finite outputs, -1 if none"})
+    ).attrs.update({"long_name": schema.LONG_NAMES[schema.DIVERGED_STEP][0]})
     g.attrs.update({schema.ATTR_MANIFEST: _integrity.build_manifest(g)})
 
 

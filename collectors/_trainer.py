@@ -48,6 +48,11 @@ class TrainConfig:
         Draw a new order every epoch (False: the data set order, like the authors' unshuffled loader).
     output_weight_decay
         lambda of the 2-norm regularizer lambda (1/N) sum c_i^2 added to the loss (docs/theory.md §4).
+    blowup, max_output
+        A member whose training loss at a record exceeds ``blowup`` times its initial training loss, or whose
+        largest output on the grid exceeds ``max_output`` in absolute value, has blown up: it is marked
+        diverged at that record's step and frozen, like a member with non-finite values (its records are
+        stored as they are; ``open_ensemble`` leaves them out of every statistic). None disables a check.
     dtype, device
         ``"float32"`` (default) or ``"float64"``; ``"cpu"`` (default) or ``"cuda"``.
     """
@@ -62,6 +67,8 @@ class TrainConfig:
     batch_size: int | None = None
     shuffle: bool = True
     output_weight_decay: float = 0.0
+    blowup: float | None = 10.0
+    max_output: float | None = None
     dtype: str = "float32"
     device: str = "cpu"
 
@@ -96,6 +103,10 @@ class TrainConfig:
             and self.output_weight_decay >= 0
         ):
             problems.append(f"output_weight_decay must be a finite number >= 0, got {self.output_weight_decay!r}.")
+        for name, low in (("blowup", 1.0), ("max_output", 0.0)):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > low):
+                problems.append(f"{name} must be None (off) or a finite number > {low:g}, got {v!r}.")
         ValidationError.raise_if(problems, "TrainConfig")
 
     def architecture(self, d_in: int, d_out: int, width: int, gamma: float) -> Architecture:
@@ -117,6 +128,13 @@ class TrainConfig:
             "optimizer": "full-batch gradient descent" if self.batch_size is None else f"SGD, batch {self.batch_size}",
             "batch_size": self.batch_size or 0,
             "output_weight_decay": self.output_weight_decay,
+            "blowup": "off"
+            if self.blowup is None and self.max_output is None
+            else " or ".join(
+                ([f"training loss > {self.blowup:g} x the member's initial training loss"] if self.blowup else [])
+                + ([f"|output| > {self.max_output:g} on the grid"] if self.max_output else [])
+            )
+            + " at a record: marked diverged at that step, frozen",
             "dtype": self.dtype,
         }
 
@@ -331,6 +349,10 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
     order = torch.arange(n)
     total = int(schedule[-1])
     written = 0
+    bound = None
+    if config.blowup is not None:
+        with torch.no_grad():  # the reference of the blow-up rule: each member's initial training loss
+            bound = config.blowup * _member_losses(forward(params, arch, x, scales), y, labels, config.loss)
 
     def record(step: int) -> None:
         nonlocal written
@@ -339,6 +361,12 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
             test_loss = _member_losses(out, yg, lg, config.loss)
             out_train = forward(params, arch, x, scales)
             train_loss = _member_losses(out_train, y, labels, config.loss)
+            blown = torch.zeros_like(alive)
+            if config.blowup is not None:
+                blown |= train_loss > bound  # finite but exploded (non-finite values are divergence already)
+            if config.max_output is not None:
+                blown |= out.abs().flatten(1).amax(1) > config.max_output
+            blown &= alive
             norm = (params["C"] ** 2).sum(dim=(-2, -1)) / width
             classify = data.task == "classification"
             acc = (out.argmax(-1) == lg).to(dtype).mean(-1) if classify else None
@@ -352,6 +380,11 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
         if acc is not None:
             sc[schema.ACCURACY] = acc.cpu().numpy()
             sc[schema.TRAIN_ACCURACY] = train_acc.cpu().numpy()
+        for b in torch.nonzero(blown).flatten().tolist():
+            diverged[members[b]] = step
+            for c in hooks:
+                c.on_diverged(b, step)
+        alive.logical_and_(~blown)  # frozen from here on, as after non-finite values
         for c in hooks:
             c.on_record(step, out_np, sc)
         written += B

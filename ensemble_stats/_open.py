@@ -178,7 +178,9 @@ def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
     return combined.sortby(dim)
 
 
-def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool = False) -> xr.Dataset:
+def open_ensemble(
+    path_or_paths: PathLike | Sequence[PathLike], *, verify: bool = False, diverged: str = "exclude"
+) -> xr.Dataset:
     """Open one or several ensemble stores as one lazy, labelled Dataset.
 
     Parameters
@@ -188,6 +190,10 @@ def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool 
     verify
         Read every chunk first and raise :class:`StoreCorruptionError` listing missing, corrupt and stray
         partial files.
+    diverged : {"exclude", "keep"}
+        ``"exclude"`` (default): the records of a diverged run from its ``diverged_step`` on (non-finite values,
+        or a blow-up the trainer flagged) read as NaN, so every statistic leaves them out and counts them;
+        ``"keep"``: as stored.
 
     Returns
     -------
@@ -200,13 +206,28 @@ def open_ensemble(path_or_paths: PathLike | Sequence[PathLike], *, verify: bool 
     paths = [path_or_paths] if isinstance(path_or_paths, str | os.PathLike) else list(path_or_paths)
     if not paths:
         raise ValidationError("no store paths given; pass a path or a non-empty list of paths.", "open_ensemble")
+    if diverged not in ("exclude", "keep"):
+        raise ValidationError(f"diverged={diverged!r}: use 'exclude' or 'keep'.", "open_ensemble")
     if verify:
         for p in paths:
             problems = verify_store(p)
             if problems:
                 raise StoreCorruptionError(problems, str(p))
     parts = [_open_one(p) for p in paths]
-    return parts[0] if len(parts) == 1 else _combine(parts)
+    ds = parts[0] if len(parts) == 1 else _combine(parts)
+    return _exclude_diverged(ds) if diverged == "exclude" else ds
+
+
+def _exclude_diverged(ds: xr.Dataset) -> xr.Dataset:
+    """Records at or after a run's ``diverged_step`` become NaN (prediction and every per-record scalar)."""
+    div = ds[schema.DIVERGED_STEP]
+    if not bool((div >= 0).any()):
+        return ds
+    keep = (div < 0) | (ds[schema.STEP] < div)
+    for name in (schema.PREDICTION, *(n for n in schema.scalar_names(ds.attrs) if n in ds)):
+        ds[name] = ds[name].where(keep).assign_attrs(ds[name].attrs)
+    ds.attrs["diverged_records"] = "excluded: NaN from each diverged run's diverged_step on (open_ensemble)"
+    return ds
 
 
 def _axes(positions) -> list[np.ndarray]:

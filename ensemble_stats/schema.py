@@ -73,7 +73,7 @@ LONG_NAMES: dict[str, tuple[str, str]] = {
     ACCURACY: ("test accuracy", ""),
     TRAIN_ACCURACY: ("training accuracy", ""),
     OUTPUT_WEIGHT_NORM: ("norm of the output weights", ""),
-    DIVERGED_STEP: ("first optimizer step with non-finite outputs, -1 if none", ""),
+    DIVERGED_STEP: ("optimizer step at which the run diverged (non-finite values or a blow-up), -1 if none", ""),
 }
 """``long_name`` (and units) of every store variable, set on the variables ``open_ensemble`` returns."""
 

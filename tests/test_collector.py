@@ -178,10 +178,12 @@ def test_diverged_run_is_stored_as_is_and_reported(make_store):
         model.set(vals)
         col.record(model, t)
     col.close()
-    ds = es.open_ensemble(store.path)
+    ds = es.open_ensemble(store.path, diverged="keep")
     run = ds.sel(gamma=0.75, width=4, seed=1)
     assert bool(run.written.all()), "a diverged record is written, not missing"
     assert np.isnan(run.prediction.values[3, 0, 0]) and np.isinf(run.prediction.values[4, 0, 0])
+    excluded = es.open_ensemble(store.path).sel(gamma=0.75, width=4, seed=1)  # the default for statistics
+    assert np.isnan(excluded.prediction.values[3:]).all() and np.isfinite(excluded.prediction.values[:3]).all()
     assert int(run.diverged_step) == 3
     assert es.diverged_runs(ds) == [{"gamma": 0.75, "width": 4, "seed": 1, "step": 3}]
     assert int(ds.diverged_step.sel(gamma=0.75, width=4, seed=0)) == -1

@@ -489,7 +489,7 @@ def test_a_run_diverging_at_step_s_is_stored_reported_excluded_and_counted(tmp_p
     pred[s_idx + 1 :] = np.nan
     steps = clean.step.values[0, 1, 2]
     store.write_records((0, 1, 2), np.arange(ds0.sizes["time"]), pred, steps)
-    ds = es.open_ensemble(store.path).load()
+    ds = es.open_ensemble(store.path, diverged="keep").load()
     checks = {}
     run = ds.sel(gamma=0.75, width=64, seed=2)
     checks["stored as is"] = bool(np.isinf(run.prediction.isel(time=s_idx)).all()) and bool(run.written.all())
@@ -505,6 +505,8 @@ def test_a_run_diverging_at_step_s_is_stored_reported_excluded_and_counted(tmp_p
         and int(bv.n_excluded.sel(width=64).isel(time=s_idx).squeeze()) == 1
         and int(bv.n_seeds.sel(width=64).isel(time=s_idx).squeeze()) == 5
     )
+    default = es.bias_variance(es.open_ensemble(store.path)).compute()  # excluded at open, by default
+    checks["open_ensemble excludes by default"] = bool(np.allclose(default.variance, ref.variance, equal_nan=True))
     rate, rate_ref = es.fit_rate(ds).compute(), es.fit_rate(excluded).compute()
     checks["fit_rate excludes"] = bool(np.allclose(rate.slope, rate_ref.slope, equal_nan=True))
     others = ds.prediction.where(~((ds.seed == 2) & (ds.width == 64)))

@@ -275,7 +275,7 @@ def test_a_user_collector_receives_every_hook(tmp_path, seed_chunk):
     assert rec.block.members == [(0.5, 0), (0.5, 1), (1.0, 0), (1.0, 1)]
     assert sorted((m, k) for _, m, k in [c for c in rec.calls if c[0] == "diverged"]) == sorted(res.diverged.items())
     assert [k for k, _ in rec.losses] == list(range(1, 41))  # after every optimizer step
-    ds = es.open_ensemble(st.path)
+    ds = es.open_ensemble(st.path, diverged="keep")  # as stored, diverged members included
     assert sorted(rec.records) == times
     for k, (out, scalars) in rec.records.items():  # exactly what the store holds, member by member
         with np.errstate(over="ignore"):  # stored as float32, as the store casts (a blow-up becomes inf)
@@ -297,3 +297,54 @@ def test_a_user_collector_receives_every_hook(tmp_path, seed_chunk):
     assert bad.closed and "end" not in bad.calls
     train_block(st2, data, width=width, gammas=gammas, seeds=seeds, config=cfg)  # the locks were released
     assert bool(es.open_ensemble(st2.path).written.all())
+
+
+def test_a_finite_blow_up_is_marked_diverged_frozen_and_excluded(tmp_path):
+    # gamma = 1 at alpha = 100 on digits: the cross-entropy climbs by many orders of magnitude yet stays finite,
+    # so without the blow-up rule these members would enter every statistic as healthy runs
+    data = digits()
+    times = [0, 10, 20, 40, 80, 160, 320]
+    kw = dict(gammas=[1.0], widths=[64], seeds=[0, 1, 2, 3], times=times, time_units="step")
+    base = dict(alpha=100.0, activation="relu", loss="cross_entropy", batch_size=32)
+    off = EnsembleStore.create(tmp_path / "off.zarr", data.grid, **kw)
+    res_off = train_block(
+        off, data, width=64, gammas=[1.0], seeds=[0, 1, 2, 3], config=TrainConfig(**base, blowup=None)
+    )
+    raw = es.open_ensemble(off.path, diverged="keep")
+    assert not res_off.diverged and bool(np.isfinite(raw.train_loss).all())  # finite: invisible before
+    ratio = (raw.train_loss / raw.train_loss.isel(time=0)).max("time")
+    assert float(ratio.min()) > 1e3  # and yet every member blew up
+
+    on = EnsembleStore.create(tmp_path / "on.zarr", data.grid, **kw)
+    res = train_block(on, data, width=64, gammas=[1.0], seeds=[0, 1, 2, 3], config=TrainConfig(**base))  # default 10
+    assert len(res.diverged) == 4
+    kept = es.open_ensemble(on.path, diverged="keep")
+    for (g, s), k in res.diverged.items():
+        run = kept.sel(gamma=g, width=64, seed=s)
+        i = times.index(k)  # flagged at the first record whose training loss exceeds 10 x its initial one
+        losses = run.train_loss.values
+        assert losses[i] > 10 * losses[0] and np.all(losses[:i] <= 10 * losses[0]), (s, k, losses)
+        assert (run.prediction.values[i:] == run.prediction.values[i]).all()  # frozen from then on
+        assert int(run.diverged_step) == k
+    assert {(r["gamma"], r["seed"]) for r in es.diverged_runs(kept)} == set(res.diverged)
+    ds = es.open_ensemble(on.path)  # the default leaves them out of every statistic, and counts them
+    bv = es.bias_variance(ds).compute()
+    last = bv.isel(time=-1, gamma=0, width=0)
+    assert int(last.n_seeds) == 0 and int(last.n_excluded) == 4
+    assert TrainConfig(**base).describe()["blowup"].startswith("training loss > 10 x")
+    with pytest.raises(errors.ValidationError, match="blowup must be None"):
+        TrainConfig(blowup=0.5)
+
+
+def test_an_output_bound_flags_a_member_whose_outputs_grow(tmp_path):
+    data = teacher()
+    kw = dict(gammas=[0.5], widths=[16], seeds=[0, 1], times=[0, 5, 10, 20], time_units="step")
+    st = EnsembleStore.create(tmp_path / "b.zarr", data.grid, **kw)
+    free = train_block(st, data, width=16, gammas=[0.5], seeds=[0, 1], config=TrainConfig(dtype="float64"))
+    peak = float(np.abs(es.open_ensemble(st.path).prediction).max())
+    assert not free.diverged
+    st2 = EnsembleStore.create(tmp_path / "c.zarr", data.grid, **kw)
+    res = train_block(
+        st2, data, width=16, gammas=[0.5], seeds=[0, 1], config=TrainConfig(dtype="float64", max_output=peak * 0.999)
+    )
+    assert res.diverged and all(k in (0, 5, 10, 20) for k in res.diverged.values())
