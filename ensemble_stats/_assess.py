@@ -220,8 +220,8 @@ def _spearman(x, y) -> float:
 def kernel_limit_problems(ds: xr.Dataset) -> list[str]:
     """Why the kernel limit of :func:`compare_to_theory` does not describe this store (empty if it does).
 
-    It holds for one hidden layer, the theory init, MSE, full-batch gradient descent, no weight decay, one
-    output, scaled time, and needs the training set (in the store or given).
+    It holds for one hidden layer, the theory init, MSE, full-batch gradient descent, no weight decay, scaled
+    time (any number of outputs), and needs the training set (in the store or given).
     """
     model = ds.attrs.get(schema.ATTR_MODEL)
     if not isinstance(model, dict):
@@ -233,7 +233,6 @@ def kernel_limit_problems(ds: xr.Dataset) -> list[str]:
         (model.get("optimizer") == "full-batch gradient descent", "not full-batch gradient descent"),
         (not model.get("output_weight_decay"), "weight decay"),
         ("bias=False" in str(model.get("architecture", "")), "biases"),
-        (ds.sizes.get(schema.OUTPUT, 1) == 1, "more than one output"),
         (ds[schema.TIME].attrs.get("units", "scaled") == "scaled", "time is not scaled"),
         (schema.X_TRAIN in ds and schema.Y_TRAIN in ds, "no training set in the store"),
     ]
@@ -255,16 +254,16 @@ def compare_to_theory(
 
     Parameters
     ----------
-    ds : Dataset from ``open_ensemble`` of a shallow sweep with the theory init law, scaled time, one output;
-        the grid is ``ds.x``.
-    train_x, train_y : the training set (M, d), (M,) or (M, 1); default the store's ``x_train`` / ``y_train``
+    ds : Dataset from ``open_ensemble`` of a shallow sweep with the theory init law, scaled time, any number of
+        outputs (the variance is pooled over points and outputs); the grid is ``ds.x``.
+    train_x, train_y : the training set (M, d), (M,) or (M, O); default the store's ``x_train`` / ``y_train``
     activation, alpha : default the store's model (``attrs["model"]``), else ``"tanh"`` and 1
     decomposition : a :func:`bias_variance` result of ``ds`` at level ``ci`` to reuse (computed if not given)
 
     Returns
     -------
     Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` per (gamma, width, time), and the kernel limit's ``h``
-    and ``var_k`` (time, point). See docs/theory.md §9.3.
+    (time, point, output) and ``var_k`` (time, point). See docs/theory.md §9.3.
     """
     from .theory import kernel_limit
 

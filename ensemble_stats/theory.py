@@ -363,36 +363,40 @@ def _phi(lam: np.ndarray, t: float, M: int) -> np.ndarray:
 def kernel_limit(
     train_x, train_y, grid_x, times, *, activation: str | Callable = "tanh", sigma_w: float = 1.0, alpha: float = 1.0
 ) -> xr.Dataset:
-    """The gamma in (1/2, 1) kernel limit for full-batch GD on M training points (docs/theory.md §1.2-1.4 [R]).
+    """The gamma in (1/2, 1) kernel limit for full-batch GD on M training points and O outputs (docs/theory.md
+    §1.2-1.4 [R]).
 
     h_t(x) = A_xX phi_t(A_XX) Y and K_t(x) = K_0(x) - A_xX phi_t(A_XX) K_0(X) with K_0 ~ GP(0, Sigma), where
-    phi_t(lam) = (1 - e^{-t lam / M}) / lam through the eigendecomposition (no inverse of a singular A).
+    phi_t(lam) = (1 - e^{-t lam / (M O)}) / lam through the eigendecomposition (no inverse of a singular A).
+    With O outputs the tangent kernel is A (x) I_O at leading order (independent output weights) and the loss
+    (1/2 the mean over the M points and O outputs) puts 1 / (M O) in the gradient flow; each output's K_t has
+    the same variance.
 
     Parameters
     ----------
-    train_x : (M, d), train_y : (M,) or (M, 1), grid_x : (P, d), times : scaled times t
+    train_x : (M, d); train_y : (M,) or (M, O); grid_x : (P, d); times : scaled times t
 
     Returns
     -------
-    Dataset with ``h`` (time, point) and ``var_k`` (time, point): the limit and Var K_t on the grid.
+    Dataset with ``h`` (time, point, output) and ``var_k`` (time, point): the limit and Var K_t on the grid.
     """
     X = np.atleast_2d(np.asarray(train_x, dtype=np.float64))
-    Y = np.asarray(train_y, dtype=np.float64).reshape(len(X))
+    Y = np.asarray(train_y, dtype=np.float64).reshape(len(X), -1)
     G = np.atleast_2d(np.asarray(grid_x, dtype=np.float64))
-    M = len(X)
+    M, O = Y.shape  # noqa: E741
     A_XX, S_XX = shallow_kernels(X, activation=activation, sigma_w=sigma_w, alpha=alpha)
     A_GX, S_GX = shallow_kernels(G, X, activation=activation, sigma_w=sigma_w, alpha=alpha)
     _, S_GG = shallow_kernels(G, activation=activation, sigma_w=sigma_w, alpha=alpha)
     lam, U = np.linalg.eigh((A_XX + A_XX.T) / 2)
     h, var = [], []
     for t in np.atleast_1d(times):
-        P = U @ np.diag(_phi(lam, float(t), M)) @ U.T  # phi_t(A_XX)
+        P = U @ np.diag(_phi(lam, float(t), M * O)) @ U.T  # phi_t(A_XX)
         L = A_GX @ P  # (P, M)
         h.append(L @ Y)
         var.append(np.diag(S_GG) - 2 * (L * S_GX).sum(1) + np.einsum("pm,mn,pn->p", L, S_XX, L))
     dims = (schema.TIME, schema.POINT)
-    return xr.Dataset(
-        {"h": (dims, np.array(h)), "var_k": (dims, np.array(var))},
+    out = xr.Dataset(
+        {"h": ((*dims, schema.OUTPUT), np.array(h)), "var_k": (dims, np.array(var))},
         coords={schema.TIME: np.atleast_1d(times).astype(float), schema.POINT: np.arange(len(G))},
         attrs={
             "source": "docs/theory.md §1.2-1.3 [R]",
@@ -401,6 +405,9 @@ def kernel_limit(
             "sigma_w": sigma_w,
         },
     )
+    out["h"].attrs["long_name"] = "kernel-limit mean output h_t"
+    out["var_k"].attrs["long_name"] = "kernel-limit variance Var K_t of the rescaled fluctuation (every output)"
+    return out
 
 
 # ------------------------------------------------------------------------------------------ conditioning

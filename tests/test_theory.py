@@ -142,7 +142,8 @@ def _wide_check(tmp_path, width, seeds):
     se = ds.prediction.std("seed").values / math.sqrt(seeds)
     # the seed mean differs from h_t by sampling error plus the N^(gamma-1) bias: 4 SE + 0.03 (docs/theory.md §1.6
     # measured 0.020 at N = 512 and 0.006 at N = 2048)
-    assert (np.abs(m - lim.h.values) < 4 * se + 0.03).all(), (m, lim.h.values, se)
+    h = lim.h.isel(output=0).values
+    assert (np.abs(m - h) < 4 * se + 0.03).all(), (m, h, se)
     np.testing.assert_allclose(lim.h.sel(time=0.0), 0.0, atol=1e-12)
 
 
@@ -193,3 +194,33 @@ def test_quadrature_against_monte_carlo_for_a_user_activation():
     want = (f(u[:, 0]) * f(u[:, 1])).mean()
     got = theory.gaussian_expectation(f, f, 1.0, 0.3, 0.5)
     assert abs(got - want) < 5e-3
+
+
+def test_kernel_limit_with_two_outputs_matches_a_trained_ensemble(tmp_path):
+    """Two regression outputs: the limit is A (x) I with 1 / (M O) in the flow (the loss averages over outputs)."""
+    from collectors import DataSet, EvalGrid
+
+    base = teacher()
+    th_train = np.arctan2(base.x_train[:, 1], base.x_train[:, 0])
+    th_grid = np.arctan2(base.grid.x[:, 1], base.grid.x[:, 0])
+    two = lambda th: np.stack([np.sin(3 * th) + 0.5 * np.cos(th), 2 * np.cos(2 * th)], 1)  # noqa: E731
+    data = DataSet("two-output circle", base.x_train, two(th_train), EvalGrid(base.grid.x, two(th_grid)))
+    times, seeds, width = [0.0, 0.5, 1.0], 32, 2048
+    st = EnsembleStore.create(
+        tmp_path / "two.zarr", data.grid, gammas=[0.75], widths=[width], seeds=list(range(seeds)), times=times,
+        seed_chunk=seeds, train=(data.x_train, data.y_train),
+    )  # fmt: skip
+    train_block(st, data, width=width, gammas=[0.75], seeds=list(range(seeds)), config=TrainConfig(dtype="float64"))
+    ds = es.open_ensemble(st.path).isel(gamma=0, width=0)
+    lim = theory.kernel_limit(data.x_train, data.y_train, data.grid.x, times)
+    assert lim.h.dims == ("time", "point", "output") and lim.h.sizes["output"] == 2
+    m = ds.prediction.mean("seed").values
+    se = ds.prediction.std("seed").values / math.sqrt(seeds)
+    assert (np.abs(m - lim.h.values) < 4 * se + 0.03).all(), (m, lim.h.values, se)
+    # each output alone, as if it were the only one, runs on a clock O = 2 times too fast: measurably wrong
+    alone = np.stack(
+        [theory.kernel_limit(data.x_train, data.y_train[:, o], data.grid.x, times).h.values[..., 0] for o in (0, 1)], -1
+    )
+    assert np.abs(m - alone)[-1].max() > 3 * np.abs(m - lim.h.values)[-1].max()
+    r = es.compare_to_theory(es.open_ensemble(st.path), activation="tanh").compute()  # pooled over both outputs
+    assert ((r.ratio > 0.6) & (r.ratio < 1.6)).all(), r.ratio.values
