@@ -28,7 +28,7 @@ from ._info import completeness, diverged_runs
 from ._open import open_ensemble
 from ._report import report
 from ._select import at_common_time, common_times, time_units
-from ._stats import bias_variance, seed_mean
+from ._stats import bias_variance, seed_mean, variance_components
 from ._verify import StoreProblem, sweep_partial_files, verify_store
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "time_units",
     "trend",
     "Verdict",
+    "variance_components",
     "verdict",
     "verify_store",
 ]

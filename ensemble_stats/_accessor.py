@@ -13,7 +13,7 @@ from ._fit import fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
 from ._report import report
 from ._select import at_common_time
-from ._stats import bias_variance, seed_mean
+from ._stats import bias_variance, seed_mean, variance_components
 
 _GRID = (schema.POINT, schema.OUTPUT)
 
@@ -44,6 +44,17 @@ class EnsembleAccessor:
     def seed_mean(self, *, var: str = schema.PREDICTION, ci: float = 0.95) -> xr.Dataset:
         """See :func:`ensemble_stats.seed_mean`."""
         return seed_mean(self._ds, var=var, ci=ci)
+
+    def variance_components(
+        self,
+        *,
+        var: str = schema.PREDICTION,
+        data_dim: str = "data_seed",
+        dims: Sequence[str] = _GRID,
+        ci: float = 0.95,
+    ) -> xr.Dataset:
+        """See :func:`ensemble_stats.variance_components`."""
+        return variance_components(self._ds, var=var, data_dim=data_dim, dims=dims, ci=ci)
 
     def fit_expansion(
         self,

@@ -14,7 +14,7 @@ from . import schema
 from ._np_stats import CI_METHODS, CI_STATUS, STATISTICS, bias_variance_kernel, seed_mean_kernel
 from .errors import ValidationError
 
-__all__ = ["bias_variance", "seed_mean", "seed_moments"]
+__all__ = ["bias_variance", "seed_mean", "seed_moments", "variance_components"]
 
 _LONG_NAMES = {
     "mse": "mean squared error against the reference, seed average of (f - ref)^2 (unbiased for E(f - ref)^2)",
@@ -295,4 +295,72 @@ def seed_mean(ds: xr.Dataset | xr.DataArray, *, var: str = schema.PREDICTION, ci
             res[v].attrs["units"] = da.attrs["units"]
     _ci_status(res["ci_status"])
     res.attrs.update({"ci": ci, "ci_method": "Student t with S-1 dof"})
+    return res
+
+
+def variance_components(
+    ds: xr.Dataset | xr.DataArray,
+    *,
+    var: str = schema.PREDICTION,
+    data_dim: str = "data_seed",
+    dims: Sequence[str] = (schema.POINT, schema.OUTPUT),
+    ci: float = 0.95,
+) -> xr.Dataset:
+    """Split the seed variance of crossed (seed x data seed) runs into initialization, data order and interaction.
+
+    Per grid value, y_ij = mu + a_i + b_j + e_ij over seeds i and data seeds j (the minibatch order), with
+    ``init`` = Var a, ``data_order`` = Var b and ``interaction`` = Var e (one run per (i, j): interaction and
+    residual are one term); ANOVA estimates (unbiased), averaged over ``dims``.
+
+    Parameters
+    ----------
+    ds : Dataset (``var`` is taken from it) or DataArray with dims ``seed`` and ``data_dim``
+    data_dim : the data-order dim (a sweep with ``data_seeds``)
+    dims : grid dims averaged over (present ones only)
+
+    Returns
+    -------
+    Dataset over the other dims with ``variance`` (component), its ``stderr``, ``variance_lo`` /
+    ``variance_hi`` (scaled chi-square with the jackknife-implied dof), the ``share`` of each component in their
+    sum, ``n_seeds`` (finite seeds), ``n_data_seeds`` and ``ci_status``; dim ``component`` = init, data_order,
+    interaction. Intervals need 3 seeds and 3 data seeds; estimates 2 of each.
+    """
+    from ._np_stats import COMPONENTS, variance_components_kernel
+
+    _check_ci(ci, "auto")
+    da = ds if isinstance(ds, xr.DataArray) else ds[var]
+    missing = [d for d in (schema.SEED, data_dim) if d not in da.dims]
+    if missing:
+        raise ValidationError(
+            f"'{da.name}' has dims {list(da.dims)}; variance_components needs {missing} (crossed seeds and data "
+            f"seeds: a sweep with data_seeds = [...])."
+        )
+    grid = [d for d in dims if d in da.dims]
+    core = [schema.SEED, data_dim, *grid]
+    if da.chunks:
+        da = da.chunk({d: -1 for d in core})
+    names = ["variance", "stderr", "variance_lo", "variance_hi", "n_seeds", "n_data_seeds", "ci_status"]
+    outs = xr.apply_ufunc(
+        variance_components_kernel,
+        da,
+        kwargs={"n_grid": len(grid), "ci": ci},
+        input_core_dims=[core],
+        output_core_dims=[["component"]] * 4 + [[]] * 3,
+        dask="parallelized",
+        output_dtypes=[np.float64] * 4 + [np.int64, np.int64, np.int8],
+        dask_gufunc_kwargs={"output_sizes": {"component": len(COMPONENTS)}},
+    )
+    res = xr.Dataset(dict(zip(names, outs, strict=True))).assign_coords(component=list(COMPONENTS))
+    res["share"] = res["variance"] / res["variance"].sum("component")
+    what = da.attrs.get("long_name", da.name)
+    res["variance"].attrs["long_name"] = f"variance component of {what} (grid mean)"
+    res["stderr"].attrs["long_name"] = "standard error of the component (seed and data-seed jackknives)"
+    res["variance_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the component"
+    res["variance_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the component"
+    res["share"].attrs["long_name"] = "share of the component in the sum of the components"
+    res["n_seeds"].attrs["long_name"] = "seeds used (finite at every data seed and grid value)"
+    res["n_data_seeds"].attrs["long_name"] = "data seeds used"
+    res["component"].attrs["long_name"] = "init: initialization; data_order: minibatch order; interaction: the rest"
+    _ci_status(res["ci_status"])
+    res.attrs.update({"ci": ci, "method": "two-way random-effects ANOVA (method of moments), jackknife chi-square"})
     return res
