@@ -54,6 +54,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "data": {"name": ((str,), REQUIRED), "options": ((dict,), {})},
     "optimizer": {
         "alpha": ((int, float), 1.0),
+        "layer_alpha": ((dict,), {}),
         "loss": ((str,), "mse"),
         "batch_size": ((int,), 0),
         "shuffle": ((bool,), True),
@@ -245,6 +246,7 @@ class SweepSpec:
                 bias=md["bias"],
                 init=md["init"],
                 alpha=float(op["alpha"]),
+                layer_alpha=dict(op["layer_alpha"]),
                 loss=op["loss"],
                 batch_size=op["batch_size"] or None,
                 shuffle=op["shuffle"],
@@ -296,6 +298,7 @@ class SweepSpec:
             "data": {"name": self.data_name, "options": dict(self.data_options)},
             "optimizer": {
                 "alpha": t.alpha,
+                **({"layer_alpha": dict(t.layer_alpha)} if t.layer_alpha else {}),
                 "loss": t.loss,
                 "batch_size": t.batch_size or 0,
                 "shuffle": t.shuffle,

@@ -250,16 +250,33 @@ def init_params(arch: Architecture, law: str | InitLaw, seed: int, dtype=torch.f
 
 
 # ---------------------------------------------------------------------------------------------- lr rules
-def learning_rates(arch: Architecture, alpha: float = 1.0) -> dict[str, float]:
+def layer_alpha_problems(layer_alpha: Mapping[str, float], depth: int) -> list[str]:
+    """Problems with per-layer rate multipliers: keys ``W1`` .. ``W{depth}`` and ``C``, positive finite values."""
+    allowed = [*(f"W{layer}" for layer in range(1, depth + 1)), "C"]
+    problems = []
+    for k, v in layer_alpha.items():
+        if k not in allowed:
+            problems.append(f"layer_alpha key {k!r} is not a layer of this net; use some of {allowed}.")
+        elif not (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+            problems.append(f"layer_alpha[{k!r}] = {v!r}: must be a positive finite number.")
+    return problems
+
+
+def learning_rates(
+    arch: Architecture, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None
+) -> dict[str, float]:
     """Per-parameter learning rates of the theory (docs/theory.md §1.1 and 2).
 
     Output layer: alpha * N_L^-(2 - 2 gamma_L). Hidden layer l: alpha * prod_{m=max(1,l-1)}^{L-1}
     N_m^-(1 - 2 gamma_m) * N_L^-(2 - 2 gamma_L) * prod_{m=l+1}^{L} N_m^-1. This reproduces the authors'
     2- and 3-hidden-layer tables exactly and gives the shallow rule alpha N^(2 gamma - 2) for every parameter
-    at L = 1. Biases take their layer's rate.
+    at L = 1. Biases take their layer's rate. ``layer_alpha`` multiplies the rates of layers by name
+    (``{"W1": 0.1}``: the first layer ten times slower; ``"C"``: the readout), biases with their layer.
     """
     if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
         raise ValidationError(f"alpha must be a positive finite number, got {alpha!r}.")
+    layer_alpha = dict(layer_alpha or {})
+    ValidationError.raise_if(layer_alpha_problems(layer_alpha, arch.depth), "learning_rates")
     N, g, L = arch.hidden, arch.gammas, arch.depth
     a = [N[m] ** -(1 - 2 * g[m]) for m in range(L)]  # a[m] for layer m+1
     b_L = N[L - 1] ** -(2 - 2 * g[L - 1])
@@ -273,6 +290,10 @@ def learning_rates(arch: Architecture, alpha: float = 1.0) -> dict[str, float]:
         rates[f"W{layer}"] = r
         rates[f"b{layer}"] = r
     rates["C"] = rates["c0"] = alpha * b_L
+    for layer, factor in layer_alpha.items():
+        bias = "c0" if layer == "C" else f"b{layer[1:]}"
+        rates[layer] *= factor
+        rates[bias] *= factor
     return {k: v for k, v in rates.items() if k in arch.shapes()}
 
 
@@ -329,9 +350,9 @@ class ScaledMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return forward(self.params, self.arch, x)
 
-    def param_groups(self, alpha: float = 1.0) -> list[dict]:
-        """Parameter groups with the theory's learning rates, for ``torch.optim.SGD``."""
-        rates = learning_rates(self.arch, alpha)
+    def param_groups(self, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None) -> list[dict]:
+        """Parameter groups with the theory's learning rates (times ``layer_alpha`` per layer), for SGD."""
+        rates = learning_rates(self.arch, alpha, layer_alpha)
         return [{"params": [p], "lr": rates[name], "name": name} for name, p in self.params.items()]
 
     def output_weight_norm(self) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,15 @@ from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
 from ._data import DataSet
-from ._models import INIT_DESCRIPTIONS, LR_FORMULA, Architecture, forward, init_params, learning_rates
+from ._models import (
+    INIT_DESCRIPTIONS,
+    LR_FORMULA,
+    Architecture,
+    forward,
+    init_params,
+    layer_alpha_problems,
+    learning_rates,
+)
 from ._records import Block, Collector, _StoreSink
 from ._store import EnsembleStore
 
@@ -40,6 +48,9 @@ class TrainConfig:
         See :class:`ScaledMLP`.
     alpha
         Learning-rate constant of the theory's rules (:func:`learning_rates`).
+    layer_alpha
+        Multipliers of those rates per layer, e.g. ``{"W1": 0.1}`` (first layer) or ``{"C": 2.0}`` (readout);
+        biases follow their layer. Stored as sorted pairs.
     loss
         ``"mse"`` (1/2 mean over batch and outputs of the squared error) or ``"cross_entropy"``.
     batch_size
@@ -63,6 +74,7 @@ class TrainConfig:
     bias: bool = False
     init: str = "theory"
     alpha: float = 1.0
+    layer_alpha: tuple[tuple[str, float], ...] = ()
     loss: str = "mse"
     batch_size: int | None = None
     shuffle: bool = True
@@ -76,6 +88,14 @@ class TrainConfig:
         problems = []
         object.__setattr__(self, "inner_widths", tuple(self.inner_widths))
         object.__setattr__(self, "inner_gammas", tuple(float(g) for g in self.inner_gammas))
+        la = self.layer_alpha
+        pairs = la.items() if isinstance(la, Mapping) else la
+        try:
+            object.__setattr__(self, "layer_alpha", tuple(sorted((str(k), v) for k, v in pairs)))
+        except (TypeError, ValueError):
+            problems.append(f"layer_alpha must map layer names to multipliers, e.g. {{'W1': 0.1}}; got {la!r}.")
+            object.__setattr__(self, "layer_alpha", ())
+        problems += layer_alpha_problems(dict(self.layer_alpha), len(self.inner_widths) + 1)
         if len(self.inner_widths) != len(self.inner_gammas):
             problems.append(f"{len(self.inner_widths)} inner widths but {len(self.inner_gammas)} inner gammas.")
         # layers may repeat a width or a gamma (e.g. 100-100-100): only the swept coordinates must be unique
@@ -124,6 +144,7 @@ class TrainConfig:
             "init": f"{self.init}: {INIT_DESCRIPTIONS[self.init]}",
             "lr_rule": LR_FORMULA,
             "alpha": self.alpha,
+            **({"layer_alpha": dict(self.layer_alpha)} if self.layer_alpha else {}),
             "loss": self.loss,
             "optimizer": "full-batch gradient descent" if self.batch_size is None else f"SGD, batch {self.batch_size}",
             "batch_size": self.batch_size or 0,
@@ -329,7 +350,7 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
     params = {k: torch.stack([init[s][k] for _, s in members]).to(dev).requires_grad_(True) for k in arch.shapes()}
     B = len(members)
     shape_b = lambda v, name: torch.tensor(v, dtype=dtype, device=dev).view(B, *([1] * len(arch.shapes()[name])))  # noqa: E731
-    per_gamma = [learning_rates(a, config.alpha) for a in archs]
+    per_gamma = [learning_rates(a, config.alpha, dict(config.layer_alpha)) for a in archs]
     lr = {k: shape_b([per_gamma[gammas.index(g)][k] for g, _ in members], k) for k in arch.shapes()}
     scales = [
         torch.tensor([a.scales()[layer] for a in archs for _ in seeds], dtype=dtype, device=dev).view(B, 1, 1)

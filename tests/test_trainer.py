@@ -26,7 +26,7 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
         seed=seed,
         dtype=dtype,
     )
-    opt = torch.optim.SGD(m.param_groups(alpha=cfg.alpha))
+    opt = torch.optim.SGD(m.param_groups(alpha=cfg.alpha, layer_alpha=dict(cfg.layer_alpha)))
     x, y = torch.tensor(data.x_train, dtype=dtype), torch.tensor(data.y_train, dtype=dtype)
     labels = torch.tensor(data.labels_train) if data.labels_train is not None else None
     n, bs = len(x), cfg.batch_size or len(x)
@@ -74,6 +74,8 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
         dict(data="teacher", cfg=dict(batch_size=8, bias=True, activation="relu")),
         dict(data="teacher", cfg=dict(activation="normalized_relu")),
         dict(data="teacher", cfg=dict(batch_size=8, bias=True, activation="erf")),
+        dict(data="teacher", cfg=dict(batch_size=8, bias=True, layer_alpha={"W1": 0.25, "C": 3.0})),
+        dict(data="teacher", cfg=dict(inner_widths=(12,), inner_gammas=(0.6,), layer_alpha={"W2": 4.0})),
     ],
     ids=[
         "full-batch",
@@ -83,6 +85,8 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
         "relu-bias",
         "normalized_relu",
         "erf-bias",
+        "layer-alpha-shallow",
+        "layer-alpha-deep",
     ],
 )
 def test_every_member_equals_plain_sgd_alone_to_1e10_over_200_steps(tmp_path, case):
@@ -348,3 +352,33 @@ def test_an_output_bound_flags_a_member_whose_outputs_grow(tmp_path):
         st2, data, width=16, gammas=[0.5], seeds=[0, 1], config=TrainConfig(dtype="float64", max_output=peak * 0.999)
     )
     assert res.diverged and all(k in (0, 5, 10, 20) for k in res.diverged.values())
+
+
+def test_layer_alpha_scales_the_named_layers_and_is_refused_for_unknown_layers():
+    from collectors import Architecture, learning_rates
+
+    arch = Architecture(3, (8, 16), (0.75, 0.6), 1, "tanh", True)
+    base, scaled = learning_rates(arch, 2.0), learning_rates(arch, 2.0, {"W1": 0.1, "C": 5.0})
+    for k in base:
+        factor = 0.1 if k in ("W1", "b1") else 5.0 if k in ("C", "c0") else 1.0
+        assert scaled[k] == pytest.approx(factor * base[k], rel=1e-15), k
+    with pytest.raises(
+        errors.ValidationError, match=r"'W3' is not a layer of this net; use some of \['W1', 'W2', 'C'\]"
+    ):
+        learning_rates(arch, 1.0, {"W3": 2.0})
+    with pytest.raises(errors.ValidationError, match="positive finite"):
+        TrainConfig(layer_alpha={"W1": 0.0})
+    assert TrainConfig(layer_alpha={"C": 2, "W1": 0.5}).describe()["layer_alpha"] == {"C": 2, "W1": 0.5}
+
+
+def test_layer_alpha_in_a_sweep_config_round_trips_and_bad_keys_name_the_table():
+    from collectors import SweepSpec
+
+    from .conftest import TINY_SWEEP
+
+    spec = SweepSpec.from_toml(TINY_SWEEP + "[optimizer]\nlayer_alpha = { W1 = 0.5, C = 2.0 }\n")
+    assert spec.train.layer_alpha == (("C", 2.0), ("W1", 0.5))
+    assert SweepSpec.from_json(spec.to_json()).to_json() == spec.to_json()
+    assert "layer_alpha" not in SweepSpec.from_toml(TINY_SWEEP).to_json()  # absent when unused: old configs unchanged
+    with pytest.raises(errors.ConfigError, match=r"\[optimizer\].*layer_alpha key 'W9'"):
+        SweepSpec.from_toml(TINY_SWEEP + "[optimizer]\nlayer_alpha = { W9 = 0.5 }\n")
