@@ -7,6 +7,7 @@ member's own learning rates (docs/theory.md §1.1, 2). The data order (``data_se
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -335,8 +336,10 @@ def train_block(
             c.on_block_end(result)
         return result
     finally:
-        for c in (*collectors, sink):
-            c.close()
+        with contextlib.ExitStack() as closing:  # every collector is closed, the sink (the locks) last of all
+            closing.callback(sink.close)
+            for c in collectors:
+                closing.callback(c.close)
 
 
 def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector], data_seed, progress, t_start):
