@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,13 +282,13 @@ def _partial_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / f
 
 
-def _run_key_of(root: Path, partial: Path, n_extra: int) -> tuple[int, ...] | None:
+def _run_key_of(root: Path, partial: Path, n_extra: int, run_arrays: Sequence[str]) -> tuple[int, ...] | None:
     """The writer unit (gamma, width, seed block, *extra) owning the chunk a partial file belongs to."""
     rel = partial.relative_to(root).parts
     if len(rel) < 3 or rel[1] != "c":
         return None
     name = rel[0]
-    if name not in (*schema.RECORD_VARIABLES, schema.DIVERGED_STEP):
+    if name not in run_arrays:
         return None
     last = rel[-1].split(".", 1)[0]
     try:
@@ -308,12 +308,14 @@ def sweep_partial_files(path: str | os.PathLike) -> tuple[int, int]:
     """
     root = Path(path)
     try:
-        extra = zarr.open_group(str(root), mode="r", zarr_format=3).attrs.get(schema.ATTR_EXTRA_DIMS, [])
+        attrs = zarr.open_group(str(root), mode="r", zarr_format=3).attrs.asdict()
+        extra = attrs.get(schema.ATTR_EXTRA_DIMS, [])
+        run_arrays = (*schema.RECORD_VARIABLES, *attrs.get(schema.ATTR_METRICS, {}), schema.DIVERGED_STEP)
     except Exception:  # noqa: BLE001 - unreadable metadata: only the age rule applies
-        extra = None
+        extra, run_arrays = None, ()
     removed = spared = 0
     for p in list(_partial_files(root)):
-        key = _run_key_of(root, p, len(extra)) if extra is not None else None
+        key = _run_key_of(root, p, len(extra), run_arrays) if extra is not None else None
         if key is None:
             try:
                 old = time.time() - p.stat().st_mtime > STALE_PARTIAL_SECONDS

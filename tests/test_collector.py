@@ -266,3 +266,18 @@ def test_bad_metric_names_are_refused_before_anything_is_written(tmp_path, metri
             tmp_path / "b.zarr", grid, gammas=[0.5], widths=[8], seeds=[0], times=[0.0], metrics=metrics
         )
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_a_partial_file_of_a_declared_metric_is_swept_like_any_run_chunk(tmp_path):
+    from ensemble_stats import sweep_partial_files
+
+    grid = EvalGrid(np.zeros((2, 2)), np.zeros((2, 1)))
+    store = EnsembleStore.create(
+        tmp_path / "p.zarr", grid, gammas=[0.5], widths=[8], seeds=[0], times=[0.0], metrics=["grad_norm"]
+    )
+    partial = store.path / "grad_norm" / "c" / "0" / "0" / "0" / "0.partial"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"half a chunk")  # fresh: only the run's free lock says its writer is gone
+    with OutputCollector(store, gamma=0.5, width=8, seed=0):
+        assert sweep_partial_files(store.path) == (0, 1) and partial.exists()  # a live writer's file is spared
+    assert sweep_partial_files(store.path) == (1, 0) and not partial.exists()
