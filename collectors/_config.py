@@ -23,7 +23,7 @@ from ensemble_stats.errors import ConfigError, ValidationError, shorten
 from ._data import LOADERS, DataSet, load_dataset, validate_options
 from ._layout import MAX_COORDINATE, StoreSpec, default_time_chunk, size_problems
 from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
-from ._trainer import DTYPES, LOSSES, TrainConfig
+from ._trainer import DEFAULT_BLOWUP, DTYPES, LOSSES, TrainConfig
 
 MAX_CELLS = 1_000_000
 """Most cells (Dask tasks) one sweep may have."""
@@ -59,7 +59,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "batch_size": ((int,), 0),
         "shuffle": ((bool,), True),
         "output_weight_decay": ((int, float), 0.0),
-        "blowup": ((int, float), 10.0),
+        "blowup": ((int, float), DEFAULT_BLOWUP),
         "max_output": ((int, float), 0.0),
         "data_seed": ((int,), 0),
     },
@@ -304,7 +304,7 @@ class SweepSpec:
                 "shuffle": t.shuffle,
                 "output_weight_decay": t.output_weight_decay,
                 # written only where they differ from the defaults: older configs keep their canonical form
-                **({"blowup": t.blowup or 0.0} if t.blowup != 10.0 else {}),
+                **({"blowup": t.blowup or 0.0} if t.blowup != DEFAULT_BLOWUP else {}),
                 **({"max_output": t.max_output} if t.max_output else {}),
                 "data_seed": self.data_seed,
             },

@@ -81,6 +81,11 @@ class StoreSpec:
     metrics: tuple[str, ...] = ()
 
     @property
+    def scalar_names(self) -> tuple[str, ...]:
+        """The per-record scalars: the known ones, then the declared metrics."""
+        return (*schema.SCALAR_VARIABLES, *self.metrics)
+
+    @property
     def extra_dims(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.extra)
 
@@ -398,8 +403,8 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         x_train, y_train = train
         rows = max(1, (4 << 20) // (8 * x_train.shape[1]))  # about 4 MiB per chunk
         for name, values, dims, what in (
-            (schema.X_TRAIN, x_train, (schema.TRAIN_POINT, schema.FEATURE), "training inputs"),
-            (schema.Y_TRAIN, y_train, (schema.TRAIN_POINT, schema.OUTPUT), "training targets"),
+            (schema.X_TRAIN, x_train, (schema.TRAIN_POINT, schema.FEATURE), schema.LONG_NAMES[schema.X_TRAIN]),
+            (schema.Y_TRAIN, y_train, (schema.TRAIN_POINT, schema.OUTPUT), schema.LONG_NAMES[schema.Y_TRAIN]),
         ):
             arr = g.create_array(
                 name,
@@ -428,12 +433,12 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         fill_value=np.nan,
         dimension_names=schema.prediction_dims(spec.extra_dims),
         compressors=_codecs(),
-    ).attrs.update({"long_name": "raw network output (pre-softmax)"})
+    ).attrs.update({"long_name": schema.LONG_NAMES[schema.PREDICTION]})
     declared = attrs.get(schema.ATTR_METRICS, {})
     for name, dtype, fill in (
         (schema.WRITTEN, "bool", False),
         (schema.STEP, "int64", schema.MISSING_STEP),
-        *((s, "float32", np.nan) for s in (*schema.SCALAR_VARIABLES, *spec.metrics)),
+        *((s, "float32", np.nan) for s in spec.scalar_names),
     ):
         arr = g.create_array(
             name,
@@ -444,9 +449,7 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
             dimension_names=rdims,
             compressors=_codecs(),
         )
-        long_name = declared.get(name) or schema.LONG_NAMES.get(name, ("",))[0]
-        if long_name:
-            arr.attrs.update({"long_name": long_name})
+        arr.attrs.update({"long_name": declared.get(name) or schema.LONG_NAMES[name]})
     for name, what in (
         (schema.DIGEST, "keyed hash of the record's prediction and step bytes, 0 if never written"),
         (schema.SCALAR_DIGEST, "keyed hash of the record's step and per-record scalars, 0 if never written"),
@@ -468,11 +471,8 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         fill_value=schema.MISSING_STEP,
         dimension_names=rdims[:-1],
         compressors=_codecs(),
-    ).attrs.update({"long_name": schema.LONG_NAMES[schema.DIVERGED_STEP][0]})
+    ).attrs.update({"long_name": schema.LONG_NAMES[schema.DIVERGED_STEP]})
     g.attrs.update({schema.ATTR_MANIFEST: _integrity.build_manifest(g)})
-
-
-# ------------------------------------------------------------------ opening
 
 
 def _tuple(values, kind) -> tuple:
@@ -551,7 +551,7 @@ def store_bytes(spec: StoreSpec) -> tuple[int, int]:
     """(records, bytes) of a complete store of ``spec``: predictions, per-record arrays and digests."""
     records = int(np.prod(spec.run_shape, dtype=np.float64) * len(spec.times))
     per_record = spec.n_points * spec.output_size * np.dtype(spec.dtype).itemsize
-    per_record += 1 + 8 + 4 * (len(schema.SCALAR_VARIABLES) + len(spec.metrics)) + 8 * len(schema.INTERNAL_VARIABLES)
+    per_record += 1 + 8 + 4 * len(spec.scalar_names) + 8 * len(schema.INTERNAL_VARIABLES)
     return records, int(records * per_record)
 
 

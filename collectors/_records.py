@@ -212,11 +212,8 @@ class _StoreSink(Collector):
         j = int(np.searchsorted(self.units[0].schedule, step))
         n = self.per_unit
         for u, unit in enumerate(self.units):
-            rows = slice(u * n, (u + 1) * n)
-            if n == 1:
-                unit.add(j, step, outputs[u], {k: v[u] for k, v in scalars.items()})
-            else:
-                unit.add(j, step, outputs[rows], {k: v[rows] for k, v in scalars.items()})
+            rows = u if n == 1 else slice(u * n, (u + 1) * n)  # a run takes one member, a seed block n
+            unit.add(j, step, outputs[rows], {k: v[rows] for k, v in scalars.items()})
 
     def on_diverged(self, member: int, step: int) -> None:
         unit, offset = divmod(member, self.per_unit)

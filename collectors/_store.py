@@ -209,7 +209,7 @@ class EnsembleStore:
     @property
     def scalar_names(self) -> tuple[str, ...]:
         """The per-record scalars this store records: the known ones, then its declared metrics."""
-        return (*schema.SCALAR_VARIABLES, *self.spec.metrics)
+        return self.spec.scalar_names
 
     def array(self, name: str) -> zarr.Array:
         """The zarr array ``name``, configured to write every chunk (array config is not persisted)."""
@@ -326,7 +326,7 @@ class EnsembleStore:
                 run_chunk = (unit[0], unit[1], unit[2] // sc, *unit[3:])
                 keys = []
                 for c in sorted(k for k in chunks if k.startswith("t")):
-                    for name in (*schema.RECORD_VARIABLES, *self.spec.metrics):
+                    for name in schema.record_variables(self.attrs_cached):
                         if name not in self._array_names:
                             continue
                         arr = self.group[name]

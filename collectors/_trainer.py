@@ -36,6 +36,10 @@ LOSSES = ("mse", "cross_entropy")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+DEFAULT_BLOWUP = 10.0
+"""Default blow-up bound: a member's training loss above this multiple of its initial one."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How every member of a block is trained. Frozen and validated once.
@@ -80,7 +84,7 @@ class TrainConfig:
     batch_size: int | None = None
     shuffle: bool = True
     output_weight_decay: float = 0.0
-    blowup: float | None = 10.0
+    blowup: float | None = DEFAULT_BLOWUP
     max_output: float | None = None
     dtype: str = "float32"
     device: str = "cpu"

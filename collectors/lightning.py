@@ -20,7 +20,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 import torch
 
-from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
 from ._collector import OutputCollector
@@ -47,9 +46,10 @@ class OutputCollectorCallback(pl.Callback):
     Notes
     -----
     Records are taken in ``on_train_batch_end`` when ``trainer.global_step`` (optimizer steps so far) is a
-    scheduled step, and step 0 (or the resumed step) in ``on_train_start``. A fresh ``fit`` refuses a run that already has records
-    (:class:`~ensemble_stats.errors.RunExistsError`); resuming from a checkpoint that holds this callback's
-    state re-opens the run where the checkpoint left it (records after it are rewritten identically).
+    scheduled step, and step 0 (or the resumed step) in ``on_train_start``. A fresh ``fit`` refuses a run that
+    already has records (:class:`~ensemble_stats.errors.RunExistsError`); resuming from a checkpoint that holds
+    this callback's state re-opens the run where the checkpoint left it (records after it are rewritten
+    identically).
     The run's write lock is held from ``on_train_start`` to ``teardown``.
     """
 
@@ -95,7 +95,7 @@ class OutputCollectorCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # here, not in on_fit_start: the loop's step count is restored and the batches per epoch are known
         spe = self.steps_per_epoch
-        if spe is None and self.store.spec.time_units == schema.TIME_UNITS[2]:  # "epoch"
+        if spe is None and self.store.spec.time_units == "epoch":
             batches = trainer.num_training_batches
             if not isinstance(batches, int) or batches < 1:
                 raise ValidationError(

@@ -112,11 +112,9 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
         for name in names:
             ds[name] = ds[name].where(written)
     ds = ds.drop_vars([n for n in schema.INTERNAL_VARIABLES if n in ds])
-    for name, (long_name, units) in schema.LONG_NAMES.items():  # stores written before they were set
+    for name, long_name in schema.LONG_NAMES.items():  # stores written before they were set
         if name in ds.variables and "long_name" not in ds[name].attrs:
             ds[name].attrs["long_name"] = long_name
-            if units:
-                ds[name].attrs.setdefault("units", units)
     return ds
 
 

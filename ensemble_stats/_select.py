@@ -47,11 +47,14 @@ def common_times(ds: xr.Dataset) -> np.ndarray:
     -------
     1-d float array (empty when the widths share no time)
     """
-    per_width = list(_schedule(ds).values())
+    return _shared(_schedule(ds))
+
+
+def _shared(sched: dict[int, dict[float, int]]) -> np.ndarray:
+    per_width = list(sched.values())
     if not per_width:
         return np.array([], dtype=float)
-    shared = set(per_width[0]).intersection(*per_width[1:])
-    return np.array(sorted(shared), dtype=float)
+    return np.array(sorted(set(per_width[0]).intersection(*per_width[1:])), dtype=float)
 
 
 def at_common_time(ds: xr.Dataset, t: float | None = None) -> xr.Dataset:
@@ -73,8 +76,8 @@ def at_common_time(ds: xr.Dataset, t: float | None = None) -> xr.Dataset:
     ValidationError
         No time is shared by every width, or ``t`` is not one of them (the message lists the shared ones).
     """
-    sched = _schedule(ds)
-    shared = common_times(ds)
+    sched = _schedule(ds)  # the steps are read once
+    shared = _shared(sched)
     if shared.size == 0:
         raise ValidationError(
             "the widths share no scaled time t = k / N with records at every width; record on a schedule that "

@@ -82,8 +82,7 @@ class _Where:
 
 
 def _record_arrays(group: zarr.Group) -> list[str]:
-    names = (*schema.RECORD_VARIABLES, *group.attrs.get(schema.ATTR_METRICS, {}))
-    return [n for n in names if n in group]
+    return [n for n in schema.record_variables(group.attrs) if n in group]
 
 
 def _describe_region(region, dims) -> str:
@@ -310,7 +309,7 @@ def sweep_partial_files(path: str | os.PathLike) -> tuple[int, int]:
     try:
         attrs = zarr.open_group(str(root), mode="r", zarr_format=3).attrs.asdict()
         extra = attrs.get(schema.ATTR_EXTRA_DIMS, [])
-        run_arrays = (*schema.RECORD_VARIABLES, *attrs.get(schema.ATTR_METRICS, {}), schema.DIVERGED_STEP)
+        run_arrays = (*schema.record_variables(attrs), schema.DIVERGED_STEP)
     except Exception:  # noqa: BLE001 - unreadable metadata: only the age rule applies
         extra, run_arrays = None, ()
     removed = spared = 0

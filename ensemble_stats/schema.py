@@ -60,22 +60,22 @@ SCALAR_VARIABLES: tuple[str, ...] = (TRAIN_LOSS, TEST_LOSS, ACCURACY, TRAIN_ACCU
 RECORD_VARIABLES: tuple[str, ...] = (WRITTEN, STEP, PREDICTION, *SCALAR_VARIABLES, *INTERNAL_VARIABLES)
 """Variables with one entry per record, chunked alike along (run dims..., time); ``written`` first."""
 
-LONG_NAMES: dict[str, tuple[str, str]] = {
-    PREDICTION: ("raw network output (pre-softmax)", ""),
-    X: ("evaluation grid inputs", ""),
-    TARGET: ("target on the evaluation grid", ""),
-    X_TRAIN: ("training inputs", ""),
-    Y_TRAIN: ("training targets", ""),
-    WRITTEN: ("record written (commit mark)", ""),
-    STEP: ("optimizer steps taken at the record, -1 if not written", ""),
-    TRAIN_LOSS: ("training loss", ""),
-    TEST_LOSS: ("test loss", ""),
-    ACCURACY: ("test accuracy", ""),
-    TRAIN_ACCURACY: ("training accuracy", ""),
-    OUTPUT_WEIGHT_NORM: ("norm of the output weights", ""),
-    DIVERGED_STEP: ("optimizer step at which the run diverged (non-finite values or a blow-up), -1 if none", ""),
+LONG_NAMES: dict[str, str] = {
+    PREDICTION: "raw network output (pre-softmax)",
+    X: "evaluation grid inputs",
+    TARGET: "target on the evaluation grid",
+    X_TRAIN: "training inputs",
+    Y_TRAIN: "training targets",
+    WRITTEN: "record written (commit mark)",
+    STEP: "optimizer steps taken at the record, -1 if not written",
+    TRAIN_LOSS: "training loss",
+    TEST_LOSS: "test loss",
+    ACCURACY: "test accuracy",
+    TRAIN_ACCURACY: "training accuracy",
+    OUTPUT_WEIGHT_NORM: "norm of the output weights",
+    DIVERGED_STEP: "optimizer step at which the run diverged (non-finite values or a blow-up), -1 if none",
 }
-"""``long_name`` (and units) of every store variable, set on the variables ``open_ensemble`` returns."""
+"""``long_name`` of every store variable, set on the variables ``open_ensemble`` returns."""
 
 TIME_UNITS: tuple[str, ...] = ("scaled", "step", "epoch")
 GAMMA_RANGE = (0.5, 1.0)
@@ -131,6 +131,11 @@ def record_steps(times, units: str, width: int, steps_per_epoch: int | None = No
 def scalar_names(attrs: Mapping) -> tuple[str, ...]:
     """The per-record scalars of a store: the known ``SCALAR_VARIABLES``, then the metrics it declared."""
     return (*SCALAR_VARIABLES, *attrs.get(ATTR_METRICS, {}))
+
+
+def record_variables(attrs: Mapping) -> tuple[str, ...]:
+    """Every per-record array of a store: ``RECORD_VARIABLES``, then the metrics it declared."""
+    return (*RECORD_VARIABLES, *attrs.get(ATTR_METRICS, {}))
 
 
 def validate_metrics(metrics) -> list[str]:
