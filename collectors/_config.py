@@ -37,6 +37,8 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "seeds": ((int, list), REQUIRED),
         "seed_block": ((int,), 0),
         "data_seeds": ((list,), []),
+        "alphas": ((list,), []),
+        "antithetic": ((bool,), False),
     },
     "time": {
         "units": ((str,), "scaled"),
@@ -88,6 +90,7 @@ class SweepSpec:
     data_options: tuple[tuple[str, Any], ...]
     train: TrainConfig
     data_seed: int
+    alphas: tuple[float, ...] = ()
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -163,6 +166,7 @@ class SweepSpec:
                 ("sweep", "gammas", len(sw["gammas"])),
                 ("sweep", "widths", len(sw["widths"])),
                 ("sweep", "data_seeds", len(sw["data_seeds"])),
+                ("sweep", "alphas", len(sw["alphas"])),
                 ("time", "n_times", tm["n_times"]),
                 ("time", "times", len(tm["times"])),
             )
@@ -182,6 +186,12 @@ class SweepSpec:
             problems.append(f"[sweep].seed_block = {sw['seed_block']}: must be >= 1 and divide the {len(seeds)} seeds.")
         if sw["data_seeds"]:
             problems += [f"[sweep].{p}" for p in schema.validate_seeds(sw["data_seeds"], "data_seeds")]
+        problems += _alphas_problems(sw["alphas"], op["alpha"])
+        if sw["antithetic"] and seeds and (len(seeds) % 2 or block % 2):
+            problems.append(
+                f"[sweep].antithetic = true pairs seeds (2k, 2k+1 of the list): give an even number of seeds "
+                f"(got {len(seeds)}) and an even seed_block (got {block}), so that no pair is split between blocks."
+            )
         units, horizon = tm["units"], tm["horizon"]
         if units not in schema.TIME_UNITS:
             problems.append(f"[time].units = {units!r}: allowed are {list(schema.TIME_UNITS)}.")
@@ -253,6 +263,7 @@ class SweepSpec:
                 output_weight_decay=float(op["output_weight_decay"]),
                 blowup=float(op["blowup"]) or None,
                 max_output=float(op["max_output"]) or None,
+                antithetic=sw["antithetic"],
                 dtype=rn["dtype"],
                 device=rn["device"],
             )
@@ -273,6 +284,7 @@ class SweepSpec:
             data_options=tuple(sorted(dt["options"].items())),
             train=train,
             data_seed=int(op["data_seed"]),
+            alphas=tuple(float(a) for a in sw["alphas"]),
         )
 
     # ------------------------------------------------------------------ use
@@ -286,6 +298,9 @@ class SweepSpec:
                 "seeds": list(self.seeds),
                 "seed_block": self.seed_block,
                 "data_seeds": list(self.data_seeds),
+                # written only when used: older configs keep their canonical form
+                **({"alphas": list(self.alphas)} if self.alphas else {}),
+                **({"antithetic": True} if t.antithetic else {}),
             },
             "time": {"units": self.time_units, "horizon": self.horizon, "times": list(self.times)},
             "model": {
@@ -368,10 +383,15 @@ class SweepSpec:
                 f"about {need / 1e9:.3g} GB of memory; this machine has {total / 1e9:.3g} GB. Lower [sweep].seed_block "
                 "or the widths."
             )
-        cells = len(self.widths) * (len(self.seeds) // self.seed_block) * max(1, len(self.data_seeds))
+        cells = (
+            len(self.widths)
+            * (len(self.seeds) // self.seed_block)
+            * max(1, len(self.data_seeds))
+            * max(1, len(self.alphas))
+        )
         if cells > MAX_CELLS:
             problems.append(
-                f"the sweep has {cells:,} cells (widths x seed blocks x data seeds), each a Dask task; at most "
+                f"the sweep has {cells:,} cells (widths x seed blocks x alphas x data seeds), each a Dask task; at most "
                 f"{MAX_CELLS:,}: raise [sweep].seed_block."
             )
         spec = StoreSpec(
@@ -387,7 +407,7 @@ class SweepSpec:
             time_chunk=default_time_chunk(len(self.times), data.grid.n_points, data.output_size, self.seed_block),
             seed_chunk=self.seed_block,
             dtype="float64" if t.dtype == "float64" else "float32",
-            extra=(("data_seed", self.data_seeds),) if self.data_seeds else (),
+            extra=tuple(self.extra_dims().items()),
         )
         return problems + size_problems(spec, Path(store) if store is not None else None)
 
@@ -403,11 +423,39 @@ class SweepSpec:
         item = 8 if t.dtype == "float64" else 4
         return int(members * item * (4 * params + 3 * acts))
 
+    def extra_dims(self) -> dict[str, tuple]:
+        """The store's extra sweep dims, in order: ``alpha`` (when ``alphas`` are swept), then ``data_seed``."""
+        out: dict[str, tuple] = {}
+        if self.alphas:
+            out[schema.ALPHA] = self.alphas
+        if self.data_seeds:
+            out[schema.DATA_SEED] = self.data_seeds
+        return out
+
     def blocks(self) -> list[tuple[int, tuple[int, ...]]]:
         """(width, seed block) cells, widest first so the longest tasks start early."""
         seeds = self.seeds
         blocks = [seeds[i : i + self.seed_block] for i in range(0, len(seeds), self.seed_block)]
         return [(w, b) for w in sorted(self.widths, reverse=True) for b in blocks]
+
+
+def _alphas_problems(alphas: list, alpha: float) -> list[str]:
+    if not alphas:
+        return []
+    problems = []
+    bad = [
+        a for a in alphas if isinstance(a, bool) or not isinstance(a, int | float) or not (math.isfinite(a) and a > 0)
+    ]
+    if bad:
+        problems.append(f"[sweep].alphas: {shorten(bad)} are not positive numbers; every alpha must be > 0.")
+    elif len(set(alphas)) != len(alphas):
+        problems.append(f"[sweep].alphas = {shorten(alphas)} repeats a value; give each alpha once.")
+    if alpha != 1.0:
+        problems.append(
+            f"[optimizer].alpha = {alpha} and [sweep].alphas are both given: alphas sweeps the constant, so drop "
+            "[optimizer].alpha (per-layer multipliers go in [optimizer].layer_alpha)."
+        )
+    return problems
 
 
 def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:

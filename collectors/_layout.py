@@ -79,6 +79,8 @@ class StoreSpec:
     dtype: str = "float32"
     extra: tuple[tuple[str, tuple[float, ...]], ...] = field(default_factory=tuple)
     metrics: tuple[str, ...] = ()
+    pairs: tuple[int, ...] = ()
+    """Antithetic stores: each seed's pair number (the pair's first seed); empty otherwise."""
 
     @property
     def scalar_names(self) -> tuple[str, ...]:
@@ -112,6 +114,14 @@ def _short(v) -> str:
     return s if len(s) <= 120 else s[:117] + "..."
 
 
+def antithetic_pairs(seeds: tuple[int, ...], problems: list[str]) -> tuple[int, ...]:
+    """The ``pair`` coordinate of antithetic seeds: positions 2k and 2k+1 form pair ``seeds[2k]``."""
+    if len(seeds) % 2:
+        problems.append(f"antithetic stores pair seeds by position; {len(seeds)} seeds given: give an even number.")
+        return ()
+    return tuple(s for s in seeds[0::2] for _ in range(2))
+
+
 def default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chunk: int) -> int:
     record = max(1, n_points * output_size * 4 * seed_chunk)
     return int(max(1, min(n_times, _RECORD_TARGET_BYTES // record)))
@@ -129,6 +139,10 @@ def _validate_layout(spec: StoreSpec) -> list[str]:
         problems.append(f"time_chunk must be an integer >= 1, got {spec.time_chunk!r}.")
     if not (isinstance(spec.seed_chunk, int) and spec.seed_chunk >= 1):
         problems.append(f"seed_chunk must be an integer >= 1, got {spec.seed_chunk!r}.")
+    elif spec.pairs and spec.seed_chunk % 2:
+        problems.append(
+            f"seed_chunk={spec.seed_chunk} would split antithetic pairs between writers; use an even seed_chunk."
+        )
     elif len(spec.seeds) % spec.seed_chunk:
         problems.append(
             f"seed_chunk={spec.seed_chunk} does not divide the {len(spec.seeds)} seeds: the last chunk would be "
@@ -180,6 +194,7 @@ def create_store(
     train,
     metrics,
     attrs: dict,
+    antithetic: bool = False,
 ):
     """The body of :meth:`EnsembleStore.create` (see there): validate everything, then create atomically."""
     if not isinstance(grid, EvalGrid):
@@ -220,6 +235,7 @@ def create_store(
         dtype=str(dtype),
         extra=extra,
         metrics=tuple(metrics),
+        pairs=antithetic_pairs(_tuple(seeds, int), problems) if antithetic else (),
     )
     # validate raw values first (coercion above keeps them comparable but may hide non-integers)
     problems += schema.validate_gammas(gammas) + schema.validate_widths(widths) + schema.validate_seeds(seeds)
@@ -384,6 +400,17 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
     coord(schema.SEED, spec.seeds, "int64")
     for name, values in spec.extra:
         coord(name, values, np.asarray(values).dtype.str)
+    if spec.pairs:
+        arr = g.create_array(
+            schema.PAIR,
+            shape=(len(spec.pairs),),
+            dtype="int64",
+            dimension_names=(schema.SEED,),
+            compressors=_codecs(),
+            fill_value=0,
+        )
+        arr[:] = np.asarray(spec.pairs, dtype="int64")
+        arr.attrs.update({"long_name": schema.LONG_NAMES[schema.PAIR]})
     coord(schema.TIME, spec.times, "float64", units=spec.time_units)
     coord(schema.POINT, np.arange(spec.n_points), "int64")
     coord(schema.OUTPUT, np.arange(spec.output_size), "int64")

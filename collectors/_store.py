@@ -75,6 +75,7 @@ class EnsembleStore:
         check_space: bool = True,
         train: tuple | None = None,
         metrics: Mapping[str, str] | Sequence[str] | None = None,
+        antithetic: bool = False,
         **attrs,
     ) -> EnsembleStore:
         """Create a store, or open it if an identical one exists (safe under concurrent creators).
@@ -107,6 +108,9 @@ class EnsembleStore:
             ``{name: long_name}`` or names: each becomes a float32 variable with the record dims, written by
             collectors whose ``metrics`` return it. Declared here, once, so concurrent writers never change
             the store's layout.
+        antithetic
+            The seeds are antithetic pairs by position (2k, 2k+1): a ``pair`` coordinate on ``seed`` (the pair's
+            first seed) tells the analysis to use the pair-aware estimators. ``seed_chunk`` must be even.
         **attrs
             Stored as group attributes, e.g. ``model={...}`` describing architecture, init law, lr rule.
 
@@ -137,6 +141,7 @@ class EnsembleStore:
             train=train,
             metrics=metrics,
             attrs=attrs,
+            antithetic=antithetic,
         )
 
     @classmethod
@@ -196,6 +201,7 @@ class EnsembleStore:
             dtype=str(pred.dtype),
             extra=extra,
             metrics=tuple(attrs.get(schema.ATTR_METRICS, {})),
+            pairs=tuple(g[schema.PAIR][:].tolist()) if schema.PAIR in g else (),
         )
         return cls(path, g, spec)
 

@@ -8,10 +8,12 @@ task twice changes nothing. No scheduler of our own: a LocalCluster by default, 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,7 +28,8 @@ from ._store import EnsembleStore
 
 @dataclass
 class SweepReport:
-    """Outcome of :func:`run_sweep`."""
+    """Outcome of :func:`run_sweep`. ``diverged``: one dict per diverged member (gamma, width, seed, the extra
+    sweep dims, and the optimizer step at which it diverged)."""
 
     store: str
     cells: int
@@ -42,6 +45,7 @@ def _model_attrs(spec: SweepSpec, data) -> dict:
     return {
         **arch.describe(),
         **spec.train.describe(),
+        **({"alpha": f"swept: see the {schema.ALPHA} coordinate"} if spec.alphas else {}),
         "data": data.describe(),
         "time": f"t = k / N_L ({spec.time_units})",
     }
@@ -83,7 +87,7 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
     problems = spec.check(data, None if isinstance(path, str) else path)
     if problems:
         raise ConfigError(problems, "config")
-    extra = {"data_seed": list(spec.data_seeds)} if spec.data_seeds else None
+    extra = {k: list(v) for k, v in spec.extra_dims().items()} or None
     train_bytes = data.x_train.nbytes + data.y_train.nbytes
     keep_train = train_bytes <= TRAIN_SET_LIMIT
     store = EnsembleStore.create(
@@ -96,6 +100,7 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
         time_units=spec.time_units,
         extra_dims=extra,
         dtype="float64" if spec.train.dtype == "float64" else "float32",
+        antithetic=spec.train.antithetic,
         seed_chunk=spec.seed_block,  # one task writes one whole seed block: it owns those chunks
         model=_model_attrs(spec, data),
         train=(data.x_train, data.y_train) if keep_train else None,
@@ -137,21 +142,28 @@ def _data_for(spec_json: str):
     return SweepSpec.from_json(spec_json).load_data()
 
 
-def run_cell(
-    store_path: str,
-    spec_json: str,
-    device: str,
-    width: int,
-    seeds: tuple[int, ...],
-    data_seed: int | None,
-    threads: int = 1,
-    collectors=None,
-) -> dict:
-    """One task: train one (width, seed block[, data seed]) cell into the store. Idempotent.
+class Cell(NamedTuple):
+    """One Dask task of a sweep: a seed block at one width, at one value of each extra sweep dim."""
+
+    width: int
+    seeds: tuple[int, ...]
+    coords: tuple[tuple[str, float], ...] = ()
+    """(dim, value) of each extra sweep dim (``alpha``, ``data_seed``), in the store's order."""
+
+    def name(self) -> str:
+        return ", ".join(
+            [f"width={self.width}", f"seeds={self.seeds[0]}..{self.seeds[-1]}", *(f"{k}={v:g}" for k, v in self.coords)]
+        )
+
+
+def run_cell(store_path: str, spec_json: str, device: str, cell: Cell, threads: int = 1, collectors=None) -> dict:
+    """One task: train one :class:`Cell` into the store. Idempotent.
 
     ``collectors``: a picklable callable returning further :class:`Collector` s for this cell (fresh ones per
     cell), or None.
     """
+    from dataclasses import replace
+
     import torch
 
     from ._trainer import train_block
@@ -161,32 +173,37 @@ def run_cell(
     spec = SweepSpec.from_json(spec_json, device)
     store = EnsembleStore.open(store_path)
     _check_config(store, spec, store_path)  # never train one config into another's store
-    extra = {"data_seed": data_seed} if data_seed is not None else {}
+    extra = dict(cell.coords)
+    config = replace(spec.train, alpha=float(extra[schema.ALPHA])) if schema.ALPHA in extra else spec.train
     res = train_block(
         store,
         _data_for(spec_json),
-        width=width,
+        width=cell.width,
         gammas=spec.gammas,
-        seeds=seeds,
-        config=spec.train,
-        data_seed=spec.data_seed if data_seed is None else data_seed,
+        seeds=cell.seeds,
+        config=config,
+        data_seed=int(extra.get(schema.DATA_SEED, spec.data_seed)),
         extra_coords=extra,
         collectors=list(collectors()) if collectors is not None else (),
     )
     return {
         "skipped": res.skipped,
         "records": 0 if res.skipped else res.members * len(spec.times),
-        "diverged": [(g, s, k) for (g, s), k in res.diverged.items()],
+        "diverged": [
+            {schema.GAMMA: g, schema.WIDTH: cell.width, schema.SEED: s, **dict(cell.coords), "step": k}
+            for (g, s), k in res.diverged.items()
+        ],
         "seconds": res.seconds,
     }
 
 
-def _cells(spec: SweepSpec) -> list[tuple[int, tuple[int, ...], int | None]]:
-    dss = spec.data_seeds or (None,)
-    return [(w, b, d) for w, b in spec.blocks() for d in dss]
+def _cells(spec: SweepSpec) -> list[Cell]:
+    extra = spec.extra_dims()
+    combos = list(itertools.product(*([(k, v) for v in vals] for k, vals in extra.items())))
+    return [Cell(w, b, c) for w, b in spec.blocks() for c in combos]
 
 
-def pending_cells(store: EnsembleStore, spec: SweepSpec) -> list[tuple[int, tuple[int, ...], int | None]]:
+def pending_cells(store: EnsembleStore, spec: SweepSpec) -> list[Cell]:
     """The sweep's cells that are not complete in ``store``; a commit mark that cannot be read is corruption
     (``run --repair`` rewrites it)."""
     from ensemble_stats._open import corruption_error
@@ -197,15 +214,16 @@ def pending_cells(store: EnsembleStore, spec: SweepSpec) -> list[tuple[int, tupl
         raise corruption_error(store.path, e) from None
 
 
-def _complete(store: EnsembleStore, spec: SweepSpec, cell) -> bool:
-    w, seeds, d = cell
-    written = store.array(schema.WRITTEN)
-    wi = spec.widths.index(w)
-    si = [spec.seeds.index(s) for s in seeds]
-    sel = written[:, wi, si[0] : si[-1] + 1]
-    if d is not None:
-        sel = sel[:, :, spec.data_seeds.index(d)]
-    return bool(np.all(sel))
+def _complete(store: EnsembleStore, spec: SweepSpec, cell: Cell) -> bool:
+    extra = spec.extra_dims()
+    si = [spec.seeds.index(s) for s in cell.seeds]
+    index = (
+        slice(None),
+        spec.widths.index(cell.width),
+        slice(si[0], si[-1] + 1),
+        *(extra[k].index(v) for k, v in cell.coords),
+    )
+    return bool(np.all(store.array(schema.WRITTEN)[index]))
 
 
 def local_cluster(workers: int = 2):
@@ -295,16 +313,14 @@ def run_sweep(
                     st.path if isinstance(st.path, str) else str(st.path.absolute()),
                     spec_json,
                     spec.train.device,
-                    w,
-                    b,
-                    d,
+                    cell,
                     threads_per_worker,
                     collectors,
-                    key=f"cell-w{w}-s{b[0]}-d{d}-{os.getpid()}-{time.time_ns()}",
+                    key=f"cell-{i}-{os.getpid()}-{time.time_ns()}",
                     pure=False,
                     retries=1,
-                ): (w, b, d)
-                for w, b, d in todo
+                ): cell
+                for i, cell in enumerate(todo)
             }
             bar = tqdm(
                 total=len(cells),
@@ -316,8 +332,7 @@ def run_sweep(
             )
             with bar:
                 for fut in as_completed(futures):
-                    w, b, d = futures[fut]
-                    name = f"width={w}, seeds={b[0]}..{b[-1]}" + (f", data_seed={d}" if d is not None else "")
+                    name = futures[fut].name()
                     try:
                         out = fut.result()
                     except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on

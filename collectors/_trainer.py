@@ -40,6 +40,14 @@ DEFAULT_BLOWUP = 10.0
 """Default blow-up bound: a member's training loss above this multiple of its initial one."""
 
 
+READOUT = ("C", "c0")
+"""The readout's parameters: negated in the second member of an antithetic pair."""
+ANTITHETIC_RULE = (
+    "seeds in mirror pairs (positions 2k, 2k+1; coordinate 'pair' on seed): the second member starts from the "
+    "first one's parameters with the readout C and its bias c0 negated"
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How every member of a block is trained. Frozen and validated once.
@@ -69,6 +77,11 @@ class TrainConfig:
         largest output on the grid exceeds ``max_output`` in absolute value, has blown up: it is marked
         diverged at that record's step and frozen, like a member with non-finite values (its records are
         stored as they are; ``open_ensemble`` leaves them out of every statistic). None disables a check.
+    antithetic
+        Seeds come in mirror pairs, by position in the block (0 and 1, 2 and 3, ...): the second member of a pair
+        starts from the first one's parameters with the readout (``C`` and its bias ``c0``) negated, so its
+        initial output is the negated first one and the leading Gaussian fluctuation cancels in the pair mean
+        (docs/theory.md, "Antithetic pairs"). The second seed number is a label; it draws nothing.
     dtype, device
         ``"float32"`` (default) or ``"float64"``; ``"cpu"`` (default) or ``"cuda"``.
     """
@@ -86,6 +99,7 @@ class TrainConfig:
     output_weight_decay: float = 0.0
     blowup: float | None = DEFAULT_BLOWUP
     max_output: float | None = None
+    antithetic: bool = False
     dtype: str = "float32"
     device: str = "cpu"
 
@@ -122,6 +136,11 @@ class TrainConfig:
             problems.append(f"device {self.device!r} requested but CUDA is not available here; use device='cpu'.")
         if self.init not in INIT_DESCRIPTIONS:
             problems.append(f"init {self.init!r} is not one of {sorted(INIT_DESCRIPTIONS)}.")
+        elif self.antithetic and self.init != "theory":
+            problems.append(
+                f"antithetic pairs need a readout law symmetric about 0 (the mirror member must be a draw of the "
+                f"same law); init {self.init!r} draws C ~ U(0, 1). Use init='theory' or antithetic=False."
+            )
         if not (
             isinstance(self.output_weight_decay, int | float)
             and math.isfinite(self.output_weight_decay)
@@ -161,6 +180,7 @@ class TrainConfig:
                 + ([f"|output| > {self.max_output:g} on the grid"] if self.max_output else [])
             )
             + " at a record: marked diverged at that step, frozen",
+            **({"antithetic": ANTITHETIC_RULE} if self.antithetic else {}),
             "dtype": self.dtype,
         }
 
@@ -346,6 +366,23 @@ def train_block(
                 closing.callback(c.close)
 
 
+def initial_params(arch, config: TrainConfig, seeds: Sequence[int], dtype) -> dict[int, dict[str, torch.Tensor]]:
+    """Each seed's initial parameters (shared by every gamma: common random numbers); with ``antithetic``, the
+    second seed of each pair takes the first one's with the readout negated."""
+    if not config.antithetic:
+        return {s: init_params(arch, config.init, s, dtype) for s in seeds}
+    if len(seeds) % 2:
+        raise ValidationError(
+            f"antithetic training pairs seeds by position; the block has {len(seeds)} seeds: give an even number."
+        )
+    out = {}
+    for first, second in zip(seeds[0::2], seeds[1::2], strict=True):
+        p = init_params(arch, config.init, first, dtype)
+        out[first] = p
+        out[second] = {k: -v if k in READOUT else v.clone() for k, v in p.items()}
+    return out
+
+
 def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector], data_seed, progress, t_start):
     """The training loop of :func:`train_block`: every record, step and divergence goes to ``hooks``."""
     width, gammas, seeds, schedule = block.width, list(block.gammas), list(block.seeds), block.schedule
@@ -353,7 +390,7 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
     dtype, dev = DTYPES[config.dtype], torch.device(config.device)
     archs = [config.architecture(data.d_in, data.output_size, width, g) for g in gammas]
     arch = archs[0]
-    init = {s: init_params(arch, config.init, s, dtype) for s in seeds}  # common random numbers across gammas
+    init = initial_params(arch, config, seeds, dtype)
     params = {k: torch.stack([init[s][k] for _, s in members]).to(dev).requires_grad_(True) for k in arch.shapes()}
     B = len(members)
     shape_b = lambda v, name: torch.tensor(v, dtype=dtype, device=dev).view(B, *([1] * len(arch.shapes()[name])))  # noqa: E731

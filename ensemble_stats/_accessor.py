@@ -37,19 +37,20 @@ class EnsembleAccessor:
         dims: Sequence[str] = _GRID,
         ci: float = 0.95,
         ci_method: str = "auto",
+        pairs: bool | None = None,
     ) -> xr.Dataset:
         """See :func:`ensemble_stats.bias_variance`."""
-        return bias_variance(self._ds, reference=reference, dims=dims, ci=ci, ci_method=ci_method)
+        return bias_variance(self._ds, reference=reference, dims=dims, ci=ci, ci_method=ci_method, pairs=pairs)
 
-    def seed_mean(self, *, var: str = schema.PREDICTION, ci: float = 0.95) -> xr.Dataset:
+    def seed_mean(self, *, var: str = schema.PREDICTION, ci: float = 0.95, pairs: bool | None = None) -> xr.Dataset:
         """See :func:`ensemble_stats.seed_mean`."""
-        return seed_mean(self._ds, var=var, ci=ci)
+        return seed_mean(self._ds, var=var, ci=ci, pairs=pairs)
 
     def variance_components(
         self,
         *,
         var: str = schema.PREDICTION,
-        data_dim: str = "data_seed",
+        data_dim: str = schema.DATA_SEED,
         dims: Sequence[str] = _GRID,
         ci: float = 0.95,
     ) -> xr.Dataset:

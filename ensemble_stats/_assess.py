@@ -257,7 +257,9 @@ def compare_to_theory(
     ds : Dataset from ``open_ensemble`` of a shallow sweep with the theory init law, scaled time, any number of
         outputs (the variance is pooled over points and outputs); the grid is ``ds.x``.
     train_x, train_y : the training set (M, d), (M,) or (M, O); default the store's ``x_train`` / ``y_train``
-    activation, alpha : default the store's model (``attrs["model"]``), else ``"tanh"`` and 1
+    activation, alpha : default the store's model (``attrs["model"]``), else ``"tanh"`` and 1; a store that
+        sweeps alpha (an ``alpha`` coordinate) gets one limit per alpha. The per-layer multipliers
+        (``layer_alpha``) come from the store's model.
     decomposition : a :func:`bias_variance` result of ``ds`` at level ``ci`` to reuse (computed if not given)
 
     Returns
@@ -277,16 +279,31 @@ def compare_to_theory(
         train_y = ds[schema.Y_TRAIN].values if train_y is None else train_y
     model = ds.attrs.get(schema.ATTR_MODEL) if isinstance(ds.attrs.get(schema.ATTR_MODEL), dict) else {}
     activation = model.get("activation", "tanh") if activation is None else activation
-    alpha = float(model.get("alpha", 1.0)) if alpha is None else alpha
-    lim = kernel_limit(
-        train_x,
-        train_y,
-        ds[schema.X].values,
-        ds[schema.TIME].values,
-        activation=activation,
-        sigma_w=sigma_w,
-        alpha=alpha,
+    swept = alpha is None and schema.ALPHA in ds.coords
+    alphas = (
+        np.atleast_1d(ds[schema.ALPHA].values)
+        if swept
+        else [float(model.get("alpha", 1.0)) if alpha is None else alpha]
     )
+
+    def limit(a: float) -> xr.Dataset:
+        return kernel_limit(
+            train_x,
+            train_y,
+            ds[schema.X].values,
+            ds[schema.TIME].values,
+            activation=activation,
+            sigma_w=sigma_w,
+            alpha=float(a),
+            layer_alpha=model.get("layer_alpha"),
+        )
+
+    if not swept:
+        lim = limit(alphas[0])
+    elif ds[schema.ALPHA].ndim == 0:  # one alpha selected from a sweep: a scalar coordinate
+        lim = limit(alphas[0]).assign_coords({schema.ALPHA: ds[schema.ALPHA]})
+    else:
+        lim = xr.concat([limit(a) for a in alphas], dim=ds[schema.ALPHA], combine_attrs="drop_conflicts")
     bv = bias_variance(ds, ci=ci) if decomposition is None else decomposition
     scale = ds[schema.WIDTH].astype(float) ** (2 * ds[schema.GAMMA] - 1)
     vk = lim["var_k"].mean(schema.POINT)
@@ -374,6 +391,7 @@ def rate_table(rate: xr.Dataset, *, fit: xr.Dataset | None = None, fmt: str = "t
             row += [f"{float(f.coef.isel(term=0).median()):.4g}", f"{100 * float((f.status == 0).mean()):.0f}%"]
         rows.append(row)
     at = f" at t = {float(r[schema.TIME]):g}" if schema.TIME in r.coords else ""
+    at += "".join(f", {d} = {float(r[d]):g}" for d in schema.SETTING_DIMS if d in r.coords and r[d].ndim == 0)
     what = rate.attrs.get("quantity", "variance")
     caption = f"slope of log {what} vs log N, pooled over {rate.attrs.get('pooled_over', 'the grid').replace(',', ' and ')}{at}"
     return format_table(header, rows, fmt, caption)

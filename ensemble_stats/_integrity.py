@@ -122,7 +122,8 @@ def build_manifest(group) -> dict:
     extra = tuple(group.attrs.get(schema.ATTR_EXTRA_DIMS, ()))
     arrays = {name: array_fingerprint(arr.metadata.to_dict()) for name, arr in group.arrays()}
     coords = {}
-    for name in coordinate_names(extra):
+    pair = (schema.PAIR,) if schema.PAIR in group else ()
+    for name in (*coordinate_names(extra), *pair):
         arr = group[name]
         coords[name] = values_fingerprint(arr[...], arr.attrs.get("units"))
     return {"arrays": arrays, "coords": coords}

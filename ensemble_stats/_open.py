@@ -39,6 +39,8 @@ def _open_one(path: PathLike) -> xr.Dataset:
         ds = xr.open_zarr(str(path), consolidated=False, chunks={}, zarr_format=3, use_zarr_fill_value_as_mask=False)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 ensemble store ({e}).") from None
+    if schema.PAIR in ds.data_vars:
+        ds = ds.set_coords(schema.PAIR)
     ds = ds.chunk(_analysis_chunks(ds))
     problems = schema.validate_dataset(ds)
     ValidationError.raise_if(problems, f"{path} does not follow ensemble schema v{schema.SCHEMA_VERSION}")
@@ -154,6 +156,11 @@ def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
             problems.append("recording times differ between stores; only stores with the same times combine.")
         if p[schema.TIME].attrs.get("units") != parts[0][schema.TIME].attrs.get("units"):
             problems.append("time units differ between stores.")
+        if (schema.PAIR in p.coords) != (schema.PAIR in parts[0].coords):
+            problems.append(
+                "one store has antithetic seed pairs (a 'pair' coordinate) and another has not; their seeds are "
+                "drawn differently, so open them separately."
+            )
     ValidationError.raise_if(problems, "open_ensemble")
     sweep = (*schema.RUN_DIMS, *extra)
     differing = [d for d in sweep if any(not np.array_equal(p[d].values, parts[0][d].values) for p in parts[1:])]

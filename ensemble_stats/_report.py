@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -116,10 +117,29 @@ def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
     return results, note
 
 
+def _replicate_dims(ds: xr.Dataset) -> list[str]:
+    """Extra sweep dims that replicate a setting (e.g. data_seed): figures and tables average over them."""
+    return [d for d in ds.attrs.get(schema.ATTR_EXTRA_DIMS, ()) if d not in schema.SETTING_DIMS]
+
+
 def _without_extra(res: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
-    """Results averaged over extra sweep dims (e.g. data_seed), for the figures and the table."""
-    extra = [d for d in ds.attrs.get(schema.ATTR_EXTRA_DIMS, ()) if d in res.dims]
+    """Results averaged over the replicate dims, for the figures and the table."""
+    extra = [d for d in _replicate_dims(ds) if d in res.dims]
     return res.mean(extra, keep_attrs=True) if extra else res
+
+
+def _facets(ds: xr.Dataset) -> list[dict]:
+    """One selection per value of the setting dims (e.g. each alpha): each gets its own figures and table."""
+    dims = [d for d in schema.SETTING_DIMS if d in ds.dims]
+    return [dict(zip(dims, v, strict=True)) for v in itertools.product(*(ds[d].values.tolist() for d in dims))]
+
+
+def _facet_label(sel: dict) -> tuple[str, str]:
+    """(caption suffix, file-name suffix) of a facet."""
+    if not sel:
+        return "", ""
+    text = ", ".join(f"{k} = {v:g}" for k, v in sel.items())
+    return f" ({text})", "_" + "_".join(f"{k}{v:g}" for k, v in sel.items()).replace(".", "p")
 
 
 def _png(fig, path: Path) -> str:
@@ -147,38 +167,50 @@ def _write_report(ds: xr.Dataset, out: Path, results: dict, say) -> None:
     add(
         "Completeness: records written per (gamma, N), diverged runs counted", "completeness.png", plot.completeness(ds)
     )
-    for var, label in (
-        (schema.TEST_LOSS, "test loss"),
-        (schema.ACCURACY, "test accuracy"),
-        (schema.TRAIN_LOSS, "train loss"),
-        (schema.TRAIN_ACCURACY, "train accuracy"),
-    ):
-        if var in ds and bool(np.isfinite(ds[var]).any()):
-            say(f"{label} curves")
-            add(f"{label} vs time, one line per gamma, at each width", f"{var}.png", plot.curves(ds, var))
-    table = "<p>Fewer than 2 widths or 4 seeds: no fits.</p>"
+    fits = ds.sizes[schema.WIDTH] >= 2 and ds.sizes[schema.SEED] >= 4
     note = ""
-    if ds.sizes[schema.WIDTH] >= 2 and ds.sizes[schema.SEED] >= 4:
+    if fits:
         results, note = _analyses(ds, results, say)
-        r = {k: _without_extra(v, ds) for k, v in results.items()}
+        results = {k: _without_extra(v, ds) for k, v in results.items()}
+    tables = []
+    for sel in _facets(ds):
+        cap, suffix = _facet_label(sel)
+        sub = ds.sel(sel)
+        for var, label in (
+            (schema.TEST_LOSS, "test loss"),
+            (schema.ACCURACY, "test accuracy"),
+            (schema.TRAIN_LOSS, "train loss"),
+            (schema.TRAIN_ACCURACY, "train accuracy"),
+        ):
+            if var in sub and bool(np.isfinite(sub[var]).any()):
+                say(f"{label} curves{cap}")
+                add(
+                    f"{label} vs time, one line per gamma, at each width{cap}",
+                    f"{var}{suffix}.png",
+                    plot.curves(sub, var),
+                )
+        if not fits:
+            continue
+        r = {k: v.sel(sel) for k, v in results.items()}
         add(
-            "Seed variance vs N with confidence intervals, fitted and theory slopes",
-            "variance_vs_width.png",
+            f"Seed variance vs N with confidence intervals, fitted and theory slopes{cap}",
+            f"variance_vs_width{suffix}.png",
             plot.variance_vs_width(r.get("_at", r["bias_variance"]), r["fit_rate"]),
         )
         add(
             "Bias^2 and variance against the target, vs N and vs time (bias^2 estimates <= 0, where the bias is "
-            "below the seed noise, are not drawn)",
-            "bias_variance.png",
+            f"below the seed noise, are not drawn){cap}",
+            f"bias_variance{suffix}.png",
             plot.bias_variance(r["bias_variance"]),
         )
-        table = rate_table(r["fit_rate"], fit=r["fit_expansion"], fmt="html")
+        tables.append(rate_table(r["fit_rate"], fit=r["fit_expansion"], fmt="html"))
         if "compare_to_theory" in r:
             add(
-                "Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (docs/theory.md §9.3)",
-                "collapse.png",
+                f"Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (docs/theory.md §9.3){cap}",
+                f"collapse{suffix}.png",
                 plot.collapse(r["compare_to_theory"]),
             )
+    table = "".join(tables) if fits else "<p>Fewer than 2 widths or 4 seeds: no fits.</p>"
     src = html.escape(str(ds.encoding.get("source", "in-memory dataset")))
     body = "".join(
         f'<figure><img src="{uri}" alt="{html.escape(c)}"><figcaption>{html.escape(c)} '
@@ -186,9 +218,12 @@ def _write_report(ds: xr.Dataset, out: Path, results: dict, say) -> None:
         for c, name, uri in figures
     )
     dims = ", ".join(f"{d}={n}" for d, n in ds[schema.PREDICTION].sizes.items())
-    extra = list(ds.attrs.get(schema.ATTR_EXTRA_DIMS, ()))
+    extra = _replicate_dims(ds)
     if extra:
         dims += f" (figures and table average the results over {', '.join(extra)})"
+    setting = [d for d in schema.SETTING_DIMS if d in ds.dims]
+    if setting:
+        dims += f" (figures and tables for each value of {', '.join(setting)})"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ensemble-stats report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}img{{max-width:100%}}

@@ -11,10 +11,17 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from ._np_stats import CI_METHODS, CI_STATUS, STATISTICS, bias_variance_kernel, seed_mean_kernel
+from ._np_stats import (
+    CI_METHODS,
+    CI_STATUS,
+    STATISTICS,
+    bias_variance_kernel,
+    pair_bias_variance_kernel,
+    seed_mean_kernel,
+)
 from .errors import ValidationError
 
-__all__ = ["bias_variance", "seed_mean", "seed_moments", "variance_components"]
+__all__ = ["bias_variance", "pair_members", "seed_mean", "seed_moments", "variance_components"]
 
 _LONG_NAMES = {
     "mse": "mean squared error against the reference, seed average of (f - ref)^2 (unbiased for E(f - ref)^2)",
@@ -131,6 +138,46 @@ def _reference(ds: xr.Dataset, reference, dims: Sequence[str]) -> xr.DataArray:
     return ref
 
 
+def _use_pairs(da: xr.DataArray | xr.Dataset, pairs: bool | None) -> bool:
+    has = schema.PAIR in da.coords and schema.SEED in da[schema.PAIR].dims
+    if pairs and not has:
+        raise ValidationError(
+            "pairs=True but the data has no 'pair' coordinate on 'seed': it was not trained as antithetic pairs "
+            "(antithetic = true in the sweep config, or EnsembleStore.create(..., antithetic=True))."
+        )
+    return has if pairs is None else bool(pairs)
+
+
+def pair_members(da: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """The two members of each antithetic pair, as two DataArrays with a ``pair`` dim instead of ``seed``.
+
+    Raises
+    ------
+    ValidationError
+        The seeds do not form whole pairs (e.g. a selection kept one member of a pair).
+    """
+    pair = np.asarray(da[schema.PAIR].values)
+    order = np.lexsort((np.asarray(da[schema.SEED].values), pair))
+    p = pair[order]
+    ok = len(p) % 2 == 0 and bool(np.all(p[0::2] == p[1::2])) and len(np.unique(p)) == len(p) // 2
+    if not ok:
+        counts = dict(zip(*np.unique(pair, return_counts=True), strict=True))
+        odd = [int(k) for k, c in counts.items() if c != 2][:8]
+        raise ValidationError(
+            f"the seeds do not form whole antithetic pairs: pairs {odd} have {sorted({counts[k] for k in odd})} "
+            "members, expected 2. Select whole pairs (e.g. by the 'pair' coordinate), or pass pairs=False to "
+            "treat the seeds as independent (which they are not: the intervals would be wrong)."
+        )
+    da = da.isel({schema.SEED: order}).drop_vars([c for c in da.coords if schema.SEED in da[c].dims])
+    first, second = (
+        da.isel({schema.SEED: slice(k, None, 2)})
+        .rename({schema.SEED: schema.PAIR})
+        .assign_coords({schema.PAIR: p[0::2]})
+        for k in (0, 1)
+    )
+    return first, second
+
+
 def _check_ci(ci: float, ci_method: str) -> None:
     problems = []
     if not 0 < ci < 1:
@@ -159,6 +206,7 @@ def bias_variance(
     dims: Sequence[str] = (schema.POINT, schema.OUTPUT),
     ci: float = 0.95,
     ci_method: str = "auto",
+    pairs: bool | None = None,
 ) -> xr.Dataset:
     """Finite-seed bias², variance and MSE per (gamma, width, time, any extra sweep dims), with intervals.
 
@@ -176,6 +224,10 @@ def bias_variance(
     ci_method : {"auto", "chi2", "jackknife"}
         How intervals are made (docs/intervals.md): ``"auto"`` is calibrated at 4-32 seeds on correlated,
         heavy-tailed test beds; ``"jackknife"`` is the seed jackknife with Student t (S - 1 dof).
+    pairs : bool, optional
+        Antithetic stores (a ``pair`` coordinate on ``seed``) use the pair-aware estimators by default: the pair
+        is the unit (pair means for the mean and bias, an unbiased variance from pair means and half
+        differences, intervals over pairs; see ``pair_bias_variance_kernel``). ``ci_method`` does not apply.
 
     Returns
     -------
@@ -195,6 +247,7 @@ def bias_variance(
         raise ValidationError(f"dims {bad} are not grid dims of the predictions {list(pred.dims)}.")
     _check_ci(ci, ci_method)
     ref = _reference(ds, reference, dims)
+    paired = _use_pairs(pred, pairs)
     if pred.chunks:
         pred = pred.chunk({d: -1 for d in (schema.SEED, *dims)})  # the kernel needs whole seeds and grids
     names = [
@@ -205,26 +258,43 @@ def bias_variance(
         "n_seeds",
         "ci_status",
     ]
-    outs = xr.apply_ufunc(
-        bias_variance_kernel,
-        pred,
-        ref,
-        kwargs={"ci": ci, "n_grid": len(dims), "ci_method": ci_method},
-        input_core_dims=[[schema.SEED, *dims], list(dims)],
-        output_core_dims=[[] for _ in names],
-        dask="parallelized",
-        output_dtypes=[np.float64] * 13 + [np.int64, np.int8],
-        join="exact",
-    )
+    if paired:
+        first, second = pair_members(pred)
+        outs = xr.apply_ufunc(
+            pair_bias_variance_kernel,
+            first,
+            second,
+            ref,
+            kwargs={"ci": ci, "n_grid": len(dims)},
+            input_core_dims=[[schema.PAIR, *dims], [schema.PAIR, *dims], list(dims)],
+            output_core_dims=[[] for _ in names],
+            dask="parallelized",
+            output_dtypes=[np.float64] * 13 + [np.int64, np.int8],
+            join="exact",
+        )
+    else:
+        outs = xr.apply_ufunc(
+            bias_variance_kernel,
+            pred,
+            ref,
+            kwargs={"ci": ci, "n_grid": len(dims), "ci_method": ci_method},
+            input_core_dims=[[schema.SEED, *dims], list(dims)],
+            output_core_dims=[[] for _ in names],
+            dask="parallelized",
+            output_dtypes=[np.float64] * 13 + [np.int64, np.int8],
+            join="exact",
+        )
     res = xr.Dataset(dict(zip(names, outs, strict=True)))
     if schema.WRITTEN in ds:
         written = ds[schema.WRITTEN].sum(schema.SEED)
         res["n_excluded"] = (written - res["n_seeds"]).astype(np.int64)
-        res["n_excluded"].attrs["long_name"] = "seeds written but excluded (non-finite somewhere on the grid)"
+        res["n_excluded"].attrs["long_name"] = "seeds written but excluded (non-finite somewhere on the grid" + (
+            ", or the other member of such a seed's antithetic pair)" if paired else ")"
+        )
     over = ", ".join(dims) if dims else "nothing (per grid value)"
     for k, long_name in _LONG_NAMES.items():
         res[k].attrs["long_name"] = long_name
-        res[f"{k}_stderr"].attrs["long_name"] = f"seed-jackknife standard error of {k}"
+        res[f"{k}_stderr"].attrs["long_name"] = f"{'pair' if paired else 'seed'}-jackknife standard error of {k}"
         res[f"{k}_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of {k}"
         res[f"{k}_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of {k}"
         for v in (k, f"{k}_stderr", f"{k}_lo", f"{k}_hi"):
@@ -235,12 +305,18 @@ def bias_variance(
     res.attrs.update(
         {
             "ci": ci,
-            "ci_method": ci_method,
-            "ci_method_description": _describe(ci_method, len(dims) == 0),
+            "ci_method": "pairs" if paired else ci_method,
+            "ci_method_description": _PAIRS if paired else _describe(ci_method, len(dims) == 0),
             "averaged_over": ",".join(dims),
         }
     )
     return res
+
+
+_PAIRS = (
+    "antithetic pairs as units: pair jackknife; bias2 and mse Student t with P-1 dof (squared t interval of the "
+    "mean error at one value), variance scaled chi2 with the jackknife's dof; intervals need >= 4 pairs"
+)
 
 
 def _describe(ci_method: str, pointwise: bool) -> str:
@@ -253,8 +329,14 @@ def _describe(ci_method: str, pointwise: bool) -> str:
     return f"variance and mse: scaled chi2 with {nu}; bias2: {b2}; intervals need >= 4 seeds"
 
 
-def seed_mean(ds: xr.Dataset | xr.DataArray, *, var: str = schema.PREDICTION, ci: float = 0.95) -> xr.Dataset:
+def seed_mean(
+    ds: xr.Dataset | xr.DataArray, *, var: str = schema.PREDICTION, ci: float = 0.95, pairs: bool | None = None
+) -> xr.Dataset:
     """Seed mean of a variable with its standard error and Student-t interval (S - 1 dof).
+
+    On antithetic stores (a ``pair`` coordinate on ``seed``; ``pairs=None`` detects it) the unit is the pair: the
+    mean of the pair means, its standard error over pairs, Student t with P - 1 dof; a pair counts only if both
+    members are finite, and ``n_seeds`` counts their members.
 
     Parameters
     ----------
@@ -271,19 +353,26 @@ def seed_mean(ds: xr.Dataset | xr.DataArray, *, var: str = schema.PREDICTION, ci
     da = ds if isinstance(ds, xr.DataArray) else ds[var]
     if schema.SEED not in da.dims:
         raise ValidationError(f"'{da.name}' has dims {list(da.dims)}; seed_mean needs a 'seed' dim.")
+    paired = _use_pairs(da, pairs)
+    unit = schema.SEED
+    if paired:
+        first, second = pair_members(da)
+        da, unit = ((first + second) / 2).assign_attrs(da.attrs), schema.PAIR
     if da.chunks:
-        da = da.chunk({schema.SEED: -1})
+        da = da.chunk({unit: -1})
     names = ["mean", "stderr", "mean_lo", "mean_hi", "n_seeds", "ci_status"]
     outs = xr.apply_ufunc(
         seed_mean_kernel,
         da,
         kwargs={"ci": ci},
-        input_core_dims=[[schema.SEED]],
+        input_core_dims=[[unit]],
         output_core_dims=[[] for _ in names],
         dask="parallelized",
         output_dtypes=[np.float64] * 4 + [np.int64, np.int8],
     )
     res = xr.Dataset(dict(zip(names, outs, strict=True)))
+    if paired:
+        res["n_seeds"] = 2 * res["n_seeds"]
     what = da.attrs.get("long_name", da.name)
     res["mean"].attrs["long_name"] = f"seed mean of {what}"
     res["stderr"].attrs["long_name"] = f"standard error of the seed mean of {what}"
@@ -294,7 +383,9 @@ def seed_mean(ds: xr.Dataset | xr.DataArray, *, var: str = schema.PREDICTION, ci
         if "units" in da.attrs:
             res[v].attrs["units"] = da.attrs["units"]
     _ci_status(res["ci_status"])
-    res.attrs.update({"ci": ci, "ci_method": "Student t with S-1 dof"})
+    res.attrs.update(
+        {"ci": ci, "ci_method": "pair means, Student t with P-1 dof" if paired else "Student t with S-1 dof"}
+    )
     return res
 
 
@@ -302,7 +393,7 @@ def variance_components(
     ds: xr.Dataset | xr.DataArray,
     *,
     var: str = schema.PREDICTION,
-    data_dim: str = "data_seed",
+    data_dim: str = schema.DATA_SEED,
     dims: Sequence[str] = (schema.POINT, schema.OUTPUT),
     ci: float = 0.95,
 ) -> xr.Dataset:

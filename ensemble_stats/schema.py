@@ -26,6 +26,15 @@ POINT = "point"
 OUTPUT = "output"
 FEATURE = "feature"
 TRAIN_POINT = "train_point"
+ALPHA = "alpha"
+"""Extra sweep dim: the learning-rate constant alpha of the theory's rules, one value per run."""
+DATA_SEED = "data_seed"
+"""Extra sweep dim: the seed of the SGD data order."""
+PAIR = "pair"
+"""Coordinate on ``seed`` of antithetic stores: seeds with the same pair number are mirror images at init."""
+SETTING_DIMS: tuple[str, ...] = (ALPHA,)
+"""Extra sweep dims that change what is trained (results are shown per value); other extra dims (``data_seed``)
+are replicates that figures may average over."""
 
 RUN_DIMS: tuple[str, ...] = (GAMMA, WIDTH, SEED)
 """Dims that identify one training run (extra sweep dims such as ``data_seed`` are appended)."""
@@ -73,6 +82,7 @@ LONG_NAMES: dict[str, str] = {
     ACCURACY: "test accuracy",
     TRAIN_ACCURACY: "training accuracy",
     OUTPUT_WEIGHT_NORM: "norm of the output weights",
+    PAIR: "antithetic pair (its first seed)",
     DIVERGED_STEP: "optimizer step at which the run diverged (non-finite values or a blow-up), -1 if none",
 }
 """``long_name`` of every store variable, set on the variables ``open_ensemble`` returns."""

@@ -6,7 +6,7 @@ Every formula here refers to a section of docs/theory.md; reconstructions there 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -200,7 +200,7 @@ def _pair_moments(act, k1, K, k2, symmetric: bool, derivative: bool):
     return tuple(out)
 
 
-def _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = True):
+def _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = True, first_layer: str = "ntk"):
     """Yield (K, Theta) of the input layer and after each of ``depth`` hidden layers (Theta None unless ``ntk``)."""
     symmetric = x2 is None
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
@@ -209,7 +209,7 @@ def _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = Tru
     K = sigma_b**2 + sigma_w**2 * (x @ x2.T) / d
     k1 = sigma_b**2 + sigma_w**2 * (x**2).sum(1) / d
     k2 = sigma_b**2 + sigma_w**2 * (x2**2).sum(1) / d
-    theta = K.copy() if ntk else None
+    theta = (K.copy() if first_layer == "ntk" else x @ x2.T) if ntk else None
     yield K, theta
     for layer in range(depth):
         sw2 = sigma_w**2
@@ -225,8 +225,8 @@ def _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = Tru
         yield K, theta
 
 
-def _recursion(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = True):
-    for K, theta in _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk):  # noqa: B007 - the last
+def _recursion(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk: bool = True, first_layer: str = "ntk"):
+    for K, theta in _layers(x, x2, act, depth, sigma_w, sigma_b, widths, gammas, ntk, first_layer):  # noqa: B007
         pass
     return K, theta
 
@@ -270,9 +270,22 @@ def ntk_kernel(
     sigma_b: float = 0.0,
     widths: Sequence[int] | None = None,
     gammas: Sequence[float] | None = None,
+    first_layer: str = "ntk",
 ) -> np.ndarray:
-    """NTK of the same net: Theta1 = K1, Theta_{l+1} = K_{l+1} + sigma_w^2 E[s'(u) s'(v)] Theta_l (docs/theory.md §6)."""
-    return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas)[1]
+    """NTK of the same net: Theta1 = K1, Theta_{l+1} = K_{l+1} + sigma_w^2 E[s'(u) s'(v)] Theta_l (docs/theory.md §6).
+
+    ``first_layer="ntk"``: the first layer's weights are N(0, 1) times sigma_w / sqrt(d) in the forward pass
+    (Jacot's parametrization), Theta1 = K1. ``"scaled_mlp"``: they are drawn N(0, sigma_w^2 / d) and used as they
+    are (``collectors.ScaledMLP``), so their gradients give Theta1 = x.x'. With ``widths``, ``gammas``,
+    ``sigma_b=0`` and ``first_layer="scaled_mlp"`` this is the expected empirical NTK (sum over parameters of
+    df(x)/dp df(x')/dp) of a bias-free ScaledMLP at initialisation: exact at every width for one hidden layer,
+    up to O(1/N) for deeper nets.
+    """
+    if first_layer not in ("ntk", "scaled_mlp"):
+        from .errors import ValidationError
+
+        raise ValidationError(f"first_layer={first_layer!r}: use 'ntk' or 'scaled_mlp'.")
+    return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas, first_layer=first_layer)[1]
 
 
 # ------------------------------------------------------------------------------------------ init laws
@@ -321,13 +334,21 @@ def init_moments(
 
 # ------------------------------------------------------------------------------------------ kernel limit
 def shallow_kernels(
-    x, x2=None, *, activation: str | Callable = "tanh", sigma_w: float = 1.0, alpha: float = 1.0, n_mc: int = 0
+    x,
+    x2=None,
+    *,
+    activation: str | Callable = "tanh",
+    sigma_w: float = 1.0,
+    alpha: float = 1.0,
+    layer_alpha: Mapping[str, float] | None = None,
+    n_mc: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The kernels A and Sigma of the shallow net under the theory init law (docs/theory.md §1.2-1.3).
 
-    A(x, x') = alpha E[s(w.x) s(w.x')] + alpha E[C^2] E[s'(w.x) s'(w.x')] x.x',
-    Sigma(x, x') = E[C^2] E[s(w.x) s(w.x')], with w ~ N(0, sigma_w^2 I / d), C ~ N(0, 1), no biases.
-    Computed by quadrature (or Monte Carlo with ``n_mc`` samples, for checks).
+    A(x, x') = alpha a_C E[s(w.x) s(w.x')] + alpha a_W1 E[C^2] E[s'(w.x) s'(w.x')] x.x',
+    Sigma(x, x') = E[C^2] E[s(w.x) s(w.x')], with w ~ N(0, sigma_w^2 I / d), C ~ N(0, 1), no biases;
+    a_C, a_W1 are the per-layer rate multipliers ``layer_alpha`` (default 1): the readout's and the first
+    layer's shares of the kernel. Computed by quadrature (or Monte Carlo with ``n_mc`` samples, for checks).
 
     Returns
     -------
@@ -349,7 +370,8 @@ def shallow_kernels(
         k12 = k * (x @ x2.T)
         ss, dd = _moments(activation, k11, k12, k22)
     sigma = ss
-    A = alpha * ss + alpha * dd * (x @ x2.T)
+    la = dict(layer_alpha or {})
+    A = alpha * la.get("C", 1.0) * ss + alpha * la.get("W1", 1.0) * dd * (x @ x2.T)
     return A, sigma
 
 
@@ -361,7 +383,15 @@ def _phi(lam: np.ndarray, t: float, M: int) -> np.ndarray:
 
 
 def kernel_limit(
-    train_x, train_y, grid_x, times, *, activation: str | Callable = "tanh", sigma_w: float = 1.0, alpha: float = 1.0
+    train_x,
+    train_y,
+    grid_x,
+    times,
+    *,
+    activation: str | Callable = "tanh",
+    sigma_w: float = 1.0,
+    alpha: float = 1.0,
+    layer_alpha: Mapping[str, float] | None = None,
 ) -> xr.Dataset:
     """The gamma in (1/2, 1) kernel limit for full-batch GD on M training points and O outputs (docs/theory.md
     §1.2-1.4 [R]).
@@ -375,6 +405,8 @@ def kernel_limit(
     Parameters
     ----------
     train_x : (M, d); train_y : (M,) or (M, O); grid_x : (P, d); times : scaled times t
+    alpha, layer_alpha : the rate constant and per-layer multipliers (``{"W1": a, "C": b}``), see
+        :func:`shallow_kernels`
 
     Returns
     -------
@@ -384,9 +416,10 @@ def kernel_limit(
     Y = np.asarray(train_y, dtype=np.float64).reshape(len(X), -1)
     G = np.atleast_2d(np.asarray(grid_x, dtype=np.float64))
     M, O = Y.shape  # noqa: E741
-    A_XX, S_XX = shallow_kernels(X, activation=activation, sigma_w=sigma_w, alpha=alpha)
-    A_GX, S_GX = shallow_kernels(G, X, activation=activation, sigma_w=sigma_w, alpha=alpha)
-    _, S_GG = shallow_kernels(G, activation=activation, sigma_w=sigma_w, alpha=alpha)
+    kw = {"activation": activation, "sigma_w": sigma_w, "alpha": alpha, "layer_alpha": layer_alpha}
+    A_XX, S_XX = shallow_kernels(X, **kw)
+    A_GX, S_GX = shallow_kernels(G, X, **kw)
+    _, S_GG = shallow_kernels(G, **kw)
     lam, U = np.linalg.eigh((A_XX + A_XX.T) / 2)
     h, var = [], []
     for t in np.atleast_1d(times):
@@ -402,6 +435,7 @@ def kernel_limit(
             "source": "docs/theory.md §1.2-1.3 [R]",
             "activation": str(activation),
             "alpha": alpha,
+            **({"layer_alpha": dict(layer_alpha)} if layer_alpha else {}),
             "sigma_w": sigma_w,
         },
     )

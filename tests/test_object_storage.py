@@ -297,7 +297,7 @@ def test_results_go_to_s3_as_one_object_and_folders_are_refused(s3, tmp_path, mo
 
 def _one_cell(url: str, text: str, start_at: float, train: bool = True) -> None:
     from collectors import SweepSpec
-    from collectors._sweep import prepare_store, run_cell
+    from collectors._sweep import Cell, prepare_store, run_cell
 
     spec = SweepSpec.from_toml(text)
     st = prepare_store(spec, url)
@@ -306,7 +306,7 @@ def _one_cell(url: str, text: str, start_at: float, train: bool = True) -> None:
     w, b = spec.blocks()[0]
     while time.time() < start_at:
         time.sleep(0.001)
-    run_cell(str(st.path), spec.to_json(), "cpu", w, b, None)
+    run_cell(str(st.path), spec.to_json(), "cpu", Cell(w, b))
 
 
 def test_a_cell_trained_twice_at_once_on_s3_writes_the_same_bytes(s3, tmp_path):

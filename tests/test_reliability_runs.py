@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 import ensemble_stats as es
 from collectors import EnsembleStore, EvalGrid, SweepSpec
-from collectors._sweep import pending_cells, prepare_store, run_cell
+from collectors._sweep import Cell, pending_cells, prepare_store, run_cell
 from ensemble_stats.cli import main
 from ensemble_stats.errors import EnsembleStatsError, SpecMismatchError, StoreWriteError
 from ensemble_stats.testing import synthetic_ensemble
@@ -46,8 +46,8 @@ def train_in_process(config_text: str, store, start_at: float = 0.0) -> str:
         st = prepare_store(spec, store)
     except SpecMismatchError:
         return "refused"
-    for w, b, d in pending_cells(st, spec):
-        run_cell(str(store), spec.to_json(), "cpu", w, b, d)
+    for cell in pending_cells(st, spec):
+        run_cell(str(store), spec.to_json(), "cpu", cell)
     return "trained"
 
 
@@ -237,7 +237,7 @@ def test_the_sweeps_local_cluster_listens_on_loopback_only(reliability):
 # ---------------------------------------------------------------------- 21.9 ENOSPC while taking a lock
 def _cell_task(store, spec_json, w, b):
     try:
-        run_cell(store, spec_json, "cpu", w, tuple(b), None)
+        run_cell(store, spec_json, "cpu", Cell(w, tuple(b)))
         return "ok"
     except EnsembleStatsError as e:
         return f"{type(e).__name__}: {e}"

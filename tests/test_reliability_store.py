@@ -210,8 +210,8 @@ def _sweep_in_process(cfg, store, repair=False):
     st = prepare_store(spec, store)
     if repair:
         st.repair()
-    for w, b, d in pending_cells(st, spec):
-        run_cell(str(store), spec.to_json(), "cpu", w, b, d)
+    for cell in pending_cells(st, spec):
+        run_cell(str(store), spec.to_json(), "cpu", cell)
 
 
 def test_run_repair_rewrites_what_verify_flags_bitwise(tmp_path, reliability):
