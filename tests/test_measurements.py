@@ -66,7 +66,9 @@ def test_alpha_sweep_cells_equal_single_alpha_sweeps(alpha_store, tmp_path):
         one = _sweep(tmp_path / f"one{a}.zarr", "data_seeds = [0, 1]", f"alpha = {a}")
         np.testing.assert_array_equal(ds.prediction.sel(alpha=a).values, one.prediction.values)
     # a larger rate moves the outputs further from their start in the same scaled time
-    move = abs(ds.prediction.isel(time=-1) - ds.prediction.isel(time=0)).mean(["gamma", "width", "seed", "point", "output", "data_seed"])
+    move = abs(ds.prediction.isel(time=-1) - ds.prediction.isel(time=0)).mean(
+        ["gamma", "width", "seed", "point", "output", "data_seed"]
+    )
     assert float(move.sel(alpha=4.0)) > 2 * float(move.sel(alpha=0.5))
 
 
