@@ -11,7 +11,8 @@ from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teach
 from ._grid import EvalGrid
 from ._layout import StoreSpec
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
-from ._records import Block, Collector, RecordBuffer
+from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement
+from ._records import Block, BlockModel, Collector, RecordBuffer
 from ._store import EnsembleStore
 from ._sweep import SweepReport, prepare_store, run_sweep
 from ._trainer import BlockResult, TrainConfig, train_block
@@ -20,12 +21,14 @@ __all__ = [
     "ACTIVATIONS",
     "Architecture",
     "Block",
+    "BlockModel",
     "BlockResult",
     "Collector",
     "CollectorHandle",
     "DataSet",
     "EnsembleStore",
     "EvalGrid",
+    "NTKCollector",
     "OutputCollector",
     "RecordBuffer",
     "ScaledMLP",
@@ -35,13 +38,16 @@ __all__ = [
     "TrainConfig",
     "cifar10",
     "digits",
+    "empirical_ntk",
     "init_params",
     "learning_rates",
     "load_dataset",
     "mnist",
     "mnist1d",
+    "model_ntk",
     "paper_init",
     "prepare_store",
+    "relative_displacement",
     "run_sweep",
     "teacher",
     "theory_init",

@@ -60,6 +60,11 @@ class OutputCollector:
         ``metrics(model) -> {name: float}`` for further per-record scalars: the known ones (``train_loss``,
         ``output_weight_norm``, ...) or any metric the store declared at creation (``metrics=`` of
         :meth:`EnsembleStore.create`, e.g. a gradient norm or a parameter displacement).
+    kernel
+        Also record the fields the store declares (``ntk_points``, ``layers`` of :meth:`EnsembleStore.create`):
+        the model's empirical NTK on the NTK sub-grid (:func:`model_ntk`, over its trainable parameters) and the
+        displacement of the named parameters (``model.named_parameters()`` names) from their values at
+        :meth:`attach` (or at the first record, which must then be step 0).
     background
         Evaluate and write on a worker thread: at each record the parameters and buffers are copied into a
         private copy of the model, which is evaluated concurrently with training. It pays only where spare
@@ -88,6 +93,7 @@ class OutputCollector:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         metrics: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
         background: bool = False,
+        kernel: bool = False,
         **extra_coords: Any,
     ):
         self.store = store
@@ -97,6 +103,13 @@ class OutputCollector:
         self.loss_fn = loss_fn
         self.metrics = metrics
         self.resume = resume
+        self.kernel = kernel
+        self._initial: dict[str, torch.Tensor] | None = None
+        if kernel and not store.spec.field_shapes:
+            raise ValidationError(
+                "kernel=True but the store declares no NTK sub-grid and no layers; create it with "
+                "EnsembleStore.create(..., ntk_points='all' or [indices], layers=[parameter names])."
+            )
         written = store.written_mask(self.index)
         if written.any() and not resume:
             raise RunExistsError(
@@ -130,6 +143,8 @@ class OutputCollector:
         """
         if start_step is not None:
             self._seek(int(start_step))
+        if self.kernel and self._step == 0 and self._initial is None:
+            self._initial = {k: v.detach().clone() for k, v in model.named_parameters()}
         self.on_step(model, self._step)
 
         def hook(opt, args, kwargs):
@@ -270,7 +285,36 @@ class OutputCollector:
     def _take(self, model: torch.nn.Module, j: int, step: int, extra: dict[str, float]) -> None:
         out, auto = self.evaluate(model)
         auto.update(extra)
-        self._records.add(j, step, out, auto)
+        self._records.add(j, step, out, auto, self._fields(model, step) if self.kernel else None)
+
+    def _fields(self, model: torch.nn.Module, step: int) -> dict[str, np.ndarray]:
+        from ._ntk import _check_layers, model_ntk, relative_displacement
+
+        spec = self.store.spec
+        out = {}
+        if spec.layers:
+            params = dict(model.named_parameters())
+            _check_layers(spec.layers, params)
+            if self._initial is None:
+                if step != 0:
+                    raise ValidationError(
+                        f"the displacement needs the initial parameters: attach() the collector before training, or "
+                        f"record step 0 first (this first record is step {step})."
+                    )
+                self._initial = {k: v.detach().clone() for k, v in params.items()}
+            disp = relative_displacement(params, self._initial, spec.layers, member_axis=False)
+            out[schema.DISPLACEMENT] = disp.cpu().numpy()
+        if spec.ntk_points:
+            dev = next(model.parameters()).device
+            x = self._grid_tensors(model)[0][list(spec.ntk_points)].to(dev)
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.enable_grad():
+                    out[schema.NTK] = model_ntk(model, x).cpu().numpy()
+            finally:
+                model.train(was_training)
+        return out
 
     def _shadow_of(self, model: torch.nn.Module) -> torch.nn.Module:
         if self._shadow is None or self._shadow[0] is not model:

@@ -66,6 +66,11 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "data_seed": ((int,), 0),
     },
     "run": {"dtype": ((str,), "float32"), "device": ((str,), "cpu")},
+    "record": {
+        "ntk_points": ((int, list, str), 0),
+        "ntk_every": ((int,), 1),
+        "displacement": ((bool,), False),
+    },
 }
 
 
@@ -91,6 +96,10 @@ class SweepSpec:
     train: TrainConfig
     data_seed: int
     alphas: tuple[float, ...] = ()
+    ntk_points: int | str | tuple[int, ...] = 0
+    """The NTK sub-grid: 0 (none), a count (evenly spaced grid points), ``"all"``, or grid point indices."""
+    ntk_every: int = 1
+    displacement: bool = False
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -156,7 +165,7 @@ class SweepSpec:
     @classmethod
     def _build(cls, v: dict[str, dict[str, Any]], name: str) -> SweepSpec:
         problems: list[str] = []
-        sw, tm, md, dt, op, rn = (v[k] for k in ("sweep", "time", "model", "data", "optimizer", "run"))
+        sw, tm, md, dt, op, rn, rec = (v[k] for k in ("sweep", "time", "model", "data", "optimizer", "run", "record"))
         problems += [f"[sweep].{p}" for p in schema.validate_gammas(sw["gammas"], "gammas")]
         problems += [f"[sweep].{p}" for p in schema.validate_widths(sw["widths"], "widths")]
         too_many = [
@@ -246,6 +255,7 @@ class SweepSpec:
                 problems.append(f"[optimizer].{key} = {v}: 0 turns the check off, else a finite number > {low:g}.")
         if dt["name"] in LOADERS:
             problems += [f"[data].options: {p}" for p in validate_options(dt["name"], dt["options"])]
+        problems += _record_problems(rec)
         if problems:
             raise ConfigError(problems, name)
         try:
@@ -285,6 +295,9 @@ class SweepSpec:
             train=train,
             data_seed=int(op["data_seed"]),
             alphas=tuple(float(a) for a in sw["alphas"]),
+            ntk_points=tuple(rec["ntk_points"]) if isinstance(rec["ntk_points"], list) else rec["ntk_points"],
+            ntk_every=int(rec["ntk_every"]),
+            displacement=bool(rec["displacement"]),
         )
 
     # ------------------------------------------------------------------ use
@@ -324,7 +337,28 @@ class SweepSpec:
                 "data_seed": self.data_seed,
             },
             "run": {"dtype": t.dtype},
+            # written only when used: older configs keep their canonical form
+            **({"record": self._record_table()} if self.ntk_points or self.displacement else {}),
         }
+
+    def _record_table(self) -> dict:
+        pts = self.ntk_points
+        return {
+            "ntk_points": list(pts) if isinstance(pts, tuple) else pts,
+            "ntk_every": self.ntk_every,
+            "displacement": self.displacement,
+        }
+
+    def ntk_grid(self, n_points: int) -> tuple[int, ...] | None:
+        """The NTK sub-grid's point indices for a grid of ``n_points``, or None when the NTK is not recorded."""
+        pts = self.ntk_points
+        if not pts:
+            return None
+        if pts == "all":
+            return tuple(range(n_points))
+        if isinstance(pts, int):
+            return tuple(int(i) for i in np.unique(np.linspace(0, n_points - 1, min(pts, n_points)).round()))
+        return tuple(pts)
 
     def to_json(self) -> str:
         return json.dumps(self.canonical(), sort_keys=True)
@@ -394,7 +428,15 @@ class SweepSpec:
                 f"the sweep has {cells:,} cells (widths x seed blocks x alphas x data seeds), each a Dask task; at most "
                 f"{MAX_CELLS:,}: raise [sweep].seed_block."
             )
-        spec = StoreSpec(
+        ntk = self.ntk_grid(data.grid.n_points) or ()
+        bad = [p for p in ntk if p >= data.grid.n_points]
+        if bad:
+            problems.append(
+                f"[record].ntk_points {shorten(bad)} are not points of the {data.grid.n_points}-point grid; use "
+                f"indices in [0, {data.grid.n_points})."
+            )
+        layers = self.layers(data)
+        base = dict(
             gammas=self.gammas,
             widths=self.widths,
             seeds=self.seeds,
@@ -404,12 +446,21 @@ class SweepSpec:
             n_features=data.grid.n_features,
             output_size=data.output_size,
             grid_hash="",
-            time_chunk=default_time_chunk(len(self.times), data.grid.n_points, data.output_size, self.seed_block),
             seed_chunk=self.seed_block,
             dtype="float64" if t.dtype == "float64" else "float32",
             extra=tuple(self.extra_dims().items()),
+            ntk_points=ntk,
+            layers=layers,
         )
-        return problems + size_problems(spec, Path(store) if store is not None else None)
+        fields = StoreSpec(**base, time_chunk=1).field_bytes
+        tc = default_time_chunk(len(self.times), data.grid.n_points, data.output_size, self.seed_block, fields)
+        return problems + size_problems(StoreSpec(**base, time_chunk=tc), Path(store) if store is not None else None)
+
+    def layers(self, data: DataSet) -> tuple[str, ...]:
+        """The parameter tensors whose displacement is recorded (all of the model's), or () when not recorded."""
+        if not self.displacement:
+            return ()
+        return tuple(self.train.architecture(data.d_in, data.output_size, self.widths[0], self.gammas[0]).shapes())
 
     def cell_bytes(self, data: DataSet) -> int:
         """Rough memory of training one cell: parameters, gradients and workspace of the widest block."""
@@ -421,7 +472,8 @@ class SweepSpec:
         batch = t.batch_size or len(data.x_train)
         acts = sum(widths) * (batch + data.grid.n_points)
         item = 8 if t.dtype == "float64" else 4
-        return int(members * item * (4 * params + 3 * acts))
+        ntk = len(self.ntk_grid(data.grid.n_points) or ()) * data.output_size  # Jacobian rows of a vmap chunk
+        return int(members * item * (4 * params + 3 * acts) + 4 * item * ntk * params)
 
     def extra_dims(self) -> dict[str, tuple]:
         """The store's extra sweep dims, in order: ``alpha`` (when ``alphas`` are swept), then ``data_seed``."""
@@ -437,6 +489,22 @@ class SweepSpec:
         seeds = self.seeds
         blocks = [seeds[i : i + self.seed_block] for i in range(0, len(seeds), self.seed_block)]
         return [(w, b) for w in sorted(self.widths, reverse=True) for b in blocks]
+
+
+def _record_problems(rec: dict) -> list[str]:
+    problems = []
+    pts = rec["ntk_points"]
+    if isinstance(pts, str) and pts != "all":
+        problems.append(f"[record].ntk_points = {pts!r}: give 'all', a count of grid points, or a list of indices.")
+    elif isinstance(pts, int) and not isinstance(pts, bool) and pts < 0:
+        problems.append(f"[record].ntk_points = {pts}: a count >= 1 (0 records no NTK).")
+    elif isinstance(pts, list) and (
+        not pts or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pts)
+    ):
+        problems.append(f"[record].ntk_points = {shorten(pts)}: grid point indices (integers >= 0).")
+    if rec["ntk_every"] < 1:
+        problems.append(f"[record].ntk_every = {rec['ntk_every']}: an integer >= 1 (every k-th record).")
+    return problems
 
 
 def _alphas_problems(alphas: list, alpha: float) -> list[str]:

@@ -81,6 +81,24 @@ class StoreSpec:
     metrics: tuple[str, ...] = ()
     pairs: tuple[int, ...] = ()
     """Antithetic stores: each seed's pair number (the pair's first seed); empty otherwise."""
+    ntk_points: tuple[int, ...] = ()
+    """Stores that record the empirical NTK: the grid points of its sub-grid; empty otherwise."""
+    layers: tuple[str, ...] = ()
+    """Stores that record parameter displacements: the parameter tensors' names; empty otherwise."""
+
+    @property
+    def field_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Trailing shape of each per-record field (``ntk``, ``displacement``) the store declares."""
+        P, O = len(self.ntk_points), self.output_size  # noqa: E741
+        return {
+            **({schema.NTK: (P, P, O, O)} if P else {}),
+            **({schema.DISPLACEMENT: (len(self.layers),)} if self.layers else {}),
+        }
+
+    @property
+    def field_bytes(self) -> int:
+        """Bytes of the fields of one record (in the store's dtype)."""
+        return np.dtype(self.dtype).itemsize * sum(int(np.prod(s)) for s in self.field_shapes.values())
 
     @property
     def scalar_names(self) -> tuple[str, ...]:
@@ -114,6 +132,41 @@ def _short(v) -> str:
     return s if len(s) <= 120 else s[:117] + "..."
 
 
+def _ntk_points(points, n_points: int, problems: list[str]) -> tuple[int, ...]:
+    """The NTK sub-grid: None (no NTK), ``"all"``, or grid point indices."""
+    if points is None:
+        return ()
+    if isinstance(points, str):
+        if points == "all":
+            return tuple(range(n_points))
+        problems.append(f"ntk_points={points!r}: give 'all', or a list of grid point indices.")
+        return ()
+    try:
+        pts = [operator.index(p) for p in points]
+    except TypeError:
+        problems.append(f"ntk_points must be grid point indices (integers), got {shorten(points)}.")
+        return ()
+    bad = [p for p in pts if not 0 <= p < n_points]
+    if not pts or bad or len(set(pts)) != len(pts):
+        problems.append(
+            f"ntk_points {shorten(pts)}: give distinct grid point indices in [0, {n_points})"
+            + (f"; {shorten(bad)} are outside" if bad else "")
+            + "."
+        )
+        return ()
+    return tuple(pts)
+
+
+def _layers(layers, problems: list[str]) -> tuple[str, ...]:
+    if layers is None:
+        return ()
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        problems.append(f"layers must be distinct non-empty parameter names, e.g. ['W1', 'C']; got {shorten(names)}.")
+        return ()
+    return tuple(names)
+
+
 def antithetic_pairs(seeds: tuple[int, ...], problems: list[str]) -> tuple[int, ...]:
     """The ``pair`` coordinate of antithetic seeds: positions 2k and 2k+1 form pair ``seeds[2k]``."""
     if len(seeds) % 2:
@@ -122,8 +175,8 @@ def antithetic_pairs(seeds: tuple[int, ...], problems: list[str]) -> tuple[int, 
     return tuple(s for s in seeds[0::2] for _ in range(2))
 
 
-def default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chunk: int) -> int:
-    record = max(1, n_points * output_size * 4 * seed_chunk)
+def default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chunk: int, field_bytes: int = 0) -> int:
+    record = max(1, (n_points * output_size * 4 + field_bytes) * seed_chunk)
     return int(max(1, min(n_times, _RECORD_TARGET_BYTES // record)))
 
 
@@ -195,6 +248,8 @@ def create_store(
     metrics,
     attrs: dict,
     antithetic: bool = False,
+    ntk_points=None,
+    layers=None,
 ):
     """The body of :meth:`EnsembleStore.create` (see there): validate everything, then create atomically."""
     if not isinstance(grid, EvalGrid):
@@ -236,6 +291,8 @@ def create_store(
         extra=extra,
         metrics=tuple(metrics),
         pairs=antithetic_pairs(_tuple(seeds, int), problems) if antithetic else (),
+        ntk_points=_ntk_points(ntk_points, grid.n_points, problems),
+        layers=_layers(layers, problems),
     )
     # validate raw values first (coercion above keeps them comparable but may hide non-integers)
     problems += schema.validate_gammas(gammas) + schema.validate_widths(widths) + schema.validate_seeds(seeds)
@@ -244,8 +301,13 @@ def create_store(
     train = _train_arrays(train, grid, problems)
     if metrics:
         attrs = {**attrs, schema.ATTR_METRICS: {str(k): str(v) for k, v in metrics.items()}}
+    if base["ntk_points"]:
+        attrs = {**attrs, schema.ATTR_NTK_POINTS: list(base["ntk_points"])}
+    if base["layers"]:
+        attrs = {**attrs, schema.ATTR_LAYERS: list(base["layers"])}
     ValidationError.raise_if(problems, "EnsembleStore.create")
-    tc = time_chunk or default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk)
+    spec = StoreSpec(**base, time_chunk=1)
+    tc = time_chunk or default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk, spec.field_bytes)
     spec = StoreSpec(**base, time_chunk=tc)
     ValidationError.raise_if(_validate_layout(spec), "EnsembleStore.create")
 
@@ -461,6 +523,27 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         dimension_names=schema.prediction_dims(spec.extra_dims),
         compressors=_codecs(),
     ).attrs.update({"long_name": schema.LONG_NAMES[schema.PREDICTION]})
+    coords = {
+        schema.NTK: ((schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2)),
+        schema.DISPLACEMENT: (schema.LAYER,),
+    }
+    if spec.ntk_points:
+        coord(schema.NTK_POINT, spec.ntk_points, "int64")
+        coord(schema.NTK_POINT_2, spec.ntk_points, "int64")
+        coord(schema.OUTPUT_2, np.arange(spec.output_size), "int64")
+    if spec.layers:
+        # zarr v3 has no specified string dtype: the index here, the names in attrs (open_ensemble shows names)
+        coord(schema.LAYER, np.arange(len(spec.layers)), "int64")
+    for name, trailing in spec.field_shapes.items():
+        g.create_array(
+            name,
+            shape=(*rshape, T, *trailing),
+            chunks=(*rchunks, tc, *trailing),
+            dtype=spec.dtype,  # the predictions' dtype: a float64 store keeps its kernels exact too
+            fill_value=np.nan,
+            dimension_names=(*rdims, *coords[name]),
+            compressors=_codecs(),
+        ).attrs.update({"long_name": schema.LONG_NAMES[name]})
     declared = attrs.get(schema.ATTR_METRICS, {})
     for name, dtype, fill in (
         (schema.WRITTEN, "bool", False),
@@ -578,7 +661,7 @@ def store_bytes(spec: StoreSpec) -> tuple[int, int]:
     """(records, bytes) of a complete store of ``spec``: predictions, per-record arrays and digests."""
     records = int(np.prod(spec.run_shape, dtype=np.float64) * len(spec.times))
     per_record = spec.n_points * spec.output_size * np.dtype(spec.dtype).itemsize
-    per_record += 1 + 8 + 4 * len(spec.scalar_names) + 8 * len(schema.INTERNAL_VARIABLES)
+    per_record += 1 + 8 + 4 * len(spec.scalar_names) + 8 * len(schema.INTERNAL_VARIABLES) + spec.field_bytes
     return records, int(records * per_record)
 
 

@@ -10,7 +10,7 @@ own loop) and the block trainer's sinks both write through it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +20,15 @@ from ensemble_stats.errors import ValidationError
 
 from ._store import EnsembleStore
 
-__all__ = ["Block", "Collector", "RecordBuffer"]
+__all__ = ["Block", "BlockModel", "Collector", "RecordBuffer"]
 
 
-def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Arrays for ``EnsembleStore.write_records`` from buffered ``(time_index, step, output, scalars)`` records.
+def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
+    """Arrays for ``EnsembleStore.write_records`` from buffered ``(time_index, step, output, scalars, fields)``
+    records.
 
     Records are stacked along ``axis``: 0 for one run's (point, output) outputs, 1 for a block whose outputs
-    carry a leading member axis. A scalar missing from a record is NaN there.
+    carry a leading member axis. A scalar or field missing from a record is NaN there.
     """
     ti = np.array([b[0] for b in buffer])
     steps = np.array([b[1] for b in buffer], dtype=np.int64)
@@ -37,7 +38,13 @@ def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, 
         scalars = {
             n: np.stack([np.asarray(b[3].get(n, np.nan), dtype=np.float32) for b in buffer], axis) for n in names
         }
-    return ti, steps, out, scalars
+    fields = {}
+    for n in sorted({k for b in buffer for k in b[4]}):
+        like = next(np.asarray(b[4][n]) for b in buffer if n in b[4])
+        fields[n] = np.stack(
+            [np.asarray(b[4].get(n, np.full(like.shape, np.nan)), dtype=np.float64) for b in buffer], axis
+        )
+    return ti, steps, out, scalars, fields
 
 
 class RecordBuffer:
@@ -69,11 +76,13 @@ class RecordBuffer:
                 "further metrics when the store is created: EnsembleStore.create(..., metrics={name: long_name})."
             )
 
-    def add(self, j: int, step: int, out: np.ndarray, scalars: Mapping[str, Any]) -> None:
+    def add(
+        self, j: int, step: int, out: np.ndarray, scalars: Mapping[str, Any], fields: Mapping[str, Any] | None = None
+    ) -> None:
         """Buffer record ``j`` (time index) taken at optimizer ``step``; write the chunk once it is complete."""
         self.check_scalars(scalars)
         with self._mutex:
-            self._buffer.append((int(j), int(step), out, dict(scalars)))
+            self._buffer.append((int(j), int(step), out, dict(scalars), dict(fields or {})))
             if (j + 1) % self._time_chunk == 0 or j + 1 == len(self.schedule):
                 self._write()
 
@@ -85,8 +94,8 @@ class RecordBuffer:
     def _write(self) -> None:
         if not self._buffer:
             return
-        ti, steps, out, scalars = stack_records(self._buffer, axis=1 if self.block else 0)
-        self.store.write_records(self.index, ti, out, steps, scalars)
+        ti, steps, out, scalars, fields = stack_records(self._buffer, axis=1 if self.block else 0)
+        self.store.write_records(self.index, ti, out, steps, scalars, fields)
         self._buffer.clear()
 
     def clear(self) -> None:
@@ -133,13 +142,31 @@ class Block:
         return [(g, s) for g in self.gammas for s in self.seeds]
 
 
+@dataclass(frozen=True)
+class BlockModel:
+    """The block's model as the trainer holds it, for collectors that need more than its outputs.
+
+    ``params``: name -> the live parameter tensor of every member, stacked on a leading member axis (do not
+    modify); ``buffers``: name -> per-member constants, stacked alike (e.g. each member's 1/N^gamma scales);
+    ``apply(member_params, member_buffers, x)``: the forward pass of one member (the same names without the
+    member axis) on inputs ``x`` (n, d_in), returning (n, outputs), usable under ``torch.func`` transforms
+    (``vmap`` over both dicts gives the block); ``grid``: the evaluation grid's inputs on the training device.
+    """
+
+    params: Mapping[str, Any]
+    buffers: Mapping[str, Any]
+    apply: Callable[[Mapping[str, Any], Mapping[str, Any], Any], Any]
+    grid: Any
+
+
 class Collector:
     """A hook into the block trainer (:func:`~collectors.train_block` and the sweep), in the style of Lightning's
     ``Callback``: every hook is a no-op; override the ones you need.
 
-    Hooks are called in this order: ``on_block_start`` once; ``on_record`` at each scheduled record (step 0
-    first) and ``on_train_step`` after each optimizer step, interleaved as training goes; ``on_diverged`` when a
-    member stops; ``on_block_end`` once; ``close`` always, also after an error.
+    Hooks are called in this order: ``on_block_start`` once; ``on_train_start`` once the parameters are
+    initialised; ``record_fields`` then ``on_record`` at each scheduled record (step 0 first) and
+    ``on_train_step`` after each optimizer step, interleaved as training goes; ``on_diverged`` when a member
+    stops; ``on_block_end`` once; ``close`` always, also after an error.
     """
 
     @property
@@ -149,6 +176,14 @@ class Collector:
 
     def on_block_start(self, block: Block) -> None:
         """The block is about to train (its members, width and recording schedule are in ``block``)."""
+
+    def on_train_start(self, model: BlockModel) -> None:
+        """The members' parameters are initialised (``model.params``); no step has been taken."""
+
+    def record_fields(self, step: int, model: BlockModel) -> Mapping[str, Any]:
+        """Per-member fields to store with the record at ``step``, name -> array (member, ...): fields the store
+        declares (``ntk``, ``displacement``; see :class:`~collectors.NTKCollector`). Default: none."""
+        return {}
 
     def on_train_step(self, step: int, losses) -> None:
         """``step`` optimizer steps are done; ``losses`` (member,) is the batch loss of each member at that step
@@ -208,12 +243,21 @@ class _StoreSink(Collector):
     def complete(self) -> bool:
         return all(u.complete() for u in self.units)
 
-    def on_record(self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray]) -> None:
+    def on_record(
+        self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray], fields: Mapping | None = None
+    ) -> None:
         j = int(np.searchsorted(self.units[0].schedule, step))
         n = self.per_unit
+        fields = fields or {}
         for u, unit in enumerate(self.units):
             rows = u if n == 1 else slice(u * n, (u + 1) * n)  # a run takes one member, a seed block n
-            unit.add(j, step, outputs[rows], {k: v[rows] for k, v in scalars.items()})
+            unit.add(
+                j,
+                step,
+                outputs[rows],
+                {k: v[rows] for k, v in scalars.items()},
+                {k: v[rows] for k, v in fields.items()},
+            )
 
     def on_diverged(self, member: int, step: int) -> None:
         unit, offset = divmod(member, self.per_unit)

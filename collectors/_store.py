@@ -76,6 +76,8 @@ class EnsembleStore:
         train: tuple | None = None,
         metrics: Mapping[str, str] | Sequence[str] | None = None,
         antithetic: bool = False,
+        ntk_points: Sequence[int] | str | None = None,
+        layers: Sequence[str] | None = None,
         **attrs,
     ) -> EnsembleStore:
         """Create a store, or open it if an identical one exists (safe under concurrent creators).
@@ -111,6 +113,11 @@ class EnsembleStore:
         antithetic
             The seeds are antithetic pairs by position (2k, 2k+1): a ``pair`` coordinate on ``seed`` (the pair's
             first seed) tells the analysis to use the pair-aware estimators. ``seed_chunk`` must be even.
+        ntk_points, layers
+            Declare the fields of :class:`~collectors.NTKCollector`: the grid points (``"all"`` or indices) of the
+            empirical NTK ``ntk`` (record dims, ntk_point, ntk_point_2, output, output_2), and the parameter
+            tensors of ``displacement`` (record dims, layer). A record of the NTK on P points and O outputs takes
+            4 P^2 O^2 bytes per member: 40 kB at P = 100.
         **attrs
             Stored as group attributes, e.g. ``model={...}`` describing architecture, init law, lr rule.
 
@@ -142,6 +149,8 @@ class EnsembleStore:
             metrics=metrics,
             attrs=attrs,
             antithetic=antithetic,
+            ntk_points=ntk_points,
+            layers=layers,
         )
 
     @classmethod
@@ -202,6 +211,8 @@ class EnsembleStore:
             extra=extra,
             metrics=tuple(attrs.get(schema.ATTR_METRICS, {})),
             pairs=tuple(g[schema.PAIR][:].tolist()) if schema.PAIR in g else (),
+            ntk_points=tuple(attrs.get(schema.ATTR_NTK_POINTS, ())),
+            layers=tuple(attrs.get(schema.ATTR_LAYERS, ())),
         )
         return cls(path, g, spec)
 
@@ -383,6 +394,7 @@ class EnsembleStore:
         prediction: np.ndarray,
         step: Sequence[int],
         scalars: Mapping[str, np.ndarray] | None = None,
+        fields: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Write records of one run (or one whole seed block) and commit them.
 
@@ -399,6 +411,9 @@ class EnsembleStore:
         scalars
             Optional per-record scalars (``schema.SCALAR_VARIABLES`` and the store's declared metrics), shape
             ([seed,] n).
+        fields
+            Optional per-record fields the store declares (``ntk``, ``displacement``), shape ([seed,] n, ...);
+            NaN where not given (e.g. records at which the NTK is not computed).
 
         Writes data, then scalars and steps, then ``written`` (the commit mark). Writing the same records
         twice leaves the same store.
@@ -441,6 +456,18 @@ class EnsembleStore:
                 )
             elif np.shape(values) != (*lead, ti.size):
                 problems.append(f"scalar {name!r} has shape {np.shape(values)}, expected {(*lead, ti.size)}.")
+        fields = dict(fields or {})
+        shapes = self.spec.field_shapes
+        for name, values in fields.items():
+            if name not in shapes:
+                problems.append(
+                    f"unknown field {name!r}; this store records {list(shapes) or 'no fields'} (declare them with "
+                    "EnsembleStore.create(..., ntk_points=..., layers=...))."
+                )
+            elif np.shape(values) != (*lead, ti.size, *shapes[name]):
+                problems.append(
+                    f"field {name!r} has shape {np.shape(values)}, expected {(*lead, ti.size, *shapes[name])}."
+                )
         ValidationError.raise_if(problems, f"write_records({self._describe(index)})")
 
         contiguous = ti[-1] - ti[0] + 1 == ti.size
@@ -460,6 +487,11 @@ class EnsembleStore:
         # whatever an earlier write left, and its digest can be computed from the values at hand
         nan = np.full((*lead, ti.size), np.nan, dtype=np.float32)
         data.update({name: shaped(scalars.get(name, nan), np.float32) for name in names})
+        for name, trailing in shapes.items():  # like the scalars: NaN where not given, so a rewrite is complete
+            given = fields.get(name)
+            data[name] = shaped(
+                np.full((*lead, ti.size, *trailing), np.nan) if given is None else given, self.spec.dtype
+            )
         if self.has_digests:
             key = _integrity.store_key(self.attrs_cached[schema.ATTR_STORE_ID])
             positions = [np.arange(r.start, r.stop) for r in sel] + [ti]

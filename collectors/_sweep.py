@@ -23,6 +23,7 @@ from ensemble_stats._verify import sweep_partial_files
 from ensemble_stats.errors import ConfigError, SpecMismatchError, SweepError
 
 from ._config import SweepSpec, config_differences
+from ._ntk import NTKCollector
 from ._store import EnsembleStore
 
 
@@ -104,6 +105,8 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
         seed_chunk=spec.seed_block,  # one task writes one whole seed block: it owns those chunks
         model=_model_attrs(spec, data),
         train=(data.x_train, data.y_train) if keep_train else None,
+        ntk_points=spec.ntk_grid(data.grid.n_points),
+        layers=spec.layers(data) or None,
         **{
             schema.ATTR_CONFIG: spec.to_json(),
             schema.ATTR_TRAIN_SET: "stored as x_train, y_train"
@@ -184,7 +187,10 @@ def run_cell(store_path: str, spec_json: str, device: str, cell: Cell, threads: 
         config=config,
         data_seed=int(extra.get(schema.DATA_SEED, spec.data_seed)),
         extra_coords=extra,
-        collectors=list(collectors()) if collectors is not None else (),
+        collectors=[
+            *((NTKCollector(every=spec.ntk_every),) if store.spec.field_shapes else ()),
+            *(collectors() if collectors is not None else ()),
+        ],
     )
     return {
         "skipped": res.skipped,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +30,7 @@ from ._models import (
     layer_alpha_problems,
     learning_rates,
 )
-from ._records import Block, Collector, _StoreSink
+from ._records import Block, BlockModel, Collector, _StoreSink
 from ._store import EnsembleStore
 
 LOSSES = ("mse", "cross_entropy")
@@ -405,6 +406,12 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
     y = torch.tensor(data.y_train, dtype=dtype, device=dev)
     labels = torch.tensor(data.labels_train, device=dev) if data.labels_train is not None else None
     xg = torch.tensor(data.grid.x, dtype=dtype, device=dev)
+    model = BlockModel(
+        params,
+        {f"scale{layer}": s.view(B) for layer, s in enumerate(scales)},
+        lambda p, b, xx: forward(p, arch, xx, [b[f"scale{layer}"] for layer in range(arch.depth)]),
+        xg,
+    )
     yg = torch.tensor(data.grid.target, dtype=dtype, device=dev)
     lg = yg.argmax(-1)
     alive = torch.ones(B, dtype=torch.bool, device=dev)
@@ -450,7 +457,17 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
             for c in hooks:
                 c.on_diverged(b, step)
         alive.logical_and_(~blown)  # frozen from here on, as after non-finite values
-        for c in hooks:
+        sink, *others = hooks
+        fields = {}
+        for c in others:
+            fields.update(
+                {
+                    k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
+                    for k, v in c.record_fields(step, model).items()
+                }
+            )
+        sink.on_record(step, out_np, sc, fields)
+        for c in others:
             c.on_record(step, out_np, sc)
         written += B
         if progress:
@@ -464,6 +481,8 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
         and (not arch.bias or torch.equal(lr["b1"].view(-1), lr["W1"].view(-1)))
     )
     ws: dict[str, torch.Tensor] = {}
+    for c in hooks:
+        c.on_train_start(model)
     next_rec = 0
     for k in range(total + 1):
         if next_rec < len(schedule) and schedule[next_rec] == k:

@@ -25,6 +25,7 @@ from ._assess import (
 )
 from ._fit import STATUS, fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
+from ._kernel import kernel_drift, width_rate
 from ._open import open_ensemble
 from ._report import report
 from ._select import at_common_time, common_times, time_units
@@ -47,6 +48,7 @@ __all__ = [
     "fit_rate",
     "format_table",
     "interval",
+    "kernel_drift",
     "kernel_limit_problems",
     "open_ensemble",
     "OUTCOMES",
@@ -67,4 +69,5 @@ __all__ = [
     "variance_components",
     "verdict",
     "verify_store",
+    "width_rate",
 ]

@@ -11,6 +11,7 @@ from . import schema
 from ._assess import compare_to_theory
 from ._fit import fit_expansion, fit_rate
 from ._info import completeness, diverged_runs
+from ._kernel import kernel_drift
 from ._report import report
 from ._select import at_common_time
 from ._stats import bias_variance, seed_mean, variance_components
@@ -56,6 +57,10 @@ class EnsembleAccessor:
     ) -> xr.Dataset:
         """See :func:`ensemble_stats.variance_components`."""
         return variance_components(self._ds, var=var, data_dim=data_dim, dims=dims, ci=ci)
+
+    def kernel_drift(self, *, ci: float = 0.95) -> xr.Dataset:
+        """See :func:`ensemble_stats.kernel_drift`."""
+        return kernel_drift(self._ds, ci=ci)
 
     def fit_expansion(
         self,

@@ -41,6 +41,8 @@ def _open_one(path: PathLike) -> xr.Dataset:
         raise StoreNotFoundError(f"{path} could not be opened as a Zarr v3 ensemble store ({e}).") from None
     if schema.PAIR in ds.data_vars:
         ds = ds.set_coords(schema.PAIR)
+    if ds.attrs.get(schema.ATTR_LAYERS) and schema.LAYER in ds.dims:
+        ds = ds.assign_coords({schema.LAYER: list(ds.attrs[schema.ATTR_LAYERS])})
     ds = ds.chunk(_analysis_chunks(ds))
     problems = schema.validate_dataset(ds)
     ValidationError.raise_if(problems, f"{path} does not follow ensemble schema v{schema.SCHEMA_VERSION}")
@@ -113,6 +115,9 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     else:
         for name in names:
             ds[name] = ds[name].where(written)
+    for name in schema.field_names(ds.attrs):  # NTK and displacement: not in the digests; masked like the rest
+        if name in ds:
+            ds[name] = ds[name].where(written).assign_attrs(ds[name].attrs)
     ds = ds.drop_vars([n for n in schema.INTERNAL_VARIABLES if n in ds])
     for name, long_name in schema.LONG_NAMES.items():  # stores written before they were set
         if name in ds.variables and "long_name" not in ds[name].attrs:
@@ -156,6 +161,11 @@ def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
             problems.append("recording times differ between stores; only stores with the same times combine.")
         if p[schema.TIME].attrs.get("units") != parts[0][schema.TIME].attrs.get("units"):
             problems.append("time units differ between stores.")
+        for attr in (schema.ATTR_NTK_POINTS, schema.ATTR_LAYERS):
+            if p.attrs.get(attr) != parts[0].attrs.get(attr):
+                problems.append(
+                    f"the stores record different {attr} ({p.attrs.get(attr)} vs {parts[0].attrs.get(attr)})."
+                )
         if (schema.PAIR in p.coords) != (schema.PAIR in parts[0].coords):
             problems.append(
                 "one store has antithetic seed pairs (a 'pair' coordinate) and another has not; their seeds are "
@@ -229,7 +239,8 @@ def _exclude_diverged(ds: xr.Dataset) -> xr.Dataset:
     if not bool((div >= 0).any()):
         return ds
     keep = (div < 0) | (ds[schema.STEP] < div)
-    for name in (schema.PREDICTION, *(n for n in schema.scalar_names(ds.attrs) if n in ds)):
+    fields = schema.field_names(ds.attrs)
+    for name in (schema.PREDICTION, *(n for n in (*schema.scalar_names(ds.attrs), *fields) if n in ds)):
         ds[name] = ds[name].where(keep).assign_attrs(ds[name].attrs)
     ds.attrs["diverged_records"] = "excluded: NaN from each diverged run's diverged_step on (open_ensemble)"
     return ds

@@ -32,6 +32,12 @@ DATA_SEED = "data_seed"
 """Extra sweep dim: the seed of the SGD data order."""
 PAIR = "pair"
 """Coordinate on ``seed`` of antithetic stores: seeds with the same pair number are mirror images at init."""
+NTK_POINT = "ntk_point"
+"""Dim of the ``ntk`` sub-grid: its coordinate holds the grid ``point`` of each entry."""
+NTK_POINT_2 = "ntk_point_2"
+OUTPUT_2 = "output_2"
+LAYER = "layer"
+"""Dim of ``displacement``: one entry per parameter tensor (``W1``, ``C``, ...), named by the coordinate."""
 SETTING_DIMS: tuple[str, ...] = (ALPHA,)
 """Extra sweep dims that change what is trained (results are shown per value); other extra dims (``data_seed``)
 are replicates that figures may average over."""
@@ -60,6 +66,11 @@ DIGEST = "digest"
 """uint64 per record: keyed hash of its ``prediction`` and ``step`` bytes (see ``_integrity``); 0 = never written."""
 SCALAR_DIGEST = "scalar_digest"
 """uint64 per record: keyed hash of its ``step`` and every per-record scalar."""
+NTK = "ntk"
+"""Optional: the empirical NTK sum_p df(x)/dp df(x')/dp per record, dims (record dims..., ntk_point, ntk_point_2,
+output, output_2)."""
+DISPLACEMENT = "displacement"
+"""Optional: ||theta_t - theta_0|| / ||theta_0|| per parameter tensor, dims (record dims..., layer)."""
 INTERNAL_VARIABLES: tuple[str, ...] = (DIGEST, SCALAR_DIGEST)
 """Integrity variables: checked by ``open_ensemble`` and ``verify_store``, not part of the opened Dataset."""
 
@@ -83,6 +94,8 @@ LONG_NAMES: dict[str, str] = {
     TRAIN_ACCURACY: "training accuracy",
     OUTPUT_WEIGHT_NORM: "norm of the output weights",
     PAIR: "antithetic pair (its first seed)",
+    NTK: "empirical neural tangent kernel sum_p df(x)/dp df(x')/dp",
+    DISPLACEMENT: "relative parameter displacement ||theta_t - theta_0|| / ||theta_0||",
     DIVERGED_STEP: "optimizer step at which the run diverged (non-finite values or a blow-up), -1 if none",
 }
 """``long_name`` of every store variable, set on the variables ``open_ensemble`` returns."""
@@ -105,6 +118,10 @@ ATTR_TRAIN_HASH = "train_hash"
 ATTR_METRICS = "metrics"
 """Group attr: the further per-record scalars declared at creation, name -> long_name, in order."""
 ATTR_TRAIN_SET = "train_set"
+ATTR_NTK_POINTS = "ntk_points"
+"""Group attr of stores that record the NTK: the grid points of its sub-grid."""
+ATTR_LAYERS = "layers"
+"""Group attr of stores that record displacements: the parameter tensors' names."""
 MISSING_STEP = -1
 
 
@@ -143,9 +160,14 @@ def scalar_names(attrs: Mapping) -> tuple[str, ...]:
     return (*SCALAR_VARIABLES, *attrs.get(ATTR_METRICS, {}))
 
 
+def field_names(attrs: Mapping) -> tuple[str, ...]:
+    """The per-record arrays with trailing dims that a store declared: ``ntk``, ``displacement``."""
+    return (*((NTK,) if attrs.get(ATTR_NTK_POINTS) else ()), *((DISPLACEMENT,) if attrs.get(ATTR_LAYERS) else ()))
+
+
 def record_variables(attrs: Mapping) -> tuple[str, ...]:
-    """Every per-record array of a store: ``RECORD_VARIABLES``, then the metrics it declared."""
-    return (*RECORD_VARIABLES, *attrs.get(ATTR_METRICS, {}))
+    """Every per-record array of a store: ``RECORD_VARIABLES``, the metrics it declared, then its fields."""
+    return (*RECORD_VARIABLES, *attrs.get(ATTR_METRICS, {}), *field_names(attrs))
 
 
 def validate_metrics(metrics) -> list[str]:
@@ -154,7 +176,7 @@ def validate_metrics(metrics) -> list[str]:
 
     reserved = {
         *RECORD_VARIABLES, X, TARGET, X_TRAIN, Y_TRAIN, DIVERGED_STEP, *RUN_DIMS, TIME, POINT, OUTPUT, FEATURE,
-        TRAIN_POINT,
+        TRAIN_POINT, NTK, DISPLACEMENT, NTK_POINT, NTK_POINT_2, OUTPUT_2, LAYER, PAIR, ALPHA, DATA_SEED,
     }  # fmt: skip
     problems = []
     for name in metrics:

@@ -198,6 +198,7 @@ def test_accessor_methods_have_the_functions_signatures():
         "bias_variance",
         "seed_mean",
         "variance_components",
+        "kernel_drift",
         "fit_expansion",
         "fit_rate",
         "at_common_time",

@@ -230,3 +230,180 @@ def test_antithetic_sweep_mirrors_the_readout(tmp_path):
     assert es.bias_variance(ds).attrs["ci_method"] == "pairs"
     with pytest.raises(errors.ConfigError, match="symmetric"):
         SweepSpec.from_toml(_config("antithetic = true\n[model]\ninit = 'paper'"))
+
+
+# ------------------------------------------------------------------------------------------------- NTK
+def _ntk_reference(model, x):
+    """The NTK by torch.autograd.functional.jacobian, parameter by parameter: independent of torch.func."""
+    import torch
+
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach() for _, p in model.named_parameters())
+
+    def f(*ps):
+        return torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (x,))
+
+    jac = torch.autograd.functional.jacobian(f, params)  # per parameter: (n, O, *shape)
+    J = torch.cat([j.reshape(x.shape[0] * j.shape[1], -1) for j in jac], dim=1)
+    n, O = x.shape[0], jac[0].shape[1]  # noqa: E741
+    return (J @ J.T).reshape(n, O, n, O).permute(0, 2, 1, 3).numpy()
+
+
+@pytest.fixture(scope="module")
+def ntk_stores(tmp_path_factory):
+    """The block trainer with NTKCollector, and the same runs in a plain torch loop with OutputCollector(kernel=True)."""
+    import torch
+
+    from collectors import (
+        DataSet,
+        EnsembleStore,
+        EvalGrid,
+        NTKCollector,
+        OutputCollector,
+        ScaledMLP,
+        TrainConfig,
+        init_params,
+        teacher,
+        train_block,
+    )
+
+    d = tmp_path_factory.mktemp("ntk")
+    one = teacher(kind="circle", n_train=8, n_test=5)
+    data = DataSet(  # two outputs: the NTK's (output, output_2) blocks
+        "circle2",
+        one.x_train,
+        np.c_[one.y_train, -0.5 * one.y_train],
+        EvalGrid(one.grid.x, np.c_[one.grid.target, -0.5 * one.grid.target]),
+    )
+    kw = dict(
+        gammas=[0.5, 1.0], widths=[24], seeds=[0, 1], times=[0.0, 0.5, 1.0], dtype="float64",
+        ntk_points=[0, 2, 4],
+    )  # fmt: skip
+    block = EnsembleStore.create(d / "block.zarr", data.grid, seed_chunk=2, layers=["W1", "C"], **kw)
+    cfg = TrainConfig(dtype="float64")
+    train_block(block, data, width=24, gammas=[0.5, 1.0], seeds=[0, 1], config=cfg, collectors=[NTKCollector()])
+    # a user's module names its parameters as it likes (ScaledMLP: params.W1, ...)
+    loop = EnsembleStore.create(d / "loop.zarr", data.grid, layers=["params.W1", "params.C"], **kw)
+    x, y = torch.tensor(data.x_train), torch.tensor(data.y_train)
+    for g in (0.5, 1.0):
+        for s in (0, 1):
+            model = ScaledMLP(2, 24, g, d_out=2, dtype=torch.float64)
+            arch = model.arch
+            with torch.no_grad():
+                for k, v in init_params(arch, "theory", s, torch.float64).items():
+                    model.params[k].copy_(v)
+            opt = torch.optim.SGD(model.param_groups(), lr=1.0)
+            with OutputCollector(loop, gamma=g, width=24, seed=s, kernel=True) as col:
+                col.attach(model, opt)
+                for _ in range(24):
+                    opt.zero_grad()
+                    (0.5 * ((model(x) - y) ** 2).mean()).backward()
+                    opt.step()
+    return es.open_ensemble(d / "block.zarr").load(), es.open_ensemble(d / "loop.zarr").load(), data
+
+
+def test_block_ntk_equals_a_plain_loop_and_an_independent_jacobian(ntk_stores):
+    import torch
+
+    from collectors import ScaledMLP, init_params
+
+    block, loop, data = ntk_stores
+    assert block.ntk.dims[-4:] == (schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2)
+    assert block.ntk.shape[-4:] == (3, 3, 2, 2) and block.layer.values.tolist() == ["W1", "C"]
+    np.testing.assert_allclose(block.ntk.values, loop.ntk.values, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(block.displacement.values, loop.displacement.values, rtol=1e-10, atol=1e-13)
+    model = ScaledMLP(2, 24, 0.5, d_out=2, dtype=torch.float64)
+    with torch.no_grad():
+        for k, v in init_params(model.arch, "theory", 1, torch.float64).items():
+            model.params[k].copy_(v)
+    ref = _ntk_reference(model, torch.tensor(data.grid.x[[0, 2, 4]]))
+    np.testing.assert_allclose(block.ntk.sel(gamma=0.5, seed=1).isel(width=0, time=0).values, ref, rtol=1e-12)
+    assert float(abs(block.displacement.isel(time=0)).max()) == 0.0
+    assert bool((block.displacement.isel(time=-1) > 0).all())
+    # symmetric in (point, output) pairs, positive semi-definite
+    K = block.ntk.isel(gamma=0, width=0, seed=0, time=-1).values.transpose(0, 2, 1, 3).reshape(6, 6)
+    np.testing.assert_allclose(K, K.T, rtol=1e-12)
+    assert np.linalg.eigvalsh(K).min() > -1e-10
+
+
+def test_initial_ntk_seed_mean_matches_the_width_corrected_recursion(tmp_path):
+    """E Theta_0 = N^(1 - 2 gamma) (E[s s'] + E[s' s'] x.x') exactly for i.i.d. neurons: 64 seeds within MC error."""
+    from collectors import EnsembleStore, NTKCollector, TrainConfig, teacher, train_block
+
+    data = teacher(kind="circle", n_train=8, n_test=6)
+    N, S = 128, 64
+    st = EnsembleStore.create(
+        tmp_path / "t0.zarr", data.grid, gammas=[0.5, 0.75], widths=[N], seeds=list(range(S)), times=[0.0],
+        dtype="float64", seed_chunk=S, ntk_points="all",
+    )  # fmt: skip
+    cfg = TrainConfig(dtype="float64", activation="tanh")
+    train_block(st, data, width=N, gammas=[0.5, 0.75], seeds=range(S), config=cfg, collectors=[NTKCollector()])
+    ds = es.open_ensemble(tmp_path / "t0.zarr").load()
+    for g in (0.5, 0.75):
+        th = ds.ntk.sel(gamma=g).isel(width=0, time=0, output=0, output_2=0).values  # (seed, P, P)
+        want = es.theory.ntk_kernel(
+            data.grid.x, activation="tanh", depth=1, widths=[N], gammas=[g], first_layer="scaled_mlp"
+        )
+        z = (th.mean(0) - want) / (th.std(0, ddof=1) / np.sqrt(S))
+        assert np.abs(z).max() < 4.5, (g, np.abs(z).max())
+        # the Jacot parametrization's first layer is a different kernel: the check can fail
+        other = es.theory.ntk_kernel(data.grid.x, activation="tanh", depth=1, widths=[N], gammas=[g])
+        assert np.abs((th.mean(0) - other) / (th.std(0, ddof=1) / np.sqrt(S))).max() > 10
+
+
+def test_kernel_drift_and_displacement_rates(tmp_path):
+    from collectors import EnsembleStore, NTKCollector, TrainConfig, teacher, train_block
+
+    data = teacher(kind="circle", n_train=8, n_test=6)
+    widths, S = [64, 256, 1024], 8
+    st = EnsembleStore.create(
+        tmp_path / "d.zarr", data.grid, gammas=[0.5, 1.0], widths=widths, seeds=list(range(S)), times=[0.0, 1.0, 4.0],
+        dtype="float64", seed_chunk=S, ntk_points="all", layers=["W1", "C"],
+    )  # fmt: skip
+    for w in widths:
+        train_block(
+            st, data, width=w, gammas=[0.5, 1.0], seeds=range(S), config=TrainConfig(dtype="float64"),
+            collectors=[NTKCollector(every=2)],
+        )  # fmt: skip
+    ds = es.open_ensemble(tmp_path / "d.zarr").load()
+    kd = es.kernel_drift(ds)
+    assert float(abs(kd.drift.isel(time=0)).max()) == 0.0
+    assert bool(np.isnan(kd.drift.isel(time=1)).all())  # every=2: no NTK at the middle record
+    last = kd.isel(time=-1)
+    # lazy at gamma = 1/2: the kernel and the parameters move less as N grows, at the derived rates
+    for var, g in (("drift", 0.5), ("displacement", 0.5)):
+        sel = last.sel(gamma=g)
+        theory = float(sel[f"{var}_theory"])
+        lo, hi = sel[f"{var}_slope_lo"], sel[f"{var}_slope_hi"]
+        assert bool((lo <= theory + 0.15).all() and (hi >= theory - 0.15).all()), (var, lo.values, hi.values)
+    # feature learning at gamma = 1: the displacement does not shrink with N
+    assert bool((last.sel(gamma=1.0).displacement_slope > -0.15).all())
+    assert float(last.sel(gamma=0.5).drift_mean.isel(width=-1)) < float(last.sel(gamma=1.0).drift_mean.isel(width=-1))
+    with pytest.raises(errors.ValidationError, match="no 'ntk'"):
+        es.kernel_drift(ds.drop_vars(schema.NTK))
+
+
+def test_ntk_store_declarations_are_validated(tmp_path):
+    from collectors import EnsembleStore, NTKCollector, TrainConfig, teacher, train_block
+
+    data = teacher(kind="circle", n_train=8, n_test=6)
+    kw = dict(gammas=[0.5], widths=[8], seeds=[0], times=[0.0, 1.0])
+    with pytest.raises(errors.ValidationError) as e:
+        EnsembleStore.create(tmp_path / "bad.zarr", data.grid, ntk_points=[0, 9], layers=["W1", "W1"], **kw)
+    assert "outside" in str(e.value) and "distinct" in str(e.value)
+    st = EnsembleStore.create(tmp_path / "l.zarr", data.grid, layers=["W1", "W7"], **kw)
+    with pytest.raises(errors.ValidationError, match="no \\['W7'\\]"):
+        train_block(st, data, width=8, gammas=[0.5], seeds=[0], config=TrainConfig(), collectors=[NTKCollector()])
+    plain = EnsembleStore.create(tmp_path / "p.zarr", data.grid, **kw)
+    with pytest.raises(errors.ValidationError, match="declares no NTK"):
+        train_block(plain, data, width=8, gammas=[0.5], seeds=[0], config=TrainConfig(), collectors=[NTKCollector()])
+
+
+def test_sweep_records_the_ntk_when_the_config_asks(tmp_path):
+    ds = _sweep(tmp_path / "rec.zarr", "", "\n[record]\nntk_points = 3\nntk_every = 2\ndisplacement = true")
+    assert ds[schema.NTK_POINT].values.tolist() == [0, 2, 4]
+    assert ds.layer.values.tolist() == ["W1", "C"]
+    assert bool(np.isfinite(ds.ntk.isel(time=0)).all()) and bool(np.isfinite(ds.ntk.isel(time=-1)).all())
+    assert bool(np.isfinite(ds.displacement).all())
+    with pytest.raises(errors.ConfigError, match="ntk_points"):
+        SweepSpec.from_toml(_config("", "\n[record]\nntk_points = 'some'"))

@@ -1,0 +1,147 @@
+"""Lazy vs feature learning: how far the tangent kernel and the parameters move, and how that scales with N.
+
+Reads the ``ntk`` and ``displacement`` variables that ``collectors.NTKCollector`` records (docs/theory.md, "Lazy
+and feature learning"; docs/store.md for the variables).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from scipy import stats
+
+from . import schema
+from ._np_fit import loglog_kernel
+from ._stats import seed_mean
+from .errors import ValidationError
+
+__all__ = ["kernel_drift", "width_rate"]
+
+_KERNEL_DIMS = (schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2)
+
+
+def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, *, ci: float = 0.95) -> xr.Dataset:
+    """The exponent of N of a positive seed mean: weighted least squares of log(mean) on log N.
+
+    Parameters
+    ----------
+    mean, stderr, n_seeds : (width, ...) seed means, their standard errors and seed counts (e.g. from
+        :func:`seed_mean`); the widths' estimates are independent (different nets at each width)
+    ci : level of the interval
+
+    Returns
+    -------
+    Dataset with ``slope``, ``stderr``, ``slope_lo``, ``slope_hi``, ``intercept``, ``chi2_dof``, ``n_widths``
+    per remaining coordinate. Weights 1 / Var(log mean) = (mean / stderr)^2 (delta method); the standard error
+    is the WLS one times sqrt(chi2/dof) where the widths scatter more than their errors say, and the interval
+    Student t with (fewest seeds - 1) dof.
+    """
+    if schema.WIDTH not in mean.dims:
+        raise ValidationError(f"width_rate needs a 'width' dim; got {list(mean.dims)}.")
+    logN = np.log(mean[schema.WIDTH].values.astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.log(mean.where(mean > 0))
+        w = (mean / stderr) ** 2
+    names = ["slope", "stderr", "intercept", "chi2_dof", "n_widths", "status"]
+    outs = xr.apply_ufunc(
+        loglog_kernel,
+        y,
+        w,
+        kwargs={"logN": logN},
+        input_core_dims=[[schema.WIDTH]] * 2,
+        output_core_dims=[[]] * len(names),
+        dask="parallelized",
+        output_dtypes=[np.float64] * 4 + [np.int64, np.int8],
+    )
+    res = xr.Dataset(dict(zip(names, outs, strict=True)))
+    res["stderr"] = res["stderr"] * np.sqrt(np.fmax(res["chi2_dof"].fillna(1.0), 1.0))
+    dof = np.maximum(n_seeds.min(schema.WIDTH) - 1, 1)
+    t = xr.apply_ufunc(lambda d: stats.t.ppf(0.5 + ci / 2, d), dof, dask="parallelized", output_dtypes=[float])
+    res["slope_lo"] = res["slope"] - t * res["stderr"]
+    res["slope_hi"] = res["slope"] + t * res["stderr"]
+    long = {
+        "slope": "fitted exponent of N (log-log slope)",
+        "stderr": "standard error of the slope",
+        "slope_lo": f"lower {ci:.0%} confidence bound of the slope",
+        "slope_hi": f"upper {ci:.0%} confidence bound of the slope",
+        "intercept": "intercept of the log-log fit",
+        "chi2_dof": "chi2 per degree of freedom of the fit",
+        "n_widths": "widths used",
+        "status": "fit status (0 ok, 1 too few widths, 2 singular)",
+    }
+    for k, v in long.items():
+        res[k].attrs["long_name"] = v
+    return res
+
+
+def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
+    """Relative kernel drift and parameter displacement, their seed means with intervals, and their rates in N.
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` of a store that recorded ``ntk`` (and optionally ``displacement``);
+        the NTK must be recorded at the first time (the reference Theta_0)
+    ci : level of every interval
+
+    Returns
+    -------
+    Dataset
+        ``drift`` (gamma, width, seed, time, ...): ||Theta_t - Theta_0||_F / ||Theta_0||_F per run over the NTK
+        sub-grid and outputs (NaN at records without an NTK); ``drift_mean``, ``drift_stderr``, ``drift_lo``,
+        ``drift_hi``, ``drift_n_seeds`` (gamma, width, time, ...); ``drift_slope``, ``drift_slope_lo``,
+        ``drift_slope_hi`` (gamma, time, ...): the exponent of N, beside ``drift_theory`` = max(gamma - 3/2,
+        2 gamma - 2). With ``displacement`` the same for ``displacement_*`` with a ``layer`` dim, beside
+        ``displacement_theory`` = gamma - 1. Both theory exponents are derived in docs/theory.md ("Lazy and
+        feature learning") and are reconstructions to be tested.
+    """
+    if schema.NTK not in ds:
+        raise ValidationError(
+            "this store has no 'ntk' variable; record it with collectors.NTKCollector (EnsembleStore.create(..., "
+            "ntk_points=...), or [record] ntk_points in a sweep config)."
+        )
+    ntk = ds[schema.NTK]
+    theta0 = ntk.isel({schema.TIME: 0}, drop=True)
+    if not bool(np.isfinite(theta0).any()):
+        raise ValidationError(
+            "the NTK is not recorded at the first time, the reference Theta_0 of the drift; record it at t = 0."
+        )
+    norm0 = np.sqrt((theta0**2).sum(_KERNEL_DIMS, skipna=False))
+    drift = np.sqrt(((ntk - theta0) ** 2).sum(_KERNEL_DIMS, skipna=False)) / norm0
+    drift = drift.rename("drift").assign_attrs(
+        long_name="relative kernel drift ||Theta_t - Theta_0||_F / ||Theta_0||_F"
+    )
+    out = {"drift": drift}
+    parts = [("drift", drift)]
+    if schema.DISPLACEMENT in ds:
+        parts.append(("displacement", ds[schema.DISPLACEMENT]))
+    for name, da in parts:
+        sm = seed_mean(da, ci=ci)
+        out[f"{name}_mean"] = sm["mean"]
+        out[f"{name}_stderr"] = sm["stderr"]
+        out[f"{name}_lo"] = sm["mean_lo"]
+        out[f"{name}_hi"] = sm["mean_hi"]
+        out[f"{name}_n_seeds"] = sm["n_seeds"]
+        rate = width_rate(sm["mean"], sm["stderr"], sm["n_seeds"], ci=ci)
+        for k in ("slope", "slope_lo", "slope_hi"):
+            out[f"{name}_{k}"] = rate[k]
+    res = xr.Dataset(out)
+    g = ds[schema.GAMMA]
+    res["drift_theory"] = np.maximum(g - 1.5, 2 * g - 2).assign_attrs(
+        long_name="theory exponent of the kernel drift, max(gamma - 3/2, 2 gamma - 2) (docs/theory.md)"
+    )
+    if schema.DISPLACEMENT in ds:
+        res["displacement_theory"] = (g - 1.0).assign_attrs(
+            long_name="theory exponent of the displacement, gamma - 1 (docs/theory.md)"
+        )
+    for name in [p for p, _ in parts]:
+        what = "relative kernel drift" if name == "drift" else "relative parameter displacement"
+        res[f"{name}_mean"].attrs["long_name"] = f"seed mean of the {what}"
+        res[f"{name}_stderr"].attrs["long_name"] = f"standard error of the seed mean of the {what}"
+        res[f"{name}_lo"].attrs["long_name"] = f"lower {ci:.0%} bound of the seed mean of the {what}"
+        res[f"{name}_hi"].attrs["long_name"] = f"upper {ci:.0%} bound of the seed mean of the {what}"
+        res[f"{name}_n_seeds"].attrs["long_name"] = "seeds used"
+        res[f"{name}_slope"].attrs["long_name"] = f"exponent of N of the {what} (log-log slope)"
+        res[f"{name}_slope_lo"].attrs["long_name"] = f"lower {ci:.0%} bound of the exponent"
+        res[f"{name}_slope_hi"].attrs["long_name"] = f"upper {ci:.0%} bound of the exponent"
+    res.attrs.update({"ci": ci, "reference": "Theta_0: each run's NTK at the first recorded time"})
+    return res
