@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_ntk.py
 	$(BIN)/python benchmarks/bench_calibration.py
 
 # Monte-Carlo coverage of every interval (S = 4..32; independent/correlated grids; Gaussian/heavy-tailed/skewed)

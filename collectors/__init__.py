@@ -11,7 +11,7 @@ from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teach
 from ._grid import EvalGrid
 from ._layout import StoreSpec
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
-from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement
+from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement, shallow_ntk
 from ._records import Block, BlockModel, Collector, RecordBuffer
 from ._store import EnsembleStore
 from ._sweep import SweepReport, prepare_store, run_sweep
@@ -49,6 +49,7 @@ __all__ = [
     "prepare_store",
     "relative_displacement",
     "run_sweep",
+    "shallow_ntk",
     "teacher",
     "theory_init",
     "train_block",

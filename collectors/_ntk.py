@@ -21,7 +21,7 @@ from ensemble_stats.errors import ValidationError
 
 from ._records import Block, BlockModel, Collector
 
-__all__ = ["NTKCollector", "empirical_ntk", "model_ntk", "relative_displacement"]
+__all__ = ["NTKCollector", "empirical_ntk", "model_ntk", "relative_displacement", "shallow_ntk"]
 
 
 def _kernel_of(jac: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
@@ -58,6 +58,35 @@ def empirical_ntk(
         return _kernel_of(jacrev(lambda q: apply(q, b, x))(p), x.shape[0])
 
     return vmap(one, chunk_size=chunk_size)(params, dict(buffers))
+
+
+def shallow_ntk(params: Mapping[str, torch.Tensor], scale: torch.Tensor, x: torch.Tensor, arch) -> torch.Tensor:
+    """The empirical NTK of a one-hidden-layer ScaledMLP block in closed form: (member, n, n, O, O).
+
+    With h = s(W x + b), D = s'(W x + b) and the output scale k = N^-gamma (``scale``, (member,)):
+    Theta_ab(x, x') = delta_ab (k^2 h(x).h(x') [+ 1]) + k^2 (x.x' [+ 1]) sum_i C_ai C_bi D_i(x) D_i(x'), the bracketed
+    terms with biases. P^2 O^2 N operations per member, against P^2 O^2 (d + 1) N for the Jacobian product of
+    :func:`empirical_ntk`, which it equals (tests compare them).
+    """
+    from ._models import activation_fn
+
+    W, C = params["W1"].detach(), params["C"].detach()  # (B, N, d), (B, O, N)
+    z = torch.einsum("bnd,pd->bpn", W, x)
+    if arch.bias:
+        z = z + params["b1"].detach()[:, None, :]
+    z = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        h = activation_fn(arch.activation)(z)
+        (dz,) = torch.autograd.grad(h.sum(), z)
+    h = h.detach()
+    B, n, O = W.shape[0], x.shape[0], C.shape[1]  # noqa: E741
+    k2 = (scale.reshape(B) ** 2)[:, None, None]
+    gram = x @ x.T + (1.0 if arch.bias else 0.0)
+    readout = k2 * torch.bmm(h, h.transpose(1, 2)) + (1.0 if arch.bias else 0.0)  # (B, n, n)
+    E = (dz[:, :, None, :] * C[:, None, :, :]).reshape(B, n * O, -1)  # (B, n O, N): D_i(x) C_ai
+    inner = torch.bmm(E, E.transpose(1, 2)).reshape(B, n, O, n, O).permute(0, 1, 3, 2, 4)
+    eye = torch.eye(O, dtype=x.dtype, device=x.device)
+    return readout[..., None, None] * eye + (k2 * gram)[..., None, None] * inner
 
 
 def model_ntk(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -104,12 +133,14 @@ class NTKCollector(Collector):
     ----------
     every : record the NTK at records 0, every, 2 every, ... and the last
     chunk_size : members per ``vmap`` pass of the Jacobian (bounds its memory)
+    autodiff : always use the Jacobian product (:func:`empirical_ntk`); by default one-hidden-layer ScaledMLP
+        blocks use the closed form (:func:`shallow_ntk`), d + 1 times fewer operations, same values
     """
 
-    def __init__(self, every: int = 1, chunk_size: int | None = 4):
+    def __init__(self, every: int = 1, chunk_size: int | None = 4, autodiff: bool = False):
         if not (isinstance(every, int) and every >= 1):
             raise ValidationError(f"every must be an integer >= 1, got {every!r}.")
-        self.every, self.chunk_size = every, chunk_size
+        self.every, self.chunk_size, self.autodiff = every, chunk_size, autodiff
         self._points: tuple[int, ...] = ()
         self._layers: tuple[str, ...] = ()
         self._initial: dict[str, torch.Tensor] = {}
@@ -135,7 +166,11 @@ class NTKCollector(Collector):
         j = int(np.searchsorted(self._schedule, step))
         if self._points and (j % self.every == 0 or j == len(self._schedule) - 1):
             x = model.grid[list(self._points)]
-            out[schema.NTK] = empirical_ntk(model.params, model.buffers, model.apply, x, chunk_size=self.chunk_size)
+            arch = model.architecture
+            if arch is not None and arch.depth == 1 and not self.autodiff:
+                out[schema.NTK] = shallow_ntk(model.params, model.buffers["scale0"], x, arch)
+            else:
+                out[schema.NTK] = empirical_ntk(model.params, model.buffers, model.apply, x, chunk_size=self.chunk_size)
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -150,13 +150,16 @@ class BlockModel:
     modify); ``buffers``: name -> per-member constants, stacked alike (e.g. each member's 1/N^gamma scales);
     ``apply(member_params, member_buffers, x)``: the forward pass of one member (the same names without the
     member axis) on inputs ``x`` (n, d_in), returning (n, outputs), usable under ``torch.func`` transforms
-    (``vmap`` over both dicts gives the block); ``grid``: the evaluation grid's inputs on the training device.
+    (``vmap`` over both dicts gives the block); ``grid``: the evaluation grid's inputs on the training device;
+    ``architecture``: the :class:`~collectors.Architecture` when the block is a ScaledMLP (closed-form paths use
+    it), else None.
     """
 
     params: Mapping[str, Any]
     buffers: Mapping[str, Any]
     apply: Callable[[Mapping[str, Any], Mapping[str, Any], Any], Any]
     grid: Any
+    architecture: Any = None
 
 
 class Collector:

@@ -411,6 +411,7 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
         {f"scale{layer}": s.view(B) for layer, s in enumerate(scales)},
         lambda p, b, xx: forward(p, arch, xx, [b[f"scale{layer}"] for layer in range(arch.depth)]),
         xg,
+        arch,
     )
     yg = torch.tensor(data.grid.target, dtype=dtype, device=dev)
     lg = yg.argmax(-1)

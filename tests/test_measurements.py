@@ -407,3 +407,22 @@ def test_sweep_records_the_ntk_when_the_config_asks(tmp_path):
     assert bool(np.isfinite(ds.displacement).all())
     with pytest.raises(errors.ConfigError, match="ntk_points"):
         SweepSpec.from_toml(_config("", "\n[record]\nntk_points = 'some'"))
+
+
+@pytest.mark.parametrize(("activation", "bias"), [("tanh", False), ("sigmoid", True), ("erf", True)])
+def test_closed_form_shallow_ntk_equals_the_jacobian_product(activation, bias):
+    import torch
+
+    from collectors import Architecture, empirical_ntk, init_params, shallow_ntk
+    from collectors._models import forward
+
+    arch = Architecture(3, (40,), (0.75,), 2, activation, bias)
+    B = 3
+    inits = [init_params(arch, "theory", s, torch.float64) for s in range(B)]
+    params = {k: torch.stack([p[k] for p in inits]) for k in arch.shapes()}
+    if bias:  # theory init draws zero biases: make them count
+        params = {k: v + 0.3 * torch.randn_like(v) if k in ("b1", "c0") else v for k, v in params.items()}
+    scale = torch.tensor([40**-0.75, 40**-0.6, 40**-0.9], dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    auto = empirical_ntk(params, {"s": scale}, lambda p, b, xx: forward(p, arch, xx, [b["s"]]), x)
+    np.testing.assert_allclose(shallow_ntk(params, scale, x, arch).numpy(), auto.numpy(), rtol=1e-12, atol=1e-14)
