@@ -7,6 +7,7 @@ vectorised trainer (:func:`train_block`) and :class:`ScaledMLP` models with the 
 
 from ._collector import CollectorHandle, OutputCollector
 from ._config import SweepSpec
+from ._convnet import ScaledConvNet
 from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
 from ._grid import EvalGrid
 from ._layout import StoreSpec
@@ -31,6 +32,7 @@ __all__ = [
     "NTKCollector",
     "OutputCollector",
     "RecordBuffer",
+    "ScaledConvNet",
     "ScaledMLP",
     "StoreSpec",
     "SweepReport",

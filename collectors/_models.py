@@ -350,6 +350,10 @@ class ScaledMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return forward(self.params, self.arch, x)
 
+    def learning_rates(self, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None) -> dict[str, float]:
+        """The theory's rate of every parameter, by its name in ``named_parameters()`` (used by the module engine)."""
+        return {f"params.{k}": v for k, v in learning_rates(self.arch, alpha, layer_alpha).items()}
+
     def param_groups(self, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None) -> list[dict]:
         """Parameter groups with the theory's learning rates (times ``layer_alpha`` per layer), for SGD."""
         rates = learning_rates(self.arch, alpha, layer_alpha)

@@ -21,11 +21,11 @@ from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
 from ._data import DataSet
+from ._engines import ModelFactory, member_losses
 from ._models import (
     INIT_DESCRIPTIONS,
     LR_FORMULA,
     Architecture,
-    forward,
     init_params,
     layer_alpha_problems,
     learning_rates,
@@ -227,7 +227,7 @@ def _shallow_step(
 ) -> torch.Tensor:
     """One SGD step of every member of a one-hidden-layer block, forward and backward by hand.
 
-    Same arithmetic as autograd on ``forward`` + ``_member_losses`` (tests compare against torch.optim.SGD);
+    Same arithmetic as autograd on ``forward`` + ``member_losses`` (tests compare against torch.optim.SGD);
     the update is applied only if every member's loss is finite, and the losses (B,) are returned. Every
     member-sized tensor is laid out (B, N, n) so each product is one batched GEMM with no transposing copies
     (and the weight update's operands are contiguous), and lives in the reused workspace ``ws``; tanh and
@@ -291,14 +291,6 @@ def _shallow_step(
     return losses
 
 
-def _member_losses(out, y, labels, loss: str) -> torch.Tensor:
-    """Per-member loss (B,) from outputs (B, n, O)."""
-    if loss == "mse":
-        return 0.5 * ((out - y) ** 2).mean(dim=(-2, -1))
-    B, n, O = out.shape  # noqa: E741
-    return F.cross_entropy(out.reshape(B * n, O), labels.repeat(B), reduction="none").view(B, n).mean(-1)
-
-
 def train_block(
     store: EnsembleStore,
     data: DataSet,
@@ -311,6 +303,7 @@ def train_block(
     extra_coords: dict | None = None,
     progress: Callable[[int], None] | None = None,
     collectors: Sequence[Collector] = (),
+    model_factory: ModelFactory | None = None,
 ) -> BlockResult:
     """Train seeds x gammas at one width, vectorised, and record every member through an OutputCollector.
 
@@ -330,9 +323,33 @@ def train_block(
     progress : called with the number of records written after each recording
     collectors : further :class:`Collector` s; each receives every hook (after the store's own writer), and is
         closed however the block ends. Not called for a block whose records are all written already.
+    model_factory : ``make_model(seed, width, gamma) -> nn.Module``, optional
+        Train the factory's modules instead of ScaledMLP members: any architecture (e.g.
+        :class:`ScaledConvNet`), stacked with ``torch.func`` and stepped with one vectorised ``vmap(grad)`` per
+        gamma. Rates: the module's ``learning_rates(alpha, layer_alpha)`` if it has one, else ``config.alpha``
+        for every parameter. BatchNorm keeps per-member running statistics; dropout draws per member (seeded by
+        ``data_seed``). ``config``'s model fields (activation, init, widths of a ScaledMLP) are not used.
     """
     t_start = time.perf_counter()
     check_compatible(config, data)
+    if model_factory is not None:
+        ValidationError.raise_if(
+            [
+                *(
+                    ["antithetic pairs negate a ScaledMLP's readout; a factory's model has no known readout."]
+                    if config.antithetic
+                    else []
+                ),
+                *(
+                    [
+                        "output_weight_decay acts on a ScaledMLP's readout C; add the penalty to your model's loss instead."
+                    ]
+                    if config.output_weight_decay
+                    else []
+                ),
+            ],
+            "train_block(model_factory=...)",
+        )
     store.check_grid(data.grid)
     extra_coords = dict(extra_coords or {})
     gammas = [float(g) for g in gammas]
@@ -356,6 +373,7 @@ def train_block(
             data_seed=data_seed,
             progress=progress,
             t_start=t_start,
+            model_factory=model_factory,
         )
         for c in hooks:
             c.on_block_end(result)
@@ -384,11 +402,17 @@ def initial_params(arch, config: TrainConfig, seeds: Sequence[int], dtype) -> di
     return out
 
 
-def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector], data_seed, progress, t_start):
-    """The training loop of :func:`train_block`: every record, step and divergence goes to ``hooks``."""
-    width, gammas, seeds, schedule = block.width, list(block.gammas), list(block.seeds), block.schedule
-    members = block.members
-    dtype, dev = DTYPES[config.dtype], torch.device(config.device)
+def _engine(data, config, block: Block, model_factory, dtype, dev):
+    """The block's engine: ScaledMLP members (the default), or a factory's modules through torch.func."""
+    from ._engines import MLPEngine, ModuleEngine
+
+    width, gammas, seeds, members = block.width, list(block.gammas), list(block.seeds), block.members
+    if model_factory is not None:
+        modules = [model_factory(int(s), int(width), float(g)) for g, s in members]
+        bad = [type(m).__name__ for m in modules if not isinstance(m, torch.nn.Module)]
+        if bad:
+            raise ValidationError(f"model_factory returned {bad[0]}, expected a torch.nn.Module.", "train_block")
+        return ModuleEngine(modules, [g for g, _ in members], config, dev, dtype)
     archs = [config.architecture(data.d_in, data.output_size, width, g) for g in gammas]
     arch = archs[0]
     init = initial_params(arch, config, seeds, dtype)
@@ -401,18 +425,24 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
         torch.tensor([a.scales()[layer] for a in archs for _ in seeds], dtype=dtype, device=dev).view(B, 1, 1)
         for layer in range(arch.depth)
     ]
+    return MLPEngine(arch, params, lr, scales, config, int(width), _shallow_step)
 
+
+def _train(
+    data, config, *, block: Block, steps_per_epoch, hooks: list[Collector], data_seed, progress, t_start, model_factory
+):
+    """The training loop of :func:`train_block`: every record, step and divergence goes to ``hooks``."""
+    width, schedule, members = block.width, block.schedule, block.members
+    dtype, dev = DTYPES[config.dtype], torch.device(config.device)
+    if model_factory is not None:
+        torch.manual_seed(int(data_seed))  # dropout draws: reproducible given the block
+    engine = _engine(data, config, block, model_factory, dtype, dev)
+    B = len(members)
     x = torch.tensor(data.x_train, dtype=dtype, device=dev)
     y = torch.tensor(data.y_train, dtype=dtype, device=dev)
     labels = torch.tensor(data.labels_train, device=dev) if data.labels_train is not None else None
     xg = torch.tensor(data.grid.x, dtype=dtype, device=dev)
-    model = BlockModel(
-        params,
-        {f"scale{layer}": s.view(B) for layer, s in enumerate(scales)},
-        lambda p, b, xx: forward(p, arch, xx, [b[f"scale{layer}"] for layer in range(arch.depth)]),
-        xg,
-        arch,
-    )
+    model = BlockModel(engine.params, engine.buffers, engine.apply, xg, engine.architecture)
     yg = torch.tensor(data.grid.target, dtype=dtype, device=dev)
     lg = yg.argmax(-1)
     alive = torch.ones(B, dtype=torch.bool, device=dev)
@@ -425,22 +455,21 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
     bound = None
     if config.blowup is not None:
         with torch.no_grad():  # the reference of the blow-up rule: each member's initial training loss
-            bound = config.blowup * _member_losses(forward(params, arch, x, scales), y, labels, config.loss)
+            bound = config.blowup * member_losses(engine.forward(x), y, labels, config.loss)
 
     def record(step: int) -> None:
         nonlocal written
         with torch.no_grad():
-            out = forward(params, arch, xg, scales)
-            test_loss = _member_losses(out, yg, lg, config.loss)
-            out_train = forward(params, arch, x, scales)
-            train_loss = _member_losses(out_train, y, labels, config.loss)
+            out = engine.forward(xg)
+            test_loss = member_losses(out, yg, lg, config.loss)
+            out_train = engine.forward(x)
+            train_loss = member_losses(out_train, y, labels, config.loss)
             blown = torch.zeros_like(alive)
             if config.blowup is not None:
                 blown |= train_loss > bound  # finite but exploded (non-finite values are divergence already)
             if config.max_output is not None:
                 blown |= out.abs().flatten(1).amax(1) > config.max_output
             blown &= alive
-            norm = (params["C"] ** 2).sum(dim=(-2, -1)) / width
             classify = data.task == "classification"
             acc = (out.argmax(-1) == lg).to(dtype).mean(-1) if classify else None
             train_acc = (out_train.argmax(-1) == labels).to(dtype).mean(-1) if classify else None
@@ -448,7 +477,7 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
         sc = {
             schema.TEST_LOSS: test_loss.cpu().numpy(),
             schema.TRAIN_LOSS: train_loss.cpu().numpy(),
-            schema.OUTPUT_WEIGHT_NORM: norm.cpu().numpy(),
+            **{k: v.detach().cpu().numpy() for k, v in engine.scalars().items()},
         }
         if acc is not None:
             sc[schema.ACCURACY] = acc.cpu().numpy()
@@ -461,11 +490,9 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
         sink, *others = hooks
         fields = {}
         for c in others:
+            got = c.record_fields(step, model)
             fields.update(
-                {
-                    k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v)
-                    for k, v in c.record_fields(step, model).items()
-                }
+                {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in got.items()}
             )
         sink.on_record(step, out_np, sc, fields)
         for c in others:
@@ -474,14 +501,6 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
         if progress:
             progress(B)
 
-    # one hidden layer and a named activation: a hand-written step that fuses the first-layer gradient into
-    # the weight update (one in-place GEMM); the general autograd step covers everything else
-    fast = (
-        arch.depth == 1
-        and isinstance(config.activation, str)
-        and (not arch.bias or torch.equal(lr["b1"].view(-1), lr["W1"].view(-1)))
-    )
-    ws: dict[str, torch.Tensor] = {}
     for c in hooks:
         c.on_train_start(model)
     next_rec = 0
@@ -499,19 +518,7 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
                 order = torch.randperm(n, generator=gen)
             idx = order[i : i + config.batch_size].to(dev)
             xb, yb, lb = x[idx], y[idx], labels[idx] if labels is not None else None
-        if fast and bool(alive.all()):
-            with torch.no_grad():
-                losses = _shallow_step(
-                    params, arch, scales[0], xb, yb, lb, config.loss, lr, config.output_weight_decay, width, ws
-                )
-            if bool(torch.isfinite(losses).all()):
-                for c in hooks:
-                    c.on_train_step(k + 1, losses)
-                continue  # updated in place; otherwise nothing was changed: the step below handles divergence
-        out = forward(params, arch, xb, scales)
-        losses = _member_losses(out, yb, lb, config.loss)
-        if config.output_weight_decay:
-            losses = losses + config.output_weight_decay * (params["C"] ** 2).sum(dim=(-2, -1)) / width
+        losses = engine.step(xb, yb, lb, alive)
         bad = ~torch.isfinite(losses) & alive
         if bool(bad.any()):
             for b in torch.nonzero(bad).flatten().tolist():
@@ -519,16 +526,6 @@ def _train(data, config, *, block: Block, steps_per_epoch, hooks: list[Collector
                 for c in hooks:
                     c.on_diverged(b, k)
             alive &= ~bad
-        all_alive = bool(alive.all())
-        grads = torch.autograd.grad(
-            (losses if all_alive else torch.where(alive, losses, 0.0)).sum(), list(params.values())
-        )
-        with torch.no_grad():
-            for (name, p), g in zip(params.items(), grads, strict=True):
-                if all_alive:
-                    p.addcmul_(lr[name], g, value=-1.0)  # p -= lr * g in one pass
-                else:  # frozen members keep their parameters (their gradients may be NaN)
-                    p.sub_(torch.where(alive.view(B, *([1] * (p.ndim - 1))), lr[name] * g, 0.0))
         for c in hooks:
-            c.on_train_step(k + 1, losses.detach())
+            c.on_train_step(k + 1, losses)
     return BlockResult(int(width), B, total, False, diverged, time.perf_counter() - t_start)

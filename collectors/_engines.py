@@ -1,0 +1,215 @@
+"""How a block's members are stepped: the ScaledMLP engine (hand-fused step, autograd otherwise) and the
+module engine (any ``nn.Module`` from a factory, vectorised over members with ``torch.func``).
+
+The trainer's loop (``_trainer._train``) sees only the engine's interface: the live stacked parameters, the
+forward pass of every member, one optimizer step with frozen members left alone, and per-member scalars.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, stack_module_state, vmap
+
+from ensemble_stats import schema
+from ensemble_stats.errors import ValidationError
+
+from ._models import forward
+
+ModelFactory = Callable[[int, int, float], torch.nn.Module]
+"""``make_model(seed, width, gamma) -> nn.Module``: one member, with its initial parameters."""
+
+
+def member_losses(out: torch.Tensor, y: torch.Tensor, labels, loss: str) -> torch.Tensor:
+    """Per-member loss (B,) of outputs (B, n, O): 1/2 the mean squared error, or the mean cross-entropy."""
+    if loss == "mse":
+        return 0.5 * ((out - y) ** 2).mean(dim=(-2, -1))
+    B, n, O = out.shape  # noqa: E741
+    return F.cross_entropy(out.reshape(B * n, O), labels.repeat(B), reduction="none").view(B, n).mean(-1)
+
+
+def _member_loss(out: torch.Tensor, y: torch.Tensor, labels, loss: str) -> torch.Tensor:
+    """The same for one member's outputs (n, O) (under vmap)."""
+    if loss == "mse":
+        return 0.5 * ((out - y) ** 2).mean()
+    return F.cross_entropy(out, labels)
+
+
+def _broadcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+class MLPEngine:
+    """ScaledMLP members: a hand-written step for one hidden layer (``_shallow_step``), autograd otherwise."""
+
+    def __init__(self, arch, params, lr, scales, config, width: int, shallow_step):
+        self.arch, self.params, self.lr, self.scales = arch, params, lr, scales
+        self.config, self.width, self._shallow_step = config, width, shallow_step
+        self.fast = (
+            arch.depth == 1
+            and isinstance(config.activation, str)
+            and (not arch.bias or torch.equal(lr["b1"].view(-1), lr["W1"].view(-1)))
+        )
+        self._ws: dict[str, torch.Tensor] = {}
+        B = params["C"].shape[0]
+        self.buffers = {f"scale{layer}": s.view(B) for layer, s in enumerate(scales)}
+        self.architecture = arch
+
+    def apply(self, p, b, x):
+        """One member's forward pass (see :class:`BlockModel`)."""
+        return forward(p, self.arch, x, [b[f"scale{layer}"] for layer in range(self.arch.depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward(self.params, self.arch, x, self.scales)
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        return {schema.OUTPUT_WEIGHT_NORM: (self.params["C"] ** 2).sum(dim=(-2, -1)) / self.width}
+
+    def _losses(self, out, y, labels) -> torch.Tensor:
+        losses = member_losses(out, y, labels, self.config.loss)
+        if self.config.output_weight_decay:
+            losses = losses + self.config.output_weight_decay * (self.params["C"] ** 2).sum(dim=(-2, -1)) / self.width
+        return losses
+
+    def step(self, xb, yb, lb, alive: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every live member whose loss is finite; returns the losses (B,) before the step."""
+        cfg = self.config
+        if self.fast and bool(alive.all()):
+            with torch.no_grad():
+                losses = self._shallow_step(
+                    self.params, self.arch, self.scales[0], xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
+                    self.width, self._ws,
+                )  # fmt: skip
+            if bool(torch.isfinite(losses).all()):
+                return losses  # updated in place; otherwise nothing was changed: the step below handles it
+        losses = self._losses(self.forward(xb), yb, lb)
+        keep = alive & torch.isfinite(losses)
+        every = bool(keep.all())
+        grads = torch.autograd.grad(
+            (losses if every else torch.where(keep, losses, 0.0)).sum(), list(self.params.values())
+        )
+        with torch.no_grad():
+            for (name, p), g in zip(self.params.items(), grads, strict=True):
+                if every:
+                    p.addcmul_(self.lr[name], g, value=-1.0)  # p -= lr * g in one pass
+                else:  # frozen members keep their parameters (their gradients may be NaN)
+                    p.sub_(torch.where(_broadcast(keep, p), self.lr[name] * g, 0.0))
+        return losses.detach()
+
+
+def module_rates(module: torch.nn.Module, alpha: float, layer_alpha: Mapping[str, float]) -> dict[str, float]:
+    """Per-parameter learning rates of a member: its ``learning_rates(alpha, layer_alpha)`` if it defines one
+    (ScaledMLP, ScaledConvNet), else ``alpha`` for every parameter."""
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    fn = getattr(module, "learning_rates", None)
+    if fn is None:
+        if layer_alpha:
+            raise ValidationError(
+                f"layer_alpha={dict(layer_alpha)} needs per-layer rates, but {type(module).__name__} has no "
+                "learning_rates(alpha, layer_alpha) method; define one or drop layer_alpha."
+            )
+        return dict.fromkeys(names, float(alpha))
+    rates = dict(fn(alpha, layer_alpha))
+    missing = [n for n in names if n not in rates]
+    if missing:
+        raise ValidationError(
+            f"{type(module).__name__}.learning_rates() gives no rate for parameters {missing}; it must name every "
+            "trainable parameter (names of named_parameters())."
+        )
+    return {n: float(rates[n]) for n in names}
+
+
+class ModuleEngine:
+    """Members built by a factory, stacked with ``torch.func.stack_module_state`` and stepped with
+    ``vmap(grad(...))``: one vectorised pass per gamma group (members of one gamma share a structure).
+
+    BatchNorm keeps per-member running statistics (the stacked buffers are updated in place by each member's
+    batch, as in a per-seed loop); dropout draws independently per member (``vmap(randomness="different")``).
+    The grid and the recorded training loss are evaluated in eval mode.
+    """
+
+    def __init__(self, modules: Sequence[torch.nn.Module], gammas: Sequence[float], config, device, dtype):
+        self.config = config
+        self.groups: list[tuple[slice, torch.nn.Module]] = []
+        params: dict[str, list[torch.Tensor]] = {}
+        buffers: dict[str, list[torch.Tensor]] = {}
+        rates: dict[str, list[float]] = {}
+        start = 0
+        for g in dict.fromkeys(gammas):
+            members = [m.to(device=device, dtype=dtype) for m, mg in zip(modules, gammas, strict=True) if mg == g]
+            shapes = {tuple((k, tuple(v.shape)) for k, v in m.state_dict().items()) for m in members}
+            if len(shapes) != 1:
+                raise ValidationError(
+                    f"the factory's models at gamma={g} differ in their parameters or buffers; every seed of one "
+                    "gamma must build the same architecture."
+                )
+            p, b = stack_module_state(members)
+            for k, v in p.items():
+                params.setdefault(k, []).append(v.detach())
+            for k, v in b.items():
+                buffers.setdefault(k, []).append(v)
+            for m in members:
+                for k, r in module_rates(m, config.alpha, dict(config.layer_alpha)).items():
+                    rates.setdefault(k, []).append(r)
+            base = copy.deepcopy(members[0]).to("meta")
+            self.groups.append((slice(start, start + len(members)), base))
+            start += len(members)
+        keys = {tuple(params)}
+        if len(keys) != 1 or any(len(v) != len(self.groups) for v in params.values()):
+            raise ValidationError("the factory's models differ in their parameter names across gammas.")
+        self.params = {k: torch.cat(v).requires_grad_(False) for k, v in params.items()}
+        self.buffers = {k: torch.cat(v) for k, v in buffers.items()}
+        self.lr = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in rates.items()}
+        self.architecture = None
+
+    def apply(self, p, b, x):
+        """One member's forward pass in eval mode (see :class:`BlockModel`)."""
+        base = self.groups[0][1]
+        base.eval()
+        return functional_call(base, (p, b), (x,))
+
+    def _each(self, fn, train: bool):
+        """``fn(base, slice)`` per gamma group with the base module in train or eval mode; results concatenated."""
+        outs = []
+        for sl, base in self.groups:
+            base.train(train)
+            outs.append(fn(base, sl))
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def one(base, sl):
+            p = {k: v[sl] for k, v in self.params.items()}
+            b = {k: v[sl] for k, v in self.buffers.items()}
+            return vmap(lambda pp, bb: functional_call(base, (pp, bb), (x,)), randomness="different")(p, b)
+
+        with torch.no_grad():
+            return torch.cat(self._each(one, False))
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def step(self, xb, yb, lb, alive: torch.Tensor) -> torch.Tensor:
+        loss_name = self.config.loss
+
+        def one(base, sl):
+            def loss_fn(p, b):
+                out = functional_call(base, (p, b), (xb,))
+                val = _member_loss(out, yb, lb, loss_name)
+                return val, val
+
+            p = {k: v[sl] for k, v in self.params.items()}
+            b = {k: v[sl] for k, v in self.buffers.items()}  # views: BatchNorm updates them in place
+            return vmap(grad(loss_fn, has_aux=True), randomness="different")(p, b)
+
+        results = self._each(one, True)
+        losses = torch.cat([r[1] for r in results])
+        keep = alive & torch.isfinite(losses)
+        with torch.no_grad():
+            for name, p in self.params.items():
+                g = torch.cat([r[0][name] for r in results])
+                lr = _broadcast(self.lr[name], p)
+                p.sub_(torch.where(_broadcast(keep, p), lr * g, 0.0))
+        return losses
