@@ -52,6 +52,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "init": ((str,), "theory"),
         "inner_widths": ((list,), []),
         "inner_gammas": ((list,), []),
+        "batchnorm": ((bool,), False),
     },
     "data": {"name": ((str,), REQUIRED), "options": ((dict,), {})},
     "optimizer": {
@@ -274,6 +275,7 @@ class SweepSpec:
                 blowup=float(op["blowup"]) or None,
                 max_output=float(op["max_output"]) or None,
                 antithetic=sw["antithetic"],
+                batchnorm=md["batchnorm"],
                 dtype=rn["dtype"],
                 device=rn["device"],
             )
@@ -322,6 +324,7 @@ class SweepSpec:
                 "init": t.init,
                 "inner_widths": list(t.inner_widths),
                 "inner_gammas": list(t.inner_gammas),
+                **({"batchnorm": True} if t.batchnorm else {}),
             },
             "data": {"name": self.data_name, "options": dict(self.data_options)},
             "optimizer": {

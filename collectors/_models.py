@@ -319,6 +319,10 @@ class ScaledMLP(nn.Module):
     init : "theory", "paper" or callable
     seed : int
         Seed of the initial parameters (the same for every gamma).
+    batchnorm : bool
+        BatchNorm (``nn.BatchNorm1d``, affine, running statistics) on every hidden layer's pre-activation, before
+        the activation: h_l = s(BN(z_l)). Its parameters take their layer's rate. Trained by the block trainer's
+        module engine (``TrainConfig(batchnorm=True)``); the fused step covers nets without it.
 
     Examples
     --------
@@ -338,6 +342,7 @@ class ScaledMLP(nn.Module):
         init: str | InitLaw = "theory",
         seed: int = 0,
         dtype=torch.float32,
+        batchnorm: bool = False,
     ):
         super().__init__()
         hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
@@ -346,18 +351,42 @@ class ScaledMLP(nn.Module):
         self.params = nn.ParameterDict(
             {k: nn.Parameter(v) for k, v in init_params(self.arch, init, seed, dtype).items()}
         )
+        self.norms = nn.ModuleList(nn.BatchNorm1d(n, dtype=dtype) for n in hidden) if batchnorm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return forward(self.params, self.arch, x)
+        if self.norms is None:
+            return forward(self.params, self.arch, x)
+        p, arch, act = self.params, self.arch, activation_fn(self.arch.activation)
+        scales = arch.scales()
+        h = x
+        for layer in range(1, arch.depth + 1):
+            z = h @ p[f"W{layer}"].T
+            if layer > 1:
+                z = scales[layer - 2] * z
+            if arch.bias:
+                z = z + p[f"b{layer}"]
+            h = act(self.norms[layer - 1](z))
+        out = scales[-1] * (h @ p["C"].T)
+        return out + p["c0"] if arch.bias else out
 
     def learning_rates(self, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None) -> dict[str, float]:
-        """The theory's rate of every parameter, by its name in ``named_parameters()`` (used by the module engine)."""
-        return {f"params.{k}": v for k, v in learning_rates(self.arch, alpha, layer_alpha).items()}
+        """The theory's rate of every parameter, by its name in ``named_parameters()`` (used by the module engine);
+        BatchNorm's parameters take their layer's rate."""
+        rates = learning_rates(self.arch, alpha, layer_alpha)
+        out = {f"params.{k}": v for k, v in rates.items()}
+        for layer, norm in enumerate(self.norms or ()):
+            for name, _ in norm.named_parameters():
+                out[f"norms.{layer}.{name}"] = rates[f"W{layer + 1}"]
+        return out
 
     def param_groups(self, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None) -> list[dict]:
         """Parameter groups with the theory's learning rates (times ``layer_alpha`` per layer), for SGD."""
         rates = learning_rates(self.arch, alpha, layer_alpha)
-        return [{"params": [p], "lr": rates[name], "name": name} for name, p in self.params.items()]
+        groups = [{"params": [p], "lr": rates[name], "name": name} for name, p in self.params.items()]
+        for layer, norm in enumerate(self.norms or ()):
+            for name, p in norm.named_parameters():
+                groups.append({"params": [p], "lr": rates[f"W{layer + 1}"], "name": f"norms.{layer}.{name}"})
+        return groups
 
     def output_weight_norm(self) -> float:
         """(1/N_L) sum_i c_i^2 (summed over outputs): the 2-norm of the measure (docs/theory.md §4)."""

@@ -41,8 +41,18 @@ class SweepReport:
     diverged: list = field(default_factory=list)
 
 
-def _model_attrs(spec: SweepSpec, data) -> dict:
+def _model_attrs(spec: SweepSpec, data, model_factory=None) -> dict:
     arch = spec.train.architecture(data.d_in, data.output_size, spec.widths[0], spec.gammas[0])
+    if model_factory is not None:
+        fn = getattr(model_factory, "func", model_factory)  # a functools.partial names its function
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        return {
+            "architecture": f"model_factory {name}",
+            "lr_rule": "the module's learning_rates(alpha, layer_alpha), else alpha for every parameter",
+            **{k: v for k, v in spec.train.describe().items() if k not in ("init", "lr_rule")},
+            "data": data.describe(),
+            "time": f"t = k / N_L ({spec.time_units})",
+        }
     return {
         **arch.describe(),
         **spec.train.describe(),
@@ -71,7 +81,7 @@ TRAIN_SET_LIMIT = 64 << 20
 """The training set is stored beside the records when it takes at most this many bytes (float64)."""
 
 
-def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
+def prepare_store(spec: SweepSpec, path: str | os.PathLike, model_factory=None) -> EnsembleStore:
     """Create the sweep's store, or open it if it holds the same config; a different config is refused.
 
     Everything that can be checked without training is checked before the store is created (data options,
@@ -103,7 +113,7 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike) -> EnsembleStore:
         dtype="float64" if spec.train.dtype == "float64" else "float32",
         antithetic=spec.train.antithetic,
         seed_chunk=spec.seed_block,  # one task writes one whole seed block: it owns those chunks
-        model=_model_attrs(spec, data),
+        model=_model_attrs(spec, data, model_factory),
         train=(data.x_train, data.y_train) if keep_train else None,
         ntk_points=spec.ntk_grid(data.grid.n_points),
         layers=spec.layers(data) or None,
@@ -159,11 +169,13 @@ class Cell(NamedTuple):
         )
 
 
-def run_cell(store_path: str, spec_json: str, device: str, cell: Cell, threads: int = 1, collectors=None) -> dict:
+def run_cell(
+    store_path: str, spec_json: str, device: str, cell: Cell, threads: int = 1, collectors=None, model_factory=None
+) -> dict:
     """One task: train one :class:`Cell` into the store. Idempotent.
 
     ``collectors``: a picklable callable returning further :class:`Collector` s for this cell (fresh ones per
-    cell), or None.
+    cell), or None. ``model_factory``: see :func:`run_sweep`.
     """
     from dataclasses import replace
 
@@ -191,6 +203,7 @@ def run_cell(store_path: str, spec_json: str, device: str, cell: Cell, threads: 
             *((NTKCollector(every=spec.ntk_every),) if store.spec.field_shapes else ()),
             *(collectors() if collectors is not None else ()),
         ],
+        model_factory=model_factory,
     )
     return {
         "skipped": res.skipped,
@@ -271,6 +284,7 @@ def run_sweep(
     threads_per_worker: int = 1,
     repair: bool = False,
     collectors=None,
+    model_factory=None,
 ) -> SweepReport:
     """Run (or resume) a sweep on a Dask cluster.
 
@@ -286,6 +300,10 @@ def run_sweep(
         so that their cells are retrained and rewritten
     collectors : a callable returning further :class:`Collector` s, called in every cell's task (on the worker;
         so it must be picklable, e.g. a module-level function or a class): each receives that block's hooks
+    model_factory : ``make_model(seed, width, gamma) -> nn.Module``, picklable (a module-level function, a
+        class, or a ``functools.partial`` of one): train its modules instead of the config's ScaledMLP (see
+        :func:`train_block`). Its qualified name is stored in the model attrs; the config's [model] table then
+        only names the run.
 
     Raises
     ------
@@ -299,7 +317,7 @@ def run_sweep(
     spec = config if isinstance(config, SweepSpec) else SweepSpec.from_toml(config)
     if device is not None:
         spec = spec.with_device(device)
-    st = prepare_store(spec, store)
+    st = prepare_store(spec, store, model_factory)
     if repair:
         st.repair()
     cells = _cells(spec)
@@ -322,6 +340,7 @@ def run_sweep(
                     cell,
                     threads_per_worker,
                     collectors,
+                    model_factory,
                     key=f"cell-{i}-{os.getpid()}-{time.time_ns()}",
                     pure=False,
                     retries=1,

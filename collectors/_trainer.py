@@ -26,6 +26,7 @@ from ._models import (
     INIT_DESCRIPTIONS,
     LR_FORMULA,
     Architecture,
+    ScaledMLP,
     init_params,
     layer_alpha_problems,
     learning_rates,
@@ -78,6 +79,9 @@ class TrainConfig:
         largest output on the grid exceeds ``max_output`` in absolute value, has blown up: it is marked
         diverged at that record's step and frozen, like a member with non-finite values (its records are
         stored as they are; ``open_ensemble`` leaves them out of every statistic). None disables a check.
+    batchnorm
+        BatchNorm on every hidden layer's pre-activation (``ScaledMLP(batchnorm=True)``), trained through the
+        module engine with per-member running statistics; evaluation uses them (eval mode).
     antithetic
         Seeds come in mirror pairs, by position in the block (0 and 1, 2 and 3, ...): the second member of a pair
         starts from the first one's parameters with the readout (``C`` and its bias ``c0``) negated, so its
@@ -101,6 +105,7 @@ class TrainConfig:
     blowup: float | None = DEFAULT_BLOWUP
     max_output: float | None = None
     antithetic: bool = False
+    batchnorm: bool = False
     dtype: str = "float32"
     device: str = "cpu"
 
@@ -182,6 +187,11 @@ class TrainConfig:
             )
             + " at a record: marked diverged at that step, frozen",
             **({"antithetic": ANTITHETIC_RULE} if self.antithetic else {}),
+            **(
+                {"normalization": "BatchNorm1d before every hidden activation, running statistics per member"}
+                if self.batchnorm
+                else {}
+            ),
             "dtype": self.dtype,
         }
 
@@ -332,7 +342,7 @@ def train_block(
     """
     t_start = time.perf_counter()
     check_compatible(config, data)
-    if model_factory is not None:
+    if model_factory is not None or config.batchnorm:
         ValidationError.raise_if(
             [
                 *(
@@ -348,7 +358,7 @@ def train_block(
                     else []
                 ),
             ],
-            "train_block(model_factory=...)",
+            "train_block (module engine)",
         )
     store.check_grid(data.grid)
     extra_coords = dict(extra_coords or {})
@@ -407,6 +417,15 @@ def _engine(data, config, block: Block, model_factory, dtype, dev):
     from ._engines import MLPEngine, ModuleEngine
 
     width, gammas, seeds, members = block.width, list(block.gammas), list(block.seeds), block.members
+    if model_factory is None and config.batchnorm:
+        modules = [
+            ScaledMLP(
+                data.d_in, (*config.inner_widths, width), (*config.inner_gammas, g), data.output_size,
+                activation=config.activation, bias=config.bias, init=config.init, seed=s, dtype=dtype, batchnorm=True,
+            ).to(dev)
+            for g, s in members
+        ]  # fmt: skip
+        return ModuleEngine(modules, [g for g, _ in members], config, dev, dtype)
     if model_factory is not None:
         modules = [model_factory(int(s), int(width), float(g)) for g, s in members]
         bad = [type(m).__name__ for m in modules if not isinstance(m, torch.nn.Module)]

@@ -180,3 +180,63 @@ def test_factory_refusals(tmp_path):
         train_block(
             st, data, width=8, gammas=[0.5], seeds=[0, 1], config=TrainConfig(), model_factory=lambda s, w, g: 3
         )
+
+
+def test_batchnorm_scaled_mlp_from_the_config_equals_a_per_seed_loop(tmp_path):
+    data = teacher(kind="mlp", d=3, n_train=24, n_test=6)
+    cfg = TrainConfig(
+        dtype="float64", batch_size=8, alpha=2.0, activation="relu", inner_widths=(12,), inner_gammas=(0.5,),
+        batchnorm=True,
+    )  # fmt: skip
+    ds = _block(tmp_path, data, None, [0.5, 1.0], [0, 1], 16, cfg, 20)
+
+    def factory(seed, width, gamma):
+        return ScaledMLP(3, (12, width), (0.5, gamma), activation="relu", seed=seed, dtype=F64, batchnorm=True)
+
+    for g in (0.5, 1.0):
+        want = _loop(factory, data, 16, g, 1, cfg, 20, data_seed=0)
+        got = ds.prediction.sel(gamma=g, seed=1).isel(width=0, time=-1).values
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert "BatchNorm" in cfg.describe()["normalization"]
+    m = factory(0, 16, 0.5)
+    groups = {g["name"]: g["lr"] for g in torch.optim.SGD(m.param_groups(alpha=2.0)).param_groups}
+    assert groups["norms.1.weight"] == groups["W2"] and groups["norms.0.bias"] == groups["W1"]
+
+
+def _sweep_factory(seed, width, gamma):
+    """Module-level: a sweep's factory must be picklable (it travels to the workers)."""
+    return BNNet(seed, width, 2, 1, True)
+
+
+def test_sweep_cells_train_a_factory(tmp_path):
+    from collectors import SweepSpec
+    from collectors._sweep import pending_cells, prepare_store, run_cell
+
+    spec = SweepSpec.from_toml(
+        """
+[sweep]
+gammas = [0.5, 1.0]
+widths = [8, 16]
+seeds = 2
+[time]
+units = "step"
+horizon = 10
+times = [0, 5, 10]
+[data]
+name = "teacher"
+[optimizer]
+alpha = 0.5
+batch_size = 4
+[run]
+dtype = "float64"
+"""
+    )
+    st = prepare_store(spec, tmp_path / "f.zarr", _sweep_factory)
+    for cell in pending_cells(st, spec):
+        run_cell(str(tmp_path / "f.zarr"), spec.to_json(), "cpu", cell, model_factory=_sweep_factory)
+    ds = es.open_ensemble(tmp_path / "f.zarr").load()
+    assert "_sweep_factory" in ds.attrs["model"]["architecture"]
+    data = spec.load_data()
+    want = _loop(_sweep_factory, data, 16, 1.0, 1, spec.train, 10, data_seed=0)
+    np.testing.assert_allclose(ds.prediction.sel(gamma=1.0, seed=1, width=16).isel(time=-1).values, want, rtol=1e-10)
+    assert not pending_cells(st, spec)

@@ -499,6 +499,13 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
         depth_rows.append(
             f"L = {L}: {float(n['mean']):.3f} vs {float(r['mean']):.3f} ({'yes' if better[-1] else 'no'})"
         )
+    bn_rows, bn_cases = [], []  # the paper's comparison: normalized ReLU against ReLU with BatchNorm
+    for L in sorted(
+        {L for a, L in acc_end if a == "relu_batchnorm"} & {L for a, L in acc_end if a == "normalized_relu"}
+    ):
+        n, b = acc_end[("normalized_relu", L)], acc_end[("relu_batchnorm", L)]
+        bn_cases.append(bool(n.mean_hi >= b.mean_lo))  # normalized ReLU at least as good: intervals not below
+        bn_rows.append(f"L = {L}: {float(n['mean']):.3f} vs {float(b['mean']):.3f}")
     k, t = es.verdict(kernel_ok), es.verdict(better)
     nan = [np.nan]
     return [
@@ -519,6 +526,16 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
         + "; ".join(depth_rows)
         + "). A diverged seed is left out and counted.",
         "",
+        *(
+            [
+                f"**Does normalized ReLU train as well as ReLU with BatchNorm?** {es.verdict(bn_cases).markdown()}: "
+                f"its training accuracy's 95% CI reaches BatchNorm's at {es.verdict(bn_cases).agree} of "
+                f"{len(bn_cases)} depths (" + "; ".join(bn_rows) + ", normalized ReLU vs BatchNorm).",
+                "",
+            ]
+            if bn_cases
+            else []
+        ),
         f"For scale: a net that outputs 0 everywhere has training loss {zero_loss:.4f}; a loss near it with chance "
         "accuracy is a collapsed net, not a trained one.",
         "",
