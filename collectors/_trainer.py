@@ -248,14 +248,16 @@ def _shallow_step(
     n = x.shape[0]
     W1, C = params["W1"], params["C"]
     B, N, d = W1.shape
-    xb, xT = x.expand(B, n, d), x.T.expand(B, d, n)
+    xb = x.expand(B, n, d)
     Z = _workspace(ws, "Z", (B, N, n), W1)
     act = arch.activation
     a, k, c = _SIGMOID_FAMILY.get(act, (1.0, 1.0, 0.0))
+    # the members share the batch: Z = k W1 x^T is one (B N, d) x (d, n) GEMM, faster than B small ones
     if arch.bias:
-        Z.copy_(params["b1"][:, :, None].expand(B, N, n)).baddbmm_(W1, xT, beta=k, alpha=k)  # k (W x + b)
+        Z.copy_(params["b1"][:, :, None].expand(B, N, n))
+        Z.view(B * N, n).addmm_(W1.view(B * N, d), x.T, beta=k, alpha=k)  # k (W x + b)
     else:
-        Z.baddbmm_(W1, xT, beta=0.0, alpha=k)
+        Z.view(B * N, n).addmm_(W1.view(B * N, d), x.T, beta=0.0, alpha=k)
     if act in _SIGMOID_FAMILY:
         H = torch.sigmoid(Z, out=Z)  # S; the activation is a S + c
     elif act == "relu":
@@ -447,6 +449,19 @@ def _engine(data, config, block: Block, model_factory, dtype, dev):
     return MLPEngine(arch, params, lr, scales, config, int(width), _shallow_step)
 
 
+EVAL_ELEMENTS = 1 << 25
+"""Most hidden activations (members x points x width) one evaluation pass holds: records evaluate the grid and
+the training set in chunks of points, so memory stays bounded however large the block and the data are."""
+
+
+def _evaluate(engine, x: torch.Tensor, width: int, members: int) -> torch.Tensor:
+    """Every member's outputs (B, n, O) on ``x``, in chunks of points (see :data:`EVAL_ELEMENTS`)."""
+    chunk = max(1, EVAL_ELEMENTS // max(1, members * width))
+    if len(x) <= chunk:
+        return engine.forward(x)
+    return torch.cat([engine.forward(x[i : i + chunk]) for i in range(0, len(x), chunk)], dim=1)
+
+
 def _train(
     data, config, *, block: Block, steps_per_epoch, hooks: list[Collector], data_seed, progress, t_start, model_factory
 ):
@@ -457,6 +472,7 @@ def _train(
         torch.manual_seed(int(data_seed))  # dropout draws: reproducible given the block
     engine = _engine(data, config, block, model_factory, dtype, dev)
     B = len(members)
+    widest = max((int(width), *config.inner_widths))
     x = torch.tensor(data.x_train, dtype=dtype, device=dev)
     y = torch.tensor(data.y_train, dtype=dtype, device=dev)
     labels = torch.tensor(data.labels_train, device=dev) if data.labels_train is not None else None
@@ -474,14 +490,14 @@ def _train(
     bound = None
     if config.blowup is not None:
         with torch.no_grad():  # the reference of the blow-up rule: each member's initial training loss
-            bound = config.blowup * member_losses(engine.forward(x), y, labels, config.loss)
+            bound = config.blowup * member_losses(_evaluate(engine, x, widest, B), y, labels, config.loss)
 
     def record(step: int) -> None:
         nonlocal written
         with torch.no_grad():
-            out = engine.forward(xg)
+            out = _evaluate(engine, xg, widest, B)
             test_loss = member_losses(out, yg, lg, config.loss)
-            out_train = engine.forward(x)
+            out_train = _evaluate(engine, x, widest, B)
             train_loss = member_losses(out_train, y, labels, config.loss)
             blown = torch.zeros_like(alive)
             if config.blowup is not None:

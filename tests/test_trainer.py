@@ -382,3 +382,21 @@ def test_layer_alpha_in_a_sweep_config_round_trips_and_bad_keys_name_the_table()
     assert "layer_alpha" not in SweepSpec.from_toml(TINY_SWEEP).to_json()  # absent when unused: old configs unchanged
     with pytest.raises(errors.ConfigError, match=r"\[optimizer\].*layer_alpha key 'W9'"):
         SweepSpec.from_toml(TINY_SWEEP + "[optimizer]\nlayer_alpha = { W9 = 0.5 }\n")
+
+
+def test_records_evaluate_in_chunks_of_points_with_the_same_result(tmp_path, monkeypatch):
+    """A block too large to evaluate the training set at once (members x points x width) is evaluated in chunks."""
+    import collectors._trainer as trainer
+
+    data = teacher(kind="mlp", d=3, n_train=40, n_test=7)
+    out = []
+    for limit in (1 << 25, 16):  # 16 elements: one point per pass
+        monkeypatch.setattr(trainer, "EVAL_ELEMENTS", limit)
+        st = EnsembleStore.create(
+            tmp_path / f"c{limit}.zarr", data.grid, gammas=[0.5], widths=[8], seeds=[0, 1], times=[0, 3],
+            time_units="step", dtype="float64",
+        )  # fmt: skip
+        train_block(st, data, width=8, gammas=[0.5], seeds=[0, 1], config=TrainConfig(dtype="float64", batch_size=5))
+        out.append(es.open_ensemble(tmp_path / f"c{limit}.zarr").load())
+    np.testing.assert_allclose(out[0].prediction.values, out[1].prediction.values, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(out[0].train_loss.values, out[1].train_loss.values, rtol=1e-13)
