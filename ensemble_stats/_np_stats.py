@@ -215,15 +215,21 @@ def _bias_variance(pred, ref, n_grid: int, ci: float, ci_method: str) -> dict:
             if P == 1:
                 bounds["bias2"] = _squared_t_interval(grid_mean(err), grid_mean(var), S, ci)
     few = S < MIN_SEEDS
+    status, out_bounds = _checked_bounds(bounds, few)
+    nu_out = np.where(few, np.nan, nu_var)
+    return {"est": est, "se": se, "theta": theta, "bounds": out_bounds, "nu": nu_out, "S": S, "status": status}
+
+
+def _checked_bounds(bounds: dict, few: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The ``ci_status`` and the (lo, hi) of each statistic, NaN where too few units or not finite."""
     status = np.where(few, _FEW, _OK)
-    out_bounds = []
+    out = []
     for k in STATISTICS:
         lo, hi = bounds[k]
         bad = ~(np.isfinite(lo) & np.isfinite(hi))
         status = np.where(~few & bad & (status == _OK), _DEGENERATE, status)
-        out_bounds += [np.where(few | bad, np.nan, lo), np.where(few | bad, np.nan, hi)]
-    nu_out = np.where(few, np.nan, nu_var)
-    return {"est": est, "se": se, "theta": theta, "bounds": out_bounds, "nu": nu_out, "S": S, "status": status}
+        out += [np.where(few | bad, np.nan, lo), np.where(few | bad, np.nan, hi)]
+    return status, out
 
 
 def _guard_dof(est, se, theta, S):
@@ -425,13 +431,7 @@ def pair_bias_variance_kernel(
             s2 = pooled((E2 - E1**2 / P) / (P - 1))[..., 0]
             bounds["bias2"] = _squared_t_interval(mean_e, s2, n, ci)
     few = n < MIN_SEEDS
-    status = np.where(few, _FEW, _OK)
-    out_bounds = []
-    for k in STATISTICS:
-        lo, hi = bounds[k]
-        bad = ~(np.isfinite(lo) & np.isfinite(hi))
-        status = np.where(~few & bad & (status == _OK), _DEGENERATE, status)
-        out_bounds += [np.where(few | bad, np.nan, lo), np.where(few | bad, np.nan, hi)]
+    status, out_bounds = _checked_bounds(bounds, few)
     return (
         *(np.where(n >= 1, est[k], np.nan) for k in STATISTICS),
         *(se[k] for k in STATISTICS),

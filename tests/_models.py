@@ -33,3 +33,30 @@ class Shallow(nn.Module):
 
     def forward(self, x):
         return self.scale * self.out(torch.tanh(self.hidden(x)))
+
+
+def sgd_in_block_order(model: nn.Module, opt, data, cfg, steps: int, data_seed: int, dtype, penalty=None) -> None:
+    """Train one member alone with ``opt`` on the block trainer's minibatches (same order, same loss), in train
+    mode; ``penalty(model)`` is added to each step's loss (e.g. the 2-norm regularizer)."""
+    x, y = torch.tensor(data.x_train, dtype=dtype), torch.tensor(data.y_train, dtype=dtype)
+    labels = torch.tensor(data.labels_train) if data.labels_train is not None else None
+    n, bs = len(x), cfg.batch_size or len(x)
+    per_epoch = -(-n // bs)
+    gen = torch.Generator().manual_seed(data_seed)
+    order = torch.arange(n)
+    model.train()
+    for k in range(steps):
+        i = (k % per_epoch) * bs
+        if cfg.batch_size and i == 0 and cfg.shuffle:
+            order = torch.randperm(n, generator=gen)
+        idx = order[i : i + bs]
+        opt.zero_grad()
+        out = model(x[idx])
+        if cfg.loss == "mse":
+            loss = 0.5 * ((out - y[idx]) ** 2).mean()
+        else:
+            loss = nn.functional.cross_entropy(out, labels[idx])
+        if penalty is not None:
+            loss = loss + penalty(model)
+        loss.backward()
+        opt.step()

@@ -11,6 +11,8 @@ import ensemble_stats as es
 from collectors import DataSet, EnsembleStore, EvalGrid, ScaledConvNet, ScaledMLP, TrainConfig, teacher, train_block
 from ensemble_stats import errors
 
+from ._models import sgd_in_block_order
+
 F64 = torch.float64
 
 
@@ -39,25 +41,7 @@ def _loop(factory, data: DataSet, width, gamma, seed, cfg: TrainConfig, steps, d
     """One member trained alone with torch.optim.SGD in the block's data order; its grid outputs in eval mode."""
     m = factory(seed, width, gamma)
     opt = torch.optim.SGD(_rates(m, cfg.alpha))
-    x, y = torch.tensor(data.x_train, dtype=F64), torch.tensor(data.y_train, dtype=F64)
-    labels = torch.tensor(data.labels_train) if data.labels_train is not None else None
-    n, bs = len(x), cfg.batch_size or len(x)
-    per_epoch = -(-n // bs)
-    gen = torch.Generator().manual_seed(data_seed)
-    order = torch.arange(n)
-    m.train()
-    for k in range(steps):
-        i = (k % per_epoch) * bs
-        if cfg.batch_size and i == 0 and cfg.shuffle:
-            order = torch.randperm(n, generator=gen)
-        idx = order[i : i + bs]
-        opt.zero_grad()
-        out = m(x[idx])
-        loss = (
-            0.5 * ((out - y[idx]) ** 2).mean() if cfg.loss == "mse" else nn.functional.cross_entropy(out, labels[idx])
-        )
-        loss.backward()
-        opt.step()
+    sgd_in_block_order(m, opt, data, cfg, steps, data_seed, F64)
     m.eval()
     with torch.no_grad():
         return m(torch.tensor(data.grid.x, dtype=F64)).numpy()

@@ -10,6 +10,8 @@ import ensemble_stats as es
 from collectors import EnsembleStore, ScaledMLP, TrainConfig, digits, teacher, train_block
 from ensemble_stats import errors
 
+from ._models import sgd_in_block_order
+
 
 def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_train=False):
     """The same member trained alone (ScaledMLP + torch.optim.SGD, the data order of the block): its outputs on
@@ -27,27 +29,12 @@ def _single(data, width, gamma, seed, cfg: TrainConfig, steps, data_seed, on_tra
         dtype=dtype,
     )
     opt = torch.optim.SGD(m.param_groups(alpha=cfg.alpha, layer_alpha=dict(cfg.layer_alpha)))
-    x, y = torch.tensor(data.x_train, dtype=dtype), torch.tensor(data.y_train, dtype=dtype)
-    labels = torch.tensor(data.labels_train) if data.labels_train is not None else None
-    n, bs = len(x), cfg.batch_size or len(x)
-    per_epoch = -(-n // bs)
-    gen = torch.Generator().manual_seed(data_seed)
-    order = torch.arange(n)
-    for k in range(steps):
-        i = (k % per_epoch) * bs
-        if cfg.batch_size and i == 0 and cfg.shuffle:
-            order = torch.randperm(n, generator=gen)
-        idx = order[i : i + bs]
-        opt.zero_grad()
-        out = m(x[idx])
-        if cfg.loss == "mse":
-            loss = 0.5 * ((out - y[idx]) ** 2).mean()
-        else:
-            loss = torch.nn.functional.cross_entropy(out, labels[idx])
-        if cfg.output_weight_decay:  # lambda (1/N) sum_i c_i^2 (docs/theory.md §4)
-            loss = loss + cfg.output_weight_decay * (m.params["C"] ** 2).sum() / width
-        loss.backward()
-        opt.step()
+    # lambda (1/N) sum_i c_i^2 (docs/theory.md §4)
+    decay = (
+        (lambda mm: cfg.output_weight_decay * (mm.params["C"] ** 2).sum() / width) if cfg.output_weight_decay else None
+    )
+    sgd_in_block_order(m, opt, data, cfg, steps, data_seed, dtype, decay)
+    x = torch.tensor(data.x_train, dtype=dtype)
     with torch.no_grad():
         return m(x if on_train else torch.tensor(data.grid.x, dtype=dtype)).numpy()
 
