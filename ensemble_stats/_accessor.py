@@ -189,3 +189,9 @@ class _PlotAccessor:
         from . import plot
 
         return plot.collapse(compare_to_theory(self._ds), ax=ax)
+
+    def kernel_drift(self, *, time: int = -1, ax=None):
+        """See :func:`ensemble_stats.plot.kernel_drift` (with ``kernel_drift`` of ``ds``)."""
+        from . import plot
+
+        return plot.kernel_drift(kernel_drift(self._ds), time=time, ax=ax)

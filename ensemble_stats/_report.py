@@ -40,7 +40,8 @@ def report(
     ds : Dataset from :func:`open_ensemble`
     out : the report folder (created, or replaced whole if it holds a previous report)
     results : analysis results of ``ds`` already computed, by name (``"bias_variance"``, ``"fit_rate"``,
-        ``"fit_expansion"``, ``"compare_to_theory"``); the others are computed here
+        ``"fit_expansion"``, ``"compare_to_theory"``, ``"kernel_drift"`` for stores with an NTK); the others are
+        computed here
 
     Returns
     -------
@@ -112,6 +113,11 @@ def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
     if "compare_to_theory" not in results and not kernel_limit_problems(ds):
         say("variance collapse")
         results["compare_to_theory"] = compare_to_theory(ds, decomposition=results["bias_variance"]).compute()
+    if schema.NTK in ds and "kernel_drift" not in results and ds.sizes[schema.TIME] >= 2:
+        from ._kernel import kernel_drift
+
+        say("kernel drift")
+        results["kernel_drift"] = kernel_drift(ds).compute()
     if at is not ds:
         results["_at"] = bias_variance(at).compute()
     return results, note
@@ -209,6 +215,12 @@ def _write_report(ds: xr.Dataset, out: Path, results: dict, say) -> None:
                 f"Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (docs/theory.md §9.3){cap}",
                 f"collapse{suffix}.png",
                 plot.collapse(r["compare_to_theory"]),
+            )
+        if "kernel_drift" in r:
+            add(
+                f"Lazy vs feature learning: kernel drift and parameter displacement vs N (docs/theory.md §12){cap}",
+                f"kernel_drift{suffix}.png",
+                plot.kernel_drift(r["kernel_drift"]),
             )
     table = "".join(tables) if fits else "<p>Fewer than 2 widths or 4 seeds: no fits.</p>"
     src = html.escape(str(ds.encoding.get("source", "in-memory dataset")))

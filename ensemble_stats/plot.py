@@ -14,7 +14,16 @@ import xarray as xr
 from . import schema
 from ._stats import seed_mean
 
-__all__ = ["PALETTE", "bias_variance", "collapse", "completeness", "curves", "time_label", "variance_vs_width"]
+__all__ = [
+    "PALETTE",
+    "bias_variance",
+    "collapse",
+    "completeness",
+    "curves",
+    "kernel_drift",
+    "time_label",
+    "variance_vs_width",
+]
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 """Okabe-Ito: distinguishable with the common colour-vision deficiencies."""
@@ -145,6 +154,49 @@ def variance_vs_width(bv: xr.Dataset, rate: xr.Dataset | None = None, *, time: i
         a.set_title("fit (solid), theory slope 1 - 2 gamma (dotted)", fontsize=9)
     a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data, never over it
     return a.figure
+
+
+def kernel_drift(kd: xr.Dataset, *, time: int = -1, ax=None):
+    """Lazy vs feature learning: the relative kernel drift (left) and the parameter displacement (right, one marker
+    per parameter tensor) against N at one time, per gamma: seed means with intervals, fitted exponents in the
+    legend and the theory's exponent as a dotted line through the first width.
+
+    Parameters
+    ----------
+    kd : :func:`ensemble_stats.kernel_drift` result
+    time : index along ``time`` (default the last)
+    """
+    has_disp = "displacement_mean" in kd
+    axes = _axes(ax, 2 if has_disp else 1, (11.5, 4.0) if has_disp else (6.4, 4.0))
+    last = kd.isel({schema.TIME: time})
+    N = kd[schema.WIDTH].values.astype(float)
+    panels = [("drift", "relative kernel drift ||Theta_t - Theta_0|| / ||Theta_0||", None)]
+    if has_disp:
+        panels.append(("displacement", "relative displacement ||theta_t - theta_0|| / ||theta_0||", schema.LAYER))
+    for a, (name, ylabel, layer_dim) in zip(axes, panels, strict=True):
+        theory = last[f"{name}_theory"]
+        layers = last[layer_dim].values if layer_dim else [None]
+        for g, c in zip(kd[schema.GAMMA].values, _colors(kd.sizes[schema.GAMMA]), strict=True):
+            for layer, marker in zip(layers, "osD^v", strict=False):
+                sel = {schema.GAMMA: g, **({layer_dim: layer} if layer_dim else {})}
+                m, lo, hi = (last[f"{name}_{k}"].sel(sel) for k in ("mean", "lo", "hi"))
+                slope, s_lo, s_hi = (float(last[f"{name}_{k}"].sel(sel)) for k in ("slope", "slope_lo", "slope_hi"))
+                label = f"gamma = {g:g}" + (f", {layer}" if layer is not None else "")
+                label += (
+                    f": slope {slope:.2f} [{s_lo:.2f}, {s_hi:.2f}], theory {float(theory.sel({schema.GAMMA: g})):.2f}"
+                )
+                yerr = np.abs([m - lo, hi - m])
+                a.errorbar(N, _positive(m), yerr=yerr, fmt=marker, color=c, capsize=3, label=label)
+                ok = np.isfinite(_positive(m))
+                if ok.any():
+                    first = float(m.values[ok][0])
+                    a.plot(N, first * (N / N[ok][0]) ** float(theory.sel({schema.GAMMA: g})), color=c, ls=":", lw=1)
+        a.set_yscale("log")
+        _width_axis(a, N)
+        a.set_ylabel(f"{ylabel}\nat {_at(last)}" if _at(last) else ylabel)
+        a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[0].set_title("seed means with intervals; theory exponent (dotted)", fontsize=9)
+    return axes[0].figure
 
 
 def _positive(v) -> np.ndarray:

@@ -208,7 +208,7 @@ def test_accessor_methods_have_the_functions_signatures():
         want = list(inspect.signature(getattr(es, name)).parameters.values())[1:]
         got = list(inspect.signature(getattr(ds.ens, name)).parameters.values())
         assert got == want, name
-    for name in ("curves", "completeness", "collapse", "bias_variance", "variance_vs_width"):
+    for name in ("curves", "completeness", "collapse", "bias_variance", "variance_vs_width", "kernel_drift"):
         fn = getattr(plot, name)
         kw = [p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
         got = [p for p in inspect.signature(getattr(ds.ens.plot, name)).parameters.values() if p.kind == p.KEYWORD_ONLY]

@@ -224,3 +224,24 @@ dtype = "float64"
     want = _loop(_sweep_factory, data, 16, 1.0, 1, spec.train, 10, data_seed=0)
     np.testing.assert_allclose(ds.prediction.sel(gamma=1.0, seed=1, width=16).isel(time=-1).values, want, rtol=1e-10)
     assert not pending_cells(st, spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_cuda_module_engine_and_ntk_match_cpu(tmp_path):
+    """The module engine (BatchNorm) and the NTK recorder on CUDA give the CPU's numbers."""
+    from collectors import NTKCollector
+
+    data = teacher(kind="mlp", d=3, n_train=24, n_test=6)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        st = EnsembleStore.create(
+            tmp_path / f"{dev}.zarr", data.grid, gammas=[0.75], widths=[16], seeds=[0, 1], times=[0, 10],
+            time_units="step", dtype="float64", ntk_points="all",
+        )  # fmt: skip
+        cfg = TrainConfig(device=dev, dtype="float64", batch_size=8, batchnorm=True, activation="relu")
+        train_block(
+            st, data, width=16, gammas=[0.75], seeds=[0, 1], config=cfg, collectors=[NTKCollector(autodiff=True)]
+        )
+        out[dev] = es.open_ensemble(st.path).load()
+    np.testing.assert_allclose(out["cuda"].prediction.values, out["cpu"].prediction.values, atol=1e-10)
+    np.testing.assert_allclose(out["cuda"].ntk.values, out["cpu"].ntk.values, rtol=1e-9, atol=1e-12)

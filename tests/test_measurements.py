@@ -381,6 +381,17 @@ def test_kernel_drift_and_displacement_rates(tmp_path):
     assert float(last.sel(gamma=0.5).drift_mean.isel(width=-1)) < float(last.sel(gamma=1.0).drift_mean.isel(width=-1))
     with pytest.raises(errors.ValidationError, match="no 'ntk'"):
         es.kernel_drift(ds.drop_vars(schema.NTK))
+    import matplotlib.pyplot as plt
+
+    from ensemble_stats import plot
+
+    fig = plot.kernel_drift(kd)
+    assert len(fig.axes) == 2 and fig.axes[0].get_yscale() == "log"
+    assert len(fig.axes[1].get_legend().get_texts()) == 4  # 2 gammas x 2 layers
+    plt.close(fig)
+    es.report(ds, tmp_path / "report")
+    assert (tmp_path / "report" / "kernel_drift.png").is_file()
+    assert "Lazy vs feature learning" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_ntk_store_declarations_are_validated(tmp_path):
