@@ -95,6 +95,7 @@ class EnsembleAccessor:
         ci: float = 0.95,
         ci_method: str = "auto",
         at: str | float | None = None,
+        pairs: bool | None = None,
     ) -> xr.Dataset:
         """See :func:`ensemble_stats.fit_rate`."""
         return fit_rate(
@@ -106,6 +107,7 @@ class EnsembleAccessor:
             ci=ci,
             ci_method=ci_method,
             at=at,
+            pairs=pairs,
         )
 
     def at_common_time(self, t: float | None = None) -> xr.Dataset:

@@ -24,8 +24,8 @@ from ._np_fit import (
 )
 from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd
 from ._select import at_common_time, time_units
-from ._stats import _check_ci, _reference, seed_moments
-from .errors import FitError, ScaledTimeWarning, ValidationError
+from ._stats import _check_ci, _reference, _use_pairs, seed_moments
+from .errors import EnsembleStatsWarning, FitError, ScaledTimeWarning, ValidationError
 
 __all__ = ["fit_expansion", "fit_rate", "STATUS"]
 
@@ -143,6 +143,15 @@ def fit_expansion(
         else int(np.isfinite(table.values).sum(-1).max())
     )
     ds = _check_widths(ds, width_min, n_terms + (1 if table is None else 0))
+    if schema.PAIR in ds.coords:
+        warnings.warn(
+            "fit_expansion treats the seeds as independent, but this store's seeds are antithetic pairs: the "
+            "mean's standard errors are then too wide (the pair cancels its leading fluctuation) and the variance "
+            "a little high. fit_rate and bias_variance use the pairs; select one member per pair and drop the "
+            "coordinate (ds.isel(seed=slice(0, None, 2)).drop_vars('pair')) for a fit on independent seeds.",
+            EnsembleStatsWarning,
+            stacklevel=2,
+        )
     pred = ds[schema.PREDICTION]
     widths = ds[schema.WIDTH].values
     scaled = cov == "scaled"
@@ -279,6 +288,7 @@ def fit_rate(
     ci: float = 0.95,
     ci_method: str = "auto",
     at: str | float | None = None,
+    pairs: bool | None = None,
 ) -> xr.Dataset:
     """The leading exponent of N as a log-log slope, pooled over ``dims``, beside the theory value.
 
@@ -309,6 +319,11 @@ def fit_rate(
         largest t every width reaches; a float: that t (both via :func:`at_common_time`); ``"record"``: each
         record index as it is. ``None`` (default): as stored, with a :class:`~ensemble_stats.errors.ScaledTimeWarning`
         when the time units are not ``scaled``.
+    pairs : bool, optional
+        Antithetic stores (a ``pair`` coordinate; detected by default): each width's quantity and its standard
+        error come from the pair-aware :func:`bias_variance`, and the slope is the WLS of :func:`width_rate`
+        (delta-method weights, the WLS error widened by sqrt(chi2/dof), Student t with P - 1 dof); ``ci_method``
+        does not apply.
 
     Returns
     -------
@@ -327,6 +342,8 @@ def fit_rate(
     dims = tuple(dims)
     name = "variance" if quantity == "variance" else "bias2"
     half = 1.0 if quantity == "variance" else 0.5
+    if _use_pairs(ds[schema.PREDICTION], pairs):
+        return _paired_rate(ds, quantity, dims, reference, ci)
     pred = ds[schema.PREDICTION]
     bad = [d for d in dims if d not in pred.dims or d == schema.SEED]
     if bad:
@@ -443,6 +460,40 @@ def fit_rate(
                 if ci_method == "auto"
                 else "seed-jackknife weights taken as known, normal quantile"
             ),
+        }
+    )
+    return res
+
+
+def _paired_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float) -> xr.Dataset:
+    """:func:`fit_rate` on antithetic pairs: pair-aware estimates per width, then :func:`width_rate`."""
+    from ._kernel import width_rate
+    from ._stats import bias_variance
+
+    bv = bias_variance(ds, reference=reference, dims=dims, ci=ci, pairs=True)
+    if quantity == "variance":
+        est, se = bv["variance"], bv["variance_stderr"]
+    else:  # |bias| = sqrt(bias2), its standard error by the delta method
+        est = np.sqrt(bv["bias2"].where(bv["bias2"] > 0))
+        se = bv["bias2_stderr"] / (2 * est)
+    n_pairs = bv["n_seeds"] // 2
+    rate = width_rate(est, se, n_pairs, ci=ci)
+    th = xr.apply_ufunc(
+        np.vectorize(theory.variance_rate if quantity == "variance" else theory.bias_rate), ds[schema.GAMMA]
+    )
+    res = rate.assign(theory=th, n_seeds=bv["n_seeds"].min(schema.WIDTH))
+    what = "seed variance" if quantity == "variance" else "|bias| = sqrt(bias2)"
+    res["slope"].attrs["long_name"] = f"log-log slope of the {what} in the width N"
+    res["theory"].attrs["long_name"] = "theory exponent: " + ("1 - 2 gamma" if quantity == "variance" else "gamma - 1")
+    res["n_seeds"].attrs["long_name"] = "seeds used at the width with fewest (members of whole antithetic pairs)"
+    res.attrs.update(
+        {
+            "quantity": quantity,
+            "pooled_over": ",".join(dims),
+            "ci": ci,
+            "ci_method": "pairs",
+            "method": "WLS on log N of the pair-aware estimates; delta-method weights, standard error the WLS one "
+            "times sqrt(max(chi2/dof, 1)), Student t with P-1 dof",
         }
     )
     return res
