@@ -186,6 +186,9 @@ def _verify_records(where: _Where, arrays, record, rdims, attrs) -> list[StorePr
     digests = store_id is not None and all(n in arrays for n in schema.INTERNAL_VARIABLES)
     key = _integrity.store_key(store_id) if digests else None
     scalars = schema.scalar_names(attrs)
+    # chunks without a digest (the NTK fields) are checked for presence: a lost one would read as NaN, which for
+    # them also means "not computed at this record"
+    present = (schema.PREDICTION, schema.STEP, *(n for n in schema.field_names(attrs) if n in arrays))
     for coords in itertools.product(*(range(n) for n in written_arr.cdata_shape)):
         region = tuple(
             (c * s, min((c + 1) * s, n)) for c, s, n in zip(coords, written_arr.chunks, written_arr.shape, strict=True)
@@ -202,13 +205,13 @@ def _verify_records(where: _Where, arrays, record, rdims, attrs) -> list[StorePr
                 )
                 continue
             blocks[name] = got
-            if name in (schema.PREDICTION, schema.STEP):
+            if name in present:
                 blocks[name + "/exists"] = where.exists(arr, full)
         written = blocks.get(schema.WRITTEN)
         if written is None or not written.any():
             continue
         reported = len(problems)
-        for name in (schema.PREDICTION, schema.STEP):
+        for name in present:
             if name in blocks and not blocks[name + "/exists"]:
                 full = (*coords, *(0 for _ in arrays[name].shape[len(coords) :]))
                 problems.append(

@@ -473,3 +473,26 @@ def test_fit_rate_on_pairs_recovers_the_exponent_and_covers_it():
     assert abs(np.mean(slopes) + 0.5) < 4 * np.std(slopes) / np.sqrt(reps)
     with pytest.warns(errors.EnsembleStatsWarning, match="antithetic pairs"):
         es.fit_expansion(ds, quantity="variance")
+
+
+def test_a_lost_ntk_chunk_is_found_by_verify_and_repaired(tmp_path):
+    """The NTK has no digest and NaN means "not computed" there: verify checks its chunks are present."""
+    from collectors import EnsembleStore, NTKCollector, TrainConfig, teacher, train_block
+
+    data = teacher()
+    path = tmp_path / "n.zarr"
+    st = EnsembleStore.create(
+        path, data.grid, gammas=[0.5], widths=[16], seeds=[0, 1], times=[0, 0.5, 1.0], ntk_points=[0, 1],
+        layers=["W1", "C"], seed_chunk=2,
+    )  # fmt: skip
+    run = dict(width=16, gammas=[0.5], seeds=[0, 1], config=TrainConfig(), collectors=[NTKCollector(every=2)])
+    train_block(st, data, **run)
+    assert es.verify_store(path) == []
+    next(p for p in (path / "ntk").rglob("*") if p.is_file() and p.name != "zarr.json").unlink()
+    problems = es.verify_store(path)
+    assert [p.kind for p in problems] == ["missing"] and "'ntk'" in problems[0].detail
+    EnsembleStore.open(path).repair()
+    run["collectors"] = [NTKCollector(every=2)]
+    train_block(EnsembleStore.open(path), data, **run)
+    assert es.verify_store(path) == []
+    assert bool(np.isfinite(es.open_ensemble(path).ntk.isel(time=0)).all())
