@@ -40,6 +40,15 @@ def format_info(ds: xr.Dataset) -> str:
     lines = [f"store: {ds.encoding.get('source', '<memory>')}"]
     lines.append("dims: " + ", ".join(f"{d}={n}" for d, n in ds[schema.PREDICTION].sizes.items()))
     lines.append(f"time units: {ds[schema.TIME].attrs.get('units')}")
+    if schema.PAIR in ds.coords:
+        lines.append("seeds: antithetic pairs (coordinate 'pair'); bias_variance, seed_mean and fit_rate use the pairs")
+    fields = []
+    if schema.NTK in ds:
+        fields.append(f"empirical NTK on {ds.sizes[schema.NTK_POINT]} grid points (ntk)")
+    if schema.DISPLACEMENT in ds:
+        fields.append(f"displacement of {', '.join(map(str, ds[schema.LAYER].values))} (displacement)")
+    if fields:
+        lines.append("recorded beside the outputs: " + "; ".join(fields))
     comp = completeness(ds)
     total = float(ds[schema.WRITTEN].mean().compute())
     lines.append(f"records written: {100 * total:.1f}%")

@@ -228,6 +228,9 @@ def test_antithetic_sweep_mirrors_the_readout(tmp_path):
     plain = _sweep(tmp_path / "plain.zarr")
     np.testing.assert_array_equal(ds.prediction.isel(seed=0).values, plain.prediction.isel(seed=0).values)
     assert es.bias_variance(ds).attrs["ci_method"] == "pairs"
+    from ensemble_stats._info import format_info
+
+    assert "antithetic pairs" in format_info(ds) and "antithetic pairs" not in format_info(plain)
     with pytest.raises(errors.ConfigError, match="symmetric"):
         SweepSpec.from_toml(_config("antithetic = true\n[model]\ninit = 'paper'"))
 
@@ -488,6 +491,9 @@ def test_a_lost_ntk_chunk_is_found_by_verify_and_repaired(tmp_path):
     run = dict(width=16, gammas=[0.5], seeds=[0, 1], config=TrainConfig(), collectors=[NTKCollector(every=2)])
     train_block(st, data, **run)
     assert es.verify_store(path) == []
+    from ensemble_stats._info import format_info
+
+    assert "empirical NTK on 2 grid points (ntk); displacement of W1, C" in format_info(es.open_ensemble(path))
     next(p for p in (path / "ntk").rglob("*") if p.is_file() and p.name != "zarr.json").unlink()
     problems = es.verify_store(path)
     assert [p.kind for p in problems] == ["missing"] and "'ntk'" in problems[0].detail
