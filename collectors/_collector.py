@@ -305,8 +305,7 @@ class OutputCollector:
             disp = relative_displacement(params, self._initial, spec.layers, member_axis=False)
             out[schema.DISPLACEMENT] = disp.cpu().numpy()
         if spec.ntk_points:
-            dev = next(model.parameters()).device
-            x = self._grid_tensors(model)[0][list(spec.ntk_points)].to(dev)
+            x = self._grid_tensors(model)[0][list(spec.ntk_points)]  # on the model's device and dtype
             was_training = model.training
             model.eval()
             try:

@@ -21,7 +21,7 @@ from ensemble_stats import schema
 from ensemble_stats.errors import ConfigError, ValidationError, shorten
 
 from ._data import LOADERS, DataSet, load_dataset, validate_options
-from ._layout import MAX_COORDINATE, StoreSpec, default_time_chunk, size_problems
+from ._layout import MAX_COORDINATE, StoreSpec, default_time_chunk, resolve_ntk_points, size_problems
 from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
 from ._trainer import DEFAULT_BLOWUP, DTYPES, LOSSES, TrainConfig
 
@@ -431,13 +431,9 @@ class SweepSpec:
                 f"the sweep has {cells:,} cells (widths x seed blocks x alphas x data seeds), each a Dask task; at most "
                 f"{MAX_CELLS:,}: raise [sweep].seed_block."
             )
-        ntk = self.ntk_grid(data.grid.n_points) or ()
-        bad = [p for p in ntk if p >= data.grid.n_points]
-        if bad:
-            problems.append(
-                f"[record].ntk_points {shorten(bad)} are not points of the {data.grid.n_points}-point grid; use "
-                f"indices in [0, {data.grid.n_points})."
-            )
+        found: list[str] = []  # the store's own check of the sub-grid, before any store exists
+        ntk = resolve_ntk_points(self.ntk_grid(data.grid.n_points), data.grid.n_points, found)
+        problems += [f"[record].{p}" for p in found]
         layers = self.layers(data)
         base = dict(
             gammas=self.gammas,

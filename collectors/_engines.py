@@ -31,13 +31,6 @@ def member_losses(out: torch.Tensor, y: torch.Tensor, labels, loss: str) -> torc
     return F.cross_entropy(out.reshape(B * n, O), labels.repeat(B), reduction="none").view(B, n).mean(-1)
 
 
-def _member_loss(out: torch.Tensor, y: torch.Tensor, labels, loss: str) -> torch.Tensor:
-    """The same for one member's outputs (n, O) (under vmap)."""
-    if loss == "mse":
-        return 0.5 * ((out - y) ** 2).mean()
-    return F.cross_entropy(out, labels)
-
-
 def _broadcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.ndim - 1)))
 
@@ -65,13 +58,17 @@ class MLPEngine:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return forward(self.params, self.arch, x, self.scales)
 
+    def _output_weight_norm(self) -> torch.Tensor:
+        """(1/N) sum_i c_i^2 per member: the recorded scalar and the 2-norm regularizer's term."""
+        return (self.params["C"] ** 2).sum(dim=(-2, -1)) / self.width
+
     def scalars(self) -> dict[str, torch.Tensor]:
-        return {schema.OUTPUT_WEIGHT_NORM: (self.params["C"] ** 2).sum(dim=(-2, -1)) / self.width}
+        return {schema.OUTPUT_WEIGHT_NORM: self._output_weight_norm()}
 
     def _losses(self, out, y, labels) -> torch.Tensor:
         losses = member_losses(out, y, labels, self.config.loss)
         if self.config.output_weight_decay:
-            losses = losses + self.config.output_weight_decay * (self.params["C"] ** 2).sum(dim=(-2, -1)) / self.width
+            losses = losses + self.config.output_weight_decay * self._output_weight_norm()
         return losses
 
     def step(self, xb, yb, lb, alive: torch.Tensor) -> torch.Tensor:
@@ -157,8 +154,7 @@ class ModuleEngine:
             base = copy.deepcopy(members[0]).to("meta")
             self.groups.append((slice(start, start + len(members)), base))
             start += len(members)
-        keys = {tuple(params)}
-        if len(keys) != 1 or any(len(v) != len(self.groups) for v in params.values()):
+        if any(len(v) != len(self.groups) for v in params.values()):
             raise ValidationError("the factory's models differ in their parameter names across gammas.")
         self.params = {k: torch.cat(v).requires_grad_(False) for k, v in params.items()}
         self.buffers = {k: torch.cat(v) for k, v in buffers.items()}
@@ -197,7 +193,7 @@ class ModuleEngine:
         def one(base, sl):
             def loss_fn(p, b):
                 out = functional_call(base, (p, b), (xb,))
-                val = _member_loss(out, yb, lb, loss_name)
+                val = member_losses(out[None], yb, lb, loss_name)[0]
                 return val, val
 
             p = {k: v[sl] for k, v in self.params.items()}

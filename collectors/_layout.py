@@ -132,7 +132,7 @@ def _short(v) -> str:
     return s if len(s) <= 120 else s[:117] + "..."
 
 
-def _ntk_points(points, n_points: int, problems: list[str]) -> tuple[int, ...]:
+def resolve_ntk_points(points, n_points: int, problems: list[str]) -> tuple[int, ...]:
     """The NTK sub-grid: None (no NTK), ``"all"``, or grid point indices."""
     if points is None:
         return ()
@@ -291,7 +291,7 @@ def create_store(
         extra=extra,
         metrics=tuple(metrics),
         pairs=antithetic_pairs(_tuple(seeds, int), problems) if antithetic else (),
-        ntk_points=_ntk_points(ntk_points, grid.n_points, problems),
+        ntk_points=resolve_ntk_points(ntk_points, grid.n_points, problems),
         layers=_layers(layers, problems),
     )
     # validate raw values first (coercion above keeps them comparable but may hide non-integers)
@@ -523,8 +523,8 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         dimension_names=schema.prediction_dims(spec.extra_dims),
         compressors=_codecs(),
     ).attrs.update({"long_name": schema.LONG_NAMES[schema.PREDICTION]})
-    coords = {
-        schema.NTK: ((schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2)),
+    field_dims = {
+        schema.NTK: (schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2),
         schema.DISPLACEMENT: (schema.LAYER,),
     }
     if spec.ntk_points:
@@ -541,7 +541,7 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
             chunks=(*rchunks, tc, *trailing),
             dtype=spec.dtype,  # the predictions' dtype: a float64 store keeps its kernels exact too
             fill_value=np.nan,
-            dimension_names=(*rdims, *coords[name]),
+            dimension_names=(*rdims, *field_dims[name]),
             compressors=_codecs(),
         ).attrs.update({"long_name": schema.LONG_NAMES[name]})
     declared = attrs.get(schema.ATTR_METRICS, {})

@@ -376,17 +376,21 @@ def train_block(
         hooks = [sink, *collectors]
         for c in hooks:
             c.on_block_start(block)
-        result = _train(
-            data,
-            config,
-            block=block,
-            steps_per_epoch=steps_per_epoch,
-            hooks=hooks,
-            data_seed=data_seed,
-            progress=progress,
-            t_start=t_start,
-            model_factory=model_factory,
-        )
+        # a factory's dropout draws from the global RNG, seeded by data_seed: the caller's random state is restored
+        cpu = not str(config.device).startswith("cuda")
+        rng = torch.random.fork_rng(devices=[] if cpu else None) if model_factory else contextlib.nullcontext()
+        with rng:
+            result = _train(
+                data,
+                config,
+                block=block,
+                steps_per_epoch=steps_per_epoch,
+                hooks=hooks,
+                data_seed=data_seed,
+                progress=progress,
+                t_start=t_start,
+                model_factory=model_factory,
+            )
         for c in hooks:
             c.on_block_end(result)
         return result
@@ -420,14 +424,10 @@ def _engine(data, config, block: Block, model_factory, dtype, dev):
 
     width, gammas, seeds, members = block.width, list(block.gammas), list(block.seeds), block.members
     if model_factory is None and config.batchnorm:
-        modules = [
-            ScaledMLP(
-                data.d_in, (*config.inner_widths, width), (*config.inner_gammas, g), data.output_size,
-                activation=config.activation, bias=config.bias, init=config.init, seed=s, dtype=dtype, batchnorm=True,
-            ).to(dev)
-            for g, s in members
-        ]  # fmt: skip
-        return ModuleEngine(modules, [g for g, _ in members], config, dev, dtype)
+        model_factory = lambda s, w, g: ScaledMLP(  # noqa: E731
+            data.d_in, (*config.inner_widths, w), (*config.inner_gammas, g), data.output_size,
+            activation=config.activation, bias=config.bias, init=config.init, seed=s, dtype=dtype, batchnorm=True,
+        )  # fmt: skip
     if model_factory is not None:
         modules = [model_factory(int(s), int(width), float(g)) for g, s in members]
         bad = [type(m).__name__ for m in modules if not isinstance(m, torch.nn.Module)]

@@ -415,16 +415,13 @@ def fit_rate(
     else:
         stderr = model_se
         q = stats.norm.ppf(0.5 + ci / 2)
-    th = xr.apply_ufunc(
-        np.vectorize(theory.variance_rate if quantity == "variance" else theory.bias_rate), ds[schema.GAMMA]
-    )
     res = xr.Dataset(
         {
             "slope": slope,
             "stderr": stderr,
             "slope_lo": slope - q * stderr,
             "slope_hi": slope + q * stderr,
-            "theory": th,
+            "theory": _theory_rate(ds, quantity),
             "intercept": intercept,
             "chi2_dof": chi2_dof,
             "n_widths": n_used,
@@ -433,13 +430,12 @@ def fit_rate(
         }
     )
     what = "seed variance" if quantity == "variance" else "|bias| = sqrt(bias2)"
-    res["slope"].attrs["long_name"] = f"log-log slope of the {what} in the width N"
+    res["slope"].attrs["long_name"] = _slope_name(quantity)
     res["stderr"].attrs["long_name"] = "standard error of the slope" + (
         " (larger of the whole-seed jackknife and the WLS)" if ci_method == "auto" else " (WLS, weights taken as known)"
     )
     res["slope_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the slope"
     res["slope_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the slope"
-    res["theory"].attrs["long_name"] = "theory exponent: " + ("1 - 2 gamma" if quantity == "variance" else "gamma - 1")
     res["intercept"].attrs["long_name"] = f"intercept of log {what} at log N = 0"
     res["chi2_dof"].attrs["long_name"] = "chi^2 per residual degree of freedom of the log-log fit"
     res["n_widths"].attrs["long_name"] = "widths used in the fit"
@@ -465,6 +461,18 @@ def fit_rate(
     return res
 
 
+def _theory_rate(ds: xr.Dataset, quantity: str) -> xr.DataArray:
+    """The theory's exponent of N per gamma: 1 - 2 gamma for the variance, gamma - 1 for the bias."""
+    fn = theory.variance_rate if quantity == "variance" else theory.bias_rate
+    th = xr.apply_ufunc(np.vectorize(fn), ds[schema.GAMMA])
+    return th.assign_attrs(long_name="theory exponent: " + ("1 - 2 gamma" if quantity == "variance" else "gamma - 1"))
+
+
+def _slope_name(quantity: str) -> str:
+    what = "seed variance" if quantity == "variance" else "|bias| = sqrt(bias2)"
+    return f"log-log slope of the {what} in the width N"
+
+
 def _paired_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float) -> xr.Dataset:
     """:func:`fit_rate` on antithetic pairs: pair-aware estimates per width, then :func:`width_rate`."""
     from ._kernel import width_rate
@@ -478,13 +486,8 @@ def _paired_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float) -> x
         se = bv["bias2_stderr"] / (2 * est)
     n_pairs = bv["n_seeds"] // 2
     rate = width_rate(est, se, n_pairs, ci=ci)
-    th = xr.apply_ufunc(
-        np.vectorize(theory.variance_rate if quantity == "variance" else theory.bias_rate), ds[schema.GAMMA]
-    )
-    res = rate.assign(theory=th, n_seeds=bv["n_seeds"].min(schema.WIDTH))
-    what = "seed variance" if quantity == "variance" else "|bias| = sqrt(bias2)"
-    res["slope"].attrs["long_name"] = f"log-log slope of the {what} in the width N"
-    res["theory"].attrs["long_name"] = "theory exponent: " + ("1 - 2 gamma" if quantity == "variance" else "gamma - 1")
+    res = rate.assign(theory=_theory_rate(ds, quantity), n_seeds=bv["n_seeds"].min(schema.WIDTH))
+    res["slope"].attrs["long_name"] = _slope_name(quantity)
     res["n_seeds"].attrs["long_name"] = "seeds used at the width with fewest (members of whole antithetic pairs)"
     res.attrs.update(
         {

@@ -258,32 +258,22 @@ def bias_variance(
         "n_seeds",
         "ci_status",
     ]
-    if paired:
-        first, second = pair_members(pred)
-        outs = xr.apply_ufunc(
-            pair_bias_variance_kernel,
-            first,
-            second,
-            ref,
-            kwargs={"ci": ci, "n_grid": len(dims)},
-            input_core_dims=[[schema.PAIR, *dims], [schema.PAIR, *dims], list(dims)],
-            output_core_dims=[[] for _ in names],
-            dask="parallelized",
-            output_dtypes=[np.float64] * 13 + [np.int64, np.int8],
-            join="exact",
-        )
+    if paired:  # the pair is the unit: the two members side by side
+        kernel, kwargs, units = pair_bias_variance_kernel, {}, list(pair_members(pred))
     else:
-        outs = xr.apply_ufunc(
-            bias_variance_kernel,
-            pred,
-            ref,
-            kwargs={"ci": ci, "n_grid": len(dims), "ci_method": ci_method},
-            input_core_dims=[[schema.SEED, *dims], list(dims)],
-            output_core_dims=[[] for _ in names],
-            dask="parallelized",
-            output_dtypes=[np.float64] * 13 + [np.int64, np.int8],
-            join="exact",
-        )
+        kernel, kwargs, units = bias_variance_kernel, {"ci_method": ci_method}, [pred]
+    unit = schema.PAIR if paired else schema.SEED
+    outs = xr.apply_ufunc(
+        kernel,
+        *units,
+        ref,
+        kwargs={"ci": ci, "n_grid": len(dims), **kwargs},
+        input_core_dims=[*([[unit, *dims]] * len(units)), list(dims)],
+        output_core_dims=[[] for _ in names],
+        dask="parallelized",
+        output_dtypes=[np.float64] * 13 + [np.int64, np.int8],
+        join="exact",
+    )
     res = xr.Dataset(dict(zip(names, outs, strict=True)))
     if schema.WRITTEN in ds:
         written = ds[schema.WRITTEN].sum(schema.SEED)

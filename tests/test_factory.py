@@ -140,7 +140,9 @@ def test_scaled_convnet_rates_and_dropout(tmp_path):
     data = _images()
     cfg = TrainConfig(dtype="float64", batch_size=16, alpha=20.0, loss="cross_entropy")
     drop = lambda s, w, g: _cnn(s, w, g, dropout=0.5)  # noqa: E731
+    state = torch.random.get_rng_state()
     a = _block(tmp_path, data, drop, [0.75], [0, 1], 16, cfg, 10, "a.zarr")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left as it was
     b = _block(tmp_path, data, drop, [0.75], [0, 1], 16, cfg, 10, "b.zarr")
     np.testing.assert_array_equal(a.prediction.values, b.prediction.values)  # seeded by data_seed: reproducible
     with pytest.raises(errors.ValidationError, match="image_size"):
