@@ -474,6 +474,29 @@ class SweepSpec:
         ntk = len(self.ntk_grid(data.grid.n_points) or ()) * data.output_size  # Jacobian rows of a vmap chunk
         return int(members * item * (4 * params + 3 * acts) + 4 * item * ntk * params)
 
+    def budget(self, data: DataSet) -> dict:
+        """What the sweep's training costs: optimizer steps and scaled time t = k / N per run, and FLOP.
+
+        FLOP count the matrix products of training only (forward 2, backward 4 multiply-adds per weight and
+        example: 6 x weights x examples per step), summed over every member; records, the NTK and elementwise
+        work are not counted. Returns a dict with ``steps`` and ``scaled_time`` ({width: value}),
+        ``runs_per_width`` and ``flop`` (total).
+        """
+        t = self.train
+        n = len(data.x_train)
+        batch = t.batch_size or n
+        steps_per_epoch = math.ceil(n / batch)
+        runs = len(self.gammas) * len(self.seeds) * max(1, len(self.data_seeds)) * max(1, len(self.alphas))
+        steps, scaled, flop = {}, {}, 0.0
+        for w in self.widths:
+            k = int(schema.record_steps([self.horizon], self.time_units, w, steps_per_epoch)[0])
+            widths = (*t.inner_widths, int(w))
+            fan_in = (data.d_in, *widths[:-1])
+            weights = sum(a * b for a, b in zip(fan_in, widths, strict=True)) + widths[-1] * data.output_size
+            steps[int(w)], scaled[int(w)] = k, k / int(w)
+            flop += 6.0 * weights * batch * k * runs
+        return {"steps": steps, "scaled_time": scaled, "runs_per_width": runs, "flop": flop}
+
     def extra_dims(self) -> dict[str, tuple]:
         """The store's extra sweep dims, in order: ``alpha`` (when ``alphas`` are swept), then ``data_seed``."""
         out: dict[str, tuple] = {}

@@ -24,6 +24,7 @@ from ._assess import (
     verdict,
 )
 from ._fit import STATUS, fit_expansion, fit_rate
+from ._fluct import fluctuation_gaussianity
 from ._info import completeness, diverged_runs
 from ._kernel import kernel_drift, width_rate
 from ._open import open_ensemble
@@ -46,6 +47,7 @@ __all__ = [
     "errors",
     "fit_expansion",
     "fit_rate",
+    "fluctuation_gaussianity",
     "format_table",
     "interval",
     "kernel_drift",

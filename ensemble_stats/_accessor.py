@@ -10,6 +10,7 @@ import xarray as xr
 from . import schema
 from ._assess import compare_to_theory
 from ._fit import fit_expansion, fit_rate
+from ._fluct import fluctuation_gaussianity
 from ._info import completeness, diverged_runs
 from ._kernel import kernel_drift
 from ._report import report
@@ -72,6 +73,7 @@ class EnsembleAccessor:
         cov: str = "scaled",
         ci: float = 0.95,
         ci_method: str = "auto",
+        pairs: bool | None = None,
     ) -> xr.Dataset:
         """See :func:`ensemble_stats.fit_expansion`."""
         return fit_expansion(
@@ -83,7 +85,19 @@ class EnsembleAccessor:
             cov=cov,
             ci=ci,
             ci_method=ci_method,
+            pairs=pairs,
         )
+
+    def fluctuation_gaussianity(
+        self,
+        *,
+        limit: xr.Dataset | None = None,
+        dims: Sequence[str] = _GRID,
+        ci: float = 0.95,
+        pairs: bool | None = None,
+    ) -> xr.Dataset:
+        """See :func:`ensemble_stats.fluctuation_gaussianity`."""
+        return fluctuation_gaussianity(self._ds, limit=limit, dims=dims, ci=ci, pairs=pairs)
 
     def fit_rate(
         self,
@@ -197,3 +211,9 @@ class _PlotAccessor:
         from . import plot
 
         return plot.kernel_drift(kernel_drift(self._ds), time=time, ax=ax)
+
+    def fluctuation_qq(self, *, time: int = -1, point: int = 0, output: int = 0, ax=None):
+        """See :func:`ensemble_stats.plot.fluctuation_qq` (with ``fluctuation_gaussianity`` of ``ds``)."""
+        from . import plot
+
+        return plot.fluctuation_qq(fluctuation_gaussianity(self._ds), time=time, point=point, output=output, ax=ax)

@@ -24,7 +24,7 @@ from ._np_fit import (
 )
 from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd
 from ._select import at_common_time, time_units
-from ._stats import _check_ci, _reference, _use_pairs, seed_moments
+from ._stats import _check_ci, _reference, _use_pairs, pair_members, seed_moments
 from .errors import EnsembleStatsWarning, FitError, ScaledTimeWarning, ValidationError
 
 __all__ = ["fit_expansion", "fit_rate", "STATUS"]
@@ -35,9 +35,15 @@ def _resolve_terms(ds, quantity: str, terms) -> xr.DataArray | None:
     if isinstance(terms, str):
         if terms == "free":
             return None
-        if terms != "theory":
-            raise FitError(f"terms={terms!r}: use 'theory', 'free' or a list of finite exponents such as [0, 0.25].")
-        if quantity == "mean":
+        if terms not in ("theory", "leading"):
+            raise FitError(
+                f"terms={terms!r}: use 'theory', 'leading', 'free' or a list of finite exponents such as [0, 0.25]."
+            )
+        if terms == "leading" and quantity == "mean":
+            sets = [np.array([0.0, 1 - g]) if g < 1 else np.array([0.0]) for g in gammas]
+        elif terms == "leading":
+            sets = [theory.variance_exponents(g, corrections=0) for g in gammas]
+        elif quantity == "mean":
             sets = [theory.mean_exponents(g, max_terms=1) if g == 1 else theory.mean_exponents(g) for g in gammas]
         else:
             sets = [theory.variance_exponents(g, corrections=1) for g in gammas]
@@ -86,6 +92,7 @@ def fit_expansion(
     cov: str = "scaled",
     ci: float = 0.95,
     ci_method: str = "auto",
+    pairs: bool | None = None,
 ) -> xr.Dataset:
     """Pointwise weighted least squares across widths, for every cell of the other dims.
 
@@ -95,9 +102,11 @@ def fit_expansion(
         ``prediction`` dims (gamma, width, seed, [extra...], time, point, output).
     quantity : {"mean", "variance"}
         Fit the seed mean (weights S / s^2) or the seed variance (IRLS weights (S - 1) / (2 fitted^2)).
-    terms : "theory", "free" or list of float
+    terms : "theory", "leading", "free" or list of float
         Exponents p_k of the basis N^(-p_k). ``"theory"``: for the mean ``[0, 1-g, ..., (nu-1)(1-g)]``,
         for the variance ``[2g-1, g]`` (leading N^(1-2g) and its first correction); docs/theory.md §1.3, 9.
+        ``"leading"``: the limit and its first correction, ``[0, 1-g]`` for the mean (the bias law
+        h + N^(g-1) Q^1, which antithetic pair means resolve at every gamma), ``[2g-1]`` for the variance.
         ``"free"``: the leading exponent is fitted too (mean: h + c N^-p; variance: a N^-p).
     width_min : int, optional
         Use only widths N >= width_min.
@@ -113,6 +122,10 @@ def fit_expansion(
         width, moments, weights and fit redone) with Student t on S - 1 dof, which stays calibrated when the
         weights come from few seeds (docs/intervals.md); ``"model"``, and always for ``terms="free"``: the WLS
         covariance, Student t with the residual dof for "scaled", normal for "fixed".
+    pairs : bool, optional
+        Antithetic stores (a ``pair`` coordinate; detected by default): the mean is fitted on the pair means (the
+        same estimate, with weights P / s_pair^2 and the jackknife over pairs), so its intervals use the pairs'
+        cancellation. The variance fit warns and treats the seeds as independent.
 
     Returns
     -------
@@ -121,7 +134,8 @@ def fit_expansion(
         and ``n_seeds`` with ``ci_method="auto"``; ``cov`` (..., term, term2, the WLS covariance);
         ``exponent`` (gamma, term), or (..., term) for ``terms="free"`` with ``exponent_stderr``,
         ``exponent_lo`` and ``exponent_hi`` of the fitted (last) exponent;
-        ``chi2_dof``, ``n_widths``, ``status`` (...). ``...`` is every dim of ``prediction`` except width,
+        ``chi2_dof``, ``n_widths``, ``status`` (...); ``chi2``, ``aic`` and ``aicc`` (...) for comparing fits of
+        the same data with different ``terms`` (lower is better). ``...`` is every dim of ``prediction`` except width,
         seed (e.g. gamma, time, point, output).
     """
     if quantity not in ("mean", "variance"):
@@ -143,12 +157,19 @@ def fit_expansion(
         else int(np.isfinite(table.values).sum(-1).max())
     )
     ds = _check_widths(ds, width_min, n_terms + (1 if table is None else 0))
-    if schema.PAIR in ds.coords:
+    paired = _use_pairs(ds[schema.PREDICTION], pairs)
+    if paired and quantity == "mean":
+        # the mean of the pair means is the seed mean; the pairs are the independent units, so the fit's
+        # weights and its jackknife use them (pair k deleted at every width)
+        u, v = pair_members(ds[schema.PREDICTION])
+        pm = ((u + v) / 2).rename({schema.PAIR: schema.SEED})
+        ds = xr.Dataset({schema.PREDICTION: pm}, attrs=ds.attrs)
+    elif paired:
         warnings.warn(
-            "fit_expansion treats the seeds as independent, but this store's seeds are antithetic pairs: the "
-            "mean's standard errors are then too wide (the pair cancels its leading fluctuation) and the variance "
-            "a little high. fit_rate and bias_variance use the pairs; select one member per pair and drop the "
-            "coordinate (ds.isel(seed=slice(0, None, 2)).drop_vars('pair')) for a fit on independent seeds.",
+            "fit_expansion(quantity='variance') treats the seeds as independent, but this store's seeds are "
+            "antithetic pairs: the seed variance is then a little high and its weights wrong. bias_variance and "
+            "fit_rate use the pairs; select one member per pair and drop the coordinate "
+            "(ds.isel(seed=slice(0, None, 2)).drop_vars('pair')) for a fit on independent seeds.",
             EnsembleStatsWarning,
             stacklevel=2,
         )
@@ -247,6 +268,7 @@ def fit_expansion(
     res["n_widths"] = n_used
     res["status"] = status
     res["status"].attrs.update({"flag_values": list(STATUS), "flag_meanings": " ".join(STATUS.values())})
+    res = res.assign(_information(pred, res, quantity, free=table is None))
     _fit_long_names(res, quantity, ci)
     method = (
         "whole-seed jackknife standard errors, Student t with S-1 dof"
@@ -278,6 +300,36 @@ def fit_expansion(
     return res
 
 
+def _information(pred: xr.DataArray, res: xr.Dataset, quantity: str, *, free: bool) -> dict[str, xr.DataArray]:
+    """chi^2 of the fit with the weights it used, AIC = chi^2 + 2k and the small-sample AICc.
+
+    For Gaussian errors with known variances -2 log L = chi^2 + const, so the AIC of two fits to the same data
+    (the same widths and weights) can be compared; k counts the coefficients and a fitted exponent.
+    """
+    mom = seed_moments(pred.chunk({schema.WIDTH: -1}) if pred.chunks else pred)
+    N = mom[schema.WIDTH].astype(np.float64)
+    fitted = (res["coef"] * N ** (-res["exponent"])).sum("term", min_count=1)
+    if quantity == "mean":
+        y, w = mom["mean"], mom["n_seeds"] / mom["variance"].where(mom["variance"] > 0)
+    else:
+        y, w = mom["variance"], (mom["n_seeds"] - 1) / (2 * fitted.where(fitted != 0) ** 2)
+    good = np.isfinite(y) & np.isfinite(w) & (w > 0) & np.isfinite(fitted)
+    chi2 = (w * (y - fitted) ** 2).where(good).sum(schema.WIDTH, min_count=1)
+    k = res["coef"].notnull().sum("term") + (1 if free else 0)
+    n = good.sum(schema.WIDTH)
+    aic = chi2 + 2 * k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aicc = (aic + 2 * k * (k + 1) / (n - k - 1)).where(n - k - 1 > 0)
+    ok = res["status"] == 0
+    return {
+        "chi2": chi2.where(ok).assign_attrs(long_name="chi^2 of the fit (the weights it used)"),
+        "aic": aic.where(ok).assign_attrs(long_name="Akaike information criterion chi^2 + 2k (k fitted parameters)"),
+        "aicc": aicc.where(ok).assign_attrs(
+            long_name="small-sample AIC: AIC + 2k(k+1)/(n-k-1), n widths (NaN when n <= k + 1)"
+        ),
+    }
+
+
 def fit_rate(
     ds: xr.Dataset,
     *,
@@ -299,7 +351,10 @@ def fit_rate(
     Parameters
     ----------
     ds : Dataset from :func:`open_ensemble`
-    quantity : {"variance", "bias"}
+    quantity : {"variance", "bias", "ratio"}
+        ``"ratio"``: bias2 / variance, whose exponent 4 gamma - 3 changes sign at gamma = 3/4 (docs/theory.md §9,
+        item 8); its per-width standard error is the delta method's (their covariance neglected) and the slope
+        is fitted as for antithetic pairs below.
     dims : grid dims pooled over
     reference : ``"target"`` or DataArray
         For ``quantity="bias"``: the limit the bias is measured from (e.g. the kernel limit h_t); against the
@@ -332,8 +387,8 @@ def fit_rate(
         gamma - 1 for the bias), ``intercept``, ``chi2_dof``, ``n_widths``, ``n_seeds``, ``status`` per (gamma,
         time, extra sweep dims, any grid dims not pooled).
     """
-    if quantity not in ("variance", "bias"):
-        raise FitError(f"quantity={quantity!r}: use 'variance' or 'bias'.")
+    if quantity not in ("variance", "bias", "ratio"):
+        raise FitError(f"quantity={quantity!r}: use 'variance', 'bias' or 'ratio'.")
     if ci_method not in ("auto", "model"):
         raise FitError(f"ci_method={ci_method!r}: use 'auto' or 'model'.")
     ds = _check_widths(ds, width_min, 2)
@@ -342,8 +397,9 @@ def fit_rate(
     dims = tuple(dims)
     name = "variance" if quantity == "variance" else "bias2"
     half = 1.0 if quantity == "variance" else 0.5
-    if _use_pairs(ds[schema.PREDICTION], pairs):
-        return _paired_rate(ds, quantity, dims, reference, ci)
+    paired = _use_pairs(ds[schema.PREDICTION], pairs)
+    if paired or quantity == "ratio":
+        return _estimate_rate(ds, quantity, dims, reference, ci, paired)
     pred = ds[schema.PREDICTION]
     bad = [d for d in dims if d not in pred.dims or d == schema.SEED]
     if bad:
@@ -461,42 +517,57 @@ def fit_rate(
     return res
 
 
+_THEORY_RATES = {
+    "variance": (theory.variance_rate, "1 - 2 gamma"),
+    "bias": (theory.bias_rate, "gamma - 1"),
+    "ratio": (lambda g: 2 * theory.bias_rate(g) - theory.variance_rate(g), "4 gamma - 3"),
+}
+_WHAT = {"variance": "seed variance", "bias": "|bias| = sqrt(bias2)", "ratio": "bias2 / variance"}
+
+
 def _theory_rate(ds: xr.Dataset, quantity: str) -> xr.DataArray:
-    """The theory's exponent of N per gamma: 1 - 2 gamma for the variance, gamma - 1 for the bias."""
-    fn = theory.variance_rate if quantity == "variance" else theory.bias_rate
-    th = xr.apply_ufunc(np.vectorize(fn), ds[schema.GAMMA])
-    return th.assign_attrs(long_name="theory exponent: " + ("1 - 2 gamma" if quantity == "variance" else "gamma - 1"))
+    """The theory's exponent of N per gamma: 1 - 2 gamma (variance), gamma - 1 (bias), 4 gamma - 3 (ratio)."""
+    fn, text = _THEORY_RATES[quantity]
+    th = xr.apply_ufunc(np.vectorize(fn, otypes=[float]), ds[schema.GAMMA])
+    return th.assign_attrs(long_name=f"theory exponent: {text}")
 
 
 def _slope_name(quantity: str) -> str:
-    what = "seed variance" if quantity == "variance" else "|bias| = sqrt(bias2)"
-    return f"log-log slope of the {what} in the width N"
+    return f"log-log slope of the {_WHAT[quantity]} in the width N"
 
 
-def _paired_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float) -> xr.Dataset:
-    """:func:`fit_rate` on antithetic pairs: pair-aware estimates per width, then :func:`width_rate`."""
+def _estimate_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float, paired: bool) -> xr.Dataset:
+    """:func:`fit_rate` from :func:`bias_variance`'s estimates and standard errors per width (antithetic pairs,
+    and the ratio bias2 / variance), then :func:`width_rate`."""
     from ._kernel import width_rate
     from ._stats import bias_variance
 
-    bv = bias_variance(ds, reference=reference, dims=dims, ci=ci, pairs=True)
+    bv = bias_variance(ds, reference=reference, dims=dims, ci=ci, pairs=paired)
     if quantity == "variance":
         est, se = bv["variance"], bv["variance_stderr"]
-    else:  # |bias| = sqrt(bias2), its standard error by the delta method
+    elif quantity == "bias":  # |bias| = sqrt(bias2), its standard error by the delta method
         est = np.sqrt(bv["bias2"].where(bv["bias2"] > 0))
         se = bv["bias2_stderr"] / (2 * est)
-    n_pairs = bv["n_seeds"] // 2
-    rate = width_rate(est, se, n_pairs, ci=ci)
+    else:  # delta method on log(bias2) - log(variance), their covariance neglected
+        b2 = bv["bias2"].where(bv["bias2"] > 0)
+        est = b2 / bv["variance"]
+        se = est * np.sqrt((bv["bias2_stderr"] / b2) ** 2 + (bv["variance_stderr"] / bv["variance"]) ** 2)
+    units = bv["n_seeds"] // 2 if paired else bv["n_seeds"]
+    rate = width_rate(est, se, units, ci=ci)
     res = rate.assign(theory=_theory_rate(ds, quantity), n_seeds=bv["n_seeds"].min(schema.WIDTH))
     res["slope"].attrs["long_name"] = _slope_name(quantity)
-    res["n_seeds"].attrs["long_name"] = "seeds used at the width with fewest (members of whole antithetic pairs)"
+    res["n_seeds"].attrs["long_name"] = "seeds used at the width with fewest" + (
+        " (members of whole antithetic pairs)" if paired else ""
+    )
+    unit = "P-1" if paired else "S-1"
     res.attrs.update(
         {
             "quantity": quantity,
             "pooled_over": ",".join(dims),
             "ci": ci,
-            "ci_method": "pairs",
-            "method": "WLS on log N of the pair-aware estimates; delta-method weights, standard error the WLS one "
-            "times sqrt(max(chi2/dof, 1)), Student t with P-1 dof",
+            "ci_method": "pairs" if paired else "delta",
+            "method": f"WLS on log N of the {'pair-aware ' if paired else ''}estimates; delta-method weights, standard "
+            f"error the WLS one times sqrt(max(chi2/dof, 1)), Student t with {unit} dof",
         }
     )
     return res

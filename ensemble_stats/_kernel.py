@@ -42,6 +42,8 @@ def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, 
     with np.errstate(invalid="ignore", divide="ignore"):
         y = np.log(mean.where(mean > 0))
         w = (mean / stderr) ** 2
+    if y.chunks:
+        y, w = y.chunk({schema.WIDTH: -1}), w.chunk({schema.WIDTH: -1})
     names = ["slope", "stderr", "intercept", "chi2_dof", "n_widths", "status"]
     outs = xr.apply_ufunc(
         loglog_kernel,

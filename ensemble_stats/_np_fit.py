@@ -195,6 +195,7 @@ def _free_kernel(y, w, widths, *, constant: bool, grid=_P_GRID, scaled: bool = T
     cols = [np.ones_like(Np)] if constant else []
     cols += [Np, -coef[..., -1:] * np.log(N) * Np]
     J = np.stack(cols, -1) * np.sqrt(np.where(good, w, 0.0))[..., None]
+    J = np.where(np.isfinite(J), J, 0.0)  # cells that could not be fitted (their status says why)
     JtJ = np.einsum("...wk,...wl->...kl", J, J)
     k = len(cols)
     dof = n_used - k

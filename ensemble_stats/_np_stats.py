@@ -17,6 +17,7 @@ __all__ = [
     "bias_variance_kernel",
     "chi2_interval",
     "jackknife_se",
+    "ks_normal_kernel",
     "leave_one_out_kernel",
     "pair_bias_variance_kernel",
     "seed_mean_kernel",
@@ -440,3 +441,22 @@ def pair_bias_variance_kernel(
         (2 * n).astype(np.int64),
         status.astype(np.int8),
     )
+
+
+def ks_normal_kernel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kolmogorov-Smirnov test of the last axis against N(0, 1), NaNs omitted per cell.
+
+    Returns
+    -------
+    statistic (...), p-value (...) (exact distribution of the one-sample statistic), n (...) samples used;
+    NaN statistic and p-value with fewer than 2 samples.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = np.isfinite(z).sum(-1)
+    lead = z.shape[:-1]
+    d, p = np.full(lead, np.nan), np.full(lead, np.nan)
+    ok = n >= 2
+    if ok.any():
+        r = stats.ks_1samp(z[ok], stats.norm.cdf, axis=-1, nan_policy="omit")
+        d[ok], p[ok] = r.statistic, r.pvalue
+    return d, p, n

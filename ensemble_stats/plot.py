@@ -20,6 +20,7 @@ __all__ = [
     "collapse",
     "completeness",
     "curves",
+    "fluctuation_qq",
     "kernel_drift",
     "time_label",
     "variance_vs_width",
@@ -276,4 +277,36 @@ def collapse(cmp: xr.Dataset, *, ax=None):
         a.set(title=f"gamma = {g:g}", xlabel=time_label(cmp))
     axes[0].set_ylabel("N^(2 gamma - 1) Var / Var K_t")
     axes[-1].legend(fontsize=6)
+    return axes[0].figure
+
+
+def fluctuation_qq(fg: xr.Dataset, *, time: int = -1, point: int = 0, output: int = 0, ax=None):
+    """Normal QQ plots of the rescaled fluctuations z at one time and grid point, one panel per gamma, one
+    colour per width; the diagonal is the theory's N(0, 1), the legend gives each KS p-value.
+
+    Parameters
+    ----------
+    fg : :func:`ensemble_stats.fluctuation_gaussianity` result
+    time, point, output : indices of the record and the grid cell drawn
+    """
+    from scipy import stats
+
+    sel = {schema.TIME: time}
+    sel.update({d: i for d, i in ((schema.POINT, point), (schema.OUTPUT, output)) if d in fg["z"].dims})
+    cell = fg.isel(sel)
+    gammas = fg[schema.GAMMA].values
+    axes = _axes(ax, len(gammas), (2.9 * len(gammas), 3.0), sharey=True)
+    for a, g in zip(axes, gammas, strict=True):
+        for w, c in zip(fg[schema.WIDTH].values, _colors(fg.sizes[schema.WIDTH]), strict=True):
+            one = cell.sel({schema.GAMMA: g, schema.WIDTH: w})
+            z = np.sort(one["z"].values[np.isfinite(one["z"].values)])
+            if len(z) < 2:
+                continue
+            q = stats.norm.ppf((np.arange(1, len(z) + 1) - 0.5) / len(z))
+            a.plot(q, z, ".", ms=2.5, color=c, label=f"N = {int(w)}, KS p = {float(one['pvalue']):.2g}")
+        lim = 3.5
+        a.plot([-lim, lim], [-lim, lim], color="k", lw=0.8, ls=":")
+        a.set(title=f"gamma = {g:g}", xlabel="N(0, 1) quantile", xlim=(-lim, lim))
+        a.legend(fontsize=5.5, loc="upper left")
+    axes[0].set_ylabel(f"z quantile at {_at(cell)}" if _at(cell) else "z quantile")
     return axes[0].figure
