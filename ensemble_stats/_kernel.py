@@ -12,10 +12,11 @@ from scipy import stats
 
 from . import schema
 from ._np_fit import loglog_kernel
+from ._np_stats import top_eigenvalues_kernel
 from ._stats import seed_mean
 from .errors import ValidationError
 
-__all__ = ["kernel_drift", "width_rate"]
+__all__ = ["kernel_drift", "kernel_eigenvalues", "width_rate"]
 
 _KERNEL_DIMS = (schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2)
 
@@ -41,7 +42,7 @@ def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, 
     logN = np.log(mean[schema.WIDTH].values.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
         y = np.log(mean.where(mean > 0))
-        w = (mean / stderr) ** 2
+        w = (mean / stderr.where(stderr > 0)) ** 2
     if y.chunks:
         y, w = y.chunk({schema.WIDTH: -1}), w.chunk({schema.WIDTH: -1})
     names = ["slope", "stderr", "intercept", "chi2_dof", "n_widths", "status"]
@@ -147,3 +148,41 @@ def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
         res[f"{name}_slope_hi"].attrs["long_name"] = f"upper {ci:.0%} bound of the exponent"
     res.attrs.update({"ci": ci, "reference": "Theta_0: each run's NTK at the first recorded time"})
     return res
+
+
+def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
+    """The largest eigenvalues of each run's recorded empirical NTK, per record (e.g. lambda_max for the catapult).
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` of a store that recorded ``ntk``
+    k : how many eigenvalues, largest first
+
+    Returns
+    -------
+    DataArray (gamma, width, seed, [extra...], time, eigen) of the k largest eigenvalues of Theta_t over the NTK
+    sub-grid and outputs (a (P O) x (P O) matrix); NaN at records without an NTK.
+    """
+    if schema.NTK not in ds:
+        raise ValidationError(
+            "this store has no 'ntk' variable; record it with collectors.NTKCollector (EnsembleStore.create(..., "
+            "ntk_points=...), or [record] ntk_points in a sweep config)."
+        )
+    if not (isinstance(k, int) and 1 <= k <= ds.sizes[schema.NTK_POINT] * ds.sizes[schema.OUTPUT]):
+        raise ValidationError(f"k={k!r}: use an integer between 1 and the kernel's size (points x outputs).")
+    ntk = ds[schema.NTK]
+    if ntk.chunks:
+        ntk = ntk.chunk({d: -1 for d in _KERNEL_DIMS})
+    out = xr.apply_ufunc(
+        top_eigenvalues_kernel,
+        ntk,
+        kwargs={"k": k},
+        input_core_dims=[list(_KERNEL_DIMS)],
+        output_core_dims=[["eigen"]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"eigen": k}},
+    )
+    return out.rename("ntk_eigenvalue").assign_attrs(
+        long_name="largest eigenvalues of the empirical NTK over the recorded points and outputs"
+    )

@@ -21,6 +21,7 @@ __all__ = [
     "leave_one_out_kernel",
     "pair_bias_variance_kernel",
     "seed_mean_kernel",
+    "top_eigenvalues_kernel",
 ]
 
 CI_METHODS = ("auto", "chi2", "jackknife")
@@ -460,3 +461,17 @@ def ks_normal_kernel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         r = stats.ks_1samp(z[ok], stats.norm.cdf, axis=-1, nan_policy="omit")
         d[ok], p[ok] = r.statistic, r.pvalue
     return d, p, n
+
+
+def top_eigenvalues_kernel(theta: np.ndarray, *, k: int = 1) -> np.ndarray:
+    """The k largest eigenvalues of symmetric kernels (..., P, P2, O, O2), flattened to (P O) x (P O) matrices;
+    NaN where a kernel is not (fully) recorded. Returns (..., k), largest first."""
+    theta = np.asarray(theta, dtype=np.float64)
+    lead, (P, _, O, _) = theta.shape[:-4], theta.shape[-4:]  # noqa: E741
+    m = np.moveaxis(theta, -3, -2).reshape(*lead, P * O, P * O)  # (..., P, O, P2, O2) -> (PO, PO)
+    out = np.full((*lead, k), np.nan)
+    ok = np.isfinite(m).all((-2, -1))
+    if ok.any():
+        sym = (m[ok] + np.swapaxes(m[ok], -1, -2)) / 2
+        out[ok] = np.linalg.eigvalsh(sym)[..., ::-1][..., :k]
+    return out
