@@ -179,3 +179,30 @@ options = { kind = "circle", n_train = 8, n_test = 5 }
     assert b["runs_per_width"] == 8
     # 6 x weights (2 N + N) x 8 examples x steps x 8 runs
     assert b["flop"] == pytest.approx(6 * 8 * 8 * (3 * 16 * 32 + 3 * 64 * 128))
+
+
+def test_kernel_eigenvalues_are_those_of_the_flattened_ntk(tmp_path):
+    from collectors import EnsembleStore, NTKCollector, TrainConfig, teacher, train_block
+
+    data = teacher()
+    path = tmp_path / "n.zarr"
+    st = EnsembleStore.create(
+        path, data.grid, gammas=[0.5], widths=[16], seeds=[0, 1], times=[0, 0.5, 1.0], ntk_points="all",
+        seed_chunk=2, dtype="float64",
+    )  # fmt: skip
+    cfg = TrainConfig(dtype="float64")
+    train_block(st, data, width=16, gammas=[0.5], seeds=[0, 1], config=cfg, collectors=[NTKCollector(every=2)])
+    ds = es.open_ensemble(path)
+    lam = es.kernel_eigenvalues(ds, k=3).compute()
+    assert lam.sizes["eigen"] == 3
+    theta = ds.ntk.isel(gamma=0, width=0, seed=1, time=0).values  # (P, P2, O, O2)
+    P, O = theta.shape[0], theta.shape[2]  # noqa: E741
+    direct = np.linalg.eigvalsh(theta.transpose(0, 2, 1, 3).reshape(P * O, P * O))[::-1][:3]
+    np.testing.assert_allclose(lam.isel(gamma=0, width=0, seed=1, time=0).values, direct, rtol=1e-12)
+    step = lam.diff("eigen")
+    assert bool(((step <= 0) | step.isnull()).all()) and bool((step < 0).any())  # largest first
+    assert bool(lam.isel(time=1).isnull().all()) and bool(lam.isel(time=2).notnull().all())  # every 2nd record
+    with pytest.raises(errors.ValidationError, match="k="):
+        es.kernel_eigenvalues(ds, k=0)
+    with pytest.raises(errors.ValidationError, match="no 'ntk'"):
+        es.kernel_eigenvalues(ds.drop_vars("ntk"))
