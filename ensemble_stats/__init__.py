@@ -26,7 +26,7 @@ from ._assess import (
 from ._fit import STATUS, fit_expansion, fit_rate
 from ._fluct import fluctuation_gaussianity
 from ._info import completeness, diverged_runs
-from ._kernel import kernel_drift, kernel_eigenvalues, width_rate
+from ._kernel import kernel_drift, kernel_eigenvalues, learning_rate_regimes, width_rate
 from ._open import open_ensemble
 from ._report import report
 from ._select import at_common_time, common_times, time_units
@@ -53,6 +53,7 @@ __all__ = [
     "kernel_drift",
     "kernel_eigenvalues",
     "kernel_limit_problems",
+    "learning_rate_regimes",
     "open_ensemble",
     "OUTCOMES",
     "paired_difference",

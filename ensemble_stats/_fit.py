@@ -318,8 +318,8 @@ def _information(pred: xr.DataArray, res: xr.Dataset, quantity: str, *, free: bo
     k = res["coef"].notnull().sum("term") + (1 if free else 0)
     n = good.sum(schema.WIDTH)
     aic = chi2 + 2 * k
-    with np.errstate(invalid="ignore", divide="ignore"):
-        aicc = (aic + 2 * k * (k + 1) / (n - k - 1)).where(n - k - 1 > 0)
+    spare = n - k - 1
+    aicc = aic + 2 * k * (k + 1) / spare.where(spare > 0)  # NaN where n <= k + 1 (lazy: no division by 0)
     ok = res["status"] == 0
     return {
         "chi2": chi2.where(ok).assign_attrs(long_name="chi^2 of the fit (the weights it used)"),
@@ -549,9 +549,9 @@ def _estimate_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float, pa
         est = np.sqrt(bv["bias2"].where(bv["bias2"] > 0))
         se = bv["bias2_stderr"] / (2 * est)
     else:  # delta method on log(bias2) - log(variance), their covariance neglected
-        b2 = bv["bias2"].where(bv["bias2"] > 0)
-        est = b2 / bv["variance"]
-        se = est * np.sqrt((bv["bias2_stderr"] / b2) ** 2 + (bv["variance_stderr"] / bv["variance"]) ** 2)
+        b2, v = bv["bias2"].where(bv["bias2"] > 0), bv["variance"].where(bv["variance"] > 0)
+        est = b2 / v
+        se = est * np.sqrt((bv["bias2_stderr"] / b2) ** 2 + (bv["variance_stderr"] / v) ** 2)
     units = bv["n_seeds"] // 2 if paired else bv["n_seeds"]
     rate = width_rate(est, se, units, ci=ci)
     res = rate.assign(theory=_theory_rate(ds, quantity), n_seeds=bv["n_seeds"].min(schema.WIDTH))

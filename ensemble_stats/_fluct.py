@@ -98,7 +98,7 @@ def fluctuation_gaussianity(
     # for independent cells, and the cells are correlated, so the dof is the samples' (conservative)
     ss = (z**2).sum([SAMPLE, *dims], min_count=1)
     cells = z.notnull().sum([SAMPLE, *dims])
-    var = ss / cells
+    var = ss / cells.where(cells > 0)
     n_s = n.max(dims)
     lo_q = xr.apply_ufunc(lambda k: stats.chi2.ppf(0.5 + ci / 2, np.maximum(k, 1)), n_s, dask="parallelized")
     hi_q = xr.apply_ufunc(lambda k: stats.chi2.ppf(0.5 - ci / 2, np.maximum(k, 1)), n_s, dask="parallelized")

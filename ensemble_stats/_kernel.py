@@ -16,7 +16,7 @@ from ._np_stats import top_eigenvalues_kernel
 from ._stats import seed_mean
 from .errors import ValidationError
 
-__all__ = ["kernel_drift", "kernel_eigenvalues", "width_rate"]
+__all__ = ["kernel_drift", "kernel_eigenvalues", "learning_rate_regimes", "width_rate"]
 
 _KERNEL_DIMS = (schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2)
 
@@ -186,3 +186,78 @@ def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
     return out.rename("ntk_eigenvalue").assign_attrs(
         long_name="largest eigenvalues of the empirical NTK over the recorded points and outputs"
     )
+
+
+def _last_finite(a: np.ndarray) -> np.ndarray:
+    """The last finite value along the last axis (NaN if none)."""
+    ok = np.isfinite(a)
+    idx = a.shape[-1] - 1 - np.argmax(ok[..., ::-1], axis=-1)
+    out = np.take_along_axis(a, idx[..., None], -1)[..., 0]
+    return np.where(ok.any(-1), out, np.nan)
+
+
+def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
+    """Per run: the step's stability at initialization and at the end, the loss spike, divergence (the catapult).
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` of a shallow sweep with MSE and full-batch GD that recorded the NTK on
+        the training points (``grid = "train"`` and ``ntk_points = "all"``), the NTK at the first record
+
+    Returns
+    -------
+    Dataset per run (gamma, width, seed, [alpha, ...]): ``eta`` = alpha N^(2 gamma - 2) (the shallow rule);
+    ``lambda_0`` and ``lambda_final`` (the largest NTK eigenvalue at the first record and at the run's last record
+    with an NTK); ``r_0`` and ``r_final`` = eta lambda / (M O), the linear step is stable below 2 (docs/theory.md
+    §13); ``loss_spike`` = max_t L_t / L_0 (> 1: the loss rose); ``diverged`` (the run has a ``diverged_step``).
+    """
+    model = ds.attrs.get(schema.ATTR_MODEL) if isinstance(ds.attrs.get(schema.ATTR_MODEL), dict) else {}
+    problems = []
+    if not str(model.get("architecture", "")).startswith("1-hidden-layer"):
+        problems.append("the rates eta = alpha N^(2 gamma - 2) are those of one hidden layer")
+    if model.get("layer_alpha"):
+        problems.append("per-layer rate multipliers (layer_alpha) make the step differ between layers")
+    if model.get("loss") != "mse" or model.get("optimizer") != "full-batch gradient descent":
+        problems.append("the stability threshold 2 holds for MSE with full-batch gradient descent")
+    if schema.X_TRAIN not in ds or schema.TRAIN_LOSS not in ds:
+        problems.append("the store has no training set or training loss")
+    elif schema.NTK in ds and ds.sizes[schema.NTK_POINT] != ds[schema.X_TRAIN].shape[0]:
+        problems.append("the NTK is not recorded on every training point (grid = 'train', ntk_points = 'all')")
+    if problems:
+        raise ValidationError("learning_rate_regimes: " + "; ".join(problems) + ".")
+    lam = kernel_eigenvalues(ds).isel(eigen=0, drop=True)
+    M, O = ds[schema.X_TRAIN].shape[0], ds.sizes[schema.OUTPUT]  # noqa: E741
+    alpha = ds[schema.ALPHA] if schema.ALPHA in ds.coords else float(model.get("alpha", 1.0))
+    eta = alpha * ds[schema.WIDTH].astype(np.float64) ** (2 * ds[schema.GAMMA] - 2)
+    last = xr.apply_ufunc(
+        _last_finite,
+        lam.chunk({schema.TIME: -1}) if lam.chunks else lam,
+        input_core_dims=[[schema.TIME]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+    loss = ds[schema.TRAIN_LOSS]
+    l0 = loss.isel({schema.TIME: 0}, drop=True)
+    out = xr.Dataset(
+        {
+            "eta": eta,
+            "lambda_0": lam.isel({schema.TIME: 0}, drop=True),
+            "lambda_final": last,
+            "r_0": eta * lam.isel({schema.TIME: 0}, drop=True) / (M * O),
+            "r_final": eta * last / (M * O),
+            "loss_spike": loss.max(schema.TIME) / l0,
+            "diverged": ds[schema.DIVERGED_STEP] >= 0,
+        }
+    )
+    long = {
+        "eta": "learning rate of every parameter, alpha N^(2 gamma - 2)",
+        "lambda_0": "largest eigenvalue of the NTK on the training points at the first record",
+        "lambda_final": "largest eigenvalue of the NTK at the last record with an NTK",
+        "r_0": "eta lambda_0 / (M O): the linear step is stable below 2",
+        "r_final": "eta lambda_final / (M O) at the end of training",
+        "loss_spike": "largest training loss over the run / initial training loss",
+        "diverged": "the run diverged (non-finite values or a blow-up)",
+    }
+    for k, v in long.items():
+        out[k].attrs["long_name"] = v
+    return out

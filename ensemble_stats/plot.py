@@ -17,6 +17,7 @@ from ._stats import seed_mean
 __all__ = [
     "PALETTE",
     "bias_variance",
+    "catapult",
     "collapse",
     "completeness",
     "curves",
@@ -309,4 +310,35 @@ def fluctuation_qq(fg: xr.Dataset, *, time: int = -1, point: int = 0, output: in
         a.set(title=f"gamma = {g:g}", xlabel="N(0, 1) quantile", xlim=(-lim, lim))
         a.legend(fontsize=5.5, loc="upper left")
     axes[0].set_ylabel(f"z quantile at {_at(cell)}" if _at(cell) else "z quantile")
+    return axes[0].figure
+
+
+def catapult(reg: xr.Dataset, *, ax=None):
+    """Large learning rates, one marker per run: the loss spike max_t L_t / L_0 (left) and the end-of-training
+    stability r_final = eta lambda_final / (M O) (right) against r_0 = eta lambda_0 / (M O), one colour per width;
+    diverged runs are crosses. The linear step is stable below r = 2; the catapult is expected for r_0 in (2, 4).
+
+    Parameters
+    ----------
+    reg : :func:`ensemble_stats.learning_rate_regimes` result
+    """
+    axes = _axes(ax, 2, (10.5, 3.8))
+    for w, c in zip(reg[schema.WIDTH].values, _colors(reg.sizes[schema.WIDTH]), strict=True):
+        one = reg.sel({schema.WIDTH: w})
+        r0, div = one["r_0"].values.ravel(), one["diverged"].values.ravel().astype(bool)
+        for a, var in zip(axes, ("loss_spike", "r_final"), strict=True):
+            y = one[var].values.ravel()
+            a.plot(r0[~div], y[~div], "o", ms=3, color=c, alpha=0.7, label=f"N = {int(w)}")
+            if div.any():
+                a.plot(r0[div], np.where(np.isfinite(y[div]), y[div], np.nan), "x", ms=4, color=c)
+    for a in axes:
+        for r in (2.0, 4.0):
+            a.axvline(r, color="k", lw=0.8, ls=":")
+        a.set_xlabel("r_0 = eta lambda_0 / (M O)")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("loss spike max_t L_t / L_0")
+    axes[1].axhline(2.0, color="k", lw=0.8)
+    axes[1].set_ylabel("r_final = eta lambda_final / (M O)")
+    axes[0].legend(fontsize=7)
+    axes[0].set_title("crosses: diverged runs", fontsize=9)
     return axes[0].figure

@@ -23,6 +23,7 @@ __all__ = [
     "init_moments",
     "shallow_kernels",
     "kernel_limit",
+    "critical_alpha",
     "kernel_condition_number",
     "nu",
     "mean_exponents",
@@ -442,6 +443,35 @@ def kernel_limit(
     out["h"].attrs["long_name"] = "kernel-limit mean output h_t"
     out["var_k"].attrs["long_name"] = "kernel-limit variance Var K_t of the rescaled fluctuation (every output)"
     return out
+
+
+def critical_alpha(
+    train_x,
+    width: int,
+    *,
+    gamma: float = 0.5,
+    n_outputs: int = 1,
+    activation: str | Callable = "tanh",
+    sigma_w: float = 1.0,
+    layer_alpha: Mapping[str, float] | None = None,
+) -> float:
+    """The rate constant alpha at which full-batch GD on the shallow net's linearization stops being stable
+    (docs/theory.md §13): eta lambda_max(Theta) / (M O) = 2 with eta = alpha N^(2 gamma - 2) and the tangent
+    kernel Theta = N^(1 - 2 gamma) A of the infinite-width limit, so alpha_c = 2 M O N / lambda_max(A_XX).
+
+    Between alpha_c and about 2 alpha_c (eta between 2 / lambda_0 and 4 / lambda_0 in the loss's units) the
+    catapult is expected: the loss spikes, lambda_max falls until the step is stable again; above, divergence.
+
+    Parameters
+    ----------
+    train_x : (M, d) training inputs; width : N; n_outputs : O
+    activation, sigma_w, layer_alpha : as for :func:`shallow_kernels` (the init law's kernel)
+    """
+    X = np.atleast_2d(np.asarray(train_x, dtype=np.float64))
+    _check_gamma(gamma)
+    A, _ = shallow_kernels(X, activation=activation, sigma_w=sigma_w, layer_alpha=layer_alpha)
+    lam = float(np.linalg.eigvalsh((A + A.T) / 2)[-1])
+    return 2.0 * len(X) * int(n_outputs) * int(width) / lam
 
 
 # ------------------------------------------------------------------------------------------ conditioning

@@ -206,3 +206,30 @@ def test_kernel_eigenvalues_are_those_of_the_flattened_ntk(tmp_path):
         es.kernel_eigenvalues(ds, k=0)
     with pytest.raises(errors.ValidationError, match="no 'ntk'"):
         es.kernel_eigenvalues(ds.drop_vars("ntk"))
+
+
+def test_critical_alpha_and_the_catapult_regimes(tmp_path):
+    """At gamma = 1/2 the measured r_0 = eta lambda_0 / (M O) is 2 alpha / alpha_c up to finite-N noise; below
+    alpha_c the loss never rises, at 1.5 alpha_c it spikes and lambda_max falls until the step is stable again."""
+    from collectors import EnsembleStore, NTKCollector, TrainConfig, teacher, train_block
+
+    data = teacher(grid="train")
+    a_c = es.theory.critical_alpha(data.x_train, 256)
+    for c in (0.5, 1.5):
+        cfg = TrainConfig(dtype="float64", alpha=c * a_c, blowup=1e6)
+        sub = tmp_path / f"c{c}.zarr"
+        st = EnsembleStore.create(
+            sub, data.grid, gammas=[0.5], widths=[256], seeds=[0, 1, 2], times=list(range(31)), time_units="step",
+            ntk_points="all", seed_chunk=3, dtype="float64", train=(data.x_train, data.y_train),
+            model=cfg.architecture(2, 1, 256, 0.5).describe() | cfg.describe(),
+        )  # fmt: skip
+        train_block(st, data, width=256, gammas=[0.5], seeds=[0, 1, 2], config=cfg, collectors=[NTKCollector()])
+        reg = es.learning_rate_regimes(es.open_ensemble(sub)).squeeze()
+        np.testing.assert_allclose(reg.r_0.values, 2 * c, rtol=0.15)
+        assert not bool(reg.diverged.any())
+        if c < 1:
+            assert float(reg.loss_spike.max()) <= 1.0 + 1e-12
+        else:
+            assert float(reg.loss_spike.min()) > 2 and bool((reg.r_final < 2).all())
+    with pytest.raises(errors.ValidationError, match="learning_rate_regimes"):
+        es.learning_rate_regimes(es.open_ensemble(sub).drop_vars("x_train"))

@@ -41,7 +41,7 @@ from ensemble_stats import plot
 from ensemble_stats.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
-STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy")
+STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult")
 SCALES = ("smoke", "default", "full")
 md, ci = es.format_table, es.interval  # Markdown tables; "m [lo, hi]" cells
 
@@ -63,6 +63,7 @@ def load_study(path: Path, scale: str = "default", mnist: str | None = None):
     raw = tomllib.loads(Path(path).read_text())
     study, variants = raw.pop("study", {}), raw.pop("variant", [])
     scaled = study.get(scale, {}) if scale != "default" else {}
+    eta_over_critical = scaled.get("eta_over_critical", study.get("eta_over_critical"))
     analysis = {**study.get("analysis", {}), **scaled.get("analysis", {})}
     wanted, specs = scaled.get("variants"), {}
     for v in variants:
@@ -73,8 +74,30 @@ def load_study(path: Path, scale: str = "default", mnist: str | None = None):
             _set_dotted(cfg, key, value)
         if v.get("needs") == "mnist":
             _set_dotted(cfg, "data.options", {"path": str(mnist)})
+        if eta_over_critical:
+            _set_dotted(cfg, "sweep.alphas", critical_alphas(cfg, eta_over_critical, f"{path.name} [{v['name']}]"))
         specs[v["name"]] = SweepSpec.from_dict(cfg, f"{path.name} [{v['name']}]")
     return {k: study.get(k, "") for k in ("title", "claims", "differences", "paper_budget")}, analysis, specs
+
+
+def critical_alphas(cfg: dict, multiples, where: str) -> list[float]:
+    """``sweep.alphas`` as multiples of the critical rate constant ``theory.critical_alpha`` of the variant's task."""
+    from collectors import load_dataset
+
+    widths, gammas = cfg.get("sweep", {}).get("widths", []), cfg.get("sweep", {}).get("gammas", [])
+    if len(widths) != 1 or len(gammas) != 1:
+        raise ConfigError(
+            f"{where}: eta_over_critical needs one width and one gamma per variant (the critical alpha depends on "
+            f"both); found widths {widths} and gammas {gammas}.",
+            "experiment",
+        )
+    data = load_dataset(cfg["data"]["name"], **cfg["data"].get("options", {}))
+    model = cfg.get("model", {})
+    a_c = es.theory.critical_alpha(
+        data.x_train, widths[0], gamma=gammas[0], n_outputs=data.output_size,
+        activation=model.get("activation", "tanh"), layer_alpha=cfg.get("optimizer", {}).get("layer_alpha") or None,
+    )  # fmt: skip
+    return [float(m) * a_c for m in multiples]
 
 
 def _save(fig, figdir: Path, name: str) -> str:
@@ -918,6 +941,77 @@ def analyze_lazy(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[
     ]
 
 
+def analyze_catapult(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
+    regs = {name: es.learning_rate_regimes(es.open_ensemble(path)).compute() for name, path in stores.items()}
+    reg = xr.concat(list(regs.values()), dim="width")
+    fig_path = _save(plot.catapult(reg), figdir, "catapult.png")
+    rows, expected = [], {"lazy": [], "catapult": [], "divergent": []}
+    for name, r in regs.items():
+        w = int(r.width.values[0])
+        a_c = es.theory.critical_alpha(es.open_ensemble(stores[name]).x_train.values, w)
+        for a in r.alpha.values:
+            one = r.sel(alpha=a).squeeze()
+            r0, spike, div, rf = (one[k].values.ravel() for k in ("r_0", "loss_spike", "diverged", "r_final"))
+            div = div.astype(bool)
+            spiked = spike > 1.01
+            settled = ~div & (rf < 2)
+            for x, s_, d_, ok in zip(r0, spiked, div, settled, strict=True):
+                if x < 2:
+                    expected["lazy"].append(bool(not s_ and not d_))
+                elif x < 4:
+                    expected["catapult"].append(bool(s_ and ok))
+                else:
+                    expected["divergent"].append(bool(d_))
+            alive = ~div
+            rows.append(
+                [
+                    f"{w}",
+                    f"{float(a) / a_c:.2f}",
+                    f"{np.nanmin(r0):.2f} - {np.nanmax(r0):.2f}",
+                    f"{int(spiked.sum())} of {len(r0)}",
+                    f"{np.nanmedian(spike):.3g}",
+                    f"{int(div.sum())} of {len(r0)}",
+                    f"{np.nanmedian(rf[alive]):.2f}" if alive.any() else "-",
+                    f"{int(settled.sum())} of {int(alive.sum())}",
+                ]
+            )
+    verdicts = {k: es.verdict(v) for k, v in expected.items()}
+    seeds = int(reg.sizes["seed"])
+    return [
+        f"Seeds: {seeds} per (N, alpha); every run is judged by its own r_0 = eta lambda_0 / (M O) from its recorded "
+        "NTK (`learning_rate_regimes`): below 2 the loss should not rise (spike <= 1.01) and the run not diverge; "
+        "between 2 and 4 the loss should rise, the run survive and end with r_final < 2 (the catapult); above 4 the "
+        "run should diverge.",
+        "",
+        f"**Verdict 1: below 2/lambda_0, lazy?** {verdicts['lazy'].markdown()}: {verdicts['lazy'].agree} of "
+        f"{verdicts['lazy'].cases} runs with r_0 < 2.",
+        "",
+        f"**Verdict 2: between 2/lambda_0 and 4/lambda_0, the catapult?** {verdicts['catapult'].markdown()}: "
+        f"{verdicts['catapult'].agree} of {verdicts['catapult'].cases} runs with 2 <= r_0 < 4 spiked, survived and "
+        "ended with r_final < 2.",
+        "",
+        f"**Verdict 3: above about 4/lambda_0, divergence?** {verdicts['divergent'].markdown()}: "
+        f"{verdicts['divergent'].agree} of {verdicts['divergent'].cases} runs with r_0 >= 4 diverged.",
+        "",
+        md(
+            [
+                "N",
+                "alpha / alpha_c",
+                "r_0 (runs)",
+                "loss rose",
+                "median spike",
+                "diverged",
+                "median r_final (survivors)",
+                "survivors with r_final < 2",
+            ],
+            rows,
+            "markdown",
+        ),
+        "",
+        f"![catapult]({fig_path})",
+    ]
+
+
 ANALYSES = {
     "shallow": analyze_shallow,
     "deep": analyze_deep,
@@ -926,6 +1020,7 @@ ANALYSES = {
     "collapse": analyze_collapse,
     "expansion": analyze_expansion,
     "lazy": analyze_lazy,
+    "catapult": analyze_catapult,
 }
 
 
