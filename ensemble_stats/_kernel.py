@@ -258,6 +258,7 @@ def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
         "loss_spike": "largest training loss over the run / initial training loss",
         "diverged": "the run diverged (non-finite values or a blow-up)",
     }
+    out = out.transpose(*ds[schema.DIVERGED_STEP].dims, missing_dims="ignore")  # one dim order for every run var
     for k, v in long.items():
         out[k].attrs["long_name"] = v
     return out

@@ -315,8 +315,8 @@ def fluctuation_qq(fg: xr.Dataset, *, time: int = -1, point: int = 0, output: in
 
 def catapult(reg: xr.Dataset, *, ax=None):
     """Large learning rates, one marker per run: the loss spike max_t L_t / L_0 (left) and the end-of-training
-    stability r_final = eta lambda_final / (M O) (right) against r_0 = eta lambda_0 / (M O), one colour per width;
-    diverged runs are crosses. The linear step is stable below r = 2; the catapult is expected for r_0 in (2, 4).
+    stability r_final = eta lambda_final / (M O) of the runs that did not diverge (right) against r_0 =
+    eta lambda_0 / (M O), one colour per width; diverged runs are crosses (left). The linear step is stable below r = 2; the catapult is expected for r_0 in (2, 4).
 
     Parameters
     ----------
@@ -329,8 +329,8 @@ def catapult(reg: xr.Dataset, *, ax=None):
         for a, var in zip(axes, ("loss_spike", "r_final"), strict=True):
             y = one[var].values.ravel()
             a.plot(r0[~div], y[~div], "o", ms=3, color=c, alpha=0.7, label=f"N = {int(w)}")
-            if div.any():
-                a.plot(r0[div], np.where(np.isfinite(y[div]), y[div], np.nan), "x", ms=4, color=c)
+            if div.any() and var == "loss_spike":  # a diverged run's last kernel says nothing about stability
+                a.plot(r0[div], y[div], "x", ms=4, color=c)
     for a in axes:
         for r in (2.0, 4.0):
             a.axvline(r, color="k", lw=0.8, ls=":")
@@ -338,7 +338,7 @@ def catapult(reg: xr.Dataset, *, ax=None):
     axes[0].set_yscale("log")
     axes[0].set_ylabel("loss spike max_t L_t / L_0")
     axes[1].axhline(2.0, color="k", lw=0.8)
-    axes[1].set_ylabel("r_final = eta lambda_final / (M O)")
+    axes[1].set_ylabel("r_final = eta lambda_final / (M O)\n(runs that did not diverge)")
     axes[0].legend(fontsize=7)
     axes[0].set_title("crosses: diverged runs", fontsize=9)
     return axes[0].figure

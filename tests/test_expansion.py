@@ -224,7 +224,9 @@ def test_critical_alpha_and_the_catapult_regimes(tmp_path):
             model=cfg.architecture(2, 1, 256, 0.5).describe() | cfg.describe(),
         )  # fmt: skip
         train_block(st, data, width=256, gammas=[0.5], seeds=[0, 1, 2], config=cfg, collectors=[NTKCollector()])
-        reg = es.learning_rate_regimes(es.open_ensemble(sub)).squeeze()
+        reg = es.learning_rate_regimes(es.open_ensemble(sub))
+        assert all(reg[k].dims == reg.diverged.dims for k in ("r_0", "r_final", "loss_spike", "lambda_0"))
+        reg = reg.squeeze()
         np.testing.assert_allclose(reg.r_0.values, 2 * c, rtol=0.15)
         assert not bool(reg.diverged.any())
         if c < 1:
