@@ -178,6 +178,8 @@ def fit_expansion(
     scaled = cov == "scaled"
     W = schema.WIDTH
     jackknife = ci_method == "auto" and table is not None
+    # seed moments per width (lazy): the weights of the WLS paths and the fit's chi^2 for every path
+    mom = seed_moments(pred.chunk({W: -1}) if pred.chunks else pred)
     if jackknife:
         grid = [d for d in schema.GRID_DIMS if d in pred.dims]
         pred = pred.where(np.isfinite(pred).all(grid))  # a seed counts only if finite over the grid
@@ -200,7 +202,6 @@ def fit_expansion(
         )
         dof = n_seeds - 1
     else:
-        mom = seed_moments(pred.chunk({schema.WIDTH: -1}) if pred.chunks else pred)
         if quantity == "mean":
             y = mom["mean"]
             w = mom["n_seeds"] / mom["variance"]
@@ -268,7 +269,7 @@ def fit_expansion(
     res["n_widths"] = n_used
     res["status"] = status
     res["status"].attrs.update({"flag_values": list(STATUS), "flag_meanings": " ".join(STATUS.values())})
-    res = res.assign(_information(pred, res, quantity, free=table is None))
+    res = res.assign(_information(mom, res, quantity, free=table is None))
     _fit_long_names(res, quantity, ci)
     method = (
         "whole-seed jackknife standard errors, Student t with S-1 dof"
@@ -300,13 +301,12 @@ def fit_expansion(
     return res
 
 
-def _information(pred: xr.DataArray, res: xr.Dataset, quantity: str, *, free: bool) -> dict[str, xr.DataArray]:
+def _information(mom: xr.Dataset, res: xr.Dataset, quantity: str, *, free: bool) -> dict[str, xr.DataArray]:
     """chi^2 of the fit with the weights it used, AIC = chi^2 + 2k and the small-sample AICc.
 
     For Gaussian errors with known variances -2 log L = chi^2 + const, so the AIC of two fits to the same data
     (the same widths and weights) can be compared; k counts the coefficients and a fitted exponent.
     """
-    mom = seed_moments(pred.chunk({schema.WIDTH: -1}) if pred.chunks else pred)
     N = mom[schema.WIDTH].astype(np.float64)
     fitted = (res["coef"] * N ** (-res["exponent"])).sum("term", min_count=1)
     if quantity == "mean":
@@ -485,7 +485,7 @@ def fit_rate(
             "status": status,
         }
     )
-    what = "seed variance" if quantity == "variance" else "|bias| = sqrt(bias2)"
+    what = _WHAT[quantity]
     res["slope"].attrs["long_name"] = _slope_name(quantity)
     res["stderr"].attrs["long_name"] = "standard error of the slope" + (
         " (larger of the whole-seed jackknife and the WLS)" if ci_method == "auto" else " (WLS, weights taken as known)"

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
-from scipy import stats
 
 from . import schema
-from ._np_stats import ks_normal_kernel
+from ._np_stats import chi2_interval, ks_normal_kernel
 from ._stats import _use_pairs, pair_members
 from .errors import ValidationError
 
@@ -100,8 +99,10 @@ def fluctuation_gaussianity(
     cells = z.notnull().sum([SAMPLE, *dims])
     var = ss / cells.where(cells > 0)
     n_s = n.max(dims)
-    lo_q = xr.apply_ufunc(lambda k: stats.chi2.ppf(0.5 + ci / 2, np.maximum(k, 1)), n_s, dask="parallelized")
-    hi_q = xr.apply_ufunc(lambda k: stats.chi2.ppf(0.5 - ci / 2, np.maximum(k, 1)), n_s, dask="parallelized")
+    var_lo, var_hi = xr.apply_ufunc(
+        chi2_interval, var, n_s, kwargs={"ci": ci}, output_core_dims=[[], []], dask="parallelized",
+        output_dtypes=[np.float64, np.float64],
+    )  # fmt: skip
     out = xr.Dataset(
         {
             "z": z,
@@ -109,8 +110,8 @@ def fluctuation_gaussianity(
             "pvalue": pvalue,
             "pvalue_min": pmin,
             "sd": np.sqrt(var),
-            "sd_lo": np.sqrt(var * n_s / lo_q),
-            "sd_hi": np.sqrt(var * n_s / hi_q),
+            "sd_lo": np.sqrt(var_lo),
+            "sd_hi": np.sqrt(var_hi),
             "n_samples": n_s,
         }
     )

@@ -77,6 +77,14 @@ def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, 
     return res
 
 
+def _require_ntk(ds: xr.Dataset) -> None:
+    if schema.NTK not in ds:
+        raise ValidationError(
+            "this store has no 'ntk' variable; record it with collectors.NTKCollector (EnsembleStore.create(..., "
+            "ntk_points=...), or [record] ntk_points in a sweep config)."
+        )
+
+
 def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
     """Relative kernel drift and parameter displacement, their seed means with intervals, and their rates in N.
 
@@ -97,11 +105,7 @@ def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
         ``displacement_theory`` = gamma - 1. Both theory exponents are derived in docs/theory.md ("Lazy and
         feature learning") and are reconstructions to be tested.
     """
-    if schema.NTK not in ds:
-        raise ValidationError(
-            "this store has no 'ntk' variable; record it with collectors.NTKCollector (EnsembleStore.create(..., "
-            "ntk_points=...), or [record] ntk_points in a sweep config)."
-        )
+    _require_ntk(ds)
     ntk = ds[schema.NTK]
     theta0 = ntk.isel({schema.TIME: 0}, drop=True)
     if not bool(np.isfinite(theta0).any()):
@@ -163,11 +167,7 @@ def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
     DataArray (gamma, width, seed, [extra...], time, eigen) of the k largest eigenvalues of Theta_t over the NTK
     sub-grid and outputs (a (P O) x (P O) matrix); NaN at records without an NTK.
     """
-    if schema.NTK not in ds:
-        raise ValidationError(
-            "this store has no 'ntk' variable; record it with collectors.NTKCollector (EnsembleStore.create(..., "
-            "ntk_points=...), or [record] ntk_points in a sweep config)."
-        )
+    _require_ntk(ds)
     if not (isinstance(k, int) and 1 <= k <= ds.sizes[schema.NTK_POINT] * ds.sizes[schema.OUTPUT]):
         raise ValidationError(f"k={k!r}: use an integer between 1 and the kernel's size (points x outputs).")
     ntk = ds[schema.NTK]
@@ -236,14 +236,15 @@ def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
         dask="parallelized",
         output_dtypes=[np.float64],
     )
+    lam0 = lam.isel({schema.TIME: 0}, drop=True)
     loss = ds[schema.TRAIN_LOSS]
     l0 = loss.isel({schema.TIME: 0}, drop=True)
     out = xr.Dataset(
         {
             "eta": eta,
-            "lambda_0": lam.isel({schema.TIME: 0}, drop=True),
+            "lambda_0": lam0,
             "lambda_final": last,
-            "r_0": eta * lam.isel({schema.TIME: 0}, drop=True) / (M * O),
+            "r_0": eta * lam0 / (M * O),
             "r_final": eta * last / (M * O),
             "loss_spike": loss.max(schema.TIME) / l0,
             "diverged": ds[schema.DIVERGED_STEP] >= 0,

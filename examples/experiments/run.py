@@ -706,7 +706,7 @@ def analyze_expansion(stores: dict[str, Path], figdir: Path, analysis: dict) -> 
         lead = es.fit_expansion(sub, terms="leading").compute()
         free = es.fit_expansion(sub, terms="free").compute()
     delta = free.aic - lead.aic  # > 0: the theory's exponent is preferred
-    aic_rows, aic_cases = [], []
+    aic_rows, aic_cases, decided = [], [], []
     for g in gammas:
         for t in judged:
             d = delta.sel(gamma=g, time=t)
@@ -718,13 +718,13 @@ def analyze_expansion(stores: dict[str, Path], figdir: Path, analysis: dict) -> 
             dm = d.where(moving)
             med = float(dm.median()) if bool(moving.any()) else float("nan")
             aic_cases.append(None if not np.isfinite(med) else med > 0)
+            decided += [med] if np.isfinite(med) else []
             aic_rows.append(
                 [f"{g:g}", f"{t:g}", f"{int(moving.sum())} of {int(moving.size)}",
                  f"{int((dm > 0).sum())} of {int(dm.notnull().sum())}", f"{med:+.2f}",
                  f"{float(p.where(moving).median()):.3f}", f"{1 - g:.3f}", f"{int(h_in.sum())} of {int(h_in.size)}"]
             )  # fmt: skip
     v_aic = es.verdict(aic_cases)
-    decided = [float(row[4]) for row, c in zip(aic_rows, aic_cases, strict=True) if c is not None]
     small = (
         f" In every decided case Delta AIC lies below 2 (largest {max(decided):.2f}): the theory wins by the free "
         "model's extra parameter, not by a better fit; these widths do not pin the exponent down."
@@ -942,12 +942,11 @@ def analyze_lazy(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[
 
 
 def analyze_catapult(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    regs = {name: es.learning_rate_regimes(es.open_ensemble(path)).compute() for name, path in stores.items()}
+    opened = {name: es.open_ensemble(path) for name, path in stores.items()}
+    regs = {name: es.learning_rate_regimes(ds).compute() for name, ds in opened.items()}
     # alpha scales with N; the widths share their multiples of alpha_c, which index the combined figure
     multiple = {
-        name: (r.alpha / es.theory.critical_alpha(es.open_ensemble(stores[name]).x_train.values, int(r.width[0])))
-        .round(6)
-        .values
+        name: (r.alpha / es.theory.critical_alpha(opened[name].x_train.values, int(r.width[0]))).round(6).values
         for name, r in regs.items()
     }
     reg = xr.concat([r.assign_coords(alpha=multiple[n]) for n, r in regs.items()], dim="width", join="exact")
