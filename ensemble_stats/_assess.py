@@ -29,6 +29,7 @@ __all__ = [
     "interval",
     "kernel_limit_problems",
     "paired_difference",
+    "plateau",
     "rate_table",
     "ratio_interval",
     "trend",
@@ -207,6 +208,70 @@ def trend(a: xr.DataArray, dim: str = schema.GAMMA, *, ci: float = 0.95) -> xr.D
     out["increasing"].attrs["long_name"] = f"no significant drop and a significant rise along {dim}"
     out["spearman"].attrs["long_name"] = f"Spearman rank correlation of the seed means with {dim}"
     out.attrs.update({"ci": ci, "dim": dim, "method": "paired Student t over seeds"})
+    return out
+
+
+def plateau(
+    a: xr.DataArray, dim: str = schema.TIME, *, tol: float = 0.01, window: float = 0.2, ci: float = 0.95
+) -> xr.Dataset:
+    """When has ``a`` stopped changing? The first ``dim`` value from which the seed mean stays within ``tol`` of
+    its final value, decided with intervals.
+
+    At each recorded t, the change still to come ``a(end) - a(t)`` is paired over seeds (:func:`paired_difference`);
+    t is *flat* when that difference's interval lies inside [-tol, tol]. The plateau starts at the first t from which
+    every later record is flat, and counts as reached only if it lasts at least the last ``window`` fraction of the
+    recorded span (a curve that is still moving at the end is flat only at its last record).
+
+    Parameters
+    ----------
+    a : DataArray with ``dim`` and ``seed`` (e.g. the training accuracy, dims gamma, width, seed, time)
+    dim : the ordered dim (default ``time``)
+    tol : the change that still counts as flat, in the units of ``a`` (0.01: one point of accuracy)
+    window : the fraction of the recorded span the plateau must cover, in [0, 1)
+
+    Returns
+    -------
+    Dataset over the other dims: ``plateau_time`` (NaN where not reached), ``reached``, ``value`` (the seed mean at
+    ``plateau_time``), ``gain`` / ``gain_lo`` / ``gain_hi`` (the change from ``plateau_time`` to the end, paired)
+    """
+    problems = []
+    if dim not in a.dims or schema.SEED not in a.dims:
+        problems.append(f"'{a.name}' has dims {list(a.dims)}; it needs '{dim}' and '{schema.SEED}'")
+    if not (np.isfinite(tol) and tol > 0):
+        problems.append(f"tol = {tol!r}: a positive change in the units of '{a.name}'")
+    if not (0 <= window < 1):
+        problems.append(f"window = {window!r}: a fraction of the recorded span in [0, 1)")
+    if problems:
+        raise ValidationError("plateau: " + "; ".join(problems) + ".")
+    coord = a[dim].astype(np.float64)
+    change = paired_difference(a.isel({dim: -1}, drop=True), a.drop_vars(dim).assign_coords({dim: coord}), ci=ci)
+    flat = (change["mean_lo"] >= -tol) & (change["mean_hi"] <= tol)
+    flat = (flat | (coord == coord[-1])).astype(np.int8)  # the last record: no change to come (no interval)
+    # flat from t onwards: a cumulative product taken from the end
+    onwards = flat.isel({dim: slice(None, None, -1)}).cumprod(dim).isel({dim: slice(None, None, -1)}) > 0
+    t0, t1 = float(coord[0]), float(coord[-1])
+    first = coord.where(onwards).min(dim)
+    reached = first <= t1 - window * (t1 - t0)
+    at = coord == first
+    t_star = first.where(reached)
+    out = xr.Dataset(
+        {
+            "plateau_time": t_star,
+            "reached": reached,
+            "value": a.mean(schema.SEED).assign_coords({dim: coord}).where(at).max(dim).where(reached),
+            "gain": change["mean"].where(at).max(dim).where(reached),
+            "gain_lo": change["mean_lo"].where(at).max(dim).where(reached),
+            "gain_hi": change["mean_hi"].where(at).max(dim).where(reached),
+        }
+    )
+    what = a.attrs.get("long_name") or a.name or "the variable"
+    out["plateau_time"].attrs["long_name"] = f"first {dim} from which {what} stays within {tol:g} of its end value"
+    out["reached"].attrs["long_name"] = f"the plateau covers at least the last {window:.0%} of the recorded {dim}s"
+    out["value"].attrs["long_name"] = f"seed mean of {what} at the plateau"
+    out["gain"].attrs["long_name"] = f"change of {what} from the plateau to the end, paired over seeds"
+    out["gain_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the gain"
+    out["gain_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the gain"
+    out.attrs.update({"ci": ci, "dim": dim, "tol": tol, "window": window, "method": "paired Student t over seeds"})
     return out
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "completeness",
     "curves",
     "fluctuation_qq",
+    "gamma_alpha_map",
     "kernel_drift",
     "time_label",
     "variance_vs_width",
@@ -278,6 +279,46 @@ def collapse(cmp: xr.Dataset, *, ax=None):
         a.set(title=f"gamma = {g:g}", xlabel=time_label(cmp))
     axes[0].set_ylabel("N^(2 gamma - 1) Var / Var K_t")
     axes[-1].legend(fontsize=6)
+    return axes[0].figure
+
+
+def gamma_alpha_map(da: xr.DataArray, *, log: bool = False, fmt: str = ".2f", ax=None):
+    """A (gamma, alpha) map of one quantity: a heatmap per width, each cell annotated (NaN cells left blank).
+
+    Parameters
+    ----------
+    da : dims (gamma, alpha) and optionally width (one panel each), e.g. the seed-mean test accuracy at the
+        training plateau from :func:`ensemble_stats.plateau`
+    log : colour by log10 of the values (variances spanning decades)
+    fmt : format of the annotations
+    """
+    from .errors import ValidationError
+
+    extra = sorted(set(da.dims) - {schema.GAMMA, schema.ALPHA, schema.WIDTH})
+    if {schema.GAMMA, schema.ALPHA} - set(da.dims) or extra:
+        raise ValidationError(
+            f"gamma_alpha_map: '{da.name}' has dims {list(da.dims)}; it needs (gamma, alpha) and at most 'width' "
+            f"besides{f' (select or reduce {extra} first)' if extra else ''}."
+        )
+    panels = da[schema.WIDTH].values if schema.WIDTH in da.dims else [None]
+    axes = _axes(ax, len(panels), (3.4 * len(panels), 3.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shown = np.log10(da.where(da > 0)) if log else da
+    lo, hi = float(shown.min()), float(shown.max())
+    for a, w in zip(axes, panels, strict=True):
+        v = da if w is None else da.sel({schema.WIDTH: w})
+        c = shown if w is None else shown.sel({schema.WIDTH: w})
+        v, c = v.transpose(schema.GAMMA, schema.ALPHA), c.transpose(schema.GAMMA, schema.ALPHA)
+        im = a.imshow(c.values, origin="lower", aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
+        a.grid(False)
+        for (i, j), x in np.ndenumerate(v.values):
+            if np.isfinite(x):
+                a.text(j, i, format(x, fmt), ha="center", va="center", fontsize=7, color="w")
+        a.set_xticks(range(v.sizes[schema.ALPHA]), [f"{x:g}" for x in v[schema.ALPHA].values])
+        a.set_yticks(range(v.sizes[schema.GAMMA]), [f"{x:g}" for x in v[schema.GAMMA].values])
+        a.set(xlabel="alpha", ylabel="gamma", title=f"N = {int(w)}" if w is not None else "")
+    what = da.attrs.get("long_name") or da.name or ""
+    axes[-1].figure.colorbar(im, ax=list(axes), label=f"log10 {what}" if log else what, shrink=0.9)
     return axes[0].figure
 
 

@@ -146,6 +146,57 @@ def test_trend_finds_rises_drops_and_flat_cases():
         es.trend(a.isel(gamma=[0]))
 
 
+def _saturating(tau, times, n_seeds=64, noise=0.002, seed=0, dims=("case", "seed", "time")):
+    """1 - exp(-t / tau) per case, with seed noise shared over time (a seed's offset) and per record."""
+    rng = np.random.default_rng(seed)
+    tau = np.asarray(tau, dtype=float)[:, None, None]
+    y = 1 - np.exp(-times[None, None, :] / tau)
+    y = y + 0.01 * rng.normal(size=(tau.shape[0], n_seeds, 1)) + noise * rng.normal(size=(tau.shape[0], n_seeds, times.size))
+    return xr.DataArray(y, dims=dims, coords={"case": np.arange(tau.shape[0]), "time": times})
+
+
+def test_plateau_finds_the_time_a_saturating_curve_settles_and_refuses_a_rising_one():
+    times = np.arange(0.0, 101.0, 2.0)
+    tol, taus = 0.01, [5.0, 10.0, 15.0]
+    a = _saturating(taus, times)
+    p = es.plateau(a, tol=tol).compute()
+    assert p.reached.values.all()
+    for tau, t_star in zip(taus, p.plateau_time.values, strict=True):
+        # the remaining change exp(-t/tau) - exp(-T/tau) first falls below tol at t_true; noise moves it a record or two
+        t_true = -tau * np.log(tol + np.exp(-times[-1] / tau))
+        assert abs(t_star - t_true) <= 2 * 2.0 + 1e-9, (tau, t_star, t_true)
+    np.testing.assert_allclose(p.value.values, a.mean("seed").sel(time=p.plateau_time.values).values.diagonal())
+    assert (p.gain_hi <= tol).all() and (p.gain_lo >= -tol).all()
+    # a curve that keeps rising (tau far beyond the horizon) is flat only at its last record: not reached
+    slow = es.plateau(_saturating([400.0], times), tol=tol).compute()
+    assert not bool(slow.reached[0]) and np.isnan(float(slow.plateau_time[0])) and np.isnan(float(slow.value[0]))
+    # a loose tolerance calls the same slow curve flat early; window = 0 accepts a plateau of one record
+    assert float(es.plateau(_saturating([400.0], times), tol=0.5).plateau_time[0]) == 0.0
+    last = es.plateau(_saturating([400.0], times), tol=tol, window=0.0)
+    assert bool(last.reached[0]) and float(last.plateau_time[0]) >= 0.9 * times[-1]
+
+
+def test_plateau_matches_a_loop_over_t_intervals_and_reports_every_bad_argument():
+    from scipy import stats
+
+    times = np.arange(0.0, 41.0, 4.0)
+    a = _saturating([8.0, 30.0], times, n_seeds=12, noise=0.01, seed=4)
+    p = es.plateau(a, tol=0.02).compute()
+    for c in range(2):
+        y = a.isel(case=c).values
+        flat = []
+        for k in range(times.size):
+            d = y[:, -1] - y[:, k]
+            half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size) if d.any() else 0.0
+            flat.append(-0.02 <= d.mean() - half and d.mean() + half <= 0.02)
+        first = next(k for k in range(times.size) if all(flat[k:]))
+        expected = times[first] if times[first] <= 0.8 * times[-1] else np.nan
+        np.testing.assert_equal(float(p.plateau_time[c]), expected)
+    with pytest.raises(ValidationError) as e:
+        es.plateau(a.isel(seed=0), tol=-1, window=1.5)
+    assert "'seed'" in str(e.value) and "tol = -1" in str(e.value) and "window = 1.5" in str(e.value)
+
+
 def test_anova_effects_against_the_sums_of_squares_of_a_balanced_design():
     import pandas as pd
 
@@ -213,6 +264,39 @@ def test_accessor_methods_have_the_functions_signatures():
         kw = [p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
         got = [p for p in inspect.signature(getattr(ds.ens.plot, name)).parameters.values() if p.kind == p.KEYWORD_ONLY]
         assert got == kw, name
+
+
+def test_gamma_alpha_map_draws_a_panel_per_width_and_leaves_missing_cells_blank():
+    import matplotlib.pyplot as plt
+
+    from ensemble_stats import plot
+
+    vals = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4) / 100
+    vals[1, 2, 3] = np.nan  # a diverged or unplateaued cell
+    da = xr.DataArray(
+        vals,
+        dims=("width", "gamma", "alpha"),
+        coords={"width": [100, 400], "gamma": [0.5, 0.75, 1.0], "alpha": [1.0, 10.0, 100.0, 1000.0]},
+        attrs={"long_name": "test accuracy"},
+    )
+    try:
+        fig = plot.gamma_alpha_map(da)
+        panels = [a for a in fig.axes if a.get_title()]
+        assert [a.get_title() for a in panels] == ["N = 100", "N = 400"] and len(fig.axes) == 3  # and a colour bar
+        assert [t.get_text() for t in panels[0].get_xticklabels()] == ["1", "10", "100", "1000"]
+        assert [t.get_text() for t in panels[0].get_yticklabels()] == ["0.5", "0.75", "1"]
+        cells = {(t.get_position(), t.get_text()) for t in panels[1].texts}
+        assert len(panels[1].texts) == 11 and ((3, 2), "nan") not in cells  # 12 cells, the NaN one blank
+        assert ((0, 0), f"{vals[1, 0, 0]:.2f}") in cells and ((3, 1), f"{vals[1, 1, 3]:.2f}") in cells
+        assert fig.axes[-1].get_ylabel() == "test accuracy"
+        fig = plot.gamma_alpha_map(da.sel(width=100) + 1e-3, log=True, fmt=".1e")
+        assert fig.axes[-1].get_ylabel() == "log10 test accuracy"
+        with pytest.raises(ValidationError, match=r"select or reduce \['seed'\]"):
+            plot.gamma_alpha_map(da.expand_dims(seed=[0, 1]))
+        with pytest.raises(ValidationError, match="needs \\(gamma, alpha\\)"):
+            plot.gamma_alpha_map(da.sel(alpha=1.0))
+    finally:
+        plt.close("all")
 
 
 def test_plots_return_figures_with_the_expected_axes():

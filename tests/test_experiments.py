@@ -46,7 +46,14 @@ def test_scale_overrides_apply_and_mnist_variants_need_a_path(runner, tmp_path):
     _, _, smoke = runner.load_study(RUN.parent / "shallow.toml", "smoke")
     _, _, with_mnist = runner.load_study(RUN.parent / "shallow.toml", "default", mnist=str(tmp_path))
     assert "mnist-cross_entropy" not in default and "mnist-cross_entropy" in with_mnist
-    assert set(smoke) == {"digits-cross_entropy", "digits-mse"}
+    assert set(smoke) == {
+        "digits-cross_entropy",
+        "digits-mse",
+        "digits-cross_entropy-theory-init",
+        "digits-cross_entropy-alpha-map",
+    }
+    assert default["mnist1d-cross_entropy"].load_data().x_train.shape[0] == 4000  # the standard 4000 / 1000 split
+    assert list(default["digits-cross_entropy-alpha-map"].alphas) == [10.0, 100.0, 1000.0]
     assert list(smoke["digits-mse"].widths) == [20, 40] and list(default["digits-mse"].widths) == [100, 200, 400]
     assert default["digits-mse"].train.loss == "mse"
 
