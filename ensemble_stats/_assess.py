@@ -245,8 +245,11 @@ def plateau(
         raise ValidationError("plateau: " + "; ".join(problems) + ".")
     coord = a[dim].astype(np.float64)
     change = paired_difference(a.isel({dim: -1}, drop=True), a.drop_vars(dim).assign_coords({dim: coord}), ci=ci)
-    flat = (change["mean_lo"] >= -tol) & (change["mean_hi"] <= tol)
-    flat = (flat | (coord == coord[-1])).astype(np.int8)  # the last record: no change to come (no interval)
+    # every seed changing by the same amount (an accuracy saturated at 1, the last record) has a zero standard
+    # error and no Student-t interval: the interval is then the point itself
+    exact = change["stderr"] == 0
+    lo, hi = (xr.where(exact, change["mean"], change[k]) for k in ("mean_lo", "mean_hi"))
+    flat = ((lo >= -tol) & (hi <= tol)).astype(np.int8)
     # flat from t onwards: a cumulative product taken from the end
     onwards = flat.isel({dim: slice(None, None, -1)}).cumprod(dim).isel({dim: slice(None, None, -1)}) > 0
     t0, t1 = float(coord[0]), float(coord[-1])
@@ -260,8 +263,8 @@ def plateau(
             "reached": reached,
             "value": a.mean(schema.SEED).assign_coords({dim: coord}).where(at).max(dim).where(reached),
             "gain": change["mean"].where(at).max(dim).where(reached),
-            "gain_lo": change["mean_lo"].where(at).max(dim).where(reached),
-            "gain_hi": change["mean_hi"].where(at).max(dim).where(reached),
+            "gain_lo": lo.where(at).max(dim).where(reached),
+            "gain_hi": hi.where(at).max(dim).where(reached),
         }
     )
     what = a.attrs.get("long_name") or a.name or "the variable"

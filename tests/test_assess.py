@@ -175,6 +175,9 @@ def test_plateau_finds_the_time_a_saturating_curve_settles_and_refuses_a_rising_
     assert not bool(slow.reached[0]) and np.isnan(float(slow.plateau_time[0])) and np.isnan(float(slow.value[0]))
     # a loose tolerance calls the same slow curve flat early; window = 0 accepts a plateau of one record
     assert float(es.plateau(_saturating([400.0], times), tol=0.5).plateau_time[0]) == 0.0
+    # every seed saturating at exactly 1 (a training accuracy of 100%): no spread, yet flat
+    full = xr.DataArray(np.minimum(1.0, times / 40 + np.zeros((1, 6, 1))), dims=("case", "seed", "time"))
+    assert float(es.plateau(full.assign_coords(time=times), tol=tol).plateau_time[0]) == 40.0
     last = es.plateau(_saturating([400.0], times), tol=tol, window=0.0)
     assert bool(last.reached[0]) and float(last.plateau_time[0]) >= 0.9 * times[-1]
 

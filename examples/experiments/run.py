@@ -110,12 +110,18 @@ def _slope(r) -> str:
     return ci(r.slope, r.slope_lo, r.slope_hi)
 
 
-def _with_alpha_one(base: xr.Dataset, amap: xr.Dataset) -> xr.Dataset:
-    """A map store with the alpha = 1 runs of its base store (same config but alpha, so the same seeds) prepended."""
-    b = base.sel(width=amap.width.values)
-    per_run = [v for v in amap.data_vars if schema.ALPHA in amap[v].dims]
-    joined = {v: xr.concat([b[v].expand_dims({schema.ALPHA: [1.0]}), amap[v]], schema.ALPHA) for v in per_run}
-    return amap.drop_vars([*per_run, schema.ALPHA]).assign(joined).transpose(schema.ALPHA, ...)
+def _alpha_map(parts: list[xr.Dataset]) -> xr.Dataset:
+    """One (gamma, alpha) map from stores of one config that differ only in alpha (so they share their seeds):
+    their per-run variables concatenated along alpha, sorted; a store without an alpha dim is alpha = 1."""
+    first = next(p for p in parts if schema.ALPHA in p.dims)
+    widths = first.width.values
+    per_run = [v for v in first.data_vars if schema.ALPHA in first[v].dims]
+    parts = [
+        p.sel(width=widths) if schema.ALPHA in p.dims else p.sel(width=widths).expand_dims(alpha=[1.0]) for p in parts
+    ]
+    joined = {v: xr.concat([p[v] for p in parts], schema.ALPHA) for v in per_run}
+    out = first.drop_vars([*per_run, schema.ALPHA]).assign(joined)
+    return out.sortby(schema.ALPHA).transpose(schema.ALPHA, ...)
 
 
 def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
@@ -123,10 +129,11 @@ def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, ana
     tol, window = float(analysis.get("plateau_tol", 0.01)), float(analysis.get("plateau_window", 0.2))
     rows, best_rows, figs, equal, tuned, not_reached, n_runs = [], [], [], [], [], 0, 0
     for name, path in maps.items():
-        ds = es.open_ensemble(path).load()
+        if name.endswith("-fine"):  # joined with its coarse map below
+            continue
         stem = name.removesuffix("-alpha-map")
-        if stem in base:
-            ds = _with_alpha_one(es.open_ensemble(base[stem]).load(), ds)
+        parts = [path, maps.get(f"{name}-fine"), base.get(stem)]
+        ds = _alpha_map([es.open_ensemble(p).load() for p in parts if p is not None])
         spe = int(ds.step.max()) / float(ds.time[-1])  # optimizer steps per epoch
         pl = es.plateau(ds.train_accuracy, tol=tol, window=window).compute()
         ok = pl.reached & ((ds.diverged_step < 0).all(schema.SEED))
@@ -244,7 +251,7 @@ def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, ana
 
 
 def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    maps = {k: v for k, v in stores.items() if k.endswith("-alpha-map")}
+    maps = {k: v for k, v in stores.items() if k.endswith(("-alpha-map", "-alpha-map-fine"))}
     stores = {k: v for k, v in stores.items() if k not in maps}
     extra = ["", *_shallow_map(stores, maps, figdir, analysis)] if maps else []
     figs, mono_rows, var_rows, slope_rows, by_init = [], [], [], [], {}
