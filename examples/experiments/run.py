@@ -578,6 +578,28 @@ def _deep_alpha_search(base: dict[str, Path], search: dict[str, Path], figdir: P
         ),
         "",
     ]
+    ones = [r for r in runs if 1.0 in (r["g1"], r["g2"], r["g3"])]
+    if ones and not any(r["learned"] for r in ones):
+        n_const = len(
+            {(r["g1"], r["g2"], r["g3"], r["rule"]) for r in ones if not r["diverged"] and np.ptp(r["acc"]) == 0}
+        )
+        lines += [
+            f"No configuration with some gamma_i = 1 learned, under either rule ({n_const} of "
+            f"{len({(r['g1'], r['g2'], r['g3'], r['rule']) for r in ones})} predict one class for every image at some "
+            "alpha). A likely reason where gamma_1 or gamma_2 = 1, not measured here: such a layer outputs "
+            "N^-1 sum_j w_j s(.), an average of N non-centred sigmoid units, whose input-dependent part is of relative "
+            "order N^(-1/2), so the layer after it sees nearly the same input for every image, whatever the rates. "
+            "With gamma_3 = 1 alone the best any run reached is "
+            + (
+                f"{max(outer_only, key=lambda r: r['mean'])['mean']:.3f} (alpha = "
+                f"{max(outer_only, key=lambda r: r['mean'])['alpha']:g}); they diverge from alpha = "
+                f"{min((r['alpha'] for r in ones if r['g1'] < 1 and r['g2'] < 1 and r['diverged']), default=np.inf):g} "
+                "on, so a stable rate that trains them, if any, lies between the grid's points."
+                if (outer_only := [r for r in ones if r["g1"] < 1 and r["g2"] < 1 and np.isfinite(r["mean"])])
+                else "nothing (every run diverged)."
+            ),
+            "",
+        ]
     for rule in rules:
         learners = [r for r in best if r["rule"] == rule]
         head = f"**Verdict (`{rule}` rates): among the configurations that learned, is test accuracy more sensitive to gamma_3?**"
