@@ -144,10 +144,13 @@ def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, ana
         var = es.bias_variance(ds).variance.isel(time=-1).compute()
         var.attrs["long_name"] = "seed variance, last epoch"
         fig, axes = plt.subplots(
-            2, ds.sizes["width"], figsize=(3.8 * ds.sizes["width"], 6.4), squeeze=False, layout="constrained"
+            3, ds.sizes["width"], figsize=(3.8 * ds.sizes["width"], 9.4), squeeze=False, layout="constrained"
         )
-        plot.gamma_alpha_map(acc_mean, ax=axes[0])
-        plot.gamma_alpha_map(var, log=True, fmt=".1e", ax=axes[1])
+        last = ds.accuracy.isel(time=-1).mean(schema.SEED).where((ds.diverged_step < 0).all(schema.SEED))
+        last.attrs["long_name"] = "test accuracy, last epoch"
+        plot.gamma_alpha_map(last, ax=axes[0])
+        plot.gamma_alpha_map(acc_mean, ax=axes[1])
+        plot.gamma_alpha_map(var, log=True, fmt=".1e", ax=axes[2])
         fig.suptitle(f"{name} (blank: no plateau / diverged)")
         figs.append(f"![{name} map]({_save(fig, figdir, f'shallow-{name}.png')})")
         n_runs += int(ok.size)
