@@ -6,8 +6,7 @@ float32 matmul peak measured before and after:
 
 - shallow: S = 32, N = 1024, d = 64, batch 32, 500 steps (one hidden layer: the block trainer's fused step);
 - deep: 3 hidden layers of 256, S = 32, d = 64, batch 32, 200 steps (the block trainer's autograd step);
-- the block trainer's scaling table over S in {8, 64, 512} x N in {256, 1024, 4096} (steps scaled to equal work);
-- the matmul floor: the step's batched products alone at the same shapes, the speed no trainer built on them beats.
+- the block trainer's scaling table over S in {8, 64, 512} x N in {256, 1024, 4096} (steps scaled to equal work).
 
 The recipe is PyTorch's documented model ensembling: ``torch.func.stack_module_state`` of the S modules,
 ``vmap(grad(loss))`` over them, and an in-place SGD update of the stacked parameters. The block trainer's time
@@ -50,31 +49,6 @@ def matmul_peak(device: str, n: int = 2048, reps: int = 20) -> float:
         a @ b
     _sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def matmul_floor(S: int, widths: tuple[int, ...], steps: int, device: str) -> float:
-    """Time of the step's matrix products alone, at the trainers' shapes: per layer (a -> b) the forward
-    (S, B, a) @ (S, a, b), the weight gradient (S, a, B) @ (S, B, b) and (past the first layer) the input gradient
-    (S, B, b) @ (S, b, a), as batched products into preallocated outputs, nothing else. No trainer that performs
-    these products as batched GEMMs can be faster: its % of peak bounds theirs."""
-    dims = (D, *widths, 1)
-    ops = []
-    for i, (a, b) in enumerate(itertools.pairwise(dims)):
-        x, w, g = (torch.randn(S, BATCH, a, device=device), torch.randn(S, a, b, device=device),
-                   torch.randn(S, BATCH, b, device=device))  # fmt: skip
-        ops.append((x, w, torch.empty(S, BATCH, b, device=device)))  # forward
-        ops.append((x.transpose(1, 2), g, torch.empty(S, a, b, device=device)))  # weight gradient
-        if i:
-            ops.append((g, w.transpose(1, 2), torch.empty(S, BATCH, a, device=device)))  # input gradient
-    for u, v, out in ops:  # warm-up
-        torch.bmm(u, v, out=out)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        for u, v, out in ops:
-            torch.bmm(u, v, out=out)
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def step_flops(widths: tuple[int, ...], outputs: int = 1) -> int:
@@ -162,7 +136,6 @@ def compare(name, data, S, widths, steps, device, root, repeats, peak) -> float:
         "(its records alone)": lambda: block_trainer(data, S, widths, 0, device, root),
         "torch.func recipe": lambda: torch_func_recipe(data, S, widths, steps, device),
         "per-seed torch.optim.SGD": lambda: per_seed_loop(data, S, widths, steps, device),
-        "matmul floor (products only)": lambda: matmul_floor(S, widths, steps, device),
     }
     best = dict.fromkeys(trainers, float("inf"))
     block_trainer(data, S, widths, 5, device, root)  # warm-up
@@ -177,15 +150,9 @@ def compare(name, data, S, widths, steps, device, root, repeats, peak) -> float:
     ref = best["block trainer, training"]
     for k, t in best.items():
         print(
-            f"  {k:<28} {t:7.2f} s  {flops / t / 1e9:6.1f} GFLOP/s  {100 * flops / t / peak:5.1f}% of peak  "
+            f"  {k:<26} {t:7.2f} s  {flops / t / 1e9:6.1f} GFLOP/s  {100 * flops / t / peak:5.1f}% of peak  "
             f"{t / ref:5.2f}x the block trainer's training time"
         )
-    floor, recipe = best["matmul floor (products only)"], best["torch.func recipe"]
-    print(
-        f"  bounds: the products alone reach {100 * flops / floor / peak:.1f}% of the 2048^2 peak at these shapes, so no "
-        f"trainer built on them exceeds that; against the recipe at most {recipe / floor:.2f}x is possible "
-        f"(the block trainer: {recipe / ref:.2f}x, {floor / ref:.0%} of the floor's speed)"
-    )
     return ref
 
 
