@@ -151,7 +151,11 @@ def _saturating(tau, times, n_seeds=64, noise=0.002, seed=0, dims=("case", "seed
     rng = np.random.default_rng(seed)
     tau = np.asarray(tau, dtype=float)[:, None, None]
     y = 1 - np.exp(-times[None, None, :] / tau)
-    y = y + 0.01 * rng.normal(size=(tau.shape[0], n_seeds, 1)) + noise * rng.normal(size=(tau.shape[0], n_seeds, times.size))
+    y = (
+        y
+        + 0.01 * rng.normal(size=(tau.shape[0], n_seeds, 1))
+        + noise * rng.normal(size=(tau.shape[0], n_seeds, times.size))
+    )
     return xr.DataArray(y, dims=dims, coords={"case": np.arange(tau.shape[0]), "time": times})
 
 
