@@ -362,8 +362,8 @@ def analyze_shallow(stores: dict[str, Path], figdir: Path, analysis: dict) -> li
             "**The init's part in the variance law.** The same runs with the theory init (W1 ~ N(0, 1/d), C ~ N(0, 1), "
             "no biases at init: a mean-zero output) beside the paper init (C ~ U(0, 1) and PyTorch's default biases, "
             "whose output bias c0 adds 1/(3N) to the variance whatever gamma is). At t = 0 the paper init's slope "
-            f"misses 1 - 2 gamma where the theory init's covers it in {sum(c0_miss)} of {len(c0_miss)} gammas, and is "
-            "steeper on average (paper minus theory, over gamma) by "
+            f"misses 1 - 2 gamma where the theory init's covers it in {sum(c0_miss)} of {len(c0_miss)} gammas, and "
+            "differs on average (paper minus theory, over gamma; negative: the paper init's is steeper) by "
             + ", ".join(f"{v:+.2f} ({k})" for k, v in shift.items())
             + ". The slopes at a common scaled time (or the last epoch) follow.",
             "",
