@@ -256,15 +256,18 @@ def plateau(
     first = coord.where(onwards).min(dim)
     reached = first <= t1 - window * (t1 - t0)
     at = coord == first
-    t_star = first.where(reached)
+
+    def at_plateau(v: xr.DataArray) -> xr.DataArray:
+        return v.where(at).max(dim).where(reached)
+
     out = xr.Dataset(
         {
-            "plateau_time": t_star,
+            "plateau_time": first.where(reached),
             "reached": reached,
-            "value": a.mean(schema.SEED).assign_coords({dim: coord}).where(at).max(dim).where(reached),
-            "gain": change["mean"].where(at).max(dim).where(reached),
-            "gain_lo": lo.where(at).max(dim).where(reached),
-            "gain_hi": hi.where(at).max(dim).where(reached),
+            "value": at_plateau(a.mean(schema.SEED).assign_coords({dim: coord})),
+            "gain": at_plateau(change["mean"]),
+            "gain_lo": at_plateau(lo),
+            "gain_hi": at_plateau(hi),
         }
     )
     what = a.attrs.get("long_name") or a.name or "the variable"

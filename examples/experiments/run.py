@@ -127,7 +127,7 @@ def _alpha_map(parts: list[xr.Dataset]) -> xr.Dataset:
 def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
     """The (gamma, alpha) maps: test accuracy where each run's training accuracy has plateaued, and the variance."""
     tol, window = float(analysis.get("plateau_tol", 0.01)), float(analysis.get("plateau_window", 0.2))
-    rows, best_rows, figs, equal, tuned, not_reached, n_runs, data_of = [], [], [], [], [], 0, 0, {}
+    rows, best_rows, figs, equal, tuned, not_reached, n_runs = [], [], [], [], [], 0, 0
     for name, path in maps.items():
         if name.endswith("-fine"):  # joined with its coarse map below
             continue
@@ -135,8 +135,10 @@ def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, ana
         parts = [path, maps.get(f"{name}-fine"), base.get(stem)]
         ds = _alpha_map([es.open_ensemble(p).load() for p in parts if p is not None])
         spe = int(ds.step.max()) / float(ds.time[-1])  # optimizer steps per epoch
+        data = json.loads(ds.attrs["config"])["data"]["name"]
+        alive = (ds.diverged_step < 0).all(schema.SEED)  # no seed diverged
         pl = es.plateau(ds.train_accuracy, tol=tol, window=window).compute()
-        ok = pl.reached & ((ds.diverged_step < 0).all(schema.SEED))
+        ok = pl.reached & alive
         t_pl = pl.plateau_time.fillna(float(ds.time[-1]))
         acc = ds.accuracy.sel(time=t_pl)  # each (alpha, gamma, width) at its own plateau epoch
         acc_mean = acc.mean(schema.SEED).where(ok)
@@ -146,7 +148,7 @@ def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, ana
         fig, axes = plt.subplots(
             3, ds.sizes["width"], figsize=(3.8 * ds.sizes["width"], 9.4), squeeze=False, layout="constrained"
         )
-        last = ds.accuracy.isel(time=-1).mean(schema.SEED).where((ds.diverged_step < 0).all(schema.SEED))
+        last = ds.accuracy.isel(time=-1).mean(schema.SEED).where(alive)
         last.attrs["long_name"] = "test accuracy, last epoch"
         plot.gamma_alpha_map(last, ax=axes[0])
         plot.gamma_alpha_map(acc_mean, ax=axes[1])
@@ -187,14 +189,11 @@ def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, ana
             # alpha tuned per gamma: each gamma at the alpha of its best final test accuracy (runs that did not
             # diverge); decided when every gamma's best run has plateaued (a slower alpha that plateaued at a lower
             # accuracy would not be the tuned rate)
-            final = ds.accuracy.isel(time=-1).mean(schema.SEED).sel(width=w)
-            alive = (ds.diverged_step < 0).all(schema.SEED).sel(width=w)
-            pick = final.where(alive).fillna(-1).argmax(schema.ALPHA)
-            data_of[name] = data_of.get(name) or json.loads(ds.attrs["config"])["data"]["name"]
+            pick = last.sel(width=w).fillna(-1).argmax(schema.ALPHA)
             if bool(ok.sel(width=w).isel({schema.ALPHA: pick}).all()):
                 best = acc.sel(width=w).isel({schema.ALPHA: pick})
                 tr = es.trend(best.drop_vars(schema.ALPHA)).compute()
-                tuned.append((data_of[name], bool(tr.increasing)))
+                tuned.append((data, bool(tr.increasing)))
                 best_rows.append(
                     [
                         name,
@@ -207,7 +206,7 @@ def _shallow_map(base: dict[str, Path], maps: dict[str, Path], figdir: Path, ana
                     ]
                 )
             else:
-                tuned.append((data_of[name], None))
+                tuned.append((data, None))
     decided = [x for x in equal if x is not None]
     v_eq = es.verdict(decided)
     by_data = {d: es.verdict([x for dd, x in tuned if dd == d]) for d in dict.fromkeys(dd for dd, _ in tuned)}
@@ -499,8 +498,7 @@ def _deep_alpha_search(base: dict[str, Path], search: dict[str, Path], figdir: P
                         acc=f.accuracy.values.astype(float), diverged=int((f.diverged_step >= 0).sum()),
                     )
                 )  # fmt: skip
-    frame = pd.DataFrame(runs)
-    alphas = sorted(frame.alpha.unique())
+    alphas = sorted({r["alpha"] for r in runs})
     for r in runs:
         r["mean"] = r["lo"] = r["hi"] = np.nan
         if not r["diverged"]:
@@ -590,6 +588,8 @@ def _deep_alpha_search(base: dict[str, Path], search: dict[str, Path], figdir: P
         "",
     ]
     ones = [r for r in runs if 1.0 in (r["g1"], r["g2"], r["g3"])]
+    outer_only = [r for r in ones if r["g1"] < 1 and r["g2"] < 1]  # gamma_3 = 1 alone
+    top_outer = max((r for r in outer_only if np.isfinite(r["mean"])), key=lambda r: r["mean"], default=None)
     if ones and not any(r["learned"] for r in ones):
         n_const = len(
             {(r["g1"], r["g2"], r["g3"], r["rule"]) for r in ones if not r["diverged"] and np.ptp(r["acc"]) == 0}
@@ -602,11 +602,10 @@ def _deep_alpha_search(base: dict[str, Path], search: dict[str, Path], figdir: P
             "order N^(-1/2), so the layer after it sees nearly the same input for every image, whatever the rates. "
             "With gamma_3 = 1 alone the best any run reached is "
             + (
-                f"{max(outer_only, key=lambda r: r['mean'])['mean']:.3f} (alpha = "
-                f"{max(outer_only, key=lambda r: r['mean'])['alpha']:g}); they diverge from alpha = "
-                f"{min((r['alpha'] for r in ones if r['g1'] < 1 and r['g2'] < 1 and r['diverged']), default=np.inf):g} "
-                "on, so a stable rate that trains them, if any, lies between the grid's points."
-                if (outer_only := [r for r in ones if r["g1"] < 1 and r["g2"] < 1 and np.isfinite(r["mean"])])
+                f"{top_outer['mean']:.3f} (alpha = {top_outer['alpha']:g}); they diverge from alpha = "
+                f"{min((r['alpha'] for r in outer_only if r['diverged']), default=np.inf):g} on, so a stable rate "
+                "that trains them, if any, lies between the grid's points."
+                if top_outer is not None
                 else "nothing (every run diverged)."
             ),
             "",
