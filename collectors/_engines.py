@@ -17,6 +17,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
+from ._fused import fused_applies, mlp_step
 from ._models import forward
 
 ModelFactory = Callable[[int, int, float], torch.nn.Module]
@@ -36,16 +37,13 @@ def _broadcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class MLPEngine:
-    """ScaledMLP members: a hand-written step for one hidden layer (``_shallow_step``), autograd otherwise."""
+    """ScaledMLP members: the hand-written step of ``_fused`` while every member is live, autograd otherwise
+    (frozen members, callable activations, biases at a rate other than their layer's)."""
 
-    def __init__(self, arch, params, lr, scales, config, width: int, shallow_step):
+    def __init__(self, arch, params, lr, scales, config, width: int):
         self.arch, self.params, self.lr, self.scales = arch, params, lr, scales
-        self.config, self.width, self._shallow_step = config, width, shallow_step
-        self.fast = (
-            arch.depth == 1
-            and isinstance(config.activation, str)
-            and (not arch.bias or torch.equal(lr["b1"].view(-1), lr["W1"].view(-1)))
-        )
+        self.config, self.width = config, width
+        self.fast = fused_applies(arch, lr)
         self._ws: dict[str, torch.Tensor] = {}
         B = params["C"].shape[0]
         self.buffers = {f"scale{layer}": s.view(B) for layer, s in enumerate(scales)}
@@ -76,8 +74,8 @@ class MLPEngine:
         cfg = self.config
         if self.fast and bool(alive.all()):
             with torch.no_grad():
-                losses = self._shallow_step(
-                    self.params, self.arch, self.scales[0], xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
+                losses = mlp_step(
+                    self.params, self.arch, self.scales, xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
                     self.width, self._ws,
                 )  # fmt: skip
             if bool(torch.isfinite(losses).all()):

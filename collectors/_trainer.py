@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
@@ -218,91 +217,6 @@ class BlockResult:
     seconds: float
 
 
-def _workspace(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    """A buffer reused across steps: a fresh multi-MB tensor per step costs page faults comparable to a GEMM."""
-    t = ws.get(name)
-    if t is None or t.shape != shape:
-        t = ws[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
-    return t
-
-
-# tanh(z) = 2 sigmoid(2z) - 1 and sigmoid(z): h = a sigmoid(k z) + c. The step keeps S = sigmoid(k z) and folds
-# a, k, c into the tiny (B, O, n) factors, so the (B, N, n) tensors see one sigmoid and one sigmoid_backward
-# (torch's CPU tanh kernel is also ~5x slower than its sigmoid kernel).
-_SIGMOID_FAMILY = {"tanh": (2.0, 2.0, -1.0), "sigmoid": (1.0, 1.0, 0.0)}  # activation: (a, k, c)
-
-
-def _shallow_step(
-    params, arch, scale, x, y, labels, loss: str, lr, weight_decay: float, width: int, ws: dict
-) -> torch.Tensor:
-    """One SGD step of every member of a one-hidden-layer block, forward and backward by hand.
-
-    Same arithmetic as autograd on ``forward`` + ``member_losses`` (tests compare against torch.optim.SGD);
-    the update is applied only if every member's loss is finite, and the losses (B,) are returned. Every
-    member-sized tensor is laid out (B, N, n) so each product is one batched GEMM with no transposing copies
-    (and the weight update's operands are contiguous), and lives in the reused workspace ``ws``; tanh and
-    sigmoid are one sigmoid pass forward and one backward (see ``_SIGMOID_FAMILY``).
-    """
-    from ._models import ACTIVATION_BACKWARD, activation_fn
-
-    n = x.shape[0]
-    W1, C = params["W1"], params["C"]
-    B, N, d = W1.shape
-    xb = x.expand(B, n, d)
-    Z = _workspace(ws, "Z", (B, N, n), W1)
-    act = arch.activation
-    a, k, c = _SIGMOID_FAMILY.get(act, (1.0, 1.0, 0.0))
-    # the members share the batch: Z = k W1 x^T is one (B N, d) x (d, n) GEMM, faster than B small ones
-    if arch.bias:
-        Z.copy_(params["b1"][:, :, None].expand(B, N, n))
-        Z.view(B * N, n).addmm_(W1.view(B * N, d), x.T, beta=k, alpha=k)  # k (W x + b)
-    else:
-        Z.view(B * N, n).addmm_(W1.view(B * N, d), x.T, beta=0.0, alpha=k)
-    if act in _SIGMOID_FAMILY:
-        H = torch.sigmoid(Z, out=Z)  # S; the activation is a S + c
-    elif act == "relu":
-        H = torch.relu_(Z)
-    else:
-        H = activation_fn(act)(Z)
-    out = torch.bmm(C, H)  # (B, O, n)
-    if c:
-        out = out.mul_(a).add_(C.sum(-1, keepdim=True), alpha=c)
-    out = out.transpose(1, 2) * scale  # (B, n, O)
-    if arch.bias:
-        out = out + params["c0"][:, None, :]
-    if loss == "mse":
-        r = out - y
-        losses = 0.5 * (r * r).mean(dim=(-2, -1))
-        G = r / (n * out.shape[-1])
-    else:
-        logp = torch.log_softmax(out, -1)
-        losses = -logp.gather(-1, labels.expand(B, n)[..., None])[..., 0].mean(-1)
-        G = (logp.exp() - F.one_hot(labels, out.shape[-1]).to(out.dtype)) / n
-    if weight_decay:
-        losses = losses + weight_decay * (C * C).sum(dim=(-2, -1)) / width
-    if not bool(torch.isfinite(losses).all()):
-        return losses
-    Gs = (G * scale).transpose(1, 2)  # (B, O, n): tiny, so scale, learning rate, a and k are folded in here
-    dC = torch.bmm(Gs, H.transpose(1, 2))  # (B, O, N)
-    if c:
-        dC = dC.mul_(a).add_(Gs.sum(-1, keepdim=True), alpha=c)
-    if weight_decay:
-        dC = dC + (2 * weight_decay / width) * C
-    dH = torch.bmm(C.transpose(1, 2), Gs * (lr["W1"] * (a * k)), out=_workspace(ws, "dH", (B, N, n), W1))
-    if act in _SIGMOID_FAMILY:
-        dZ = torch.ops.aten.sigmoid_backward.grad_input(dH, H, grad_input=dH)
-    elif act == "relu":
-        dZ = torch.ops.aten.threshold_backward.grad_input(dH, H, 0, grad_input=dH)  # h > 0 exactly where z > 0
-    else:
-        dZ = ACTIVATION_BACKWARD[act](dH, Z, H)
-    if arch.bias:  # b1 shares W1's rate (learning_rates gives a layer one rate)
-        params["b1"].sub_(dZ.sum(2))
-        params["c0"].sub_(lr["c0"] * G.sum(1))
-    W1.baddbmm_(dZ, xb, alpha=-1.0)  # W1 -= lr * dZ x, in place: one batched GEMM
-    C.sub_(lr["C"] * dC)
-    return losses
-
-
 def train_block(
     store: EnsembleStore,
     data: DataSet,
@@ -446,7 +360,7 @@ def _engine(data, config, block: Block, model_factory, dtype, dev):
         torch.tensor([a.scales()[layer] for a in archs for _ in seeds], dtype=dtype, device=dev).view(B, 1, 1)
         for layer in range(arch.depth)
     ]
-    return MLPEngine(arch, params, lr, scales, config, int(width), _shallow_step)
+    return MLPEngine(arch, params, lr, scales, config, int(width))
 
 
 EVAL_ELEMENTS = 1 << 25
