@@ -17,7 +17,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
-from ._fused import fused_applies, mlp_step
+from ._fused import fused_applies, mlp_forward, mlp_step
 from ._models import forward
 
 ModelFactory = Callable[[int, int, float], torch.nn.Module]
@@ -54,6 +54,8 @@ class MLPEngine:
         return forward(p, self.arch, x, [b[f"scale{layer}"] for layer in range(self.arch.depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.arch.activation, str) and not torch.is_grad_enabled():  # the records: the fused pass
+            return mlp_forward(self.params, self.arch, self.scales, x)
         return forward(self.params, self.arch, x, self.scales)
 
     def _output_weight_norm(self) -> torch.Tensor:

@@ -57,43 +57,10 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
     """
     L, n, act = arch.depth, x.shape[0], arch.activation
     W1, C = params["W1"], params["C"]
-    B, _, d = W1.shape
+    B = W1.shape[0]
     a, k, c = SIGMOID_FAMILY.get(act, (1.0, 1.0, 0.0))
-    family, phi = act in SIGMOID_FAMILY, activation_fn(act)
-
-    # forward: S[l] = sigmoid(k z_l) for the sigmoid family (relu(z_l) for relu, phi(z_l) otherwise, with the
-    # pre-activation kept in Z[l]); U[l] = h_l materialised as the next layer's input (l < L)
-    S, Z, U = [], [], []
-    for layer in range(1, L + 1):
-        W = params[f"W{layer}"]
-        N = W.shape[1]
-        z = workspace(ws, f"Z{layer}", (B, N, n), W1)
-        if layer == 1:  # the members share x: one (B N1, d) x (d, n) GEMM, faster than B small ones
-            if arch.bias:
-                z.copy_(params["b1"][:, :, None].expand(B, N, n))
-            z.view(B * N, n).addmm_(W1.view(B * N, d), x.T, beta=k if arch.bias else 0.0, alpha=k)
-        else:
-            torch.bmm(W, U[-1], out=z).mul_(scales[layer - 2] * k)
-            if arch.bias:
-                z.add_(params[f"b{layer}"][:, :, None], alpha=k)
-        if family:
-            h = torch.sigmoid(z, out=z)
-        elif act == "relu":
-            h = torch.relu_(z)
-        else:
-            h = phi(z)
-        S.append(h)
-        Z.append(z)
-        if layer < L:
-            U.append(torch.mul(h, a, out=workspace(ws, f"U{layer}", h.shape, W1)).add_(c) if c or a != 1 else h)
-    H = S[-1]
-    scale = scales[-1]
-    out = torch.bmm(C, H)  # (B, O, n)
-    if c:
-        out = out.mul_(a).add_(C.sum(-1, keepdim=True), alpha=c)
-    out = out.transpose(1, 2) * scale  # (B, n, O)
-    if arch.bias:
-        out = out + params["c0"][:, None, :]
+    out, S, Z, U = _forward(params, arch, scales, x, ws)
+    H, scale = S[-1], scales[-1]
     if loss == "mse":
         r = out - y
         losses = 0.5 * (r * r).mean(dim=(-2, -1))
@@ -136,6 +103,62 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
         params["c0"].sub_(lr["c0"] * G.sum(1))
     C.sub_(lr["C"] * dC)
     return losses
+
+
+def mlp_forward(params, arch, scales, x: torch.Tensor) -> torch.Tensor:
+    """Every member's outputs (B, n, O) on the shared inputs ``x`` (n, d): the step's forward pass, without
+    autograd (the records' evaluation; tanh costs one sigmoid pass)."""
+    return _forward(params, arch, scales, x, None)[0]
+
+
+def _forward(params, arch, scales, x, ws):
+    """The forward pass in column layout: outputs (B, n, O) and, per layer, S[l] = sigmoid(k z_l) for the
+    sigmoid family (relu(z_l) for relu, phi(z_l) otherwise), Z[l] (the pre-activation, where S is not in its
+    place) and U[l] = h_l materialised as the next layer's input (l < L). ``ws``: the workspace, or None."""
+    L, n, act = arch.depth, x.shape[0], arch.activation
+    W1, C = params["W1"], params["C"]
+    B, _, d = W1.shape
+    a, k, c = SIGMOID_FAMILY.get(act, (1.0, 1.0, 0.0))
+    family, phi = act in SIGMOID_FAMILY, activation_fn(act)
+    buffer = (
+        (lambda name, shape: workspace(ws, name, shape, W1))
+        if ws is not None
+        else (lambda name, shape: torch.empty(shape, dtype=W1.dtype, device=W1.device))
+    )
+    S, Z, U = [], [], []  # kept for the backward pass only (ws given): evaluation holds one layer at a time
+    u = h = None
+    for layer in range(1, L + 1):
+        W = params[f"W{layer}"]
+        N = W.shape[1]
+        z = buffer(f"Z{layer}", (B, N, n))
+        if layer == 1:  # the members share x: one (B N1, d) x (d, n) GEMM, faster than B small ones
+            if arch.bias:
+                z.copy_(params["b1"][:, :, None].expand(B, N, n))
+            z.view(B * N, n).addmm_(W1.view(B * N, d), x.T, beta=k if arch.bias else 0.0, alpha=k)
+        else:
+            torch.bmm(W, u, out=z).mul_(scales[layer - 2] * k)
+            if arch.bias:
+                z.add_(params[f"b{layer}"][:, :, None], alpha=k)
+        if family:
+            h = torch.sigmoid(z, out=z)
+        elif act == "relu":
+            h = torch.relu_(z)
+        else:
+            h = phi(z)
+        if layer < L:
+            u = torch.mul(h, a, out=buffer(f"U{layer}", h.shape)).add_(c) if c or a != 1 else h
+        if ws is not None:
+            S.append(h)
+            Z.append(z)
+            if layer < L:
+                U.append(u)
+    out = torch.bmm(C, h)  # (B, O, n)
+    if c:
+        out = out.mul_(a).add_(C.sum(-1, keepdim=True), alpha=c)
+    out = out.transpose(1, 2) * scales[-1]  # (B, n, O)
+    if arch.bias:
+        out = out + params["c0"][:, None, :]
+    return out, S, Z, U
 
 
 def _activation_backward(act: str, dH: torch.Tensor, S: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
