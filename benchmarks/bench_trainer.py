@@ -2,11 +2,16 @@
 
 Same work for every trainer: S seeds of one gamma, minibatch SGD with the theory's per-layer rates, MSE, tanh,
 float32, the same batches. Interleaved in one process (--repeats rounds; the best of each is kept), with the
-float32 matmul peak measured before and after:
+float32 matmul peak measured before, in every round and after (percentages use the best peak seen so far):
 
-- shallow: S = 32, N = 1024, d = 64, batch 32, 500 steps (one hidden layer: the block trainer's fused step);
-- deep: 3 hidden layers of 256, S = 32, d = 64, batch 32, 200 steps (the block trainer's autograd step);
+- shallow: S = 32, N = 1024, d = 64, batch 32, 500 steps;
+- deep: 3 hidden layers of 256, S = 32, d = 64, batch 32, 200 steps (both: the block trainer's hand-written step,
+  ``collectors/_fused.py``);
 - the block trainer's scaling table over S in {8, 64, 512} x N in {256, 1024, 4096} (steps scaled to equal work).
+
+Beside each comparison, a bound: the kernels no SGD step of the net can skip (every GEMM and one sigmoid pass
+per hidden activation), each timed alone at the trainer's shapes. Their sum bounds any trainer built on torch's
+kernels, so it says how far the block trainer is from that floor and how large a ratio to the recipe is possible.
 
 The recipe is PyTorch's documented model ensembling: ``torch.func.stack_module_state`` of the S modules,
 ``vmap(grad(loss))`` over them, and an in-place SGD update of the stacked parameters. The block trainer's time
@@ -56,6 +61,40 @@ def step_flops(widths: tuple[int, ...], outputs: int = 1) -> int:
     gradient for the first)."""
     dims = (D, *widths, outputs)
     return sum((2 if i == 0 else 3) * 2 * BATCH * a * b for i, (a, b) in enumerate(itertools.pairwise(dims)))
+
+
+def kernel_floor(S: int, widths: tuple[int, ...], device: str, reps: int = 50) -> float:
+    """Seconds per step of the kernels no SGD step of this net can skip, each timed alone at the block trainer's
+    shapes: every layer's forward GEMM, input-gradient GEMM (not the first layer's) and weight-gradient GEMM,
+    and one sigmoid pass over every hidden activation (tanh's cheapest form in torch). The readout, the loss
+    and all other elementwise work are left out, so the block trainer can only be slower."""
+    dims, n = (D, *widths), BATCH
+    ops = []
+    for layer, (d_in, N) in enumerate(itertools.pairwise(dims), start=1):
+        W = torch.randn(S, N, d_in, device=device)
+        Z, U = torch.randn(S, N, n, device=device), torch.randn(S, d_in, n, device=device)
+        if layer == 1:
+            x = torch.randn(n, d_in, device=device)
+            ops.append(lambda W=W, Z=Z, x=x: torch.mm(W.view(-1, W.shape[-1]), x.T, out=Z.view(-1, Z.shape[-1])))
+            ops.append(lambda W=W, Z=Z, x=x: W.baddbmm_(Z, x.expand(S, *x.shape), alpha=-1e-12))
+        else:
+            ops.append(lambda W=W, Z=Z, U=U: torch.bmm(W, U, out=Z))
+            ops.append(lambda W=W, Z=Z, U=U: torch.bmm(W.transpose(1, 2), Z, out=U))
+            ops.append(lambda W=W, Z=Z, U=U: W.baddbmm_(Z, U.transpose(1, 2), alpha=-1e-12))
+        ops.append(lambda Z=Z: torch.sigmoid(Z, out=Z))
+    total = 0.0
+    for op in ops:
+        best = float("inf")
+        for _ in range(3):
+            op()
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                op()
+            _sync(device)
+            best = min(best, (time.perf_counter() - t0) / reps)
+        total += best
+    return total
 
 
 def _models(S: int, widths, device: str):
@@ -130,7 +169,10 @@ def block_trainer(data, S, widths, steps, device, root: Path) -> float:
     return time.perf_counter() - t0
 
 
-def compare(name, data, S, widths, steps, device, root, repeats, peak) -> float:
+def compare(name, data, S, widths, steps, device, root, repeats, peak) -> tuple[float, float]:
+    """Best-of-``repeats`` times of the trainers, interleaved; the matmul peak is measured in every round too and
+    its best (with ``peak``) is the reference, so a slow spell of the machine cannot inflate the percentages.
+    Returns the block trainer's training time and the peak used."""
     trainers = {
         "block trainer + records": lambda: block_trainer(data, S, widths, steps, device, root),
         "(its records alone)": lambda: block_trainer(data, S, widths, 0, device, root),
@@ -142,18 +184,29 @@ def compare(name, data, S, widths, steps, device, root, repeats, peak) -> float:
     for _ in range(repeats):  # interleaved: each round runs every trainer once
         for k, fn in trainers.items():
             best[k] = min(best[k], fn())
+        peak = max(peak, matmul_peak(device))
     # the block trainer evaluates its members at the start (the blow-up rule's reference) and records the grid and
     # training loss at the end; the others do neither: its training alone is the difference of the two runs
     best["block trainer, training"] = best["block trainer + records"] - best.pop("(its records alone)")
     flops = step_flops(widths) * S * steps
-    print(f"{name}: S={S}, widths={widths}, d={D}, batch={BATCH}, {steps} steps, float32")
+    print(
+        f"{name}: S={S}, widths={widths}, d={D}, batch={BATCH}, {steps} steps, float32; "
+        f"peak (best of the rounds): {peak / 1e9:.1f} GFLOP/s"
+    )
     ref = best["block trainer, training"]
     for k, t in best.items():
         print(
             f"  {k:<26} {t:7.2f} s  {flops / t / 1e9:6.1f} GFLOP/s  {100 * flops / t / peak:5.1f}% of peak  "
             f"{t / ref:5.2f}x the block trainer's training time"
         )
-    return ref
+    floor = kernel_floor(S, widths, device) * steps
+    recipe = best["torch.func recipe"]
+    print(
+        f"  bound: the step's GEMMs and sigmoid passes timed alone take {floor:.2f} s for these steps "
+        f"({100 * flops / floor / peak:.1f}% of peak): no trainer doing them can be faster than "
+        f"{recipe / floor:.2f}x the recipe; the block trainer spends {100 * floor / ref:.0f}% of its time in them"
+    )
+    return ref, peak
 
 
 def main() -> None:
@@ -171,8 +224,8 @@ def main() -> None:
         peak = matmul_peak(dev)
         print(f"device: {where}; float32 matmul peak (2048^2): {peak / 1e9:.1f} GFLOP/s")
         if not args.table_only:
-            compare("shallow", data, 32, (1024,), 500, dev, root, args.repeats, peak)
-            compare("deep", data, 32, (256, 256, 256), 200, dev, root, args.repeats, peak)
+            peak = compare("shallow", data, 32, (1024,), 500, dev, root, args.repeats, peak)[1]
+            peak = compare("deep", data, 32, (256, 256, 256), 200, dev, root, args.repeats, peak)[1]
         if not args.no_table:
             small = teacher(kind="mlp", d=D, n_train=BATCH * 8, n_test=64, seed=0)  # cheap records at large S x N
             print(

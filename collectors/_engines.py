@@ -76,11 +76,11 @@ class MLPEngine:
         cfg = self.config
         if self.fast and bool(alive.all()):
             with torch.no_grad():
-                losses = mlp_step(
+                losses, applied = mlp_step(
                     self.params, self.arch, self.scales, xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
                     self.width, self._ws,
                 )  # fmt: skip
-            if bool(torch.isfinite(losses).all()):
+            if applied:
                 return losses  # updated in place; otherwise nothing was changed: the step below handles it
         losses = self._losses(self.forward(xb), yb, lb)
         keep = alive & torch.isfinite(losses)

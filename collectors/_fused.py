@@ -13,6 +13,8 @@ torch.optim.SGD in float64), without autograd's graph, its gradient tensors and 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -43,7 +45,8 @@ def workspace(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Te
 
 
 def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: float, width: int, ws: dict):
-    """One SGD step of every member of a ScaledMLP block, in place; returns the members' losses (B,).
+    """One SGD step of every member of a ScaledMLP block, in place; returns the members' losses (B,) before it
+    and whether it was applied.
 
     Parameters
     ----------
@@ -53,7 +56,8 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
     lr : per-parameter learning rates, tensors broadcastable against the parameters
     ws : the workspace dict, kept by the caller across steps
 
-    The update is applied only if every member's loss is finite; otherwise nothing is changed.
+    The update is applied only if the losses' sum is finite; otherwise nothing is changed (the caller steps the
+    members whose loss is finite another way).
     """
     L, n, act = arch.depth, x.shape[0], arch.activation
     W1, C = params["W1"], params["C"]
@@ -71,8 +75,8 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
         G = (logp.exp() - F.one_hot(labels, out.shape[-1]).to(out.dtype)) / n
     if weight_decay:
         losses = losses + weight_decay * (C * C).sum(dim=(-2, -1)) / width
-    if not bool(torch.isfinite(losses).all()):
-        return losses
+    if not math.isfinite(float(losses.sum())):  # one reduction: a non-finite sum means some loss may be one
+        return losses, False
 
     # backward, top down. Gs = dloss/d(C h_L) (B, O, n): tiny, so scales and a, k fold in here
     Gs = (G * scale).transpose(1, 2)
@@ -102,7 +106,7 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
     if arch.bias:
         params["c0"].sub_(lr["c0"] * G.sum(1))
     C.sub_(lr["C"] * dC)
-    return losses
+    return losses, True
 
 
 def mlp_forward(params, arch, scales, x: torch.Tensor) -> torch.Tensor:

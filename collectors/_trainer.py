@@ -468,8 +468,8 @@ def _train(
             idx = order[i : i + config.batch_size].to(dev)
             xb, yb, lb = x[idx], y[idx], labels[idx] if labels is not None else None
         losses = engine.step(xb, yb, lb, alive)
-        bad = ~torch.isfinite(losses) & alive
-        if bool(bad.any()):
+        if not math.isfinite(float(losses.sum())):  # one reduction per step while every loss is finite
+            bad = ~torch.isfinite(losses) & alive
             for b in torch.nonzero(bad).flatten().tolist():
                 diverged[members[b]] = k
                 for c in hooks:
