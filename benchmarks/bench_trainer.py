@@ -9,8 +9,8 @@ float32 matmul peak measured before, in every round and after (percentages use t
   ``collectors/_fused.py``);
 - the block trainer's scaling table over S in {8, 64, 512} x N in {256, 1024, 4096} (steps scaled to equal work).
 
-Beside each comparison, a bound: the kernels no SGD step of the net can skip (every GEMM and one sigmoid pass
-per hidden activation), each timed alone at the trainer's shapes. Their sum bounds any trainer built on torch's
+Beside each comparison, a bound: the kernels no SGD step of the net can skip (every GEMM, the readout's two
+products, one sigmoid pass and one backward pass per hidden activation), each timed alone at the trainer's shapes. Their sum bounds any trainer built on torch's
 kernels, so it says how far the block trainer is from that floor and how large a ratio to the recipe is possible.
 
 The recipe is PyTorch's documented model ensembling: ``torch.func.stack_module_state`` of the S modules,
@@ -65,9 +65,10 @@ def step_flops(widths: tuple[int, ...], outputs: int = 1) -> int:
 
 def kernel_floor(S: int, widths: tuple[int, ...], device: str, reps: int = 50) -> float:
     """Seconds per step of the kernels no SGD step of this net can skip, each timed alone at the block trainer's
-    shapes: every layer's forward GEMM, input-gradient GEMM (not the first layer's) and weight-gradient GEMM,
-    and one sigmoid pass over every hidden activation (tanh's cheapest form in torch). The readout, the loss
-    and all other elementwise work are left out, so the block trainer can only be slower."""
+    shapes: every layer's forward GEMM, input-gradient GEMM (not the first layer's) and weight-gradient GEMM, one
+    sigmoid pass over every hidden activation (tanh's cheapest form in torch), one backward pass over it
+    (``sigmoid_backward``), and the readout's two products with the last activation (its forward and its weight
+    gradient). The loss and every other small op are left out, so the block trainer can only be slower."""
     dims, n = (D, *widths), BATCH
     ops = []
     for layer, (d_in, N) in enumerate(itertools.pairwise(dims), start=1):
@@ -82,6 +83,11 @@ def kernel_floor(S: int, widths: tuple[int, ...], device: str, reps: int = 50) -
             ops.append(lambda W=W, Z=Z, U=U: torch.bmm(W.transpose(1, 2), Z, out=U))
             ops.append(lambda W=W, Z=Z, U=U: W.baddbmm_(Z, U.transpose(1, 2), alpha=-1e-12))
         ops.append(lambda Z=Z: torch.sigmoid(Z, out=Z))
+        g = torch.randn(S, N, 1, device=device).expand(S, N, n)  # the cheapest form: a broadcast gradient
+        ops.append(lambda Z=Z, g=g: torch.ops.aten.sigmoid_backward.grad_input(g, Z, grad_input=Z))
+    C, G = torch.randn(S, 1, widths[-1], device=device), torch.randn(S, 1, n, device=device)
+    ops.append(lambda Z=Z: torch.bmm(C, Z))
+    ops.append(lambda Z=Z: torch.bmm(G, Z.transpose(1, 2)))
     total = 0.0
     for op in ops:
         best = float("inf")
@@ -202,7 +208,7 @@ def compare(name, data, S, widths, steps, device, root, repeats, peak) -> tuple[
     floor = kernel_floor(S, widths, device) * steps
     recipe = best["torch.func recipe"]
     print(
-        f"  bound: the step's GEMMs and sigmoid passes timed alone take {floor:.2f} s for these steps "
+        f"  bound: the step's unskippable kernels timed alone take {floor:.2f} s for these steps "
         f"({100 * flops / floor / peak:.1f}% of peak): no trainer doing them can be faster than "
         f"{recipe / floor:.2f}x the recipe; the block trainer spends {100 * floor / ref:.0f}% of its time in them"
     )

@@ -359,7 +359,9 @@ def _pair_estimates(E1, E2, Q, P):
     """mse, bias2, variance per grid value from the sums over P pairs of e = (u + v)/2 - r, e^2, q = ((u - v)/2)^2."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_e = E1 / P
-        s2 = (E2 - P * mean_e**2) / (P - 1)  # sample variance of the pair means
+        # sample variance of the pair means: undefined (NaN) for one pair, where the rounding residue of
+        # E2 - P mean^2 (exactly 0) would otherwise give a +-inf that a later mean over the grid turns into inf - inf
+        s2 = np.where(P > 1, (E2 - P * mean_e**2) / (P - 1), np.nan)
         return {"mse": (E2 + Q) / P, "bias2": mean_e**2 - s2 / P, "variance": Q / P + s2}
 
 

@@ -162,6 +162,18 @@ def test_pair_estimators_unbiased_and_intervals_cover():
     assert pair_mean.var(axis=0).mean() < 0.1 * iid_mean.var(axis=0).mean()
 
 
+def test_two_pairs_give_finite_estimates_and_no_interval_without_a_warning():
+    from ensemble_stats._np_stats import pair_bias_variance_kernel
+
+    # leaving one of two pairs out leaves one pair mean, whose sample variance is undefined: it once came out as
+    # the +-inf of a rounding residue over 0, and the grid mean of those raised 'invalid value' (inf - inf)
+    rng = np.random.default_rng(3)
+    u, v = _antithetic_draws(rng, 200, 2, 40, 0.2, 1.0, 0.3)
+    out = pair_bias_variance_kernel(u, v, np.zeros(40), n_grid=1)  # warnings are errors in this suite
+    assert all(np.isfinite(out[k]).all() for k in range(3))
+    assert np.isnan(out[3:12]).all() and (out[-2] == 4).all()
+
+
 def test_pair_bias_interval_at_one_point_and_invalid_pairs():
     from ensemble_stats._np_stats import pair_bias_variance_kernel
 
