@@ -1,8 +1,9 @@
 """The vectorised ensemble trainer: one width, a block of seeds x gammas trained in one set of batched ops.
 
-Every member b = (gamma, seed) has its own parameters, stacked along a leading axis; the loss is the sum of the
-members' losses, so autograd gives each member exactly its own gradient, and the update is plain SGD with the
-member's own learning rates (docs/theory.md §1.1, 2). The data order (``data_seed``) is shared by the block.
+Every member b = (gamma, seed) has its own parameters, stacked along a leading axis, and takes plain SGD steps
+with its own learning rates (docs/theory.md §1.1, 2): ScaledMLPs through the hand-written batched step of
+``_fused``, anything else (and frozen members) through autograd on the sum of the members' losses, which gives
+each member exactly its own gradient (``_engines``). The data order (``data_seed``) is shared by the block.
 """
 
 from __future__ import annotations
