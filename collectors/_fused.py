@@ -165,12 +165,14 @@ def _forward(params, arch, scales, x, ws):
     return out, S, Z, U
 
 
-def _activation_backward(act: str, dH: torch.Tensor, S: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
-    """dz = dh * phi'(z), in place of dH; for the sigmoid family dH must carry the factor a k already."""
+def _activation_backward(act: str, dH: torch.Tensor, S: torch.Tensor, Z: torch.Tensor, out=None) -> torch.Tensor:
+    """dz = dh * phi'(z), written into ``out`` (default: dH itself) for the sigmoid family and relu, a new tensor
+    otherwise; for the sigmoid family dH must carry the factor a k already."""
+    out = dH if out is None else out
     if act in SIGMOID_FAMILY:
-        return torch.ops.aten.sigmoid_backward.grad_input(dH, S, grad_input=dH)
+        return torch.ops.aten.sigmoid_backward.grad_input(dH, S, grad_input=out)
     if act == "relu":
-        return torch.ops.aten.threshold_backward.grad_input(dH, S, 0, grad_input=dH)  # h > 0 exactly where z > 0
+        return torch.ops.aten.threshold_backward.grad_input(dH, S, 0, grad_input=out)  # h > 0 exactly where z > 0
     return ACTIVATION_BACKWARD[act](dH, Z, S)
 
 
@@ -181,13 +183,8 @@ def _first_layer_update(params, arch, x, g, S, Z, ws) -> None:
     if C.shape[1] == 1:
         # dz = (c_i g_k) phi'(z_ik) is an outer product times phi': the (B, N, n) pass computes only
         # c_i phi'(z_ik), in place of S (no longer needed), and g_k goes into the GEMM's (B, n, d) operand
-        dH, xg = C.transpose(1, 2).expand(B, N, n), g.transpose(1, 2) * x
-        if act in SIGMOID_FAMILY:
-            dZ = torch.ops.aten.sigmoid_backward.grad_input(dH, S, grad_input=S)
-        elif act == "relu":
-            dZ = torch.ops.aten.threshold_backward.grad_input(dH, S, 0, grad_input=S)
-        else:
-            dZ = ACTIVATION_BACKWARD[act](dH, Z, S)
+        xg = g.transpose(1, 2) * x
+        dZ = _activation_backward(act, C.transpose(1, 2).expand(B, N, n), S, Z, out=S)
         if arch.bias:  # b1 shares W1's rate
             params["b1"].sub_(torch.bmm(dZ, g.transpose(1, 2))[..., 0])
     else:
