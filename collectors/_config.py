@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ from ._trainer import DEFAULT_BLOWUP, DTYPES, LOSSES, TrainConfig
 
 MAX_CELLS = 1_000_000
 """Most cells (Dask tasks) one sweep may have."""
+MAX_STEPS = 100_000_000
+"""Most optimizer steps one run may take (the papers' longest runs take a few million; 10^8 steps are a day
+of a GPU at a millisecond a step)."""
+OPEN_FILES_RESERVE = 256
+"""Open files a training process needs besides its run locks (libraries, store chunks, the Dask worker)."""
 
 # table -> key -> (python types accepted, default; REQUIRED means no default)
 REQUIRED = object()
@@ -35,7 +41,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "gammas": ((list,), REQUIRED),
         "widths": ((list,), REQUIRED),
         "seeds": ((int, list), REQUIRED),
-        "seed_block": ((int,), 0),
+        "seed_block": ((int,), None),
         "data_seeds": ((list,), []),
         "alphas": ((list,), []),
         "antithetic": ((bool,), False),
@@ -56,7 +62,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
     "data": {"name": ((str,), REQUIRED), "options": ((dict,), {})},
     "optimizer": {
-        "alpha": ((int, float), 1.0),
+        "alpha": ((int, float), None),
         "layer_alpha": ((dict,), {}),
         "loss": ((str,), "mse"),
         "batch_size": ((int,), 0),
@@ -103,6 +109,21 @@ class SweepSpec:
     displacement: bool = False
 
     # ------------------------------------------------------------------ parsing
+    @classmethod
+    def parse(cls, config) -> SweepSpec:
+        """A SweepSpec from a SweepSpec, a TOML path or text, or a dict of tables (as ``tomllib`` returns)."""
+        if isinstance(config, SweepSpec):
+            return config
+        if isinstance(config, Mapping):
+            return cls.from_dict(dict(config))
+        if isinstance(config, str | os.PathLike):
+            return cls.from_toml(config)
+        raise ConfigError(
+            f"a sweep config must be a SweepSpec, a TOML file's path, TOML text or a dict of tables; got a "
+            f"{type(config).__name__}.",
+            "config",
+        )
+
     @classmethod
     def from_toml(cls, source: str | os.PathLike) -> SweepSpec:
         """Parse a TOML file (a path) or TOML text; raises :class:`ConfigError` listing every problem."""
@@ -191,12 +212,15 @@ class SweepSpec:
             problems.append("[sweep].seeds is empty: give a count >= 1 or a non-empty list of seeds.")
         else:
             problems += [f"[sweep].{p}" for p in schema.validate_seeds(seeds, "seeds")]
-        block = sw["seed_block"] or len(seeds) or 1
+        block = (len(seeds) or 1) if sw["seed_block"] is None else sw["seed_block"]
         if block < 1 or (seeds and len(seeds) % block):
             problems.append(f"[sweep].seed_block = {sw['seed_block']}: must be >= 1 and divide the {len(seeds)} seeds.")
         if sw["data_seeds"]:
             problems += [f"[sweep].{p}" for p in schema.validate_seeds(sw["data_seeds"], "data_seeds")]
+        if op["data_seed"] < 0:
+            problems.append(f"[optimizer].data_seed = {op['data_seed']}: the minibatch order's seed must be >= 0.")
         problems += _alphas_problems(sw["alphas"], op["alpha"])
+        op["alpha"] = 1.0 if op["alpha"] is None else op["alpha"]
         if sw["antithetic"] and seeds and (len(seeds) % 2 or block % 2):
             problems.append(
                 f"[sweep].antithetic = true pairs seeds (2k, 2k+1 of the list): give an even number of seeds "
@@ -371,6 +395,8 @@ class SweepSpec:
         raw = json.loads(text)
         raw["run"]["device"] = device
         raw["time"].pop("n_times", None)
+        if raw["sweep"].get("alphas"):  # the canonical form keeps the unused constant alpha = 1 beside alphas
+            raw["optimizer"].pop("alpha", None)
         return cls.from_dict(raw, "stored config")
 
     def with_device(self, device: str) -> SweepSpec:
@@ -400,6 +426,23 @@ class SweepSpec:
                 f"{data.task}: use loss = 'mse'."
             )
         steps_per_epoch = math.ceil(n / (t.batch_size or n))
+        per_unit = {"step": 1, "scaled": max(self.widths), "epoch": steps_per_epoch}[self.time_units]
+        if self.horizon * per_unit > MAX_STEPS:
+            problems.append(
+                f"[time].horizon = {self.horizon:g} ({self.time_units}) is {self.horizon * per_unit:,.0f} optimizer "
+                f"steps per run"
+                + (f" at width {max(self.widths)}" if self.time_units == "scaled" else "")
+                + f"; at most {MAX_STEPS:,} (a day of a GPU at a millisecond a step): lower the horizon."
+            )
+            return problems  # the recording schedule of such a horizon is not worth computing
+        files = _open_file_limit()
+        if files and len(self.gammas) > files - OPEN_FILES_RESERVE:
+            problems.append(
+                f"[sweep].gammas has {len(self.gammas):,} values; a cell trains every gamma together and holds one "
+                f"write lock (an open file) per gamma: it needs {len(self.gammas) + OPEN_FILES_RESERVE:,} open files "
+                f"and this process may open {files:,} (ulimit -n). Split the gammas over several stores, or raise "
+                "the limit."
+            )
         for w in self.widths:
             try:
                 schema.record_steps(self.times, self.time_units, w, steps_per_epoch)
@@ -540,7 +583,7 @@ def _alphas_problems(alphas: list, alpha: float) -> list[str]:
         problems.append(f"[sweep].alphas: {shorten(bad)} are not positive numbers; every alpha must be > 0.")
     elif len(set(alphas)) != len(alphas):
         problems.append(f"[sweep].alphas = {shorten(alphas)} repeats a value; give each alpha once.")
-    if alpha != 1.0:
+    if alpha is not None:
         problems.append(
             f"[optimizer].alpha = {alpha} and [sweep].alphas are both given: alphas sweeps the constant, so drop "
             "[optimizer].alpha (per-layer multipliers go in [optimizer].layer_alpha)."
@@ -558,6 +601,16 @@ def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[
         elif a != b:
             out.append(f"{prefix}{key}: store has {shorten(a)}, config has {shorten(b)}")
     return out
+
+
+def _open_file_limit() -> int:
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return 0
+    return 0 if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _physical_memory() -> int:

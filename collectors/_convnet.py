@@ -22,7 +22,7 @@ from torch import nn
 
 from ensemble_stats.errors import ValidationError
 
-from ._models import Architecture, activation_fn, learning_rates
+from ._models import Architecture, activation_fn, generator_seed, learning_rates
 
 __all__ = ["ScaledConvNet"]
 
@@ -74,7 +74,7 @@ class ScaledConvNet(nn.Module):
         self.width, self.gamma = int(width), float(gamma)
         self.gamma_conv = float(gamma if gamma_conv is None else gamma_conv)
         self.channels, self.n_convs, self.activation = channels, convs, activation
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + width * 7919 + channels)
+        gen = torch.Generator().manual_seed(generator_seed(seed, width, channels))
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         c_in = in_channels

@@ -20,6 +20,7 @@ import operator
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from ensemble_stats import _integrity, schema
 from ensemble_stats._paths import location, remote_exists, remote_fs, remove_stale_siblings, temp_sibling
 from ensemble_stats.errors import (
     EnsembleStatsError,
+    EphemeralStoreWarning,
     SpecMismatchError,
     StoreWriteError,
     ValidationError,
@@ -287,7 +289,7 @@ def create_store(
         output_size=output_size,
         grid_hash=grid.hash,
         seed_chunk=seed_chunk,
-        dtype=str(dtype),
+        dtype=_dtype_name(dtype),
         extra=extra,
         metrics=tuple(metrics),
         pairs=antithetic_pairs(_tuple(seeds, int), problems) if antithetic else (),
@@ -307,11 +309,19 @@ def create_store(
         attrs = {**attrs, schema.ATTR_LAYERS: list(base["layers"])}
     ValidationError.raise_if(problems, "EnsembleStore.create")
     spec = StoreSpec(**base, time_chunk=1)
-    tc = time_chunk or default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk, spec.field_bytes)
+    tc = default_time_chunk(len(times_t), grid.n_points, output_size, seed_chunk, spec.field_bytes)
+    tc = tc if time_chunk is None else time_chunk  # an explicit 0 is refused by the layout check, never replaced
     spec = StoreSpec(**base, time_chunk=tc)
     ValidationError.raise_if(_validate_layout(spec), "EnsembleStore.create")
 
     explicit = time_chunk is not None
+    if isinstance(path, str) and path.startswith("memory://"):
+        warnings.warn(
+            f"{path} is held in this process's memory and vanishes when it exits (other processes, Dask workers "
+            "included, never see it); use a directory or object storage for runs you want to keep.",
+            EphemeralStoreWarning,
+            stacklevel=4,
+        )
     if isinstance(path, str):
         ValidationError.raise_if(size_problems(spec, None), "EnsembleStore.create")
         return _create_remote(cls, path, grid, spec, attrs, explicit, train)
@@ -435,7 +445,7 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         torch_version = torch.__version__
     except ImportError:  # pragma: no cover - collectors always has torch
         torch_version = None
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    g = zarr.open_group(str(path), mode="w-", zarr_format=3)  # a fresh temporary: never an existing group
     g.attrs.update(
         {
             **_jsonable(attrs),
@@ -446,7 +456,7 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
             schema.ATTR_TORCH_VERSION: torch_version,
             schema.ATTR_CREATED: _dt.datetime.now(_dt.UTC).isoformat(),
             schema.ATTR_STORE_ID: uuid.uuid4().hex,
-            "layout": {"time_chunk": spec.time_chunk, "seed_chunk": spec.seed_chunk, "dtype": spec.dtype},
+            schema.ATTR_LAYOUT: {"time_chunk": spec.time_chunk, "seed_chunk": spec.seed_chunk, "dtype": spec.dtype},
         }
     )
 
@@ -582,7 +592,24 @@ def build_group(path: Path, grid: EvalGrid, spec: StoreSpec, attrs: dict, train=
         dimension_names=rdims[:-1],
         compressors=_codecs(),
     ).attrs.update({"long_name": schema.LONG_NAMES[schema.DIVERGED_STEP]})
+    g.create_array(
+        schema.DIVERGED_DIGEST,
+        shape=rshape,
+        chunks=rchunks,
+        dtype="uint64",
+        fill_value=0,
+        dimension_names=rdims[:-1],
+        compressors=_codecs(),
+    ).attrs.update({"long_name": "keyed hash of the run's diverged_step, 0 if it never diverged"})
     g.attrs.update({schema.ATTR_MANIFEST: _integrity.build_manifest(g)})
+
+
+def _dtype_name(dtype) -> str:
+    """``"float32"`` for "float32", np.float32 or np.dtype("float32"); anything else as text (refused later)."""
+    try:
+        return np.dtype(dtype).name
+    except (TypeError, ValueError):
+        return str(dtype)
 
 
 def _tuple(values, kind) -> tuple:

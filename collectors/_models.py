@@ -233,13 +233,20 @@ INIT_DESCRIPTIONS = {
 }
 
 
+def generator_seed(seed: int, size: int, fan_in: int) -> int:
+    """The torch generator seed of run ``seed`` for a net of the given size: the odd multiplier keeps distinct
+    run seeds distinct, and reducing mod 2^64 keeps every int64 seed in the range torch accepts (a seed below
+    2^44 gets the value it always had)."""
+    return (int(seed) * 1_000_003 + int(size) * 7919 + int(fan_in)) % 2**64
+
+
 def init_params(arch: Architecture, law: str | InitLaw, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """Initial parameters of run ``seed``: a function of (seed, shapes) only, so the same for every gamma
     (common random numbers)."""
     fn = INIT_LAWS.get(law) if isinstance(law, str) else law
     if fn is None:
         raise ValidationError(f"init law {law!r} is not one of {sorted(INIT_LAWS)} (or pass a callable).")
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + sum(arch.hidden) * 7919 + arch.d_in)
+    gen = torch.Generator().manual_seed(generator_seed(seed, sum(arch.hidden), arch.d_in))
     params = fn(arch, gen, dtype)
     wrong = {k: tuple(v.shape) for k, v in params.items() if tuple(v.shape) != arch.shapes().get(k)}
     if set(params) != set(arch.shapes()) or wrong:

@@ -170,6 +170,12 @@ class EnsembleStore:
         StoreCorruptionError
             The store's metadata, coordinates or grid no longer match what it was created with.
         """
+        if mode not in ("r", "r+"):
+            raise ValidationError(
+                f"EnsembleStore.open(..., mode={shorten(mode)}): a store opens for reading ('r') or writing into its "
+                "records ('r+', the default); zarr's 'w', 'w-' and 'a' would create or overwrite the group and "
+                "lose the store's runs. Use EnsembleStore.create(path, grid, ...) for a new store."
+            )
         path = location(path, "store")
         if not has_group(path):
             raise StoreNotFoundError(
@@ -192,7 +198,7 @@ class EnsembleStore:
             problems = [f"the store's metadata cannot be read ({type(e).__name__}: {e})"]
         if problems:
             raise StoreCorruptionError(problems, str(path), repairable=False)
-        layout = attrs.get("layout", {})
+        layout = attrs.get(schema.ATTR_LAYOUT, {})
         extra = tuple((name, tuple(g[name][:].tolist())) for name in attrs.get(schema.ATTR_EXTRA_DIMS, []))
         pred = g[schema.PREDICTION]
         spec = StoreSpec(
@@ -332,7 +338,7 @@ class EnsembleStore:
             chunks = targets.setdefault(unit, set())
             t0, t1 = p.region[n_run]
             chunks.update(f"t{k}" for k in range(t0 // tc, (t1 - 1) // tc + 1))
-            if f"/{schema.DIVERGED_STEP}/" in p.path.replace("\\", "/"):
+            if any(f"/{n}/" in p.path.replace("\\", "/") for n in (schema.DIVERGED_STEP, schema.DIVERGED_DIGEST)):
                 chunks.add("diverged")
         store = self.group.store
         out = []
@@ -350,8 +356,10 @@ class EnsembleStore:
                         coords = (*run_chunk, int(c[1:]), *(0 for _ in arr.shape[n_run + 1 :]))
                         keys.append(f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}")
                 if "diverged" in chunks:
-                    arr = self.group[schema.DIVERGED_STEP]
-                    keys.append(f"{arr.path}/{arr.metadata.encode_chunk_key(run_chunk)}")
+                    for name in (schema.DIVERGED_STEP, schema.DIVERGED_DIGEST):
+                        if name in self._array_names:
+                            arr = self.group[name]
+                            keys.append(f"{arr.path}/{arr.metadata.encode_chunk_key(run_chunk)}")
                 for key in keys:  # the commit mark goes first: a repair killed midway leaves records uncommitted
                     _sync(store.delete(key))
             out.append(self.run_coords((unit[0], unit[1], unit[2], *unit[3:])))
@@ -456,6 +464,10 @@ class EnsembleStore:
                 )
             elif np.shape(values) != (*lead, ti.size):
                 problems.append(f"scalar {name!r} has shape {np.shape(values)}, expected {(*lead, ti.size)}.")
+            elif np.asarray(values).dtype.kind not in "biuf":
+                problems.append(
+                    f"scalar {name!r} has dtype {np.asarray(values).dtype}; expected numbers (stored as float32)."
+                )
         fields = dict(fields or {})
         shapes = self.spec.field_shapes
         for name, values in fields.items():
@@ -502,7 +514,8 @@ class EnsembleStore:
             data[schema.SCALAR_DIGEST] = _integrity.record_digest(
                 keys, _integrity.scalar_parts(data[schema.STEP], [data[n] for n in names])
             )
-        finite = np.isfinite(pred).reshape(*lead, ti.size, -1).all(axis=-1)
+        # judged on the values as stored: a float64 1e300 becomes +inf in a float32 store and marks the run diverged
+        finite = np.isfinite(data[schema.PREDICTION]).reshape(*lead, ti.size, -1).all(axis=-1)
         ones = shaped(np.ones((*lead, ti.size), dtype=bool), bool)
         try:
             if contiguous:
@@ -536,7 +549,7 @@ class EnsembleStore:
 
     @functools.cached_property
     def _array_names(self) -> frozenset[str]:
-        return frozenset(name for name, _ in self.group.arrays())
+        return frozenset(_integrity.member_arrays(self.group)[0])
 
     @functools.cached_property
     def attrs_cached(self) -> dict:
@@ -572,20 +585,28 @@ class EnsembleStore:
             sel = tuple(slice(int(i), int(i) + 1) for i in index)
         else:
             sel, _ = self._selection(index)
-        arr = self.array(schema.DIVERGED_STEP)
-        current = int(np.asarray(arr[sel]).reshape(-1)[0])
-        if current == schema.MISSING_STEP or step < current:
-            arr[sel] = np.full(np.shape(arr[sel]), int(step), dtype=np.int64)
+        current = np.asarray(self.array(schema.DIVERGED_STEP)[sel])
+        if int(current.reshape(-1)[0]) == schema.MISSING_STEP or step < int(current.reshape(-1)[0]):
+            self._set_diverged(sel, np.full(current.shape, int(step), dtype=np.int64))
 
     def _mark_diverged(self, sel, finite, steps) -> None:
         """Keep the earliest step with non-finite outputs per run (idempotent under rewrites)."""
-        arr = self.array(schema.DIVERGED_STEP)
         never = np.iinfo(np.int64).max
         finite = finite.reshape(-1, finite.shape[-1])
         candidate = np.where(finite.all(axis=-1), never, steps[np.argmax(~finite, axis=-1)])
-        current = np.asarray(arr[sel])
+        current = np.asarray(self.array(schema.DIVERGED_STEP)[sel])
         first = np.minimum(candidate.reshape(current.shape), np.where(current == schema.MISSING_STEP, never, current))
-        arr[sel] = np.where(first == never, schema.MISSING_STEP, first)
+        self._set_diverged(sel, np.where(first == never, schema.MISSING_STEP, first))
+
+    def _set_diverged(self, sel, values: np.ndarray) -> None:
+        """Write runs' ``diverged_step`` and, where the store keeps one, its digest (one round trip)."""
+        values = np.asarray(values, dtype=np.int64)
+        writes = [self.array(schema.DIVERGED_STEP)._async_array.setitem(sel, values)]
+        if schema.DIVERGED_DIGEST in self._array_names:
+            key = _integrity.store_key(self.attrs_cached[schema.ATTR_STORE_ID])
+            digest = _integrity.diverged_digests(key, [s.start for s in sel], values)
+            writes.append(self.array(schema.DIVERGED_DIGEST)._async_array.setitem(sel, digest))
+        _sync(_gather(writes))
 
     def _selection(self, index: Sequence[int | slice]) -> tuple[tuple, int]:
         n = len(self.spec.run_shape)

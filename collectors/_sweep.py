@@ -290,7 +290,7 @@ def run_sweep(
 
     Parameters
     ----------
-    config : SweepSpec, or a path to a TOML file
+    config : SweepSpec, a path to a TOML file, TOML text, or the TOML's tables as a dict
     store : path of the store (created if absent; must hold the same config if present)
     client : dask.distributed.Client, optional
         Use this cluster. Default: a LocalCluster of ``workers`` processes (default 2), closed at the end.
@@ -314,7 +314,7 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    spec = config if isinstance(config, SweepSpec) else SweepSpec.from_toml(config)
+    spec = SweepSpec.parse(config)
     if device is not None:
         spec = spec.with_device(device)
     st = prepare_store(spec, store, model_factory)

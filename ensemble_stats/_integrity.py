@@ -91,6 +91,18 @@ def record_digest(keys: np.ndarray, parts: Sequence[np.ndarray]) -> np.ndarray:
     return (out + np.uint64(1)).reshape(keys.shape)
 
 
+_DIVERGED_DOMAIN = np.uint64(0x6469766572676564)  # "diverged": run keys never equal a record's keys
+
+
+def diverged_digests(key: np.uint64, starts: Sequence[int], diverged: np.ndarray) -> np.ndarray:
+    """The digest (uint64, run dims) that belongs beside each run's ``diverged_step`` in the region at ``starts``:
+    0 for a run that never diverged (the fill), else a keyed hash of the step and the run's position."""
+    diverged = np.asarray(diverged, dtype=np.int64)
+    keys = position_keys(key ^ _DIVERGED_DOMAIN, region_indices(starts, diverged.shape))
+    digest = record_digest(keys, [diverged]) if diverged.size else np.zeros(diverged.shape, np.uint64)
+    return np.where(diverged == schema.MISSING_STEP, np.uint64(0), digest)
+
+
 def prediction_parts(prediction: np.ndarray, step: np.ndarray) -> list[np.ndarray]:
     return [prediction, np.asarray(step, dtype=np.int64)]
 
@@ -100,6 +112,38 @@ def scalar_parts(step: np.ndarray, scalars: Sequence[np.ndarray]) -> list[np.nda
 
 
 # ------------------------------------------------------------------------------------------------ manifest
+def member_arrays(group) -> tuple[dict, dict[str, str]]:
+    """The group's arrays by name, and the names whose metadata cannot be read (with the reason).
+
+    Read one array at a time: zarr's own listing reads them all concurrently, and when one fails it leaves the
+    others' tasks behind on its event loop, to print "Task exception was never retrieved" tracebacks at exit.
+    """
+    import warnings
+
+    from zarr.core.sync import sync
+
+    async def names():
+        return [n async for n in group.store.list_dir(group.path)]
+
+    arrays, unreadable = {}, {}
+    for name in sorted(n.rstrip("/") for n in sync(names())):
+        if name == "zarr.json" or "." in name:  # the group's metadata; stray partial or temporary files
+            continue
+        prefix = f"{group.path}/{name}" if group.path else name
+        if not sync(group.store.exists(f"{prefix}/zarr.json")):
+            continue
+        try:
+            with warnings.catch_warnings():  # a broken node's complaint is reported below, not printed
+                warnings.simplefilter("ignore")
+                node = group[name]
+        except Exception as e:  # noqa: BLE001 - any failure to parse is unreadable metadata
+            unreadable[name] = f"{type(e).__name__}: {str(e)[:200]}"
+            continue
+        if hasattr(node, "shape"):
+            arrays[name] = node
+    return arrays, unreadable
+
+
 def array_fingerprint(metadata: dict) -> str:
     """Fingerprint of an array's metadata (everything but its attributes)."""
     meta = {k: v for k, v in metadata.items() if k != "attributes"}
@@ -117,29 +161,87 @@ def coordinate_names(extra_dims: Sequence[str]) -> tuple[str, ...]:
     return (*schema.RUN_DIMS, *extra_dims, schema.TIME, schema.POINT, schema.OUTPUT, schema.FEATURE)
 
 
+def attr_fingerprint(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 def build_manifest(group) -> dict:
-    """The manifest of a freshly built store group (see the module docstring)."""
+    """The manifest of a freshly built store group (see the module docstring): every array's metadata, every
+    coordinate's values and every group attribute (``schema.STORE_ATTRS`` and any other given at creation)."""
     extra = tuple(group.attrs.get(schema.ATTR_EXTRA_DIMS, ()))
-    arrays = {name: array_fingerprint(arr.metadata.to_dict()) for name, arr in group.arrays()}
+    arrays = {name: array_fingerprint(arr.metadata.to_dict()) for name, arr in member_arrays(group)[0].items()}
     coords = {}
     pair = (schema.PAIR,) if schema.PAIR in group else ()
     for name in (*coordinate_names(extra), *pair):
         arr = group[name]
         coords[name] = values_fingerprint(arr[...], arr.attrs.get("units"))
-    return {"arrays": arrays, "coords": coords}
+    attrs = {k: attr_fingerprint(v) for k, v in group.attrs.asdict().items() if k != schema.ATTR_MANIFEST}
+    return {"arrays": arrays, "coords": coords, "attrs": attrs}
+
+
+def _switched_off(attrs: dict, manifest, present: dict) -> list[str]:
+    """What is missing of the checks a store was built with (a deleted ``store_id``, manifest or part of it).
+
+    The checks came in generations; a store carries all of its generation's marks, so any one of them shows
+    that the others were removed: record digests need ``store_id`` and the manifest; the diverged-step digest
+    comes with the manifest's attribute fingerprints.
+    """
+    problems = []
+    digests = [n for n in schema.INTERNAL_VARIABLES if n in present]
+    if digests or schema.ATTR_STORE_ID in attrs:
+        for name, what in ((schema.ATTR_STORE_ID, "its random id"), (schema.ATTR_MANIFEST, "its manifest")):
+            if name not in attrs:
+                problems.append(
+                    f"the group attribute '{name}' ({what}) is missing although the store keeps record digests "
+                    f"({', '.join(digests) or 'store_id'}): it was deleted, and without it no record can be checked"
+                )
+    if isinstance(manifest, dict):
+        listed = manifest.get("arrays", {})
+        generation2 = schema.DIVERGED_DIGEST in present or schema.DIVERGED_DIGEST in listed
+        if generation2 and not isinstance(manifest.get("attrs"), dict):
+            problems.append(
+                "the manifest's attribute fingerprints are missing although the store keeps a diverged-step "
+                "digest: they were deleted, and without them edited attributes (config, layout) pass unseen"
+            )
+        for name in schema.INTERNAL_VARIABLES:
+            if name in present and name not in listed:
+                problems.append(f"array '{name}' is not in the manifest: the manifest was edited")
+    elif manifest is not None:
+        problems.append(f"the group attribute '{schema.ATTR_MANIFEST}' is not a mapping ({type(manifest).__name__})")
+    return problems
+
+
+def _attr_problems(attrs: dict, fingerprints: dict) -> list[str]:
+    problems = []
+    for name, fp in sorted(fingerprints.items()):
+        if name not in attrs:
+            problems.append(f"the group attribute '{name}' was deleted after the store was created")
+        elif attr_fingerprint(attrs[name]) != fp:
+            problems.append(
+                f"the group attribute '{name}' was changed after the store was created; what the records mean "
+                "(their config, layout or labels) can no longer be trusted"
+            )
+    for name in schema.STORE_ATTRS:
+        if name in attrs and name not in fingerprints:
+            problems.append(f"the group attribute '{name}' was added after the store was created")
+    return problems
 
 
 def check_manifest(group, grid_x=None, grid_target=None) -> list[str]:
-    """Problems of a store group against its manifest and grid hash (empty for stores made before manifests).
+    """Problems of a store group against its manifest and grid hash, and checks that were switched off (a deleted
+    ``store_id`` or manifest); empty for a sound store, and for stores made before these checks existed.
 
     ``grid_x`` / ``grid_target`` may be given when already read; otherwise they are read here.
     """
     attrs = group.attrs.asdict()
     manifest = attrs.get(schema.ATTR_MANIFEST)
+    present, unreadable = member_arrays(group)
+    problems = [f"the metadata of array '{n}' (its zarr.json) cannot be read ({why})" for n, why in unreadable.items()]
+    problems += _switched_off(attrs, manifest, present)
     if not isinstance(manifest, dict):
-        return []
-    problems = []
-    present = {name: arr for name, arr in group.arrays()}
+        return problems
+    if isinstance(manifest.get("attrs"), dict):
+        problems += _attr_problems(attrs, manifest["attrs"])
     for name, fp in sorted(manifest.get("arrays", {}).items()):
         if name not in present:
             problems.append(f"array '{name}' is missing from the store")

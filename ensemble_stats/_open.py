@@ -13,7 +13,7 @@ import zarr
 
 from . import _integrity, schema
 from ._paths import has_group, is_url
-from ._verify import verify_store
+from ._verify import diverged_mismatches, verify_store
 from .errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
 
 PathLike = str | os.PathLike
@@ -70,10 +70,20 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     # A snapshot of the commit marks, read now: writers store data before marking it written, so every record
     # marked here is complete on disk whenever the lazy data is read later. Masking with a lazily read mark
     # could pair a mark read after a concurrent commit with data read before it (a written record read as NaN).
-    try:  # with diverged_step (small: run dims, needed by every read), in one pass
-        written, diverged = dask.compute(ds[schema.WRITTEN], ds[schema.DIVERGED_STEP], scheduler="threads")
+    guarded = schema.DIVERGED_DIGEST in ds and schema.ATTR_STORE_ID in ds.attrs
+    try:  # with diverged_step and its digest (small: run dims, needed by every read), in one pass
+        written, diverged, *digest = dask.compute(
+            ds[schema.WRITTEN],
+            ds[schema.DIVERGED_STEP],
+            *([ds[schema.DIVERGED_DIGEST]] if guarded else []),
+            scheduler="threads",
+        )
     except Exception as e:  # noqa: BLE001 - a corrupt commit mark: name the files
         raise corruption_error(source, e) from None
+    if guarded:
+        key = _integrity.store_key(ds.attrs[schema.ATTR_STORE_ID])
+        if diverged_mismatches(key, diverged.values, digest[0].values).any():
+            raise corruption_error(source, ValueError("diverged_step does not match its digest"))
     ds[schema.DIVERGED_STEP] = diverged
     ds[schema.WRITTEN] = written
     rdims = list(written.dims)
@@ -118,7 +128,7 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     for name in schema.field_names(ds.attrs):  # NTK and displacement: not in the digests; masked like the rest
         if name in ds:
             ds[name] = ds[name].where(written).assign_attrs(ds[name].attrs)
-    ds = ds.drop_vars([n for n in schema.INTERNAL_VARIABLES if n in ds])
+    ds = ds.drop_vars([n for n in (*schema.INTERNAL_VARIABLES, schema.DIVERGED_DIGEST) if n in ds])
     for name, long_name in schema.LONG_NAMES.items():  # stores written before they were set
         if name in ds.variables and "long_name" not in ds[name].attrs:
             ds[name].attrs["long_name"] = long_name

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import schema
-from .errors import EnsembleStatsError, StoreWriteError, ValidationError
+from .errors import EnsembleStatsError, StoreWriteError, ValidationError, shorten
 
 _HOST = socket.gethostname().replace("-", "_")
 
@@ -52,24 +52,75 @@ def remote_fs(url: str, storage_options: dict | None = None):
     return fs, root.rstrip("/")
 
 
-def location(path: str | os.PathLike, what: str = "store") -> str | Path:
-    """Where a store or result lives: a local ``Path`` (also for ``file://``) or a URL string for fsspec.
+def _text(path, what: str) -> str:
+    """``path`` as text, or a clear error for what is not a path (a dict, None, a NUL byte)."""
+    try:
+        raw = os.fspath(path)
+    except TypeError:
+        raise ValidationError(
+            f"{what} {shorten(path)} is a {type(path).__name__}, not a path; pass a str or os.PathLike "
+            "(a local directory or an fsspec URL such as s3://bucket/runs.zarr)."
+        ) from None
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if "\x00" in raw:
+        raise ValidationError(f"{what} {raw!r} contains a NUL byte, which no file system accepts; fix the path.")
+    if not raw.strip():
+        raise ValidationError(f"{what} is an empty path; name a directory (e.g. runs.zarr) or a URL.")
+    return raw
 
-    ``Path("s3://bucket/x")`` is the local directory ``s3:/bucket/x``: a URL is therefore never turned into a
-    path, and a URL whose file system is not installed is refused rather than written somewhere else.
+
+def _canonical_url(raw: str, what: str) -> str:
+    """A URL with its trailing slashes removed; one with ``.`` / ``..`` / empty segments is refused, because
+    object stores take such keys literally while every check here would read them as a file system does."""
+    scheme, rest = raw.split("://", 1)
+    rest = rest.rstrip("/")
+    segments = rest.split("/")
+    if not rest or any(s in (".", "..") for s in segments) or "" in segments[1:]:
+        raise ValidationError(
+            f"{what} {raw!r}: a URL with '.', '..' or empty ('//') segments names a different object than the "
+            f"path it looks like; write it without them (e.g. {scheme}://bucket/runs.zarr)."
+        )
+    return f"{scheme}://{rest}"
+
+
+def canonical_local(raw: str | os.PathLike) -> Path:
+    """The absolute path with every symbolic link and ``..`` resolved, as the kernel will resolve it once the
+    missing folders exist: checks and writes then act on one and the same file (``nosuchdir/../runs.zarr`` is
+    ``runs.zarr``)."""
+    return Path(os.path.realpath(raw))
+
+
+def location(path: str | os.PathLike, what: str = "store") -> str | Path:
+    """Where a store or result lives, in one canonical form: an absolute local ``Path`` with links and ``..``
+    resolved (also for ``file://``), or a URL string for fsspec.
+
+    Every check and every write acts on this form, never on the path as typed. ``Path("s3://bucket/x")`` is
+    the local directory ``s3:/bucket/x``: a URL is therefore never turned into a path, and a URL whose file
+    system is not installed is refused rather than written somewhere else.
     """
-    raw = os.fspath(path)
+    raw = _text(path, what)
     if raw.startswith("file://"):
-        return Path(raw[len("file://") :])
+        return canonical_local(raw[len("file://") :])
     if "://" in raw:
-        remote_fs(raw)  # refuses what no installed file system can write
-        return raw.rstrip("/")
+        url = _canonical_url(raw, what)
+        remote_fs(url)  # refuses what no installed file system can write
+        return url
     if raw.startswith(("s3:/", "gs:/", "gcs:/", "az:/", "abfs:/", "http:/", "https:/", "memory:/")):
         raise ValidationError(
             f"{what} {raw!r} looks like a URL with a missing slash; write 'scheme://...' for a URL, or "
             "'./name' for a local directory."
         )
-    return Path(raw)
+    return canonical_local(raw)
+
+
+def same_or_nested(a: str | Path, b: str | Path) -> bool:
+    """Whether two canonical locations are the same, or one lies inside the other."""
+    if isinstance(a, str) != isinstance(b, str):
+        return False
+    if isinstance(a, str):
+        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def local_store_path(path: str | os.PathLike, what: str = "store") -> Path:
@@ -199,7 +250,7 @@ def atomic_output(target: str | os.PathLike, what: str = "--out", *, single_file
     if single_file and is_remote(target):
         import tempfile
 
-        fs, key = remote_fs(os.fspath(target))
+        fs, key = remote_fs(location(target, what))
         with tempfile.TemporaryDirectory(prefix="ensemble-stats-") as d:
             tmp = Path(d) / Path(key).name
             yield tmp
@@ -209,7 +260,6 @@ def atomic_output(target: str | os.PathLike, what: str = "--out", *, single_file
                 raise StoreWriteError(f"{what} {target}: upload failed ({type(e).__name__}: {e}).") from e
         return
     target = local_store_path(target, what)
-    target = target.absolute()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

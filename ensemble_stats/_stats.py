@@ -241,6 +241,11 @@ def bias_variance(
     if schema.PREDICTION not in ds:
         raise ValidationError("the dataset has no 'prediction' variable; open a store with open_ensemble().")
     pred = ds[schema.PREDICTION]
+    if schema.SEED not in pred.dims:
+        raise ValidationError(
+            f"the predictions have dims {list(pred.dims)}, without '{schema.SEED}': bias and variance are taken over "
+            "seeds; pass the whole ensemble (not one seed selected with isel/sel)."
+        )
     dims = tuple(dims)
     bad = [d for d in dims if d not in pred.dims or d == schema.SEED]
     if bad:

@@ -36,6 +36,21 @@ STALE_PARTIAL_SECONDS = 60.0
 """A partial file of a non-run array (written by no run's writer) is swept only once this old."""
 
 
+CLOCK_SKEW_SECONDS = 5.0
+"""How far in the future a file's time may lie and still be read as "just written" (clocks of shared file
+systems differ by this much)."""
+
+
+def is_stale(mtime: float, now: float) -> bool:
+    """Whether a file last written at ``mtime`` is ``STALE_PARTIAL_SECONDS`` old, by this host's clock ``now``.
+
+    A time further in the future than ``CLOCK_SKEW_SECONDS`` was stamped by a clock that is not ours (or set
+    by hand): its age cannot be known, so it counts as stale, never as forever young.
+    """
+    age = now - mtime
+    return age > STALE_PARTIAL_SECONDS or age < -CLOCK_SKEW_SECONDS
+
+
 @dataclass(frozen=True)
 class StoreProblem:
     """One problem found by :func:`verify_store`.
@@ -120,17 +135,20 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
     try:
         group = zarr.open_group(str(root), mode="r", zarr_format=3)
         attrs = group.attrs.asdict()
-        arrays = dict(group.arrays())
+        arrays, unreadable = _integrity.member_arrays(group)
     except Exception as e:  # noqa: BLE001 - an unreadable zarr.json is what verify is for
         return [*problems, StoreProblem("metadata", f"{root}/zarr.json", f"{type(e).__name__}: {e}")]
     where = _Where(root, group)
-    for name in _unreadable_arrays(where, arrays):
-        problems.append(StoreProblem("metadata", where.join(name, "zarr.json"), "array metadata cannot be read"))
-    try:
-        manifest = _integrity.check_manifest(group)
-    except Exception as e:  # noqa: BLE001
-        manifest = [f"{type(e).__name__}: {e}"]
-    problems += [StoreProblem("metadata", str(root), p) for p in manifest]
+    for name, why in unreadable.items():
+        problems.append(
+            StoreProblem("metadata", where.join(name, "zarr.json"), f"array metadata cannot be read ({why})")
+        )
+    if not unreadable:
+        try:
+            manifest = _integrity.check_manifest(group)
+        except Exception as e:  # noqa: BLE001
+            manifest = [f"{type(e).__name__}: {e}"]
+        problems += [StoreProblem("metadata", str(root), p) for p in manifest]
     if any(p.kind == "metadata" for p in problems) or schema.WRITTEN not in arrays:
         return problems  # records cannot be placed when coordinates or metadata are wrong
 
@@ -142,7 +160,7 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
             continue
         for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
             region = None
-            if name == schema.DIVERGED_STEP:
+            if name in (schema.DIVERGED_STEP, schema.DIVERGED_DIGEST):
                 region = (
                     *((c * s, min((c + 1) * s, n)) for c, s, n in zip(coords, arr.chunks, arr.shape, strict=True)),
                     (0, arrays[schema.WRITTEN].shape[-1]),
@@ -153,30 +171,45 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
                 problems.append(
                     StoreProblem("corrupt", where.chunk(arr, coords), f"chunk {coords} of '{name}': {_err(e)}", region)
                 )
+    if not any(p.kind == "corrupt" for p in problems):
+        problems += _verify_diverged(where, arrays, attrs)
     problems += _verify_records(where, arrays, record, rdims, attrs)
     return problems
 
 
+def _verify_diverged(where: _Where, arrays, attrs) -> list[StoreProblem]:
+    """Runs whose ``diverged_step`` does not match its digest (a rewritten chunk would silently drop or restore
+    seeds in every statistic)."""
+    if schema.DIVERGED_DIGEST not in arrays or schema.ATTR_STORE_ID not in attrs:
+        return []  # a store made before the diverged-step digest
+    step, digest = arrays[schema.DIVERGED_STEP], arrays[schema.DIVERGED_DIGEST]
+    bad = diverged_mismatches(_integrity.store_key(attrs[schema.ATTR_STORE_ID]), step[...], digest[...])
+    problems = []
+    T = arrays[schema.WRITTEN].shape[-1] if schema.WRITTEN in arrays else 0
+    for coords in itertools.product(*(range(n) for n in step.cdata_shape)):
+        region = tuple((c * s, min((c + 1) * s, n)) for c, s, n in zip(coords, step.chunks, step.shape, strict=True))
+        n_bad = int(bad[tuple(slice(a, b) for a, b in region)].sum())
+        if n_bad:
+            problems.append(
+                StoreProblem(
+                    "mismatch",
+                    where.chunk(step, coords),
+                    f"{n_bad} run(s) of chunk {coords} of '{schema.DIVERGED_STEP}' do not match their digest: the "
+                    "divergence marks were edited or lost, which would drop or restore seeds in every statistic",
+                    (*region, (0, T)),
+                )
+            )
+    return problems
+
+
+def diverged_mismatches(key, diverged: np.ndarray, digest: np.ndarray) -> np.ndarray:
+    """Bool (run dims): runs whose ``diverged_step`` does not match its stored digest."""
+    expected = _integrity.diverged_digests(key, [0] * np.ndim(diverged), diverged)
+    return np.asarray(expected) != np.asarray(digest, dtype=np.uint64)
+
+
 def _err(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e)[:200]}"
-
-
-def _unreadable_arrays(where: _Where, arrays: dict) -> list[str]:
-    if where.remote:
-        from zarr.core.sync import sync
-
-        async def names():
-            return [n async for n in where.group.store.list_dir("")]
-
-        found = [n.rstrip("/") for n in sync(names())]
-        candidates = [n for n in found if n != "zarr.json" and "." not in n]
-        return [n for n in sorted(candidates) if n not in arrays and sync(where.group.store.exists(f"{n}/zarr.json"))]
-    root = Path(where.root)
-    return [
-        e.name
-        for e in sorted(p for p in root.iterdir() if p.is_dir())
-        if (e / "zarr.json").is_file() and e.name not in arrays
-    ]
 
 
 def _verify_records(where: _Where, arrays, record, rdims, attrs) -> list[StoreProblem]:
@@ -312,7 +345,7 @@ def sweep_partial_files(path: str | os.PathLike) -> tuple[int, int]:
     try:
         attrs = zarr.open_group(str(root), mode="r", zarr_format=3).attrs.asdict()
         extra = attrs.get(schema.ATTR_EXTRA_DIMS, [])
-        run_arrays = (*schema.record_variables(attrs), schema.DIVERGED_STEP)
+        run_arrays = (*schema.record_variables(attrs), schema.DIVERGED_STEP, schema.DIVERGED_DIGEST)
     except Exception:  # noqa: BLE001 - unreadable metadata: only the age rule applies
         extra, run_arrays = None, ()
     removed = spared = 0
@@ -320,7 +353,7 @@ def sweep_partial_files(path: str | os.PathLike) -> tuple[int, int]:
         key = _run_key_of(root, p, len(extra), run_arrays) if extra is not None else None
         if key is None:
             try:
-                old = time.time() - p.stat().st_mtime > STALE_PARTIAL_SECONDS
+                old = is_stale(p.stat().st_mtime, time.time())
             except FileNotFoundError:
                 continue  # its writer renamed it into place meanwhile
             if old:

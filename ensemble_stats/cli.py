@@ -175,48 +175,51 @@ RESULT_ATTR = "ensemble_stats_result"
 """Attribute naming the command that wrote a result; only such a result may be replaced by ``--out``."""
 
 
-def _refuse_store_paths(out: str, stores) -> None:
-    from ._paths import is_store, location
+def _refuse_store_paths(out: str, stores) -> str | Path:
+    """The canonical ``--out``, refused when it is an input store, lies inside one or holds one, or is a store."""
+    from ._paths import is_store, location, same_or_nested
     from .errors import ValidationError
 
     target = location(out, "--out")
-    same = (
-        (lambda p: location(p) == target)
-        if isinstance(target, str)
-        else (lambda p: Path(p).absolute() == target.absolute())
-    )
     for st in stores:
-        if isinstance(location(st), type(target)) and same(st):
-            raise ValidationError(f"--out {out} is the input store itself; writing there would destroy it.")
+        source = location(st)
+        if same_or_nested(target, source):
+            where = "the input store itself" if target == source else "inside the input store, or a folder holding it"
+            raise ValidationError(
+                f"--out {out} resolves to {target}, {where} ({source}); writing there would destroy it: choose a "
+                "path outside every input store."
+            )
     if is_store(target):
-        raise ValidationError(f"--out {out} is an ensemble store; results never replace a store: choose another path.")
+        raise ValidationError(
+            f"--out {out} resolves to {target}, an ensemble store; results never replace a store: choose another path."
+        )
+    return target
 
 
-def _check_out(out: str, stores, command: str) -> None:
-    """Refuse an --out that is not a result path or that would replace anything but this command's result."""
-    from ._paths import local_store_path, location, remote_exists
+def _check_out(out: str, stores, command: str) -> str | Path:
+    """The canonical result path of ``command``; refused when it is not a .zarr/.nc path, or when it would replace
+    anything but an earlier result of the same command (a store, a foreign file or folder)."""
+    from ._paths import local_store_path, remote_exists
     from .errors import ValidationError
 
-    if not out.endswith((".zarr", ".nc")):
-        raise ValidationError(f"--out {out}: use a path ending in .zarr or .nc.")
-    _refuse_store_paths(out, stores)
-    target = location(out, "--out")
+    target = _refuse_store_paths(out, stores)
+    if not str(target).endswith((".zarr", ".nc")):
+        raise ValidationError(f"--out {out} resolves to {target}: use a path ending in .zarr or .nc.")
     if isinstance(target, str):
-        if out.endswith(".zarr"):
-            local_store_path(out, "--out")  # refused with the reason: a folder of objects is not atomic there
-        if remote_exists(target, ""):
-            previous = _result_kind(target)
-        else:
-            return
-    elif target.exists() or target.is_symlink():
-        previous = _result_kind(target)
-    else:
-        return
+        if target.endswith(".zarr"):
+            local_store_path(target, "--out")  # refused with the reason: a folder of objects is not atomic there
+        if not remote_exists(target, ""):
+            return target
+    elif not (target.exists() or target.is_symlink()):
+        return target
+    previous = _result_kind(target)
     if previous != command:
+        what = f"a result of `ensemble-stats {previous}`" if previous else "not a result of ensemble-stats"
         raise ValidationError(
-            f"--out {out} exists and is not a result of `ensemble-stats {command}`; it would be replaced whole: "
-            "choose a new path (or remove it yourself)."
+            f"--out {out} resolves to {target}, which exists and is {what}; `{command} --out` replaces only its own "
+            "earlier results, whole: choose a new path (or move that one away yourself)."
         )
+    return target
 
 
 def _result_kind(target) -> str | None:
@@ -238,18 +241,20 @@ def _result_kind(target) -> str | None:
         return None
 
 
-def _write(ds, out: str, command: str) -> None:
+def _write(ds, out: str, stores, command: str) -> None:
     """Write a result Dataset as .zarr or .nc by extension, whole: a kill leaves the previous result or this one.
 
-    A .nc result may go to object storage (uploaded as one object); computing first also lets netCDF be
-    written from a distributed cluster.
+    The target is checked again right before it is replaced (the computation may have taken long). A .nc
+    result may go to object storage (uploaded as one object); computing first also lets netCDF be written
+    from a distributed cluster.
     """
     from ._paths import atomic_output
 
     ds = ds.compute()
     ds.attrs[RESULT_ATTR] = command
-    with atomic_output(out, single_file=out.endswith(".nc")) as tmp:
-        if out.endswith(".zarr"):
+    target = _check_out(out, stores, command)
+    with atomic_output(target, single_file=str(target).endswith(".nc")) as tmp:
+        if str(target).endswith(".zarr"):
             ds.to_zarr(tmp, mode="w-", consolidated=False)
         else:
             ds.to_netcdf(tmp)
@@ -353,7 +358,7 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
             except ValidationError:
                 click.echo("(the widths share no scaled time t = k / N: the rate compares them record by record)")
                 rate = fit_rate(ds, quantity="variance", width_min=width_min, at="record").compute()
-        _write(res, out, "fit")
+        _write(res, out, store, "fit")
         rate = _table_over_extra(rate, ds)
         ok = int((res["status"] == 0).sum())
         click.echo(f"fit_expansion({quantity}, terms={terms}): {ok} of {res['status'].size} cells fitted -> {out}")
@@ -379,7 +384,7 @@ def decompose(store, out, scheduler, scheduler_file):
         with _reading(store):
             ds = open_ensemble(list(store))
             res = bias_variance(ds).compute()
-        _write(res, out, "decompose")
+        _write(res, out, store, "decompose")
         last = _table_over_extra(res.isel(time=-1), ds)
         click.echo(f"bias-variance decomposition -> {out}; at the last time (t = {float(last.time):g}):")
         click.echo(f"{'gamma':>7} {'width':>7} {'mse':>10} {'bias2':>10} {'variance':>10} {'seeds':>6}")

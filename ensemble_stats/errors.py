@@ -26,6 +26,7 @@ __all__ = [
     "SweepError",
     "EnsembleStatsWarning",
     "ScaledTimeWarning",
+    "EphemeralStoreWarning",
 ]
 
 
@@ -38,8 +39,23 @@ def shorten(value, limit: int = 160) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+MAX_MESSAGE = 4000
+"""Longest message an error carries: a huge input (a 5 MB config string) is cut, never echoed whole."""
+
+
+def _capped(text: str) -> str:
+    if len(text) <= MAX_MESSAGE:
+        return text
+    cut = len(text) - (MAX_MESSAGE - 100)
+    return f"{text[: MAX_MESSAGE - 100]} ... ({cut:,} more characters cut)"
+
+
 class EnsembleStatsError(Exception):
-    """Base class of every error raised by ensemble-stats and collectors."""
+    """Base class of every error raised by ensemble-stats and collectors; its message is at most
+    ``MAX_MESSAGE`` characters."""
+
+    def __init__(self, *args):
+        super().__init__(*(_capped(a) if isinstance(a, str) else a for a in args))
 
 
 class ValidationError(EnsembleStatsError, ValueError):
@@ -178,3 +194,7 @@ class ScaledTimeWarning(EnsembleStatsWarning):
     The theory's N-scaling holds at fixed t; select one with :func:`ensemble_stats.at_common_time` (or pass
     ``at=`` to :func:`ensemble_stats.fit_rate`).
     """
+
+
+class EphemeralStoreWarning(EnsembleStatsWarning):
+    """The store lives in this process's memory (``memory://``): it vanishes when the process exits."""

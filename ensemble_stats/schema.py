@@ -66,6 +66,8 @@ DIGEST = "digest"
 """uint64 per record: keyed hash of its ``prediction`` and ``step`` bytes (see ``_integrity``); 0 = never written."""
 SCALAR_DIGEST = "scalar_digest"
 """uint64 per record: keyed hash of its ``step`` and every per-record scalar."""
+DIVERGED_DIGEST = "diverged_digest"
+"""uint64 per run (run dims): keyed hash of its ``diverged_step``; 0 while the run has none."""
 NTK = "ntk"
 """Optional: the empirical NTK sum_p df(x)/dp df(x')/dp per record, dims (record dims..., ntk_point, ntk_point_2,
 output, output_2)."""
@@ -122,7 +124,19 @@ ATTR_NTK_POINTS = "ntk_points"
 """Group attr of stores that record the NTK: the grid points of its sub-grid."""
 ATTR_LAYERS = "layers"
 """Group attr of stores that record displacements: the parameter tensors' names."""
+ATTR_LAYOUT = "layout"
+"""Group attr: the chunking the store was built with (time_chunk, seed_chunk, dtype)."""
+STORE_ATTRS: tuple[str, ...] = (
+    ATTR_SCHEMA_VERSION, ATTR_TOOLKIT_VERSION, ATTR_GRID_HASH, ATTR_EXTRA_DIMS, ATTR_MODEL, ATTR_TORCH_VERSION,
+    ATTR_CREATED, ATTR_CONFIG, ATTR_STORE_ID, ATTR_TRAIN_HASH, ATTR_METRICS, ATTR_TRAIN_SET, ATTR_NTK_POINTS,
+    ATTR_LAYERS, ATTR_LAYOUT,
+)  # fmt: skip
+"""The group attrs the toolkit writes and reads: each one changes what the store's numbers mean, so each is
+fingerprinted in the manifest when the store is built."""
 MISSING_STEP = -1
+INT64_MAX = 2**63 - 1
+MAX_STEP = 2**62
+"""Largest optimizer step a record may carry (int64 with room for arithmetic)."""
 
 
 def record_steps(times, units: str, width: int, steps_per_epoch: int | None = None) -> np.ndarray:
@@ -135,17 +149,21 @@ def record_steps(times, units: str, width: int, steps_per_epoch: int | None = No
         Two recording times map to the same step, or epoch units without ``steps_per_epoch``.
     """
     t = np.asarray(times, dtype=np.float64)
-    if units == "step":
-        steps = np.rint(t).astype(np.int64)
-    elif units == "scaled":
-        steps = np.rint(t * width).astype(np.int64)
-    else:
-        if not steps_per_epoch or steps_per_epoch < 1:
+    if steps_per_epoch is not None or units == "epoch":
+        whole = isinstance(steps_per_epoch, int | np.integer) and not isinstance(steps_per_epoch, bool)
+        if not whole or steps_per_epoch < 1:
             raise ValidationError(
-                "time_units='epoch' needs steps_per_epoch (optimizer steps per epoch, an integer >= 1); "
-                f"got {steps_per_epoch!r}."
+                "steps_per_epoch is the number of optimizer steps per epoch, an integer >= 1 (needed with "
+                f"time_units='epoch'); got {steps_per_epoch!r}."
             )
-        steps = np.rint(t * steps_per_epoch).astype(np.int64)
+    factor = 1 if units == "step" else int(width) if units == "scaled" else int(steps_per_epoch)
+    exact = np.rint(t * factor)
+    if t.size and not np.all(np.abs(exact) <= MAX_STEP):
+        raise ValidationError(
+            f"recording time {t[np.argmax(~(np.abs(exact) <= MAX_STEP))]:g} ({units}) is optimizer step "
+            f"{np.nanmax(np.abs(exact)):.4g} at width {width}; steps must stay below {MAX_STEP:.3g}."
+        )
+    steps = exact.astype(np.int64)
     if np.any(np.diff(steps) <= 0):
         i = int(np.argmax(np.diff(steps) <= 0))
         raise ValidationError(
@@ -175,7 +193,7 @@ def validate_metrics(metrics) -> list[str]:
     import re
 
     reserved = {
-        *RECORD_VARIABLES, X, TARGET, X_TRAIN, Y_TRAIN, DIVERGED_STEP, *RUN_DIMS, TIME, POINT, OUTPUT, FEATURE,
+        *RECORD_VARIABLES, X, TARGET, X_TRAIN, Y_TRAIN, DIVERGED_STEP, DIVERGED_DIGEST, *RUN_DIMS, TIME, POINT, OUTPUT, FEATURE,
         TRAIN_POINT, NTK, DISPLACEMENT, NTK_POINT, NTK_POINT_2, OUTPUT_2, LAYER, PAIR, ALPHA, DATA_SEED,
     }  # fmt: skip
     problems = []
@@ -258,9 +276,11 @@ def validate_widths(values, name: str = WIDTH, *, unique: bool = True) -> list[s
         return problems
     if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
         return [f"{name}: expected positive integers, got {_show(arr.tolist())}; widths N must be integers >= 1."]
-    bad = [v for v in arr.tolist() if not (math.isfinite(v) and float(v).is_integer() and v >= 1)]
+    bad = [v for v in arr.tolist() if not (math.isfinite(v) and float(v).is_integer() and 1 <= v < 2.0**63)]
     if bad:
-        problems.append(f"{name}: {_show(bad or arr.tolist())} not positive integers; widths N must be integers >= 1.")
+        problems.append(
+            f"{name}: {_show(bad or arr.tolist())} not positive integers below 2^63; widths N must be integers >= 1."
+        )
         return problems
     if unique:
         _check_unique(arr, name, problems)
@@ -280,6 +300,9 @@ def validate_seeds(values, name: str = SEED) -> list[str]:
         return problems
     if np.any(arr < 0):
         problems.append(f"{name}: negative values {_show(arr[arr < 0].tolist())}; seeds must be >= 0.")
+    big = [v for v in arr.tolist() if v > INT64_MAX or (isinstance(v, float) and v >= 2.0**63)]
+    if big:
+        problems.append(f"{name}: {_show(big)} exceed 2^63 - 1; seeds are int64 values.")
     _check_unique(arr, name, problems)
     return problems
 

@@ -131,7 +131,8 @@ def pytest_sessionfinish(session, exitstatus):
         f"{platform.python_version()}); do not edit by hand. Each row is one fault-injection test: how many times the "
         "fault was injected and how many times everything the test checks held (exact values against a "
         "deterministic oracle, the store's verification, the error raised). Items 1-11 are issue 8's; items "
-        "21.1-21.15 are the faults of issue 21 (an outside audit).",
+        "21.1-21.15 are the faults of issue 21 (an outside audit); items 30.1-30.7 are issue 30's (a third outside "
+        "audit: paths, open modes, integrity that an edit could switch off, configs, API inputs, clock skew).",
         "",
         f"pytest exit status: {int(exitstatus)} ({'all tests passed' if int(exitstatus) == 0 else 'FAILURES'}).",
         "",

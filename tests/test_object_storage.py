@@ -23,7 +23,7 @@ from click.testing import CliRunner
 import ensemble_stats as es
 from collectors import EnsembleStore, EvalGrid, OutputCollector
 from ensemble_stats.cli import main
-from ensemble_stats.errors import ValidationError
+from ensemble_stats.errors import EphemeralStoreWarning, ValidationError
 
 from ._models import TableModel
 from .conftest import TINY_SWEEP, oracle
@@ -138,7 +138,8 @@ def test_a_store_on_s3_is_written_read_and_verified_there_not_locally(s3, tmp_pa
 
 def test_memory_urls_work_and_unwritable_urls_are_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    store = _create("memory://ens/runs.zarr")
+    with pytest.warns(EphemeralStoreWarning, match="vanishes when it exits"):
+        store = _create("memory://ens/runs.zarr")
     _fill(store, RUNS[:1])
     assert int(es.open_ensemble("memory://ens/runs.zarr").written.sum()) == 6
     for bad in ("gs://bucket/runs.zarr", "nosuchfs://x/runs.zarr", "s3:/bucket/runs.zarr"):

@@ -31,12 +31,21 @@ P, O, T = 6, 2, 6  # noqa: E741
 GAMMAS, WIDTHS, SEEDS = [0.5, 1.0], [4, 8], [0, 1]
 
 
-def scalar_store(path, offset: float = 0.0) -> EnsembleStore:
-    """A store with every record written, test_loss and accuracy among the scalars, time chunks of 3."""
+def scalar_store(path, offset: float = 0.0, **attrs) -> EnsembleStore:
+    """A store with every record written, test_loss and accuracy among the scalars, time chunks of 3; ``attrs``
+    become group attributes."""
     rng = np.random.default_rng(3)
     grid = EvalGrid(rng.normal(size=(P, 3)), rng.normal(size=(P, O)))
     st = EnsembleStore.create(
-        path, grid, gammas=GAMMAS, widths=WIDTHS, seeds=SEEDS, times=list(range(T)), time_units="step", time_chunk=3
+        path,
+        grid,
+        gammas=GAMMAS,
+        widths=WIDTHS,
+        seeds=SEEDS,
+        times=list(range(T)),
+        time_units="step",
+        time_chunk=3,
+        **attrs,
     )
     for gi, g in enumerate(GAMMAS):
         for wi, w in enumerate(WIDTHS):
