@@ -22,7 +22,7 @@ from ._np_fit import (
     loglog_kernel,
     wls_kernel,
 )
-from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd
+from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd, t_quantile
 from ._select import at_common_time, time_units
 from ._stats import _check_ci, _reference, _use_pairs, pair_members, seed_moments
 from .errors import EnsembleStatsWarning, FitError, ScaledTimeWarning, ValidationError
@@ -255,7 +255,7 @@ def fit_expansion(
             dof = n_used - (k + 1)
     if scaled or jackknife:
         q = xr.apply_ufunc(
-            lambda d: stats.t.ppf(0.5 + ci / 2, np.maximum(d, 1)), dof, dask="parallelized", output_dtypes=[np.float64]
+            lambda d: t_quantile(ci, np.maximum(d, 1)), dof, dask="parallelized", output_dtypes=[np.float64]
         )
     else:
         q = stats.norm.ppf(0.5 + ci / 2)
@@ -460,7 +460,7 @@ def fit_rate(
         # the jackknife (Student t) sees heavy tails and correlation, the WLS error (normal quantile) the
         # dof-based weights; at 4-16 seeds the jackknife alone is noisy, so the wider interval is used
         t = xr.apply_ufunc(
-            lambda k: stats.t.ppf(0.5 + ci / 2, np.maximum(k - 1, 1)),
+            lambda k: t_quantile(ci, np.maximum(k - 1, 1)),
             n_seeds,
             dask="parallelized",
             output_dtypes=[np.float64],

@@ -4,12 +4,18 @@ A chunk's crc32c checksum proves its bytes are the bytes written, not that they 
 further checks do that:
 
 * a **manifest** in the group attrs, written at creation: a fingerprint of every array's metadata (dtype,
-  endianness, shape, chunks, codecs, fill value) and of every coordinate's values, and the grid hash. An edited
-  ``zarr.json``, a permuted or rescaled coordinate, an edited ``x`` / ``target`` no longer match it;
+  endianness, shape, chunks, codecs, fill value), of every coordinate's values and of every group attribute,
+  and the grid hash. An edited ``zarr.json``, a permuted or rescaled coordinate, an edited ``x`` / ``target``,
+  an edited ``config`` or ``layout`` no longer match it;
 * a **record digest** per record (dims gamma, width, seed, [extra], time): a 64-bit hash of the record's stored
   bytes (``prediction`` and ``step``; and ``step`` with every per-record scalar), keyed by the store's random
   ``store_id`` and the record's position. A chunk swapped across gamma or width, or copied from another store,
-  no longer matches its digest; neither does a scalar chunk deleted under its commit mark.
+  no longer matches its digest; neither does a scalar chunk deleted under its commit mark;
+* a **diverged digest** per run (run dims), keyed the same way, of its ``diverged_step``: a rewritten mark
+  would silently drop or restore seeds in every statistic.
+
+None of these can be switched off by deleting it: a store that has one generation's marks must have all of
+them (record digests need ``store_id`` and the manifest; the diverged digest needs the attribute fingerprints).
 
 A record's digest is crc32c of its bytes started from a 32-bit key mixed (splitmix64) from the store key and the
 record's indices: hardware crc32c, one call per record. It detects accidents and tools gone wrong, not a

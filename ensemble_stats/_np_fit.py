@@ -17,7 +17,12 @@ STATUS = {0: "ok", 1: "too_few_widths", 2: "singular", 3: "no_residual_dof", 4: 
 _OK, _FEW, _SINGULAR, _NODOF, _BADW = 0, 1, 2, 3, 4
 
 
-def wls_kernel(y, w, p, *, widths, scaled: bool = True):
+WEAK_PIVOT = 1e-4
+"""Cells whose Jacobi-scaled normal matrix has a Cholesky pivot below this (columns close to dependent: a
+condition number above about 10^4) are solved by Gram-Schmidt QR instead, which does not square it."""
+
+
+def wls_kernel(y, w, p, *, widths, scaled: bool = True, coef_only: bool = False):
     """Weighted least squares of y on the basis N^(-p_k), batched over leading axes.
 
     Parameters
@@ -31,10 +36,17 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True):
     scaled : bool
         Scale the covariance by chi^2/dof as ``statsmodels.WLS`` does (default); False treats the weights as
         known inverse variances.
+    coef_only : bool
+        Return the coefficients alone (..., term) (NaN where the status is not ok), skipping the covariance
+        and chi^2: what a jackknife replicate needs.
 
     Returns
     -------
     coef (..., term), stderr (..., term), cov (..., term, term), chi2_dof (...), n_used (...), status (...)
+
+    The K x K normal equations, scaled to unit diagonal, are solved by Cholesky for every cell at once (a few
+    passes over the data); cells whose columns are nearly dependent there (a pivot below ``WEAK_PIVOT``) are
+    solved by modified Gram-Schmidt QR, which keeps its accuracy where the normal equations would lose it.
     """
     y = np.asarray(y, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
@@ -43,11 +55,13 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True):
     K = p.shape[-1]
     used_cols = np.isfinite(p).reshape(-1, K).any(0)
     if not used_cols.all():  # terms unused by every cell (e.g. padding for a smaller gamma): solve without them
-        sub = wls_kernel(y, w, p[..., used_cols], widths=N, scaled=scaled)
-        lead = sub[3].shape
+        sub = wls_kernel(y, w, p[..., used_cols], widths=N, scaled=scaled, coef_only=coef_only)
+        lead = (sub if coef_only else sub[0]).shape[:-1]
         coef = np.full((*lead, K), np.nan)
+        coef[..., used_cols] = sub if coef_only else sub[0]
+        if coef_only:
+            return coef
         cov = np.full((*lead, K, K), np.nan)
-        coef[..., used_cols] = sub[0]
         cov[..., np.ix_(used_cols, used_cols)[0], np.ix_(used_cols, used_cols)[1]] = sub[2]
         stderr = np.full((*lead, K), np.nan)
         stderr[..., used_cols] = sub[1]
@@ -58,49 +72,135 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True):
     n_used = np.broadcast_to(good.sum(-1), lead)
     k_used = used.sum(-1)
     wg = np.where(good, w, 0.0)
-    sw = np.sqrt(wg)
-    # basis columns, computed at the exponents' own (small, broadcast) shape: (..., K, W)
+    yg = np.where(good, y, 0.0)
+    basis = _basis(p, N)
+    coef, Ainv, singular = _solve_normal(wg, yg, basis, used, lead, want_inverse=not coef_only)
+    weak = np.isnan(coef).any(-1)
+    if weak.any():  # the few cells the normal equations cannot be trusted with
+        idx = np.nonzero(weak)
+        cells = [np.broadcast_to(a, (*lead, *a.shape[-n:]))[idx] for a, n in ((wg, 1), (yg, 1), (basis, 2))]
+        coef[idx], Ainv[idx], singular[idx] = _solve_mgs(*cells, used[idx])
+    dof = n_used - k_used
+    status = np.full(lead, _OK, dtype=np.int8)
+    status = np.where(scaled & (dof == 0), _NODOF, status)
+    status = np.where(singular, _SINGULAR, status)
+    status = np.where(n_used < k_used, _FEW, status)
+    status = np.where(n_used == 0, _BADW, status)
+    bad = (status != _OK) & ((status != _NODOF) | scaled)
+    solved, coef = coef, np.where(bad[..., None] | ~used, np.nan, coef)
+    if coef_only:
+        return coef
+    fitted = _evaluate(solved, basis)
+    chi2 = (wg * (yg - fitted) ** 2).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2_dof = np.where(dof > 0, chi2 / dof, np.nan)
+    cov = Ainv * chi2_dof[..., None, None] if scaled else Ainv
+    cov = np.where(bad[..., None, None] | ~(used[..., :, None] & used[..., None, :]), np.nan, cov)
+    stderr = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
+    return coef, stderr, cov, chi2_dof, n_used.astype(np.int64), status
+
+
+def _evaluate(coef: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """sum_k coef_k N^(-p_k): coef (..., K) on basis (..., K, W) -> (..., W); one matrix product when every cell
+    shares the basis."""
+    K, W = basis.shape[-2:]
+    if basis.size == K * W:
+        return (coef.reshape(-1, K) @ basis.reshape(K, W)).reshape(*coef.shape[:-1], W)
+    return np.einsum("...kw,...k->...w", basis, coef)
+
+
+def _basis(p: np.ndarray, widths) -> np.ndarray:
+    """The columns N^(-p_k) (..., K, W) at the exponents' own (small, broadcast) shape; 0 for unused terms."""
+    N = np.asarray(widths, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         basis = N ** -np.where(np.isfinite(p), p, 0.0)[..., None]
-    basis = np.where(np.isfinite(p)[..., None], basis, 0.0)
+    return np.where(np.isfinite(p)[..., None], basis, 0.0)
+
+
+def _solve_normal(wg, yg, basis, used, lead, *, want_inverse: bool):
+    """Coefficients (..., K) from the Jacobi-scaled normal equations by Cholesky, batched over cells; NaN rows
+    where a pivot falls below ``WEAK_PIVOT`` (left to :func:`_solve_mgs`). Also (B^T W B)^(-1) (..., K, K)
+    when asked (else zeros), and a ``singular`` mask (all False here: such cells are weak).
+
+    Every entry of the K x K systems is its own contiguous array over the cells, so each step of the
+    factorisation is one pass over memory rather than a strided walk through (..., K, K) blocks.
+    """
+    K, W = basis.shape[-2:]
+    wy = wg * yg
+    products = basis[..., :, None, :] * basis[..., None, :, :]  # (..., K, K, W), at the exponents' shape
+    if basis.size == K * W:  # one basis for every cell (the usual case): two matrix products
+        cells = wg.shape[:-1]
+        flat_a = products.reshape(K * K, W) @ wg.reshape(-1, W).T  # (K*K, cells), rows contiguous
+        flat_b = basis.reshape(K, W) @ wy.reshape(-1, W).T
+        A = [[flat_a[k * K + m].reshape(cells) for m in range(K)] for k in range(K)]
+        rhs = [flat_b[k].reshape(cells) for k in range(K)]
+    else:
+        A = [[(wg * products[..., k, m, :]).sum(-1) for m in range(K)] for k in range(K)]
+        rhs = [(wy * basis[..., k, :]).sum(-1) for k in range(K)]
+    if not used.all():
+        on = [np.broadcast_to(used[..., k], lead) for k in range(K)]
+        for k in range(K):  # unused terms: identity rows, zero right-hand side
+            rhs[k] = np.where(on[k], rhs[k], 0.0)
+            for m in range(K):
+                A[k][m] = np.where(on[k] & on[m], A[k][m], float(k == m))
+    d = [np.sqrt(A[k][k]) for k in range(K)]
+    d = [np.where(dk > 0, dk, 1.0) for dk in d]
+    L = [[None] * K for _ in range(K)]
+    weak = np.zeros(lead, dtype=bool)
+    for j in range(K):
+        piv = A[j][j] / (d[j] * d[j]) - sum((L[j][q] ** 2 for q in range(j)), 0.0)
+        weak |= ~(piv >= WEAK_PIVOT)
+        L[j][j] = np.sqrt(np.where(piv > 0, piv, 1.0))
+        for i in range(j + 1, K):
+            off = A[i][j] / (d[i] * d[j]) - sum((L[i][q] * L[j][q] for q in range(j)), 0.0)
+            L[i][j] = off / L[j][j]
+    z = []
+    for i in range(K):
+        z.append((rhs[i] / d[i] - sum((L[i][q] * z[q] for q in range(i)), 0.0)) / L[i][i])
+    c = [None] * K
+    for i in range(K - 1, -1, -1):
+        c[i] = (z[i] - sum((L[q][i] * c[q] for q in range(i + 1, K)), 0.0)) / L[i][i]
+    coef = np.empty((*lead, K))
+    for k in range(K):
+        coef[..., k] = c[k] / d[k]
+    coef[weak] = np.nan
+    Ainv = np.zeros((*lead, K, K))
+    if want_inverse:  # (L L^T)^(-1) = Linv^T Linv, then undo the scaling
+        Linv = [[None] * K for _ in range(K)]
+        for i in range(K):
+            Linv[i][i] = 1.0 / L[i][i]
+            for j in range(i):
+                Linv[i][j] = -sum(L[i][q] * Linv[q][j] for q in range(j, i)) / L[i][i]
+        for i in range(K):
+            for j in range(i, K):
+                v = sum(Linv[k][i] * Linv[k][j] for k in range(j, K)) / (d[i] * d[j])
+                Ainv[..., i, j] = Ainv[..., j, i] = v
+    return coef, Ainv, np.zeros(lead, dtype=bool)
+
+
+def _solve_mgs(wg, yg, basis, used):
+    """The same solve by modified Gram-Schmidt QR of the weighted, column-normalised design (cells on the
+    leading axis): coefficients, (B^T W B)^(-1) and a ``singular`` mask."""
+    K = basis.shape[-2]
+    lead = wg.shape[:-1]
+    sw = np.sqrt(wg)
     cols = sw[..., None, :] * basis  # (..., K, W)
     norm = np.sqrt((cols**2).sum(-1))
     norm = np.where(norm > 0, norm, 1.0)
     cols = cols / norm[..., None]
-    rhs = sw * np.where(good, y, 0.0)
+    rhs = sw * yg
     if not used.all():  # cells that leave some terms out get identity rows, so their system stays square
         eye = np.broadcast_to(~used[..., :, None] & np.eye(K, dtype=bool), (*lead, K, K)).astype(np.float64)
-        cols = np.concatenate([np.broadcast_to(cols, (*lead, K, N.size)), eye], axis=-1)
-        rhs = np.concatenate([np.broadcast_to(rhs, (*lead, N.size)), np.zeros((*lead, K))], axis=-1)
-    cols = np.broadcast_to(cols, (*lead, *cols.shape[-2:]))
-    rhs = np.broadcast_to(rhs, (*lead, rhs.shape[-1]))
+        cols = np.concatenate([cols, eye], axis=-1)
+        rhs = np.concatenate([rhs, np.zeros((*lead, K))], axis=-1)
     R, qb = _mgs(np.moveaxis(cols, (-2, -1), (0, 1)), np.moveaxis(rhs, -1, 0))
     diag = np.abs(np.diagonal(R, axis1=-2, axis2=-1))
     singular = (diag < 1e-10).any(-1)
     R_safe = np.where(singular[..., None, None], np.eye(K), R)
     cs = _back_substitute(R_safe, qb[..., None])[..., 0]
     Rinv = _back_substitute(R_safe, np.broadcast_to(np.eye(K), R_safe.shape))
-    cov = np.einsum("...ik,...jk->...ij", Rinv, Rinv) / (norm[..., :, None] * norm[..., None, :])
-    coef = cs / norm
-    fitted = np.einsum("...kw,...k->...w", basis, coef)
-    chi2 = (wg * (np.where(good, y, 0.0) - fitted) ** 2 * good).sum(-1)
-    dof = n_used - k_used
-    with np.errstate(invalid="ignore", divide="ignore"):
-        chi2_dof = np.where(dof > 0, chi2 / dof, np.nan)
-    if scaled:
-        cov = cov * chi2_dof[..., None, None]
-    status = np.full(lead, _OK, dtype=np.int8)
-    status = np.where(scaled & (dof == 0), _NODOF, status)
-    status = np.where(singular, _SINGULAR, status)
-    status = np.where(n_used < k_used, _FEW, status)
-    status = np.where(n_used == 0, _BADW, status)
-    bad = status != _OK
-    if not scaled:
-        bad = bad & (status != _NODOF)
-    coef = np.where(bad[..., None] | ~used, np.nan, coef)
-    cov = np.where(bad[..., None, None] | ~(used[..., :, None] & used[..., None, :]), np.nan, cov)
-    stderr = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
-    return coef, stderr, cov, chi2_dof, n_used.astype(np.int64), status
+    Ainv = np.einsum("...ik,...jk->...ij", Rinv, Rinv) / (norm[..., :, None] * norm[..., None, :])
+    return cs / norm, Ainv, singular
 
 
 def _mgs(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,22 +240,23 @@ def _back_substitute(R: np.ndarray, B: np.ndarray) -> np.ndarray:
     return X
 
 
-def _variance_fit_kernel(v, n, p, *, widths, iterations: int = 4, scaled: bool = True):
-    """Fit sample variances v (..., width) from n seeds by IRLS with weights (n - 1) / (2 * fitted^2)."""
+def _variance_fit_kernel(v, n, p, *, widths, iterations: int = 4, scaled: bool = True, coef_only: bool = False):
+    """Fit sample variances v (..., width) from n seeds by IRLS with weights (n - 1) / (2 * fitted^2); the
+    outputs of :func:`wls_kernel` at the last iteration (only its coefficients with ``coef_only``)."""
     v = np.asarray(v, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
+    basis = _basis(np.asarray(p, dtype=np.float64), widths)
     fitted = v
-    for _ in range(iterations):
+    for it in range(iterations):
         with np.errstate(invalid="ignore", divide="ignore"):
             w = (n - 1) / (2 * fitted**2)
-        out = wls_kernel(v, w, p, widths=widths, scaled=scaled)
-        coef = out[0]
-        Nb = np.asarray(widths, dtype=np.float64)
+        out = wls_kernel(v, w, p, widths=widths, scaled=scaled, coef_only=coef_only or it < iterations - 1)
+        if it == iterations - 1:
+            return out
         with np.errstate(invalid="ignore", over="ignore"):
-            new = np.nansum(coef[..., None, :] * Nb[:, None] ** -np.nan_to_num(p[..., None, :], nan=0.0), axis=-1)
+            new = _evaluate(np.where(np.isnan(out), 0.0, out), basis)  # NaN terms (unused, failed) count 0
         ok = np.isfinite(new) & (new > 0)
         fitted = np.where(ok, new, v)
-    return out
 
 
 _P_GRID = np.linspace(0.0, 3.0, 61)
@@ -277,14 +378,34 @@ def jackknife_loglog_kernel(y, w, y_loo, *, logN):
     return slope, se, inter, chi2_dof, n, status, k.astype(np.int64)
 
 
-def _moments(x: np.ndarray):
-    """Seed mean, variance (ddof=1) and count over the last axis, non-finite values dropped."""
-    ok = np.isfinite(x)
-    n = ok.sum(-1).astype(np.float64)
+def _seed_moments(xt: np.ndarray):
+    """Seed moments of ``xt`` (seed, ..., width), non-finite values dropped: the full mean, variance (ddof=1)
+    and count (..., width), and the same with each seed index left out in turn (seed, ..., width).
+
+    The deleted-seed moments come from the full sums by downdating (m_i = m - d_i / (n - 1),
+    SS_i = SS - d_i^2 n / (n - 1), with d_i the seed's deviation): O(S) work instead of recomputing S times.
+    Where seed i is missing at a width its moments there are the full ones.
+    """
+    ok = np.isfinite(xt)
+    n = ok.sum(0).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        m = np.where(ok, x, 0.0).sum(-1) / n
-        v = (np.where(ok, x - m[..., None], 0.0) ** 2).sum(-1) / (n - 1)
-    return m, v, n
+        m = np.where(ok, xt, 0.0).sum(0) / n
+        d = np.where(ok, xt - m, 0.0)
+        ss = (d * d).sum(0)
+        v = ss / (n - 1)
+        n_i = n - ok
+        m_i = m - d / n_i  # 0 / 0 where the seed was the width's only one: NaN, as a mean of nothing
+        ss_i = ss - d * d * (n / n_i)
+        np.maximum(ss_i, 0.0, out=ss_i)  # rounding may leave -1e-17 where the remaining values are equal
+        v_i = np.where(n_i >= 2, ss_i / (n_i - 1), np.nan)
+    return (m, v, n), (m_i, v_i, n_i), ok
+
+
+def _fit_moments(m, v, n, p, *, widths, quantity: str, scaled: bool, coef_only: bool = False):
+    if quantity == "mean":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return wls_kernel(m, n / v, p, widths=widths, scaled=scaled, coef_only=coef_only)
+    return _variance_fit_kernel(v, n, p, widths=widths, scaled=scaled, coef_only=coef_only)
 
 
 def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True):
@@ -301,25 +422,14 @@ def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True)
     -------
     The six outputs of the fit, then ``jack_se`` (..., term): the jackknife standard error over seed indices
     (seed i deleted at every width, moments and weights recomputed, the fit redone), and ``n_seeds`` (...).
+    The S deleted-seed moments come from the full sums by downdating, and their S fits are solved as one batch.
     """
-    x = np.asarray(pred, dtype=np.float64)
-
-    def fit(xx):
-        m, v, n = _moments(xx)
-        if quantity == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return wls_kernel(m, n / v, p, widths=widths, scaled=scaled)
-        return _variance_fit_kernel(v, n, p, widths=widths, scaled=scaled)
-
-    full = fit(x)
-    S = x.shape[-1]
-    used = np.isfinite(x).any(-2)  # (..., seed): seed index present at some width
-    coefs = []
-    for i in range(S):
-        xi = x.copy()
-        xi[..., i] = np.nan
-        coefs.append(np.where(used[..., i, None], fit(xi)[0], np.nan))
-    c = np.stack(coefs, 0)  # (seed, ..., term)
+    xt = np.moveaxis(np.asarray(pred, dtype=np.float64), -1, 0).copy()  # (seed, ..., width), contiguous
+    full, loo, ok = _seed_moments(xt)
+    full = _fit_moments(*full, p, widths=widths, quantity=quantity, scaled=scaled)
+    used = ok.any(-1)  # (seed, ...): seed index present at some width
+    c = _fit_moments(*loo, p, widths=widths, quantity=quantity, scaled=scaled, coef_only=True)
+    c = np.where(used[..., None], c, np.nan)  # (seed, ..., term)
     k = np.isfinite(c).all(-1).sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         bar = np.nansum(c, 0) / k[..., None]

@@ -477,3 +477,11 @@ def top_eigenvalues_kernel(theta: np.ndarray, *, k: int = 1) -> np.ndarray:
         sym = (m[ok] + np.swapaxes(m[ok], -1, -2)) / 2
         out[ok] = np.linalg.eigvalsh(sym)[..., ::-1][..., :k]
     return out
+
+
+def t_quantile(ci: float, dof) -> np.ndarray:
+    """Two-sided Student t quantile ``t.ppf(0.5 + ci / 2, dof)`` elementwise, evaluated once per distinct dof
+    (a fit's dof takes a handful of values over millions of cells; scipy's ppf costs microseconds a call)."""
+    dof = np.asarray(dof, dtype=np.float64)
+    values, inverse = np.unique(dof, return_inverse=True)
+    return stats.t.ppf(0.5 + ci / 2, values)[inverse].reshape(dof.shape)

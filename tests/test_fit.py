@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import numpy as np
 import pytest
@@ -162,3 +164,84 @@ def test_one_width_is_refused_by_both_fits():
             call(ds)
     with pytest.raises(errors.FitError, match="quantity='mean'"):
         es.fit_rate(synthetic_ensemble(n_seeds=4), quantity="mean")
+
+
+def _jackknife_by_deletion(pred, p, *, widths, quantity):
+    """The definition the fast kernel must equal: delete seed i at every width, recompute the moments from the
+    remaining seeds, redo the fit; S + 1 fits, no downdating, no batching."""
+    from ensemble_stats._np_fit import _fit_moments
+
+    def _moments(xx):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN widths
+            return np.nanmean(xx, -1), np.nanvar(xx, -1, ddof=1), np.isfinite(xx).sum(-1).astype(float)
+
+    x = np.asarray(pred, dtype=np.float64)
+    full = _fit_moments(*_moments(x), p, widths=widths, quantity=quantity, scaled=True)
+    used = np.isfinite(x).any(-2)
+    coefs = []
+    for i in range(x.shape[-1]):
+        xi = x.copy()
+        xi[..., i] = np.nan
+        coefs.append(
+            np.where(
+                used[..., i, None],
+                _fit_moments(*_moments(xi), p, widths=widths, quantity=quantity, scaled=True)[0],
+                np.nan,
+            )
+        )
+    c = np.stack(coefs, 0)
+    k = np.isfinite(c).all(-1).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bar = np.nansum(c, 0) / k[..., None]
+        se = np.sqrt((k - 1)[..., None] / k[..., None] * np.nansum((c - bar) ** 2, 0))
+    return full[0], np.where(np.isfinite(full[0]) & (k >= 4)[..., None], se, np.nan)
+
+
+@pytest.mark.parametrize("quantity", ["mean", "variance"])
+def test_fast_jackknife_equals_refitting_with_each_seed_deleted(quantity):
+    """Issue 35: the downdated, batched jackknife equals S + 1 separate fits to 1e-10 in float64, with missing
+    values (a seed absent at one width, a cell with three seeds) and heavy tails."""
+    from ensemble_stats._np_fit import jackknife_fit_kernel
+
+    rng = np.random.default_rng(7)
+    widths = np.array([64, 128, 256, 512, 1024, 2048])
+    cells, S = 3000, 12
+    law = 0.3 + 2.0 * widths**-0.25 if quantity == "mean" else 0.5 * widths**-0.5
+    noise = rng.standard_t(3, size=(cells, widths.size, S)) * (0.05 if quantity == "mean" else 1.0)
+    pred = law[:, None] + noise * (1.0 if quantity == "mean" else np.sqrt(law)[:, None])
+    pred[5, 2, 3] = np.nan  # one seed missing at one width
+    pred[9, :, 3:] = np.nan  # a cell with three seeds: no interval
+    pred[11, 4, :] = np.nan  # a width with no seeds
+    p = np.array([0.0, 0.25]) if quantity == "mean" else np.array([0.5, 1.0])
+    fast = jackknife_fit_kernel(pred, p, widths=widths, quantity=quantity)
+    coef, se = _jackknife_by_deletion(pred, p, widths=widths, quantity=quantity)
+    np.testing.assert_allclose(fast[0], coef, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast[6], se, rtol=1e-10, atol=1e-12)
+    assert np.isnan(fast[6][9]).all() and np.isfinite(fast[6][5]).all()
+    assert np.isfinite(fast[6]).mean() > 0.99
+
+
+def test_wls_kernel_keeps_its_accuracy_where_terms_are_nearly_dependent():
+    """Exponents 0.25 and 0.3 make nearly parallel columns: the normal equations would square their condition
+    number, so those cells are solved by QR; the result still equals statsmodels (which uses a pseudo-inverse)."""
+    from ensemble_stats._np_fit import WEAK_PIVOT, _solve_normal
+
+    rng = np.random.default_rng(4)
+    widths = np.array([64, 128, 256, 512, 1024, 2048])
+    cells = 50
+    p = np.tile([0.0, 0.25, 0.3], (cells, 1))
+    X = widths[None, :, None] ** -p[:, None, :]
+    w = rng.uniform(0.5, 20.0, size=(cells, widths.size))
+    y = (X * rng.normal(size=(cells, 1, 3))).sum(-1) + 1e-3 * rng.normal(size=(cells, widths.size)) / np.sqrt(w)
+    used = np.ones((cells, 3), dtype=bool)
+    basis = widths[None, None, :] ** -p[:, :, None]
+    weak = np.isnan(_solve_normal(w, y, basis, used, (cells,), want_inverse=False)[0]).any(-1)
+    assert weak.all(), f"pivots should fall below {WEAK_PIVOT} for every cell"
+    coef, se, _, chi2_dof, _, status = wls_kernel(y, w, p, widths=widths)
+    assert (status == 0).all()
+    for i in range(cells):
+        fit = sm.WLS(y[i], X[i], weights=w[i]).fit()
+        np.testing.assert_allclose(coef[i], fit.params, rtol=1e-6)
+        np.testing.assert_allclose(se[i], fit.bse, rtol=1e-6)
+        np.testing.assert_allclose(chi2_dof[i], fit.scale, rtol=1e-6)
