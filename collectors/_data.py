@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble_stats._optional import require
 from ensemble_stats.errors import DataNotFoundError, ValidationError
 
 from ._grid import EvalGrid
@@ -128,9 +129,7 @@ def teacher(
 
 def digits(*, n_train: int | None = None, n_test: int = 300, seed: int = 0, standardize: bool = True) -> DataSet:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), split by a seeded permutation."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    bunch = require("sklearn.datasets", "the digits data set").load_digits()
     x, labels = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
     perm = np.random.default_rng(seed).permutation(len(x))
     test, train = perm[:n_test], perm[n_test:]
@@ -152,11 +151,10 @@ def digits(*, n_train: int | None = None, n_test: int = 300, seed: int = 0, stan
 
 def mnist1d(*, n_samples: int = 5000, seed: int = 42, n_test: int | None = None) -> DataSet:
     """mnist1d generated offline by its package (never its download URL); 40 features, 10 classes."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
+    data = require("mnist1d.data", "the mnist1d data set")
+    args = data.get_dataset_args()
     args.num_samples, args.seed = int(n_samples), int(seed)
-    d = make_dataset(args)
+    d = data.make_dataset(args)
     xt, yt = d["x_test"], d["y_test"]
     if n_test is not None:
         xt, yt = xt[:n_test], yt[:n_test]

@@ -12,20 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-try:
-    import lightning.pytorch as pl
-except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "collectors.lightning needs the 'lightning' package: pip install 'ensemble-stats[lightning]'."
-    ) from e
 import torch
 
+from ensemble_stats._optional import require
 from ensemble_stats.errors import ValidationError
 
 from ._collector import OutputCollector
 from ._store import EnsembleStore
 
 __all__ = ["OutputCollectorCallback"]
+
+pl = require("lightning.pytorch", "collectors.lightning (the Lightning callback)")
 
 
 class OutputCollectorCallback(pl.Callback):

@@ -12,7 +12,7 @@ import xarray as xr
 import zarr
 
 from . import _integrity, schema
-from ._paths import has_group, is_url
+from ._paths import has_group, is_url, location
 from ._verify import diverged_mismatches, verify_store
 from .errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
 
@@ -20,6 +20,8 @@ PathLike = str | os.PathLike
 
 
 def _open_one(path: PathLike) -> xr.Dataset:
+    if is_url(path):
+        location(path)  # a URL whose file system is not installed: one clear error, not fsspec's traceback
     if not is_url(path) and not has_group(path):
         raise StoreNotFoundError(
             f"{path} is not an ensemble store (no zarr.json); pass the directory created by EnsembleStore.create "

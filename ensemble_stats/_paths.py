@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import schema
-from .errors import EnsembleStatsError, StoreWriteError, ValidationError, shorten
+from ._optional import install_hint
+from .errors import EnsembleStatsError, MissingDependencyError, StoreWriteError, ValidationError, shorten
 
 _HOST = socket.gethostname().replace("-", "_")
 
@@ -38,16 +39,20 @@ def is_remote(path) -> bool:
 def remote_fs(url: str, storage_options: dict | None = None):
     """``(filesystem, path within it)`` of a URL, or a clear error if no fsspec file system can write it."""
     scheme = url.split("://", 1)[0]
+    need = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme)
     try:
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError) as e:
-        extra = {"s3": "s3fs (pip install 'ensemble-stats[s3]')", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
-        need = extra.get(scheme)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{url!r}: {scheme}:// URLs need the package {need or 'that provides them'}, which is not installed "
+            f"({str(e).splitlines()[0][:200]}). Install it: {install_hint(need) if need else 'see fsspec.'}"
+        ) from None
+    except ValueError as e:
         raise ValidationError(
-            f"{url!r}: no file system for {scheme}:// URLs is available ({type(e).__name__}: {e}). "
-            + (f"Install {need}." if need else "Use a local path, or an fsspec URL such as s3://bucket/runs.zarr.")
+            f"{url!r}: no file system for {scheme}:// URLs is available ({type(e).__name__}: {e}). Use a local "
+            "path, or an fsspec URL such as s3://bucket/runs.zarr."
         ) from None
     return fs, root.rstrip("/")
 

@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from . import schema
+from ._optional import require
 from ._paths import atomic_output, local_store_path
 from .errors import ValidationError
 
@@ -51,6 +52,7 @@ def report(
     if unknown:
         raise ValidationError(f"results: unknown names {unknown}; expected some of {list(RESULTS)}.")
     target = _check_report_target(out)
+    require("matplotlib", "the report's figures")  # before any work: the figures are what it writes
     with atomic_output(target, "report --out") as tmp:
         tmp.mkdir()
         _write_report(ds, tmp, dict(results or {}), progress or (lambda s: None))
@@ -150,7 +152,7 @@ def _facet_label(sel: dict) -> tuple[str, str]:
 
 def _png(fig, path: Path) -> str:
     """Save ``fig`` to ``path``, close it, and return it as a data URI for the page."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the report's figures")
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -22,6 +22,7 @@ __all__ = [
     "StoreWriteError",
     "StoreCorruptionError",
     "ConfigError",
+    "MissingDependencyError",
     "FitError",
     "SweepError",
     "EnsembleStatsWarning",
@@ -166,6 +167,10 @@ def _rebuild_corruption(problems, args, repairable):
     Exception.__init__(err, *args)
     err.problems, err.repairable = problems, repairable
     return err
+
+
+class MissingDependencyError(EnsembleStatsError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra to install."""
 
 
 class FitError(ValidationError):

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from . import schema
+from ._optional import require
 from ._stats import seed_mean
 
 __all__ = [
@@ -35,7 +36,7 @@ _STYLE = {"font.size": 9, "axes.grid": True, "grid.alpha": 0.3}
 
 
 def _subplots(nrows: int, ncols: int, size: tuple[float, float], **kw):
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "drawing figures")
 
     with plt.rc_context(_STYLE):
         fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained", **kw)
@@ -75,12 +76,12 @@ def _at(res: xr.Dataset) -> str:
 
 def _width_axis(ax, widths) -> None:
     """Log-scaled width axis with one plain tick per width (no overlapping 10^k labels)."""
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    ticker = require("matplotlib.ticker", "drawing figures")
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(np.asarray(widths, dtype=float)))
-    ax.xaxis.set_minor_locator(NullLocator())
-    fmt = ScalarFormatter()
+    ax.xaxis.set_major_locator(ticker.FixedLocator(np.asarray(widths, dtype=float)))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    fmt = ticker.ScalarFormatter()
     fmt.set_scientific(False)
     ax.xaxis.set_major_formatter(fmt)
     if len(widths) > 6:

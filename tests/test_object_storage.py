@@ -23,7 +23,7 @@ from click.testing import CliRunner
 import ensemble_stats as es
 from collectors import EnsembleStore, EvalGrid, OutputCollector
 from ensemble_stats.cli import main
-from ensemble_stats.errors import EphemeralStoreWarning, ValidationError
+from ensemble_stats.errors import EphemeralStoreWarning, MissingDependencyError, ValidationError
 
 from ._models import TableModel
 from .conftest import TINY_SWEEP, oracle
@@ -142,7 +142,9 @@ def test_memory_urls_work_and_unwritable_urls_are_refused(tmp_path, monkeypatch)
         store = _create("memory://ens/runs.zarr")
     _fill(store, RUNS[:1])
     assert int(es.open_ensemble("memory://ens/runs.zarr").written.sum()) == 6
-    for bad in ("gs://bucket/runs.zarr", "nosuchfs://x/runs.zarr", "s3:/bucket/runs.zarr"):
+    with pytest.raises(MissingDependencyError, match="pip install gcsfs"):
+        _create("gs://bucket/runs.zarr")
+    for bad in ("nosuchfs://x/runs.zarr", "s3:/bucket/runs.zarr"):
         with pytest.raises(ValidationError):
             _create(bad)
     assert list(tmp_path.iterdir()) == []
