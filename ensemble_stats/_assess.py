@@ -17,6 +17,7 @@ from scipy import stats
 
 from . import schema
 from ._stats import _check_ci, bias_variance, seed_mean
+from ._ufunc import apply_ufunc
 from .errors import ValidationError
 
 __all__ = [
@@ -182,7 +183,7 @@ def trend(a: xr.DataArray, dim: str = schema.GAMMA, *, ci: float = 0.95) -> xr.D
     )
     drops = (steps["mean_hi"] < 0).sum(dim)
     means = a.mean(schema.SEED)
-    rho = xr.apply_ufunc(
+    rho = apply_ufunc(
         lambda m: _spearman(a[dim].values, m),
         means,
         input_core_dims=[[dim]],

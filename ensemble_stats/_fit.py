@@ -1,6 +1,6 @@
 """Fits across widths: the asymptotic expansion in N (pointwise WLS) and the leading rate (pooled log-log).
 
-The numpy kernels work on trailing axes and are applied with ``xr.apply_ufunc(..., dask="parallelized")``.
+The numpy kernels work on trailing axes and are applied with ``apply_ufunc(..., dask="parallelized")``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ._np_fit import (
 from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd, t_quantile
 from ._select import at_common_time, time_units
 from ._stats import _check_ci, _reference, _use_pairs, pair_members, seed_moments
+from ._ufunc import apply_ufunc
 from .errors import EnsembleStatsWarning, FitError, ScaledTimeWarning, ValidationError
 
 __all__ = ["fit_expansion", "fit_rate", "STATUS"]
@@ -185,7 +186,7 @@ def fit_expansion(
         pred = pred.where(np.isfinite(pred).all(grid))  # a seed counts only if finite over the grid
         if pred.chunks:
             pred = pred.chunk({W: -1, schema.SEED: -1})
-        outs = xr.apply_ufunc(
+        outs = apply_ufunc(
             jackknife_fit_kernel,
             pred,
             table,
@@ -209,7 +210,7 @@ def fit_expansion(
             kernel, a, b = (
                 (wls_kernel, y, w) if quantity == "mean" else (_variance_fit_kernel, mom["variance"], mom["n_seeds"])
             )
-            outs = xr.apply_ufunc(
+            outs = apply_ufunc(
                 kernel,
                 a,
                 b,
@@ -229,7 +230,7 @@ def fit_expansion(
                 y = mom["variance"]
                 w = (mom["n_seeds"] - 1) / (2 * mom["variance"] ** 2)
             k = 2 if quantity == "mean" else 1
-            outs = xr.apply_ufunc(
+            outs = apply_ufunc(
                 _free_kernel,
                 y,
                 w,
@@ -254,7 +255,7 @@ def fit_expansion(
             )
             dof = n_used - (k + 1)
     if scaled or jackknife:
-        q = xr.apply_ufunc(
+        q = apply_ufunc(
             lambda d: t_quantile(ci, np.maximum(d, 1)), dof, dask="parallelized", output_dtypes=[np.float64]
         )
     else:
@@ -407,7 +408,7 @@ def fit_rate(
     ref = _reference(ds, reference, dims)
     if pred.chunks:
         pred = pred.chunk({d: -1 for d in (schema.SEED, *dims)})
-    est, theta, nu = xr.apply_ufunc(
+    est, theta, nu = apply_ufunc(
         leave_one_out_kernel,
         pred,
         ref,
@@ -421,7 +422,7 @@ def fit_rate(
     with np.errstate(invalid="ignore", divide="ignore"):
         y = half * np.log(est.where(est > 0))
         y_loo = half * np.log(theta.where(theta > 0))
-        se = xr.apply_ufunc(
+        se = apply_ufunc(
             jackknife_se,
             theta,
             theta.notnull().sum(schema.SEED),
@@ -431,12 +432,12 @@ def fit_rate(
         )
         se_log = half * se / est
     if quantity == "variance" and ci_method == "auto":
-        se_log = xr.apply_ufunc(log_variance_sd, nu, dask="parallelized", output_dtypes=[np.float64])
+        se_log = apply_ufunc(log_variance_sd, nu, dask="parallelized", output_dtypes=[np.float64])
     w = 1.0 / se_log**2
     logN = np.log(ds[schema.WIDTH].values.astype(np.float64))
     if y.chunks:
         y, w, y_loo = y.chunk({schema.WIDTH: -1}), w.chunk({schema.WIDTH: -1}), y_loo.chunk({schema.WIDTH: -1})
-    outs = xr.apply_ufunc(
+    outs = apply_ufunc(
         jackknife_loglog_kernel,
         y,
         w,
@@ -448,7 +449,7 @@ def fit_rate(
         output_dtypes=[np.float64] * 4 + [np.int64, np.int8, np.int64],
     )
     slope, jack_se, intercept, chi2_dof, n_used, status, n_seeds = outs
-    model_se = xr.apply_ufunc(
+    model_se = apply_ufunc(
         lambda yy, ww: loglog_kernel(yy, ww, logN=logN)[1],
         y,
         w,
@@ -459,7 +460,7 @@ def fit_rate(
     if ci_method == "auto":
         # the jackknife (Student t) sees heavy tails and correlation, the WLS error (normal quantile) the
         # dof-based weights; at 4-16 seeds the jackknife alone is noisy, so the wider interval is used
-        t = xr.apply_ufunc(
+        t = apply_ufunc(
             lambda k: t_quantile(ci, np.maximum(k - 1, 1)),
             n_seeds,
             dask="parallelized",
@@ -528,7 +529,7 @@ _WHAT = {"variance": "seed variance", "bias": "|bias| = sqrt(bias2)", "ratio": "
 def _theory_rate(ds: xr.Dataset, quantity: str) -> xr.DataArray:
     """The theory's exponent of N per gamma: 1 - 2 gamma (variance), gamma - 1 (bias), 4 gamma - 3 (ratio)."""
     fn, text = _THEORY_RATES[quantity]
-    th = xr.apply_ufunc(np.vectorize(fn, otypes=[float]), ds[schema.GAMMA])
+    th = apply_ufunc(np.vectorize(fn, otypes=[float]), ds[schema.GAMMA])
     return th.assign_attrs(long_name=f"theory exponent: {text}")
 
 

@@ -15,6 +15,7 @@ import xarray as xr
 from . import schema
 from ._np_stats import chi2_interval, ks_normal_kernel
 from ._stats import _use_pairs, pair_members
+from ._ufunc import apply_ufunc
 from .errors import ValidationError
 
 __all__ = ["fluctuation_gaussianity"]
@@ -83,7 +84,7 @@ def fluctuation_gaussianity(
     z = (scale * (sample - mean) / np.sqrt(var_k.where(var_k > tiny))).transpose(*sample.dims)
     z = z.where(np.isfinite(sample).all(grid))
     zc = z.chunk({SAMPLE: -1}) if z.chunks else z
-    ks, pvalue, n = xr.apply_ufunc(
+    ks, pvalue, n = apply_ufunc(
         ks_normal_kernel,
         zc,
         input_core_dims=[[SAMPLE]],
@@ -99,7 +100,7 @@ def fluctuation_gaussianity(
     cells = z.notnull().sum([SAMPLE, *dims])
     var = ss / cells.where(cells > 0)
     n_s = n.max(dims)
-    var_lo, var_hi = xr.apply_ufunc(
+    var_lo, var_hi = apply_ufunc(
         chi2_interval, var, n_s, kwargs={"ci": ci}, output_core_dims=[[], []], dask="parallelized",
         output_dtypes=[np.float64, np.float64],
     )  # fmt: skip

@@ -14,6 +14,7 @@ from . import schema
 from ._np_fit import loglog_kernel
 from ._np_stats import top_eigenvalues_kernel
 from ._stats import seed_mean
+from ._ufunc import apply_ufunc
 from .errors import ValidationError
 
 __all__ = ["kernel_drift", "kernel_eigenvalues", "learning_rate_regimes", "width_rate"]
@@ -46,7 +47,7 @@ def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, 
     if y.chunks:
         y, w = y.chunk({schema.WIDTH: -1}), w.chunk({schema.WIDTH: -1})
     names = ["slope", "stderr", "intercept", "chi2_dof", "n_widths", "status"]
-    outs = xr.apply_ufunc(
+    outs = apply_ufunc(
         loglog_kernel,
         y,
         w,
@@ -59,7 +60,7 @@ def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, 
     res = xr.Dataset(dict(zip(names, outs, strict=True)))
     res["stderr"] = res["stderr"] * np.sqrt(np.fmax(res["chi2_dof"].fillna(1.0), 1.0))
     dof = np.maximum(n_seeds.min(schema.WIDTH) - 1, 1)
-    t = xr.apply_ufunc(lambda d: stats.t.ppf(0.5 + ci / 2, d), dof, dask="parallelized", output_dtypes=[float])
+    t = apply_ufunc(lambda d: stats.t.ppf(0.5 + ci / 2, d), dof, dask="parallelized", output_dtypes=[float])
     res["slope_lo"] = res["slope"] - t * res["stderr"]
     res["slope_hi"] = res["slope"] + t * res["stderr"]
     long = {
@@ -173,7 +174,7 @@ def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
     ntk = ds[schema.NTK]
     if ntk.chunks:
         ntk = ntk.chunk({d: -1 for d in _KERNEL_DIMS})
-    out = xr.apply_ufunc(
+    out = apply_ufunc(
         top_eigenvalues_kernel,
         ntk,
         kwargs={"k": k},
@@ -229,7 +230,7 @@ def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
     M, O = ds[schema.X_TRAIN].shape[0], ds.sizes[schema.OUTPUT]  # noqa: E741
     alpha = ds[schema.ALPHA] if schema.ALPHA in ds.coords else float(model.get("alpha", 1.0))
     eta = alpha * ds[schema.WIDTH].astype(np.float64) ** (2 * ds[schema.GAMMA] - 2)
-    last = xr.apply_ufunc(
+    last = apply_ufunc(
         _last_finite,
         lam.chunk({schema.TIME: -1}) if lam.chunks else lam,
         input_core_dims=[[schema.TIME]],

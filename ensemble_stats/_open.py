@@ -13,6 +13,7 @@ import zarr
 
 from . import _integrity, schema
 from ._paths import has_group, is_url, location
+from ._ufunc import apply_ufunc
 from ._verify import diverged_mismatches, verify_store
 from .errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
 
@@ -95,7 +96,7 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     positions = [xr.DataArray(np.arange(ds.sizes[d]), dims=d).chunk({d: chunks[d]}) for d in rdims]
     common = dict(dask="parallelized", keep_attrs=True)
     checks = [ds[schema.DIGEST], *positions] if digests else []  # stores written before digests have none
-    pred = xr.apply_ufunc(
+    pred = apply_ufunc(
         functools.partial(_mask_prediction, key=key, source=source),
         ds[schema.PREDICTION],
         written,
@@ -111,7 +112,7 @@ def _masked(ds: xr.Dataset, source: str) -> xr.Dataset:
     declared = schema.scalar_names(ds.attrs)
     names = [n for n in declared if n in ds]
     if digests and len(names) == len(declared):
-        masked = xr.apply_ufunc(
+        masked = apply_ufunc(
             functools.partial(_mask_scalars, key=key, source=source, n=len(names)),
             written,
             ds[schema.STEP],

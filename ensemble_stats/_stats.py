@@ -19,6 +19,7 @@ from ._np_stats import (
     pair_bias_variance_kernel,
     seed_mean_kernel,
 )
+from ._ufunc import apply_ufunc
 from .errors import ValidationError
 
 __all__ = ["bias_variance", "pair_members", "seed_mean", "seed_moments", "variance_components"]
@@ -268,7 +269,7 @@ def bias_variance(
     else:
         kernel, kwargs, units = bias_variance_kernel, {"ci_method": ci_method}, [pred]
     unit = schema.PAIR if paired else schema.SEED
-    outs = xr.apply_ufunc(
+    outs = apply_ufunc(
         kernel,
         *units,
         ref,
@@ -356,7 +357,7 @@ def seed_mean(
     if da.chunks:
         da = da.chunk({unit: -1})
     names = ["mean", "stderr", "mean_lo", "mean_hi", "n_seeds", "ci_status"]
-    outs = xr.apply_ufunc(
+    outs = apply_ufunc(
         seed_mean_kernel,
         da,
         kwargs={"ci": ci},
@@ -426,7 +427,7 @@ def variance_components(
     if da.chunks:
         da = da.chunk({d: -1 for d in core})
     names = ["variance", "stderr", "variance_lo", "variance_hi", "n_seeds", "n_data_seeds", "ci_status"]
-    outs = xr.apply_ufunc(
+    outs = apply_ufunc(
         variance_components_kernel,
         da,
         kwargs={"n_grid": len(grid), "ci": ci},
