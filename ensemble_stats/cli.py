@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -251,13 +252,49 @@ def _write(ds, out: str, stores, command: str) -> None:
     from ._paths import atomic_output
 
     ds = ds.compute()
-    ds.attrs[RESULT_ATTR] = command
+    ds.attrs.update(_provenance(stores, command))
     target = _check_out(out, stores, command)
     with atomic_output(target, single_file=str(target).endswith(".nc")) as tmp:
-        if str(target).endswith(".zarr"):
-            ds.to_zarr(tmp, mode="w-", consolidated=False)
+        if str(target).endswith(".zarr"):  # written whole, never appended: consolidated metadata cannot go stale
+            with warnings.catch_warnings():  # zarr notes that consolidation is not (yet) in its v3 spec
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                ds.to_zarr(tmp, mode="w-", consolidated=True)
         else:
             ds.to_netcdf(tmp)
+
+
+def _provenance(stores, command: str) -> dict:
+    """CF-style global attributes tracing a result to its stores: ``Conventions``, a ``history`` line (date,
+    package version, command), and each source store's path, ``store_id`` and config hash."""
+    import datetime
+    import hashlib
+    import json
+    import shlex
+
+    import zarr
+
+    from . import __version__, schema
+    from ._paths import location
+
+    paths, ids, configs = [], [], []
+    for st in stores:
+        where = location(st)
+        attrs = zarr.open_group(str(where), mode="r", zarr_format=3).attrs.asdict()
+        paths.append(str(where))
+        ids.append(str(attrs.get(schema.ATTR_STORE_ID, "none")))
+        config = attrs.get(schema.ATTR_CONFIG)
+        configs.append(
+            hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16] if config else "none"
+        )
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        RESULT_ATTR: command,
+        "Conventions": "CF-1.10",
+        "history": f"{now}: ensemble-stats {__version__}: {shlex.join(['ensemble-stats', *sys.argv[1:]])}",
+        "source_stores": "; ".join(paths),
+        "source_store_ids": "; ".join(ids),
+        "source_config_hashes": "; ".join(configs),
+    }
 
 
 def _client(scheduler: str | None, scheduler_file: str | None = None):

@@ -31,9 +31,14 @@ def test_fit_and_decompose_on_a_real_store(tmp_path):
 
     r = runner.invoke(main, ["decompose", str(store.path), "--out", str(tmp_path / "bv.zarr")])
     assert r.exit_code == 0, r.output
-    bv = xr.open_zarr(tmp_path / "bv.zarr", consolidated=False).load()
+    bv = xr.open_zarr(tmp_path / "bv.zarr").load()  # consolidated: no warning (pytest turns warnings into errors)
     np.testing.assert_allclose(bv.variance, es.bias_variance(ds).variance, rtol=1e-6)
     assert "1024" in r.output and "bias2" in r.output
+    store_id = store.attrs["store_id"]
+    for result in (bv, xr.open_dataset(tmp_path / "fit.nc")):  # traceable to the store, as CF readers expect
+        assert result.attrs["Conventions"] == "CF-1.10" and "ensemble-stats" in result.attrs["history"]
+        assert result.attrs["source_store_ids"] == store_id and str(store.path) == result.attrs["source_stores"]
+        result.close()
 
     r = runner.invoke(
         main, ["fit", str(store.path), "--out", str(tmp_path / "f.zarr"), "--terms", "0,0.25", "--quantity", "mean"]
