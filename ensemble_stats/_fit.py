@@ -65,7 +65,9 @@ def _resolve_terms(ds, quantity: str, terms) -> xr.DataArray | None:
     return xr.DataArray(table, dims=(schema.GAMMA, "term"), coords={schema.GAMMA: ds[schema.GAMMA].values})
 
 
-def _check_widths(ds, width_min, n_terms: int):
+def _check_widths(ds, width_min, n_terms: int, *, residual: bool = False, free: bool = False):
+    """``ds`` with widths >= ``width_min``, refused when they are too few for ``n_terms`` parameters (one more
+    when the errors are scaled by the residual, which needs a degree of freedom)."""
     if schema.PREDICTION not in ds:
         raise ValidationError("the dataset has no 'prediction' variable; open a store with open_ensemble().")
     if schema.WIDTH not in ds.dims:
@@ -78,8 +80,14 @@ def _check_widths(ds, width_min, n_terms: int):
             f"{nw} width(s) {ds[schema.WIDTH].values.tolist()} (width_min={width_min}); a fit across N needs at "
             "least 2 widths, and at least as many as terms."
         )
+    what = f"{n_terms} parameters ({n_terms - 1} terms and the free exponent)" if free else f"{n_terms} terms"
     if nw < n_terms:
-        raise FitError(f"{nw} widths cannot determine {n_terms} terms; add widths or use fewer terms.")
+        raise FitError(f"{nw} widths cannot determine {what}; add widths or use fewer terms.")
+    if residual and nw == n_terms:
+        raise FitError(
+            f"{nw} widths determine {what} exactly, leaving no residual to scale their standard errors: every "
+            "cell would fail. Add a width, use fewer terms, or cov='known' (weights taken as known variances)."
+        )
     return ds
 
 
@@ -157,7 +165,8 @@ def fit_expansion(
         if table is None
         else int(np.isfinite(table.values).sum(-1).max())
     )
-    ds = _check_widths(ds, width_min, n_terms + (1 if table is None else 0))
+    free = table is None  # the exponent is a parameter too
+    ds = _check_widths(ds, width_min, n_terms + free, residual=cov == "scaled", free=free)
     paired = _use_pairs(ds[schema.PREDICTION], pairs)
     if paired and quantity == "mean":
         # the mean of the pair means is the seed mean; the pairs are the independent units, so the fit's

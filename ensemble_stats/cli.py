@@ -395,9 +395,21 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
             except ValidationError:
                 click.echo("(the widths share no scaled time t = k / N: the rate compares them record by record)")
                 rate = fit_rate(ds, quantity="variance", width_min=width_min, at="record").compute()
+        ok = int((res["status"] == 0).sum())
+        if ok == 0:
+            import numpy as np
+
+            from ._np_fit import STATUS
+            from .errors import FitError
+
+            codes, counts = np.unique(res["status"].values, return_counts=True)
+            why = ", ".join(f"{STATUS.get(int(c), c)}: {n}" for c, n in zip(codes, counts, strict=True))
+            raise FitError(
+                f"fit_expansion({quantity}, terms={terms}) fitted none of {res['status'].size} cells ({why}); "
+                f"nothing was written to {out}. Check the widths and terms (docs/theory.md lists each law's terms)."
+            )
         _write(res, out, store, "fit")
         rate = _table_over_extra(rate, ds)
-        ok = int((res["status"] == 0).sum())
         click.echo(f"fit_expansion({quantity}, terms={terms}): {ok} of {res['status'].size} cells fitted -> {out}")
         click.echo(rate_table(rate))
     finally:

@@ -63,3 +63,18 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
             assert words in r.output
     r = runner.invoke(main, ["--debug", "decompose", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "y.nc")])
     assert "Traceback" in r.output
+
+
+def test_a_fit_that_cannot_fit_any_cell_says_why_and_writes_nothing(tmp_path):
+    """Issue 31, item 4: the free mean law (2 terms and the exponent) on 3 widths exited 0 with "0 of 30 cells
+    fitted" and no reason."""
+    ds = synthetic_ensemble(gammas=[0.5, 1.0], widths=[64, 128, 256], n_seeds=8, n_points=5, seed=1)
+    store = store_from_synthetic(tmp_path / "s.zarr", ds)
+    out = tmp_path / "f.nc"
+    r = CliRunner().invoke(main, ["fit", str(store.path), "--out", str(out), "--quantity", "mean", "--terms", "free"])
+    assert r.exit_code == 2 and r.output.startswith("error: 3 widths determine 3 parameters"), r.output
+    assert "Add a width" in r.output and not out.exists()
+    r = CliRunner().invoke(
+        main, ["fit", str(store.path), "--out", str(out), "--quantity", "variance", "--terms", "free"]
+    )
+    assert r.exit_code == 0 and out.exists(), r.output
