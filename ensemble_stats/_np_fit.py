@@ -69,7 +69,7 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True, coef_only: bool = False)
     lead = np.broadcast_shapes(y.shape[:-1], w.shape[:-1], p.shape[:-1])
     used = np.broadcast_to(np.isfinite(p), (*lead, K))
     good = np.isfinite(y) & np.isfinite(w) & (w > 0)
-    n_used = np.broadcast_to(good.sum(-1), lead)
+    n_used = np.broadcast_to(_row_sum(good), lead).astype(np.int64)
     k_used = used.sum(-1)
     wg = np.where(good, w, 0.0)
     yg = np.where(good, y, 0.0)
@@ -91,13 +91,19 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True, coef_only: bool = False)
     if coef_only:
         return coef
     fitted = _evaluate(solved, basis)
-    chi2 = (wg * (yg - fitted) ** 2).sum(-1)
+    chi2 = _row_sum(wg * (yg - fitted) ** 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2_dof = np.where(dof > 0, chi2 / dof, np.nan)
     cov = Ainv * chi2_dof[..., None, None] if scaled else Ainv
     cov = np.where(bad[..., None, None] | ~(used[..., :, None] & used[..., None, :]), np.nan, cov)
     stderr = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
     return coef, stderr, cov, chi2_dof, n_used.astype(np.int64), status
+
+
+def _row_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last (short: widths) axis as a matrix-vector product, several times faster than numpy's
+    reduction along a short contiguous axis; exact for counts."""
+    return np.asarray(a, dtype=np.float64) @ np.ones(a.shape[-1])
 
 
 def _evaluate(coef: np.ndarray, basis: np.ndarray) -> np.ndarray:
@@ -408,6 +414,12 @@ def _fit_moments(m, v, n, p, *, widths, quantity: str, scaled: bool, coef_only: 
     return _variance_fit_kernel(v, n, p, widths=widths, scaled=scaled, coef_only=coef_only)
 
 
+BLOCK_VALUES = 1 << 18
+"""Values (cells x widths x seeds) the jackknife fit takes at a time: about 2 MB per temporary, so the dozens of
+temporaries a block needs stay in the cache and in memory the allocator reuses (a fresh multi-megabyte array
+costs more in page faults than the arithmetic done on it)."""
+
+
 def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True):
     """The expansion fit of :func:`wls_kernel` / :func:`_variance_fit_kernel`, plus whole-seed jackknife errors.
 
@@ -422,14 +434,45 @@ def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True)
     -------
     The six outputs of the fit, then ``jack_se`` (..., term): the jackknife standard error over seed indices
     (seed i deleted at every width, moments and weights recomputed, the fit redone), and ``n_seeds`` (...).
-    The S deleted-seed moments come from the full sums by downdating, and their S fits are solved as one batch.
+    The S deleted-seed moments come from the full sums by downdating, their S fits are solved as one batch, and
+    the cells are taken in blocks of about ``BLOCK_VALUES`` values.
     """
-    xt = np.moveaxis(np.asarray(pred, dtype=np.float64), -1, 0).copy()  # (seed, ..., width), contiguous
+    x = np.asarray(pred, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    W, S = x.shape[-2:]
+    K = p.shape[-1]
+    lead = np.broadcast_shapes(x.shape[:-2], p.shape[:-1])
+    cells = int(np.prod(lead))
+    x = np.broadcast_to(x, (*lead, W, S)).reshape(cells, W, S)
+    shared = p.size == K  # one set of exponents for every cell: kept unbroadcast, so the basis is shared too
+    p = p.reshape(K) if shared else np.broadcast_to(p, (*lead, K)).reshape(cells, K)
+    outs = [
+        np.empty((cells, K)),
+        np.empty((cells, K)),
+        np.empty((cells, K, K)),
+        np.empty(cells),
+        np.empty(cells, dtype=np.int64),
+        np.empty(cells, dtype=np.int8),
+        np.empty((cells, K)),
+        np.empty(cells, dtype=np.int64),
+    ]
+    step = max(1, BLOCK_VALUES // (W * S))
+    for a in range(0, cells, step):
+        b = min(cells, a + step)
+        got = _jackknife_block(x[a:b], p if shared else p[a:b], widths=widths, quantity=quantity, scaled=scaled)
+        for out, value in zip(outs, got, strict=True):
+            out[a:b] = value
+    return tuple(o.reshape(*lead, *o.shape[1:]) for o in outs)
+
+
+def _jackknife_block(x, p, *, widths, quantity: str, scaled: bool):
+    """:func:`jackknife_fit_kernel` on cells (C, width, seed) with exponents (K,) or (C, K)."""
+    xt = np.moveaxis(x, -1, 0).copy()  # (seed, C, width), contiguous
     full, loo, ok = _seed_moments(xt)
     full = _fit_moments(*full, p, widths=widths, quantity=quantity, scaled=scaled)
-    used = ok.any(-1)  # (seed, ...): seed index present at some width
+    used = ok.any(-1)  # (seed, C): seed index present at some width
     c = _fit_moments(*loo, p, widths=widths, quantity=quantity, scaled=scaled, coef_only=True)
-    c = np.where(used[..., None], c, np.nan)  # (seed, ..., term)
+    c = np.where(used[..., None], c, np.nan)  # (seed, C, term)
     k = np.isfinite(c).all(-1).sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         bar = np.nansum(c, 0) / k[..., None]
