@@ -17,6 +17,7 @@ from ._np_fit import (
     STATUS,
     _free_kernel,
     _variance_fit_kernel,
+    information_kernel,
     jackknife_fit_kernel,
     jackknife_loglog_kernel,
     loglog_kernel,
@@ -317,26 +318,25 @@ def _information(mom: xr.Dataset, res: xr.Dataset, quantity: str, *, free: bool)
     For Gaussian errors with known variances -2 log L = chi^2 + const, so the AIC of two fits to the same data
     (the same widths and weights) can be compared; k counts the coefficients and a fitted exponent.
     """
-    N = mom[schema.WIDTH].astype(np.float64)
-    fitted = (res["coef"] * N ** (-res["exponent"])).sum("term", min_count=1)
-    if quantity == "mean":
-        y, w = mom["mean"], mom["n_seeds"] / mom["variance"].where(mom["variance"] > 0)
-    else:
-        y, w = mom["variance"], (mom["n_seeds"] - 1) / (2 * fitted.where(fitted != 0) ** 2)
-    good = np.isfinite(y) & np.isfinite(w) & (w > 0) & np.isfinite(fitted)
-    chi2 = (w * (y - fitted) ** 2).where(good).sum(schema.WIDTH, min_count=1)
-    k = res["coef"].notnull().sum("term") + (1 if free else 0)
-    n = good.sum(schema.WIDTH)
-    aic = chi2 + 2 * k
-    spare = n - k - 1
-    aicc = aic + 2 * k * (k + 1) / spare.where(spare > 0)  # NaN where n <= k + 1 (lazy: no division by 0)
-    ok = res["status"] == 0
+    W = schema.WIDTH
+    chi2, aic, aicc = apply_ufunc(
+        information_kernel,
+        mom["mean"],
+        mom["variance"],
+        mom["n_seeds"],
+        res["coef"],
+        res["exponent"],
+        res["status"],
+        kwargs={"widths": mom[W].values, "quantity": quantity, "free": free},
+        input_core_dims=[[W], [W], [W], ["term"], ["term"], []],
+        output_core_dims=[[], [], []],
+        dask="parallelized",
+        output_dtypes=[np.float64] * 3,
+    )
     return {
-        "chi2": chi2.where(ok).assign_attrs(long_name="chi^2 of the fit (the weights it used)"),
-        "aic": aic.where(ok).assign_attrs(long_name="Akaike information criterion chi^2 + 2k (k fitted parameters)"),
-        "aicc": aicc.where(ok).assign_attrs(
-            long_name="small-sample AIC: AIC + 2k(k+1)/(n-k-1), n widths (NaN when n <= k + 1)"
-        ),
+        "chi2": chi2.assign_attrs(long_name="chi^2 of the fit (the weights it used)"),
+        "aic": aic.assign_attrs(long_name="Akaike information criterion chi^2 + 2k (k fitted parameters)"),
+        "aicc": aicc.assign_attrs(long_name="small-sample AIC: AIC + 2k(k+1)/(n-k-1), n widths (NaN when n <= k + 1)"),
     }
 
 

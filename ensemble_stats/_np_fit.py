@@ -10,7 +10,14 @@ import numpy as np
 
 from ._np_stats import MIN_SEEDS
 
-__all__ = ["STATUS", "jackknife_fit_kernel", "jackknife_loglog_kernel", "loglog_kernel", "wls_kernel"]
+__all__ = [
+    "STATUS",
+    "information_kernel",
+    "jackknife_fit_kernel",
+    "jackknife_loglog_kernel",
+    "loglog_kernel",
+    "wls_kernel",
+]
 
 STATUS = {0: "ok", 1: "too_few_widths", 2: "singular", 3: "no_residual_dof", 4: "bad_weights"}
 """Per-cell status codes of the fits (``status`` variable, with ``flag_meanings``)."""
@@ -479,3 +486,27 @@ def _jackknife_block(x, p, *, widths, quantity: str, scaled: bool):
         se = np.sqrt((k - 1)[..., None] / k[..., None] * np.nansum((c - bar) ** 2, 0))
     se = np.where(np.isfinite(full[0]) & (k >= MIN_SEEDS)[..., None], se, np.nan)
     return (*full, se, k.astype(np.int64))
+
+
+def information_kernel(mean, var, n, coef, p, status, *, widths, quantity: str, free: bool):
+    """chi^2, AIC and AICc (...) of fitted coefficients (..., term) at exponents p against the seed moments
+    mean, var, n (..., width), with the weights the fit used (n / var for the mean; (n - 1) / (2 fitted^2) for
+    the variance); NaN where ``status`` is not ok."""
+    coef = np.asarray(coef, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    N = np.asarray(widths, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        terms = coef[..., None, :] * N[:, None] ** -p[..., None, :]  # (..., width, term)
+        fitted = np.where(np.isnan(terms).all(-1), np.nan, np.nansum(terms, -1))
+        if quantity == "mean":
+            y, w = mean, n / np.where(var > 0, var, np.nan)
+        else:
+            y, w = var, (n - 1) / (2 * np.where(fitted != 0, fitted, np.nan) ** 2)
+        good = np.isfinite(y) & np.isfinite(w) & (w > 0) & np.isfinite(fitted)
+        chi2 = np.where(good.any(-1), np.where(good, w * (y - fitted) ** 2, 0.0).sum(-1), np.nan)
+        k = np.isfinite(coef).sum(-1) + int(free)
+        spare = good.sum(-1) - k - 1
+        aic = chi2 + 2 * k
+        aicc = aic + np.where(spare > 0, 2 * k * (k + 1) / np.where(spare > 0, spare, 1), np.nan)
+    ok = np.asarray(status) == _OK
+    return tuple(np.where(ok, a, np.nan) for a in (chi2, aic, aicc))
