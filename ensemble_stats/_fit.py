@@ -66,10 +66,7 @@ def _resolve_terms(ds, quantity: str, terms) -> xr.DataArray | None:
     return xr.DataArray(table, dims=(schema.GAMMA, "term"), coords={schema.GAMMA: ds[schema.GAMMA].values})
 
 
-def _check_widths(ds, width_min, n_terms: int, *, residual: int = 0, free: bool = False):
-    """``ds`` with widths >= ``width_min``, refused when they are too few for ``n_terms`` parameters, or when even
-    the cells with the fewest parameters (``residual``, 0 when the errors are not scaled) would have no residual
-    degree of freedom to scale their errors."""
+def _check_widths(ds, width_min, n_terms: int):
     if schema.PREDICTION not in ds:
         raise ValidationError("the dataset has no 'prediction' variable; open a store with open_ensemble().")
     if schema.WIDTH not in ds.dims:
@@ -82,14 +79,8 @@ def _check_widths(ds, width_min, n_terms: int, *, residual: int = 0, free: bool 
             f"{nw} width(s) {ds[schema.WIDTH].values.tolist()} (width_min={width_min}); a fit across N needs at "
             "least 2 widths, and at least as many as terms."
         )
-    what = f"{n_terms} parameters ({n_terms - 1} terms and the free exponent)" if free else f"{n_terms} terms"
     if nw < n_terms:
-        raise FitError(f"{nw} widths cannot determine {what}; add widths or use fewer terms.")
-    if residual and nw <= residual:
-        raise FitError(
-            f"{nw} widths determine {what} exactly, leaving no residual to scale their standard errors: every "
-            "cell would fail. Add a width, use fewer terms, or cov='known' (weights taken as known variances)."
-        )
+        raise FitError(f"{nw} widths cannot determine {n_terms} terms; add widths or use fewer terms.")
     return ds
 
 
@@ -167,9 +158,7 @@ def fit_expansion(
         if table is None
         else int(np.isfinite(table.values).sum(-1).max())
     )
-    free = table is None  # the exponent is a parameter too
-    fewest = n_terms if table is None else int(np.isfinite(table.values).sum(-1).min())
-    ds = _check_widths(ds, width_min, n_terms + free, residual=fewest + free if cov == "scaled" else 0, free=free)
+    ds = _check_widths(ds, width_min, n_terms + (1 if table is None else 0))
     paired = _use_pairs(ds[schema.PREDICTION], pairs)
     if paired and quantity == "mean":
         # the mean of the pair means is the seed mean; the pairs are the independent units, so the fit's

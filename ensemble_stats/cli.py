@@ -404,9 +404,14 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
 
             codes, counts = np.unique(res["status"].values, return_counts=True)
             why = ", ".join(f"{STATUS.get(int(c), c)}: {n}" for c, n in zip(codes, counts, strict=True))
+            hint = {
+                "no_residual_dof": f"{ds.sizes['width']} widths determine the terms (and a free exponent) exactly, "
+                "leaving no residual to scale the standard errors: add a width or use fewer terms",
+                "too_few_widths": "the cells have fewer usable widths than terms: add widths or use fewer terms",
+            }.get(STATUS.get(int(codes[np.argmax(counts)]), ""), "check the widths and terms")
             raise FitError(
-                f"fit_expansion({quantity}, terms={terms}) fitted none of {res['status'].size} cells ({why}); "
-                f"nothing was written to {out}. Check the widths and terms (docs/theory.md lists each law's terms)."
+                f"fit_expansion({quantity}, terms={terms}) fitted none of {res['status'].size} cells ({why}): "
+                f"{hint}. Nothing was written to {out}."
             )
         _write(res, out, store, "fit")
         rate = _table_over_extra(rate, ds)
