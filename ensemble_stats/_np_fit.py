@@ -81,7 +81,8 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True, coef_only: bool = False)
     wg = np.where(good, w, 0.0)
     yg = np.where(good, y, 0.0)
     basis = _basis(p, N)
-    coef, Ainv, singular = _solve_normal(wg, yg, basis, used, lead, want_inverse=not coef_only)
+    coef, Ainv = _solve_normal(wg, yg, basis, used, lead, want_inverse=not coef_only)
+    singular = np.zeros(lead, dtype=bool)  # decided by the QR path: cells with a weak pivot go there
     weak = np.isnan(coef).any(-1)
     if weak.any():  # the few cells the normal equations cannot be trusted with
         idx = np.nonzero(weak)
@@ -132,8 +133,8 @@ def _basis(p: np.ndarray, widths) -> np.ndarray:
 
 def _solve_normal(wg, yg, basis, used, lead, *, want_inverse: bool):
     """Coefficients (..., K) from the Jacobi-scaled normal equations by Cholesky, batched over cells; NaN rows
-    where a pivot falls below ``WEAK_PIVOT`` (left to :func:`_solve_mgs`). Also (B^T W B)^(-1) (..., K, K)
-    when asked (else zeros), and a ``singular`` mask (all False here: such cells are weak).
+    where a pivot falls below ``WEAK_PIVOT`` (left to :func:`_solve_mgs`); and (B^T W B)^(-1) (..., K, K)
+    when asked (else zeros).
 
     Every entry of the K x K systems is its own contiguous array over the cells, so each step of the
     factorisation is one pass over memory rather than a strided walk through (..., K, K) blocks.
@@ -188,7 +189,7 @@ def _solve_normal(wg, yg, basis, used, lead, *, want_inverse: bool):
             for j in range(i, K):
                 v = sum(Linv[k][i] * Linv[k][j] for k in range(j, K)) / (d[i] * d[j])
                 Ainv[..., i, j] = Ainv[..., j, i] = v
-    return coef, Ainv, np.zeros(lead, dtype=bool)
+    return coef, Ainv
 
 
 def _solve_mgs(wg, yg, basis, used):
