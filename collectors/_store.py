@@ -586,7 +586,8 @@ class EnsembleStore:
         else:
             sel, _ = self._selection(index)
         current = np.asarray(self.array(schema.DIVERGED_STEP)[sel])
-        if int(current.reshape(-1)[0]) == schema.MISSING_STEP or step < int(current.reshape(-1)[0]):
+        first = int(current.reshape(-1)[0])
+        if first == schema.MISSING_STEP or step < first:
             self._set_diverged(sel, np.full(current.shape, int(step), dtype=np.int64))
 
     def _mark_diverged(self, sel, finite, steps) -> None:

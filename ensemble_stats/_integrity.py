@@ -233,15 +233,16 @@ def _attr_problems(attrs: dict, fingerprints: dict) -> list[str]:
     return problems
 
 
-def check_manifest(group, grid_x=None, grid_target=None) -> list[str]:
+def check_manifest(group, grid_x=None, grid_target=None, members=None) -> list[str]:
     """Problems of a store group against its manifest and grid hash, and checks that were switched off (a deleted
     ``store_id`` or manifest); empty for a sound store, and for stores made before these checks existed.
 
-    ``grid_x`` / ``grid_target`` may be given when already read; otherwise they are read here.
+    ``grid_x`` / ``grid_target`` may be given when already read, and ``members`` (what :func:`member_arrays`
+    returned) when already listed; otherwise they are read here.
     """
     attrs = group.attrs.asdict()
     manifest = attrs.get(schema.ATTR_MANIFEST)
-    present, unreadable = member_arrays(group)
+    present, unreadable = member_arrays(group) if members is None else members
     problems = [f"the metadata of array '{n}' (its zarr.json) cannot be read ({why})" for n, why in unreadable.items()]
     problems += _switched_off(attrs, manifest, present)
     if not isinstance(manifest, dict):

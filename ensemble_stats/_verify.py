@@ -145,7 +145,7 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
         )
     if not unreadable:
         try:
-            manifest = _integrity.check_manifest(group)
+            manifest = _integrity.check_manifest(group, members=(arrays, unreadable))  # listed once
         except Exception as e:  # noqa: BLE001
             manifest = [f"{type(e).__name__}: {e}"]
         problems += [StoreProblem("metadata", str(root), p) for p in manifest]
