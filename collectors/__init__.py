@@ -5,16 +5,15 @@ run's outputs on the grid are written at the scheduled times. Or train whole blo
 vectorised trainer (:func:`train_block`) and :class:`ScaledMLP` models with the theory's learning rates.
 """
 
+from ensemble_stats.store import EnsembleStore, EvalGrid, StoreSpec
+
 from ._collector import CollectorHandle, OutputCollector
 from ._config import SweepSpec
 from ._convnet import ScaledConvNet
 from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
-from ._grid import EvalGrid
-from ._layout import StoreSpec
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement, shallow_ntk
 from ._records import Block, BlockModel, Collector, RecordBuffer
-from ._store import EnsembleStore
 from ._sweep import SweepReport, prepare_store, run_sweep
 from ._trainer import BlockResult, TrainConfig, train_block
 

@@ -12,9 +12,9 @@ import torch
 
 from ensemble_stats import schema
 from ensemble_stats.errors import RunExistsError, ValidationError
+from ensemble_stats.store import EnsembleStore
 
 from ._records import RecordBuffer
-from ._store import EnsembleStore
 
 _STATE_VERSION = 1
 

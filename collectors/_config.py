@@ -20,9 +20,9 @@ import numpy as np
 
 from ensemble_stats import schema
 from ensemble_stats.errors import ConfigError, ValidationError, shorten
+from ensemble_stats.store import MAX_COORDINATE, StoreSpec, default_time_chunk, resolve_ntk_points, size_problems
 
 from ._data import LOADERS, DataSet, load_dataset, validate_options
-from ._layout import MAX_COORDINATE, StoreSpec, default_time_chunk, resolve_ntk_points, size_problems
 from ._models import ACTIVATIONS, INIT_DESCRIPTIONS
 from ._trainer import DEFAULT_BLOWUP, DTYPES, LOSSES, TrainConfig
 

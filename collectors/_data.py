@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_stats._optional import require
-from ensemble_stats.errors import DataNotFoundError, ValidationError
-
-from ._grid import EvalGrid
+from ensemble_stats.errors import DataNotFoundError, ValidationError, require
+from ensemble_stats.store import EvalGrid
 
 
 @dataclass(frozen=True, eq=False)

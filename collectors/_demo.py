@@ -41,7 +41,7 @@ def run_demo(out: str | Path = "demo-out", *, workers: int = 2, progress: bool =
     import importlib.util
 
     import ensemble_stats as es
-    from ensemble_stats._paths import atomic_output
+    from ensemble_stats.store import atomic_output
 
     from ._config import SweepSpec
     from ._sweep import run_sweep

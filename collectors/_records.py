@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from ensemble_stats.errors import ValidationError
-
-from ._store import EnsembleStore
+from ensemble_stats.store import EnsembleStore
 
 __all__ = ["Block", "BlockModel", "Collector", "RecordBuffer"]
 

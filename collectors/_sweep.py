@@ -18,13 +18,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ensemble_stats import schema
-from ensemble_stats._paths import has_group, location
-from ensemble_stats._verify import sweep_partial_files
 from ensemble_stats.errors import ConfigError, SpecMismatchError, SweepError
+from ensemble_stats.store import EnsembleStore, corruption_error, has_group, location, sweep_partial_files
 
 from ._config import SweepSpec, config_differences
 from ._ntk import NTKCollector
-from ._store import EnsembleStore
 
 
 @dataclass
@@ -225,7 +223,6 @@ def _cells(spec: SweepSpec) -> list[Cell]:
 def pending_cells(store: EnsembleStore, spec: SweepSpec) -> list[Cell]:
     """The sweep's cells that are not complete in ``store``; a commit mark that cannot be read is corruption
     (``run --repair`` rewrites it)."""
-    from ensemble_stats._open import corruption_error
 
     try:
         return [c for c in _cells(spec) if not _complete(store, spec, c)]

@@ -19,6 +19,7 @@ import torch
 
 from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
+from ensemble_stats.store import EnsembleStore
 
 from ._data import DataSet
 from ._engines import ModelFactory, member_losses
@@ -32,7 +33,6 @@ from ._models import (
     learning_rates,
 )
 from ._records import Block, BlockModel, Collector, _StoreSink
-from ._store import EnsembleStore
 
 LOSSES = ("mse", "cross_entropy")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

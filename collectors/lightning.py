@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from ensemble_stats._optional import require
-from ensemble_stats.errors import ValidationError
+from ensemble_stats.errors import ValidationError, require
+from ensemble_stats.store import EnsembleStore
 
 from ._collector import OutputCollector
-from ._store import EnsembleStore
 
 __all__ = ["OutputCollectorCallback"]
 

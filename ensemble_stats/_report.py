@@ -14,9 +14,8 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from ._optional import require
-from ._paths import atomic_output, local_store_path
-from .errors import ValidationError
+from .errors import ValidationError, require
+from .store import atomic_output, local_store_path
 
 RESULTS = ("bias_variance", "fit_rate", "fit_expansion", "compare_to_theory")
 """The analysis results a report shows; ``report(..., results=)`` reuses any of them it is given."""

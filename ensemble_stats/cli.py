@@ -58,9 +58,8 @@ def main(ctx, debug):
 def info(store, verify, clean):
     """Dims, completeness per (gamma, width) cell, diverged runs."""
     from ._info import format_info
-    from ._open import open_ensemble
-    from ._verify import verify_store
     from .errors import ValidationError
+    from .store import open_ensemble, verify_store
 
     if clean and not verify:
         raise ValidationError("--clean removes what --verify finds: give both (info STORE --verify --clean).")
@@ -136,8 +135,8 @@ def demo(out, workers, no_progress):
 @click.option("--out", required=True, type=click.Path(), help="Directory for the figures and index.html.")
 def report_cmd(store, out):
     """Figures (PNG) and a self-contained index.html for STORE."""
-    from ._open import open_ensemble
     from ._report import _check_report_target, report
+    from .store import open_ensemble
 
     _check_report_target(out)
     _refuse_store_paths(out, store)
@@ -178,8 +177,8 @@ RESULT_ATTR = "ensemble_stats_result"
 
 def _refuse_store_paths(out: str, stores) -> str | Path:
     """The canonical ``--out``, refused when it is an input store, lies inside one or holds one, or is a store."""
-    from ._paths import is_store, location, same_or_nested
     from .errors import ValidationError
+    from .store import is_store, location, same_or_nested
 
     target = location(out, "--out")
     for st in stores:
@@ -200,8 +199,8 @@ def _refuse_store_paths(out: str, stores) -> str | Path:
 def _check_out(out: str, stores, command: str) -> str | Path:
     """The canonical result path of ``command``; refused when it is not a .zarr/.nc path, or when it would replace
     anything but an earlier result of the same command (a store, a foreign file or folder)."""
-    from ._paths import local_store_path, remote_exists
     from .errors import ValidationError
+    from .store import local_store_path, remote_exists
 
     target = _refuse_store_paths(out, stores)
     if not str(target).endswith((".zarr", ".nc")):
@@ -249,7 +248,7 @@ def _write(ds, out: str, stores, command: str) -> None:
     result may go to object storage (uploaded as one object); computing first also lets netCDF be written
     from a distributed cluster.
     """
-    from ._paths import atomic_output
+    from .store import atomic_output
 
     ds = ds.compute()
     ds.attrs.update(_provenance(stores, command))
@@ -274,7 +273,7 @@ def _provenance(stores, command: str) -> dict:
     import zarr
 
     from . import __version__, schema
-    from ._paths import location
+    from .store import location
 
     paths, ids, configs = [], [], []
     for st in stores:
@@ -342,7 +341,7 @@ def _reading(stores):
     except EnsembleStatsError:
         raise
     except Exception as e:
-        from ._open import corruption_error
+        from .store import corruption_error
 
         for st in stores:
             err = corruption_error(st, e)
@@ -372,9 +371,9 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
     """Fit the asymptotic expansion in N pointwise, and the pooled log-log rate."""
     from ._assess import rate_table
     from ._fit import fit_expansion, fit_rate
-    from ._open import open_ensemble
     from ._select import time_units
     from .errors import ValidationError
+    from .store import open_ensemble
 
     _check_out(out, store, "fit")
     if terms not in ("theory", "free"):
@@ -429,8 +428,8 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
 @click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
 def decompose(store, out, scheduler, scheduler_file):
     """Bias^2 / variance / MSE against the target per (gamma, width, time), with seed-jackknife CIs."""
-    from ._open import open_ensemble
     from ._stats import bias_variance
+    from .store import open_ensemble
 
     _check_out(out, store, "decompose")
     client = _client(scheduler, scheduler_file)

@@ -12,8 +12,8 @@ import numpy as np
 import xarray as xr
 
 from . import schema
-from ._optional import require
 from ._stats import seed_mean
+from .errors import require
 
 __all__ = [
     "PALETTE",

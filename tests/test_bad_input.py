@@ -144,7 +144,7 @@ def test_seed_block_layout_refuses_single_seed_writes(tmp_path, small_grid):
 
 
 def test_chunk_layout_sharing_runs_is_refused():
-    from collectors._layout import check_chunk_ownership
+    from ensemble_stats.store import check_chunk_ownership
 
     assert check_chunk_ownership((2, 3, 4, 5, 7, 1), (1, 1, 1, 5, 7, 1), 3, 1) == []
     problems = check_chunk_ownership((2, 3, 4, 5, 7, 1), (1, 3, 2, 5, 3, 1), 3, 1)

@@ -238,10 +238,10 @@ def test_a_sweep_killed_on_s3_and_resumed_equals_an_uninterrupted_run(s3, tmp_pa
     kills = 0
     for _ in range(2):
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        before = _written_objects(url) if es._paths.is_store(url) else 0
+        before = _written_objects(url) if es.store.is_store(url) else 0
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if es._paths.is_store(url) and _written_objects(url) > before:
+            if es.store.is_store(url) and _written_objects(url) > before:
                 break
             time.sleep(0.05)
         if proc.poll() is None:

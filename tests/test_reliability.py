@@ -138,7 +138,7 @@ def test_sigterm_mid_chunk_checkpoints_exactly_the_records_written(tmp_path, rel
 # ------------------------------------------------------------------------------------------- 3. writers
 @pytest.mark.parametrize("trials", [pytest.param(3, id="3"), pytest.param(20, id="20", marks=pytest.mark.slow)])
 def test_eight_concurrent_writer_processes_lose_nothing(tmp_path, reliability, trials):
-    from collectors._layout import check_chunk_ownership
+    from ensemble_stats.store import check_chunk_ownership
 
     runs = [(g, w, 0) for g in _workers.GAMMAS for w in _workers.WIDTHS]
     held = 0

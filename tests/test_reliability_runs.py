@@ -670,7 +670,7 @@ def test_data_seeds_go_through_fit_decompose_and_report(tmp_path, reliability):
 def test_a_lock_record_that_cannot_be_written_releases_the_lock(tmp_path, monkeypatch):
     import errno
 
-    from ensemble_stats import _locks
+    from ensemble_stats.store import _locks
 
     st = EnsembleStore.create(
         tmp_path / "s.zarr",
@@ -694,7 +694,7 @@ def test_a_lock_record_that_cannot_be_written_releases_the_lock(tmp_path, monkey
         [
             sys.executable,
             "-c",
-            f"from ensemble_stats._locks import RunLock; RunLock({str(lock.path)!r}, 'r').acquire()",
+            f"from ensemble_stats.store import RunLock; RunLock({str(lock.path)!r}, 'r').acquire()",
         ],
         capture_output=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

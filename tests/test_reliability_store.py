@@ -314,7 +314,7 @@ def test_the_sweeper_spares_a_live_writers_partial_files(tmp_path, reliability, 
 
 # ------------------------------------------------------------------------------------------- 21.7 symlinks
 def test_planted_symlinks_in_the_lock_directory_are_refused_never_followed(tmp_path, reliability):
-    from ensemble_stats._locks import lock_dir
+    from ensemble_stats.store import lock_dir
 
     held = 0
     victim = tmp_path / "victim.txt"
@@ -368,7 +368,7 @@ def _dead_pid() -> int:
 
 @pytest.mark.parametrize("kills", [pytest.param(4, id="4"), pytest.param(16, id="16", marks=pytest.mark.slow)])
 def test_sigkill_during_store_creation_leaves_nothing_behind(tmp_path, reliability, kills):
-    from ensemble_stats._paths import _HOST
+    from ensemble_stats.store._paths import _HOST
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     code = (

@@ -148,8 +148,8 @@ def test_out_through_missing_folders_and_symlinks_writes_where_the_kernel_resolv
 def test_urls_with_dot_segments_are_refused_before_anything_is_written():
     for url in ("memory://bucket/x/../runs.zarr", "memory://bucket/./runs.zarr", "memory://bucket//runs.zarr"):
         with pytest.raises(ValidationError, match=r"'\.', '\.\.' or empty"):
-            es._paths.location(url)
-    assert es._paths.location("memory://bucket/runs.zarr/") == "memory://bucket/runs.zarr"
+            es.store.location(url)
+    assert es.store.location("memory://bucket/runs.zarr/") == "memory://bucket/runs.zarr"
 
 
 # ----------------------------------------------------------------------------------------- 30.2 open modes
@@ -491,7 +491,7 @@ def test_verify_on_a_broken_array_zarr_json_prints_no_stray_traceback(tmp_path, 
 
 # ---------------------------------------------------------------------------------------- 30.7 clock skew
 def test_a_partial_file_dated_in_the_future_is_swept(tmp_path, reliability):
-    from ensemble_stats._verify import sweep_partial_files
+    from ensemble_stats.store import sweep_partial_files
 
     st = scalar_store(tmp_path / "s.zarr")
     dated = {"an hour ahead": 3600.0, "a year ahead": 365 * 86400.0, "two seconds ahead": 2.0, "now": 0.0}

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ensemble_stats import schema
-from ensemble_stats.errors import ValidationError
+from .. import schema
+from ..errors import ValidationError
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

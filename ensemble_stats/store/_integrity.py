@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 from crc32c import crc32c as _crc32c
 
-from . import schema
+from .. import schema
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -20,9 +20,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import schema
-from ._optional import install_hint
-from .errors import EnsembleStatsError, MissingDependencyError, StoreWriteError, ValidationError, shorten
+from .. import schema
+from ..errors import EnsembleStatsError, MissingDependencyError, StoreWriteError, ValidationError, install_hint, shorten
 
 _HOST = socket.gethostname().replace("-", "_")
 

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from . import _integrity, schema
+from .. import schema
+from ..errors import StoreNotFoundError
+from . import _integrity
 from ._locks import is_free, lock_dir, lock_name
 from ._paths import has_group, location
-from .errors import StoreNotFoundError
 
 PARTIAL_MARKERS = (".partial",)
 STALE_PARTIAL_SECONDS = 60.0

@@ -1,10 +1,10 @@
-"""The ensemble store: open an existing Zarr v3 store, and read and write its records (written only through here).
+"""The ensemble store: create or open a Zarr v3 store, and read and write its records (written only through here).
 
-A store's layout rules, size checks and atomic creation are in ``_layout.py``; the writing rules:
+What a store is and its layout rules are in ``_spec.py``, its atomic creation in ``_build.py``; the writing rules:
 
 * ``written`` is the commit mark, set after the data and scalars of a record are stored;
 * writers own whole chunks (one run, or one seed block) and hold the unit's lock while writing;
-* every record carries digests bound to its position and its store (``ensemble_stats._integrity``).
+* every record carries digests bound to its position and its store (``_integrity.py``).
 """
 
 from __future__ import annotations
@@ -12,28 +12,37 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync as _sync
 
-from ensemble_stats import _integrity, schema
-from ensemble_stats._locks import NullLock, RunLock, lock_dir, lock_name
-from ensemble_stats._paths import has_group, location
-from ensemble_stats._verify import verify_store
-from ensemble_stats.errors import (
+from .. import schema
+from ..errors import (
+    EphemeralStoreWarning,
     GridMismatchError,
     RunNotFoundError,
+    SpecMismatchError,
     StoreCorruptionError,
     StoreNotFoundError,
     StoreWriteError,
     ValidationError,
     shorten,
 )
-
+from . import _integrity
+from ._build import build
 from ._grid import EvalGrid
-from ._layout import _ALWAYS_WRITE, StoreSpec, create_store
+from ._locks import NullLock, RunLock, lock_dir, lock_name
+from ._paths import has_group, location
+from ._spec import StoreSpec, new_spec, spec_attrs
+from ._verify import verify_store
+
+# A chunk equal to the fill value (an all-NaN diverged record) must still be written: otherwise `written`
+# would mark a chunk that does not exist. It also spares zarr a full comparison of every chunk to the fill.
+_ALWAYS_WRITE = {"write_empty_chunks": True}
 
 
 class EnsembleStore:
@@ -130,9 +139,8 @@ class EnsembleStore:
         StoreWriteError
             The store cannot be written there (read-only, disk full); nothing is left behind.
         """
-        return create_store(
-            cls,
-            path,
+        path = location(path, "store")
+        spec, metrics, train = new_spec(
             grid,
             gammas=gammas,
             widths=widths,
@@ -144,14 +152,40 @@ class EnsembleStore:
             time_chunk=time_chunk,
             seed_chunk=seed_chunk,
             dtype=dtype,
-            check_space=check_space,
             train=train,
             metrics=metrics,
-            attrs=attrs,
             antithetic=antithetic,
             ntk_points=ntk_points,
             layers=layers,
         )
+        attrs = {**attrs, **spec_attrs(spec, metrics)}
+        if isinstance(path, str) and path.startswith("memory://"):
+            warnings.warn(
+                f"{path} is held in this process's memory and vanishes when it exits (other processes, Dask "
+                "workers included, never see it); use a directory or object storage for runs you want to keep.",
+                EphemeralStoreWarning,
+                stacklevel=3,
+            )
+        if build(path, spec, grid=grid, attrs=attrs, train=train, check_space=check_space):
+            return cls.open(path)
+        store = cls.open(path)
+        store._check_request(grid, spec, attrs, explicit_time_chunk=time_chunk is not None)
+        return store
+
+    def _check_request(self, grid: EvalGrid, spec: StoreSpec, attrs: Mapping, explicit_time_chunk: bool) -> None:
+        """Refuse an existing store that is not the one ``create`` was asked for."""
+        self.check_grid(grid)
+        requested = spec if explicit_time_chunk else replace(spec, time_chunk=self.spec.time_chunk)
+        diffs = self.spec.differences(requested)
+        # a sweep's training config is part of what the store holds: two creators with different configs racing
+        # on a new path must not share it (the loser would write other training into the winner's store)
+        if schema.ATTR_CONFIG in attrs and self.attrs.get(schema.ATTR_CONFIG) != attrs[schema.ATTR_CONFIG]:
+            diffs.append(f"attrs['{schema.ATTR_CONFIG}']: the store was created by another sweep configuration")
+        if diffs:
+            raise SpecMismatchError(
+                [*diffs, "Use a new path for a different sweep, or open this one with EnsembleStore.open(path)."],
+                f"a different store already exists at {self.path}",
+            )
 
     @classmethod
     def open(
@@ -198,28 +232,7 @@ class EnsembleStore:
             problems = [f"the store's metadata cannot be read ({type(e).__name__}: {e})"]
         if problems:
             raise StoreCorruptionError(problems, str(path), repairable=False)
-        layout = attrs.get(schema.ATTR_LAYOUT, {})
-        extra = tuple((name, tuple(g[name][:].tolist())) for name in attrs.get(schema.ATTR_EXTRA_DIMS, []))
-        pred = g[schema.PREDICTION]
-        spec = StoreSpec(
-            gammas=tuple(g[schema.GAMMA][:].tolist()),
-            widths=tuple(g[schema.WIDTH][:].tolist()),
-            seeds=tuple(g[schema.SEED][:].tolist()),
-            times=tuple(g[schema.TIME][:].tolist()),
-            time_units=g[schema.TIME].attrs["units"],
-            n_points=pred.shape[-2],
-            n_features=g[schema.X].shape[1],
-            output_size=pred.shape[-1],
-            grid_hash=attrs[schema.ATTR_GRID_HASH],
-            time_chunk=int(layout.get("time_chunk", pred.chunks[-3])),
-            seed_chunk=int(layout.get("seed_chunk", pred.chunks[2])),
-            dtype=str(pred.dtype),
-            extra=extra,
-            metrics=tuple(attrs.get(schema.ATTR_METRICS, {})),
-            pairs=tuple(g[schema.PAIR][:].tolist()) if schema.PAIR in g else (),
-            ntk_points=tuple(attrs.get(schema.ATTR_NTK_POINTS, ())),
-            layers=tuple(attrs.get(schema.ATTR_LAYERS, ())),
-        )
+        spec = StoreSpec.from_group(g)
         return cls(path, g, spec)
 
     def __repr__(self) -> str:

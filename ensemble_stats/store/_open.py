@@ -11,11 +11,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from . import _integrity, schema
+from .. import schema
+from .._ufunc import apply_ufunc
+from ..errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
+from . import _integrity
 from ._paths import has_group, is_url, location
-from ._ufunc import apply_ufunc
 from ._verify import diverged_mismatches, verify_store
-from .errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
 
 PathLike = str | os.PathLike
 
