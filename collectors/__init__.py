@@ -13,7 +13,7 @@ from ._convnet import ScaledConvNet
 from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement, shallow_ntk
-from ._records import Block, BlockModel, Collector, RecordBuffer
+from ._records import Block, BlockCollector, BlockModel, RecordBuffer
 from ._sweep import SweepReport, prepare_store, run_sweep
 from ._trainer import BlockResult, TrainConfig, train_block
 
@@ -23,7 +23,7 @@ __all__ = [
     "Block",
     "BlockModel",
     "BlockResult",
-    "Collector",
+    "BlockCollector",
     "CollectorHandle",
     "DataSet",
     "EnsembleStore",
@@ -55,3 +55,17 @@ __all__ = [
     "theory_init",
     "train_block",
 ]
+
+
+def __getattr__(name: str):
+    if name == "Collector":  # renamed: it is the block trainer's hook interface, not the base of OutputCollector
+        import warnings
+
+        warnings.warn(
+            "collectors.Collector is now collectors.BlockCollector (the block trainer's hook interface); the old "
+            "name goes in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return BlockCollector
+    raise AttributeError(f"module 'collectors' has no attribute {name!r}")

@@ -36,7 +36,7 @@ OPEN_FILES_RESERVE = 256
 
 # table -> key -> (python types accepted, default; REQUIRED means no default)
 REQUIRED = object()
-SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+TOML_KEYS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "sweep": {
         "gammas": ((list,), REQUIRED),
         "widths": ((list,), REQUIRED),
@@ -157,9 +157,9 @@ class SweepSpec:
         problems: list[str] = []
         values: dict[str, dict[str, Any]] = {}
         for table in raw:
-            if table not in SCHEMA:
-                problems.append(f"[{table}]: unknown table; allowed tables are {sorted(SCHEMA)}.")
-        for table, keys in SCHEMA.items():
+            if table not in TOML_KEYS:
+                problems.append(f"[{table}]: unknown table; allowed tables are {sorted(TOML_KEYS)}.")
+        for table, keys in TOML_KEYS.items():
             given = raw.get(table, {})
             if not isinstance(given, dict):
                 problems.append(f"[{table}] must be a table, got {type(given).__name__}.")

@@ -19,7 +19,7 @@ from torch.func import functional_call, jacrev, vmap
 from ensemble_stats import schema
 from ensemble_stats.errors import ValidationError
 
-from ._records import Block, BlockModel, Collector
+from ._records import Block, BlockCollector, BlockModel
 
 __all__ = ["NTKCollector", "empirical_ntk", "model_ntk", "relative_displacement", "shallow_ntk"]
 
@@ -122,7 +122,7 @@ def _check_layers(layers, names) -> None:
         )
 
 
-class NTKCollector(Collector):
+class NTKCollector(BlockCollector):
     """Record the empirical NTK on the store's NTK sub-grid and the per-layer displacement, for the block trainer.
 
     The store must declare them (``EnsembleStore.create(..., ntk_points=..., layers=...)``, or ``[record]`` in

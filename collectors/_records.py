@@ -1,15 +1,17 @@
-"""One record path: the record buffer every writer builds on, the :class:`Collector` interface of the trainer,
-and the store sinks the trainer writes through.
+"""One record path: the record buffer every writer builds on, the :class:`BlockCollector` interface of the
+trainer, and the trainer's store writer (one block collector among the others).
 
 A :class:`RecordBuffer` is one writer unit of a store (a run, or one gamma's seed block when the store is
 chunked by seed block): it holds the unit's write lock, checks the scalar names against the store, buffers
 records and writes them when a time chunk completes, and marks divergence. :class:`OutputCollector` (a user's
-own loop) and the block trainer's sinks both write through it.
+own loop) and the block trainer's store writer both write through it.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ import numpy as np
 from ensemble_stats.errors import ValidationError
 from ensemble_stats.store import EnsembleStore
 
-__all__ = ["Block", "BlockModel", "Collector", "RecordBuffer"]
+__all__ = ["Block", "BlockCollector", "BlockModel", "RecordBuffer", "call_hooks"]
 
 
 def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
@@ -161,15 +163,37 @@ class BlockModel:
     architecture: Any = None
 
 
-class Collector:
+class BlockCollector:
     """A hook into the block trainer (:func:`~collectors.train_block` and the sweep), in the style of Lightning's
     ``Callback``: every hook is a no-op; override the ones you need.
 
-    Hooks are called in this order: ``on_block_start`` once; ``on_train_start`` once the parameters are
-    initialised; ``record_fields`` then ``on_record`` at each scheduled record (step 0 first) and
-    ``on_train_step`` after each optimizer step, interleaved as training goes; ``on_diverged`` when a member
-    stops; ``on_block_end`` once; ``close`` always, also after an error.
+    Hooks are called in this order, on every collector the same way (:func:`call_hooks`), the store's own
+    writer first: ``on_block_start`` once; ``on_train_start`` once the parameters are initialised;
+    ``record_fields`` then ``on_record`` at each scheduled record (step 0 first) and ``on_train_step`` after
+    each optimizer step, interleaved as training goes; ``on_diverged`` when a member stops; ``on_block_end``
+    once; ``close`` always, also after an error.
+
+    (Not to be confused with :class:`~collectors.OutputCollector`, which records one run of your own training
+    loop through the optimizer's hook.)
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        hook = cls.on_record
+        if hook is BlockCollector.on_record or _takes_fields(hook):
+            return
+        warnings.warn(
+            f"{cls.__qualname__}.on_record(step, outputs, scalars) takes no 'fields': the hook is now "
+            "on_record(step, outputs, scalars, fields) (fields: name -> (member, ...) arrays the collectors' "
+            "record_fields returned). The old form is called without them and goes in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+
+        def on_record(self, step, outputs, scalars, fields, _old=hook):
+            _old(self, step, outputs, scalars)
+
+        cls.on_record = on_record
 
     @property
     def state_key(self) -> str:
@@ -191,9 +215,12 @@ class Collector:
         """``step`` optimizer steps are done; ``losses`` (member,) is the batch loss of each member at that step
         (a detached tensor on the training device)."""
 
-    def on_record(self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray]) -> None:
+    def on_record(
+        self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]
+    ) -> None:
         """A scheduled record at optimizer ``step``: ``outputs`` (member, point, output) on the grid, ``scalars``
-        name -> (member,) values (losses, accuracies, output weight norm)."""
+        name -> (member,) values (losses, accuracies, output weight norm), ``fields`` name -> (member, ...)
+        arrays returned by the collectors' :meth:`record_fields` (empty when none declares any)."""
 
     def on_diverged(self, member: int, step: int) -> None:
         """Member ``member`` produced non-finite values at ``step`` and is frozen from now on."""
@@ -205,14 +232,33 @@ class Collector:
         """Release what the collector holds; called however the block ends."""
 
     def state_dict(self) -> dict[str, Any]:
+        """The collector's state for a checkpoint (default: none)."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state :meth:`state_dict` returned."""
         return None
 
 
-class _StoreSink(Collector):
-    """The trainer's store writer: one :class:`RecordBuffer` per writer unit of the block.
+def _takes_fields(hook) -> bool:
+    """Whether an ``on_record`` override accepts the ``fields`` argument (a fourth after ``self``)."""
+    try:
+        params = list(inspect.signature(hook).parameters.values())
+    except (TypeError, ValueError):
+        return True  # not introspectable: trust it
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 5
+
+
+def call_hooks(collectors: Sequence[BlockCollector], hook: str, *args) -> None:
+    """Call ``hook`` with ``args`` on every collector, in order: the one way the trainer calls its collectors."""
+    for c in collectors:
+        getattr(c, hook)(*args)
+
+
+class StoreWriter(BlockCollector):
+    """The trainer's store writer, the first of a block's collectors: one :class:`RecordBuffer` per writer unit.
 
     With seed blocks (``seed_chunk > 1``) a unit is one gamma's whole seed block; otherwise one member's run.
     """
@@ -243,14 +289,14 @@ class _StoreSink(Collector):
             raise
 
     def complete(self) -> bool:
+        """Whether every record of the block is already written (nothing to train)."""
         return all(u.complete() for u in self.units)
 
     def on_record(
-        self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray], fields: Mapping | None = None
+        self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]
     ) -> None:
         j = int(np.searchsorted(self.units[0].schedule, step))
         n = self.per_unit
-        fields = fields or {}
         for u, unit in enumerate(self.units):
             rows = u if n == 1 else slice(u * n, (u + 1) * n)  # a run takes one member, a seed block n
             unit.add(

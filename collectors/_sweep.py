@@ -172,7 +172,7 @@ def run_cell(
 ) -> dict:
     """One task: train one :class:`Cell` into the store. Idempotent.
 
-    ``collectors``: a picklable callable returning further :class:`Collector` s for this cell (fresh ones per
+    ``collectors``: a picklable callable returning further :class:`BlockCollector` s for this cell (fresh ones per
     cell), or None. ``model_factory``: see :func:`run_sweep`.
     """
     from dataclasses import replace
@@ -295,7 +295,7 @@ def run_sweep(
     progress : show a progress bar (cells done / total, records written, ETA) on stderr
     repair : verify the store first and un-commit every record it flags (corrupt, missing or misplaced chunks),
         so that their cells are retrained and rewritten
-    collectors : a callable returning further :class:`Collector` s, called in every cell's task (on the worker;
+    collectors : a callable returning further :class:`BlockCollector` s, called in every cell's task (on the worker;
         so it must be picklable, e.g. a module-level function or a class): each receives that block's hooks
     model_factory : ``make_model(seed, width, gamma) -> nn.Module``, picklable (a module-level function, a
         class, or a ``functools.partial`` of one): train its modules instead of the config's ScaledMLP (see

@@ -32,7 +32,7 @@ from ._models import (
     layer_alpha_problems,
     learning_rates,
 )
-from ._records import Block, BlockModel, Collector, _StoreSink
+from ._records import Block, BlockCollector, BlockModel, StoreWriter, call_hooks
 
 LOSSES = ("mse", "cross_entropy")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -229,7 +229,7 @@ def train_block(
     data_seed: int = 0,
     extra_coords: dict | None = None,
     progress: Callable[[int], None] | None = None,
-    collectors: Sequence[Collector] = (),
+    collectors: Sequence[BlockCollector] = (),
     model_factory: ModelFactory | None = None,
 ) -> BlockResult:
     """Train seeds x gammas at one width, vectorised, and record every member through an OutputCollector.
@@ -248,7 +248,7 @@ def train_block(
     data_seed : seed of the minibatch order (shared by the block)
     extra_coords : values of the store's extra sweep dims for this block, e.g. ``{"data_seed": 1}``
     progress : called with the number of records written after each recording
-    collectors : further :class:`Collector` s; each receives every hook (after the store's own writer), and is
+    collectors : further :class:`BlockCollector` s; each receives every hook (after the store's own writer), and is
         closed however the block ends. Not called for a block whose records are all written already.
     model_factory : ``make_model(seed, width, gamma) -> nn.Module``, optional
         Train the factory's modules instead of ScaledMLP members: any architecture (e.g.
@@ -284,13 +284,12 @@ def train_block(
     steps_per_epoch = math.ceil(len(data.x_train) / (config.batch_size or len(data.x_train)))
     schedule = store.record_steps(int(width), steps_per_epoch)
     block = Block(store, int(width), tuple(gammas), tuple(seeds), schedule, extra_coords)
-    sink = _StoreSink(block)  # holds the writer units' locks until closed
+    writer = StoreWriter(block)  # holds the writer units' locks until closed
     try:
-        if sink.complete():
+        if writer.complete():
             return BlockResult(int(width), len(block.members), 0, True, {}, time.perf_counter() - t_start)
-        hooks = [sink, *collectors]
-        for c in hooks:
-            c.on_block_start(block)
+        hooks = [writer, *collectors]
+        call_hooks(hooks, "on_block_start", block)
         # a factory's dropout draws from the global RNG, seeded by data_seed: the caller's random state is restored
         cpu = not str(config.device).startswith("cuda")
         rng = torch.random.fork_rng(devices=[] if cpu else None) if model_factory else contextlib.nullcontext()
@@ -306,12 +305,11 @@ def train_block(
                 t_start=t_start,
                 model_factory=model_factory,
             )
-        for c in hooks:
-            c.on_block_end(result)
+        call_hooks(hooks, "on_block_end", result)
         return result
     finally:
-        with contextlib.ExitStack() as closing:  # every collector is closed, the sink (the locks) last of all
-            closing.callback(sink.close)
+        with contextlib.ExitStack() as closing:  # every collector is closed, the writer (the locks) last of all
+            closing.callback(writer.close)
             for c in collectors:
                 closing.callback(c.close)
 
@@ -378,7 +376,16 @@ def _evaluate(engine, x: torch.Tensor, width: int, members: int) -> torch.Tensor
 
 
 def _train(
-    data, config, *, block: Block, steps_per_epoch, hooks: list[Collector], data_seed, progress, t_start, model_factory
+    data,
+    config,
+    *,
+    block: Block,
+    steps_per_epoch,
+    hooks: list[BlockCollector],
+    data_seed,
+    progress,
+    t_start,
+    model_factory,
 ):
     """The training loop of :func:`train_block`: every record, step and divergence goes to ``hooks``."""
     width, schedule, members = block.width, block.schedule, block.members
@@ -434,25 +441,20 @@ def _train(
             sc[schema.TRAIN_ACCURACY] = train_acc.cpu().numpy()
         for b in torch.nonzero(blown).flatten().tolist():
             diverged[members[b]] = step
-            for c in hooks:
-                c.on_diverged(b, step)
+            call_hooks(hooks, "on_diverged", b, step)
         alive.logical_and_(~blown)  # frozen from here on, as after non-finite values
-        sink, *others = hooks
         fields = {}
-        for c in others:
+        for c in hooks:
             got = c.record_fields(step, model)
             fields.update(
                 {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in got.items()}
             )
-        sink.on_record(step, out_np, sc, fields)
-        for c in others:
-            c.on_record(step, out_np, sc)
+        call_hooks(hooks, "on_record", step, out_np, sc, fields)
         written += B
         if progress:
             progress(B)
 
-    for c in hooks:
-        c.on_train_start(model)
+    call_hooks(hooks, "on_train_start", model)
     next_rec = 0
     for k in range(total + 1):
         if next_rec < len(schedule) and schedule[next_rec] == k:
@@ -473,9 +475,7 @@ def _train(
             bad = ~torch.isfinite(losses) & alive
             for b in torch.nonzero(bad).flatten().tolist():
                 diverged[members[b]] = k
-                for c in hooks:
-                    c.on_diverged(b, k)
+                call_hooks(hooks, "on_diverged", b, k)
             alive &= ~bad
-        for c in hooks:
-            c.on_train_step(k + 1, losses)
+        call_hooks(hooks, "on_train_step", k + 1, losses)
     return BlockResult(int(width), B, total, False, diverged, time.perf_counter() - t_start)

@@ -27,7 +27,7 @@ from ._assess import (
 from ._fit import STATUS, fit_expansion, fit_rate
 from ._fluct import fluctuation_gaussianity
 from ._info import completeness, diverged_runs
-from ._kernel import kernel_drift, kernel_eigenvalues, learning_rate_regimes, width_rate
+from ._ntk import kernel_drift, kernel_eigenvalues, learning_rate_regimes, width_rate
 from ._report import report
 from ._select import at_common_time, common_times, time_units
 from ._stats import bias_variance, seed_mean, variance_components

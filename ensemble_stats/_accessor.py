@@ -12,7 +12,7 @@ from ._assess import compare_to_theory
 from ._fit import fit_expansion, fit_rate
 from ._fluct import fluctuation_gaussianity
 from ._info import completeness, diverged_runs
-from ._kernel import kernel_drift
+from ._ntk import kernel_drift
 from ._report import report
 from ._select import at_common_time
 from ._stats import bias_variance, seed_mean, variance_components

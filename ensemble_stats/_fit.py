@@ -540,7 +540,7 @@ def _slope_name(quantity: str) -> str:
 def _estimate_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float, paired: bool) -> xr.Dataset:
     """:func:`fit_rate` from :func:`bias_variance`'s estimates and standard errors per width (antithetic pairs,
     and the ratio bias2 / variance), then :func:`width_rate`."""
-    from ._kernel import width_rate
+    from ._ntk import width_rate
     from ._stats import bias_variance
 
     bv = bias_variance(ds, reference=reference, dims=dims, ci=ci, pairs=paired)

@@ -115,7 +115,7 @@ def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
         say("variance collapse")
         results["compare_to_theory"] = compare_to_theory(ds, decomposition=results["bias_variance"]).compute()
     if schema.NTK in ds and "kernel_drift" not in results and ds.sizes[schema.TIME] >= 2:
-        from ._kernel import kernel_drift
+        from ._ntk import kernel_drift
 
         say("kernel drift")
         results["kernel_drift"] = kernel_drift(ds).compute()

@@ -13,6 +13,7 @@ import xarray as xr
 from scipy import special
 
 from . import schema
+from .errors import ValidationError
 
 __all__ = [
     "ACTIVATIONS",
@@ -38,8 +39,6 @@ bias_variance_order_switch = 0.75
 
 
 def _check_gamma(gamma: float) -> float:
-    from .errors import ValidationError
-
     g = float(gamma)
     if not (math.isfinite(g) and 0.5 <= g <= 1.0):
         raise ValidationError(f"gamma={gamma!r} is outside [0.5, 1]; the 1/N^gamma theory covers gamma in [0.5, 1].")
@@ -54,8 +53,6 @@ def nu(gamma: float) -> int:
     """
     g = _check_gamma(gamma)
     if g == 1.0:
-        from .errors import ValidationError
-
         raise ValidationError("nu(1) is infinite: at gamma = 1 (mean field) the expansion in N^(gamma-1) is singular.")
     # guard against round-off at the interval endpoints (2 nu - 1)/(2 nu)
     return max(1, math.ceil((2 * g - 1) / (2 * (1 - g)) - 1e-12))
@@ -115,13 +112,16 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 
 def activation(name: str | Callable, derivative: Callable | None = None) -> tuple[Callable, Callable | None]:
     """(sigma, sigma') for a name in ``ACTIVATIONS`` or a user callable (derivative optional)."""
+    return _activation(name, derivative)
+
+
+def _activation(name: str | Callable, derivative: Callable | None = None) -> tuple[Callable, Callable | None]:
+    # the functions below take a parameter named ``activation``: they call this one
     if callable(name):
         return name, derivative
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        from .errors import ValidationError
-
         raise ValidationError(
             f"activation {name!r} is not one of {sorted(ACTIVATIONS)} (or pass a callable)."
         ) from None
@@ -283,8 +283,6 @@ def ntk_kernel(
     up to O(1/N) for deeper nets.
     """
     if first_layer not in ("ntk", "scaled_mlp"):
-        from .errors import ValidationError
-
         raise ValidationError(f"first_layer={first_layer!r}: use 'ntk' or 'scaled_mlp'.")
     return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas, first_layer=first_layer)[1]
 
@@ -295,8 +293,6 @@ def _sample_neurons(law: str, d: int, n: int, rng, sigma_w: float = 1.0):
         return rng.normal(scale=sigma_w / math.sqrt(d), size=(n, d)), np.zeros(n), rng.normal(size=n)
     if law == "paper":  # W ~ N(0, 1), b ~ U(+-1/sqrt(d)), C ~ U(0, 1)
         return rng.normal(size=(n, d)), rng.uniform(-1, 1, n) / math.sqrt(d), rng.uniform(0, 1, n)
-    from .errors import ValidationError
-
     raise ValidationError(f"init law {law!r}: use 'theory' or 'paper'.")
 
 
@@ -321,7 +317,7 @@ def init_moments(
     mean (point,), cov (point, point)
     """
     _check_gamma(gamma)
-    f, _ = globals()["activation"](activation)
+    f, _ = _activation(activation)
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     rng = np.random.default_rng(seed)
     W, b, C = _sample_neurons(law, x.shape[1], n_mc, rng)
@@ -358,7 +354,7 @@ def shallow_kernels(
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     x2 = x if x2 is None else np.atleast_2d(np.asarray(x2, dtype=np.float64))
     d = x.shape[1]
-    f, df = globals()["activation"](activation)
+    f, df = _activation(activation)
     if n_mc:
         w = np.random.default_rng(0).normal(scale=sigma_w / math.sqrt(d), size=(n_mc, d))
         z1, z2 = w @ x.T, w @ x2.T
@@ -494,8 +490,6 @@ def kernel_condition_number(
         x = x / np.linalg.norm(x, axis=1, keepdims=True) * math.sqrt(x.shape[1])
     depths = [int(depth)] if np.ndim(depth) == 0 else [int(d) for d in depth]
     if not depths or min(depths) < 0:
-        from .errors import ValidationError
-
         raise ValidationError(
             f"depth = {depth!r}: expected a non-negative number of hidden layers, or a non-empty sequence of them"
         )

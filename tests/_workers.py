@@ -184,15 +184,15 @@ class BlockLogs:
         self.folder = folder
 
     def __call__(self):
-        from collectors import Collector
+        from collectors import BlockCollector
 
         folder = self.folder
 
-        class BlockLog(Collector):
+        class BlockLog(BlockCollector):
             def on_block_start(self, block):
                 self.block, self.records = block, []
 
-            def on_record(self, step, outputs, scalars):
+            def on_record(self, step, outputs, scalars, fields):
                 self.records.append([int(step), list(outputs.shape)])
 
             def on_block_end(self, result):

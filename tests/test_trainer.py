@@ -230,7 +230,7 @@ def test_cuda_block_matches_cpu(tmp_path):
 
 
 class Recorder:
-    """A user collector that keeps every hook call (a Collector subclass: the hooks it does not define are no-ops)."""
+    """A user collector that keeps every hook call (a BlockCollector subclass: the hooks it does not define are no-ops)."""
 
     def __init__(self, fail_at_record: int | None = None):
         self.calls, self.records, self.losses, self.fail_at = [], {}, [], fail_at_record
@@ -243,7 +243,7 @@ class Recorder:
     def on_train_step(self, step, losses):
         self.losses.append((step, losses.cpu().numpy().copy()))
 
-    def on_record(self, step, outputs, scalars):
+    def on_record(self, step, outputs, scalars, fields):
         if self.fail_at is not None and len(self.records) == self.fail_at:
             raise RuntimeError("collector failed")
         self.records[step] = (outputs.copy(), {k: v.copy() for k, v in scalars.items()})
@@ -260,9 +260,9 @@ class Recorder:
 
 @pytest.mark.parametrize("seed_chunk", [1, 2])
 def test_a_user_collector_receives_every_hook(tmp_path, seed_chunk):
-    from collectors import Collector
+    from collectors import BlockCollector
 
-    rec_cls = type("Rec", (Recorder, Collector), {})
+    rec_cls = type("Rec", (Recorder, BlockCollector), {})
     data = teacher()
     gammas, seeds, width, times = [0.5, 1.0], [0, 1], 16, [0, 5, 10, 20, 40]
     cfg = TrainConfig(alpha=200.0, activation="relu", dtype="float64")  # the gamma = 1 members blow up
@@ -397,3 +397,56 @@ def test_records_evaluate_in_chunks_of_points_with_the_same_result(tmp_path, mon
         out.append(es.open_ensemble(tmp_path / f"c{limit}.zarr").load())
     np.testing.assert_allclose(out[0].prediction.values, out[1].prediction.values, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(out[0].train_loss.values, out[1].train_loss.values, rtol=1e-13)
+
+
+def test_every_collector_gets_the_records_fields_through_the_hook_signature(tmp_path):
+    """The store writer is one collector among the others: what NTKCollector returns from record_fields reaches
+    every collector's on_record as ``fields``, exactly as the store holds it."""
+    from collectors import BlockCollector, NTKCollector
+
+    rec_cls = type("Rec", (Recorder, BlockCollector), {})
+    fields_seen = {}
+
+    class Fields(BlockCollector):
+        def on_record(self, step, outputs, scalars, fields):
+            fields_seen[step] = {k: v.copy() for k, v in fields.items()}
+
+    data = teacher()
+    st = EnsembleStore.create(
+        tmp_path / "f.zarr", data.grid, gammas=[0.5], widths=[16], seeds=[0, 1], times=[0, 2, 4], time_units="step",
+        layers=["W1", "C"], dtype="float64",
+    )  # fmt: skip
+    cfg = TrainConfig(alpha=1.0, dtype="float64")
+    train_block(
+        st, data, width=16, gammas=[0.5], seeds=[0, 1], config=cfg, collectors=[NTKCollector(), Fields(), rec_cls()]
+    )
+    stored = es.open_ensemble(st.path).displacement
+    assert sorted(fields_seen) == [0, 2, 4]
+    for k, f in fields_seen.items():
+        assert set(f) == {"displacement"}
+        np.testing.assert_array_equal(f["displacement"], stored.sel(time=float(k)).squeeze(["gamma", "width"]).values)
+    assert np.all(fields_seen[4]["displacement"] > 0) and np.all(fields_seen[0]["displacement"] == 0)
+
+
+def test_the_old_collector_name_and_hook_signature_still_work_with_a_deprecation_warning(tmp_path):
+    import collectors
+
+    with pytest.warns(DeprecationWarning, match="BlockCollector"):
+        old = collectors.Collector
+    assert old is collectors.BlockCollector
+    with pytest.warns(DeprecationWarning, match=r"on_record\(step, outputs, scalars, fields\)"):
+
+        class Old(collectors.BlockCollector):
+            def __init__(self):
+                self.steps = []
+
+            def on_record(self, step, outputs, scalars):
+                self.steps.append(step)
+
+    data = teacher()
+    st = EnsembleStore.create(
+        tmp_path / "o.zarr", data.grid, gammas=[0.5], widths=[8], seeds=[0], times=[0, 3], time_units="step"
+    )
+    c = Old()
+    train_block(st, data, width=8, gammas=[0.5], seeds=[0], config=TrainConfig(), collectors=[c])
+    assert c.steps == [0, 3]
