@@ -136,7 +136,7 @@ class OutputCollector:
     def attach(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, start_step: int | None = None
     ) -> CollectorHandle:
-        """Hook ``optimizer.step`` so outputs are recorded after each scheduled step.
+        """Attach to ``optimizer.step`` so outputs are recorded after each scheduled step.
 
         Records step 0 now if it is scheduled and not yet taken. ``start_step`` sets the optimizer step count
         when resuming from a checkpoint without a collector ``state_dict``.
@@ -153,7 +153,9 @@ class OutputCollector:
         return CollectorHandle(self, optimizer.register_step_post_hook(hook))
 
     def on_step(self, model: torch.nn.Module, step: int) -> bool:
-        """The run has taken ``step`` optimizer steps: record ``model`` if ``step`` is scheduled and not yet taken.
+        """Record ``model`` if the run's ``step`` optimizer steps are a scheduled record not yet taken.
+
+        Record ``model`` if ``step`` is scheduled and not yet taken.
 
         Call it after every optimizer step (the ``attach`` hook and the Lightning callback do); calling it
         again at the same step does nothing. Returns whether a record was taken.
@@ -207,7 +209,9 @@ class OutputCollector:
         return self._grid_cache[key]
 
     def evaluate(self, model: torch.nn.Module) -> tuple[np.ndarray, dict[str, float]]:
-        """Outputs (point, output) on the grid and the scalars (loss_fn, accuracy, metrics), without recording.
+        """Return the outputs (point, output) on the grid and the scalars, without recording.
+
+        The scalars: loss_fn, accuracy and metrics.
 
         ``metrics`` is called in eval mode under ``torch.no_grad()`` like the grid evaluation.
         """

@@ -111,7 +111,7 @@ class SweepSpec:
     # ------------------------------------------------------------------ parsing
     @classmethod
     def parse(cls, config) -> SweepSpec:
-        """A SweepSpec from a SweepSpec, a TOML path or text, or a dict of tables (as ``tomllib`` returns)."""
+        """Return a SweepSpec from a SweepSpec, a TOML path or text, or a dict of tables (as ``tomllib`` returns)."""
         if isinstance(config, SweepSpec):
             return config
         if isinstance(config, Mapping):
@@ -186,139 +186,25 @@ class SweepSpec:
 
     @classmethod
     def _build(cls, v: dict[str, dict[str, Any]], name: str) -> SweepSpec:
-        problems: list[str] = []
         sw, tm, md, dt, op, rn, rec = (v[k] for k in ("sweep", "time", "model", "data", "optimizer", "run", "record"))
-        problems += [f"[sweep].{p}" for p in schema.validate_gammas(sw["gammas"], "gammas")]
-        problems += [f"[sweep].{p}" for p in schema.validate_widths(sw["widths"], "widths")]
-        too_many = [
-            f"[{t}].{k} has {n:,} values; at most {MAX_COORDINATE:,} (split the sweep into several stores)."
-            for t, k, n in (
-                ("sweep", "seeds", sw["seeds"] if isinstance(sw["seeds"], int) else len(sw["seeds"])),
-                ("sweep", "gammas", len(sw["gammas"])),
-                ("sweep", "widths", len(sw["widths"])),
-                ("sweep", "data_seeds", len(sw["data_seeds"])),
-                ("sweep", "alphas", len(sw["alphas"])),
-                ("time", "n_times", tm["n_times"]),
-                ("time", "times", len(tm["times"])),
-            )
-            if n > MAX_COORDINATE
-        ]
-        if too_many:  # before anything the size of these is allocated
-            raise ConfigError(too_many, name)
-        seeds = list(range(sw["seeds"])) if isinstance(sw["seeds"], int) else sw["seeds"]
-        if isinstance(sw["seeds"], int) and sw["seeds"] < 1:
-            problems.append(f"[sweep].seeds = {sw['seeds']}: give a count >= 1 or a non-empty list of seeds.")
-        elif not seeds:
-            problems.append("[sweep].seeds is empty: give a count >= 1 or a non-empty list of seeds.")
-        else:
-            problems += [f"[sweep].{p}" for p in schema.validate_seeds(seeds, "seeds")]
-        block = (len(seeds) or 1) if sw["seed_block"] is None else sw["seed_block"]
-        if block < 1 or (seeds and len(seeds) % block):
-            problems.append(f"[sweep].seed_block = {sw['seed_block']}: must be >= 1 and divide the {len(seeds)} seeds.")
-        if sw["data_seeds"]:
-            problems += [f"[sweep].{p}" for p in schema.validate_seeds(sw["data_seeds"], "data_seeds")]
-        if op["data_seed"] < 0:
-            problems.append(f"[optimizer].data_seed = {op['data_seed']}: the minibatch order's seed must be >= 0.")
-        problems += _alphas_problems(sw["alphas"], op["alpha"])
-        op["alpha"] = 1.0 if op["alpha"] is None else op["alpha"]
-        if sw["antithetic"] and seeds and (len(seeds) % 2 or block % 2):
-            problems.append(
-                f"[sweep].antithetic = true pairs seeds (2k, 2k+1 of the list): give an even number of seeds "
-                f"(got {len(seeds)}) and an even seed_block (got {block}), so that no pair is split between blocks."
-            )
-        units, horizon = tm["units"], tm["horizon"]
-        if units not in schema.TIME_UNITS:
-            problems.append(f"[time].units = {units!r}: allowed are {list(schema.TIME_UNITS)}.")
-        if horizon is not None and not (math.isfinite(horizon) and horizon > 0):
-            problems.append(f"[time].horizon = {horizon}: must be a positive number (the end of training).")
-        times = tm["times"]
-        if times and tm["n_times"]:
-            problems.append(
-                "[time]: give either times (a list) or n_times (evenly spaced from 0 to horizon), not both."
-            )
-        if not times and tm["n_times"] < 2 and horizon is not None:
-            problems.append("[time]: give times (a list) or n_times >= 2.")
-        if not times and tm["n_times"] >= 2 and horizon:
-            times = np.linspace(0.0, float(horizon), tm["n_times"]).tolist()
-        if times:
-            problems += [
-                f"[time].{p}"
-                for p in schema.validate_times(times, units if units in schema.TIME_UNITS else "scaled", "times")
-            ]
-            beyond = [t for t in times if isinstance(t, int | float) and horizon and t > horizon]
-            if beyond:
-                problems.append(
-                    f"[time].times {beyond} lie beyond the training horizon {horizon}; record within [0, horizon]."
-                )
-            if horizon and isinstance(times[-1], int | float) and times[-1] < horizon:
-                problems.append(
-                    f"[time]: the last recording time {times[-1]} is before the horizon {horizon}; training stops at the last recording, so end times at the horizon."
-                )
-        if md["activation"] not in ACTIVATIONS:
-            problems.append(f"[model].activation = {md['activation']!r}: allowed are {sorted(ACTIVATIONS)}.")
-        if md["init"] not in INIT_DESCRIPTIONS:
-            problems.append(f"[model].init = {md['init']!r}: allowed are {sorted(INIT_DESCRIPTIONS)}.")
-        if dt["name"] not in LOADERS:
-            problems.append(f"[data].name = {dt['name']!r}: allowed are {sorted(LOADERS)}.")
-        if op["loss"] not in LOSSES:
-            problems.append(f"[optimizer].loss = {op['loss']!r}: allowed are {list(LOSSES)}.")
-        if not (math.isfinite(op["alpha"]) and op["alpha"] > 0):
-            problems.append(f"[optimizer].alpha = {op['alpha']}: must be a positive number.")
-        if op["batch_size"] < 0:
-            problems.append(f"[optimizer].batch_size = {op['batch_size']}: 0 means full batch, else a batch size >= 1.")
-        if rn["dtype"] not in DTYPES:
-            problems.append(f"[run].dtype = {rn['dtype']!r}: allowed are {sorted(DTYPES)}.")
-        if rn["device"] != "cpu" and not rn["device"].startswith("cuda"):
-            problems.append(f"[run].device = {rn['device']!r}: use 'cpu' or 'cuda'.")
-        if not (math.isfinite(op["output_weight_decay"]) and op["output_weight_decay"] >= 0):
-            problems.append(
-                f"[optimizer].output_weight_decay = {op['output_weight_decay']}: must be a finite number >= 0."
-            )
-        for key, low in (("blowup", 1.0), ("max_output", 0.0)):
-            v = op[key]
-            if not (math.isfinite(v) and (v == 0 or v > low)):
-                problems.append(f"[optimizer].{key} = {v}: 0 turns the check off, else a finite number > {low:g}.")
-        if dt["name"] in LOADERS:
-            problems += [f"[data].options: {p}" for p in validate_options(dt["name"], dt["options"])]
-        problems += _record_problems(rec)
+        _refuse_huge(sw, tm, name)  # before anything the size of these is allocated
+        problems, seeds, block = _sweep_problems(sw, op)
+        time_problems, times = _time_problems(tm)
+        problems += time_problems + _choice_problems(md, dt, op, rn) + _record_problems(rec)
         if problems:
             raise ConfigError(problems, name)
-        try:
-            train = TrainConfig(
-                inner_widths=tuple(md["inner_widths"]),
-                inner_gammas=tuple(md["inner_gammas"]),
-                activation=md["activation"],
-                bias=md["bias"],
-                init=md["init"],
-                alpha=float(op["alpha"]),
-                layer_alpha=dict(op["layer_alpha"]),
-                loss=op["loss"],
-                batch_size=op["batch_size"] or None,
-                shuffle=op["shuffle"],
-                output_weight_decay=float(op["output_weight_decay"]),
-                blowup=float(op["blowup"]) or None,
-                max_output=float(op["max_output"]) or None,
-                antithetic=sw["antithetic"],
-                batchnorm=md["batchnorm"],
-                dtype=rn["dtype"],
-                device=rn["device"],
-            )
-        except ValidationError as e:  # TrainConfig's own checks: re-raise as a config error naming the tables
-            raise ConfigError(
-                [f"[model]/[optimizer]/[run]: {p}" for p in getattr(e, "problems", [str(e)])], name
-            ) from None
         return cls(
             gammas=tuple(float(g) for g in sw["gammas"]),
             widths=tuple(int(w) for w in sw["widths"]),
             seeds=tuple(int(s) for s in seeds),
             seed_block=int(block),
             data_seeds=tuple(int(s) for s in sw["data_seeds"]),
-            time_units=units,
-            horizon=float(horizon),
+            time_units=tm["units"],
+            horizon=float(tm["horizon"]),
             times=tuple(float(t) for t in times),
             data_name=dt["name"],
             data_options=tuple(sorted(dt["options"].items())),
-            train=train,
+            train=_train_config(md, op, rn, sw["antithetic"], name),
             data_seed=int(op["data_seed"]),
             alphas=tuple(float(a) for a in sw["alphas"]),
             ntk_points=tuple(rec["ntk_points"]) if isinstance(rec["ntk_points"], list) else rec["ntk_points"],
@@ -328,7 +214,7 @@ class SweepSpec:
 
     # ------------------------------------------------------------------ use
     def canonical(self) -> dict:
-        """The config as plain JSON-able data, in a fixed order (stored in the store's attrs)."""
+        """Return the config as plain JSON-able data, in a fixed order (stored in the store's attrs)."""
         t = self.train
         return {
             "sweep": {
@@ -377,7 +263,7 @@ class SweepSpec:
         }
 
     def ntk_grid(self, n_points: int) -> tuple[int, ...] | None:
-        """The NTK sub-grid's point indices for a grid of ``n_points``, or None when the NTK is not recorded."""
+        """Return the NTK sub-grid's point indices for a grid of ``n_points``, or None when the NTK is not recorded."""
         pts = self.ntk_points
         if not pts:
             return None
@@ -400,7 +286,7 @@ class SweepSpec:
         return cls.from_dict(raw, "stored config")
 
     def with_device(self, device: str) -> SweepSpec:
-        """The same sweep on another device (the device is not part of what a store records)."""
+        """Return the same sweep on another device (the device is not part of what a store records)."""
         from dataclasses import replace
 
         return replace(self, train=replace(self.train, device=device))
@@ -499,7 +385,7 @@ class SweepSpec:
         return problems + size_problems(StoreSpec(**base, time_chunk=tc), Path(store) if store is not None else None)
 
     def layers(self, data: DataSet) -> tuple[str, ...]:
-        """The parameter tensors whose displacement is recorded (all of the model's), or () when not recorded."""
+        """Return the parameter tensors whose displacement is recorded (all of the model's), or () when not recorded."""
         if not self.displacement:
             return ()
         return tuple(self.train.architecture(data.d_in, data.output_size, self.widths[0], self.gammas[0]).shapes())
@@ -518,7 +404,7 @@ class SweepSpec:
         return int(members * item * (4 * params + 3 * acts) + 4 * item * ntk * params)
 
     def budget(self, data: DataSet) -> dict:
-        """What the sweep's training costs: optimizer steps and scaled time t = k / N per run, and FLOP.
+        """Return what the sweep's training costs: optimizer steps and scaled time t = k / N per run, and FLOP.
 
         FLOP count the matrix products of training only (forward 2, backward 4 multiply-adds per weight and
         example: 6 x weights x examples per step), summed over every member; records, the NTK and elementwise
@@ -541,7 +427,7 @@ class SweepSpec:
         return {"steps": steps, "scaled_time": scaled, "runs_per_width": runs, "flop": flop}
 
     def extra_dims(self) -> dict[str, tuple]:
-        """The store's extra sweep dims, in order: ``alpha`` (when ``alphas`` are swept), then ``data_seed``."""
+        """Return the store's extra sweep dims, in order: ``alpha`` (when ``alphas`` are swept), then ``data_seed``."""
         out: dict[str, tuple] = {}
         if self.alphas:
             out[schema.ALPHA] = self.alphas
@@ -570,6 +456,138 @@ def _record_problems(rec: dict) -> list[str]:
     if rec["ntk_every"] < 1:
         problems.append(f"[record].ntk_every = {rec['ntk_every']}: an integer >= 1 (every k-th record).")
     return problems
+
+
+def _refuse_huge(sw: dict, tm: dict, name: str) -> None:
+    too_many = [
+        f"[{t}].{k} has {n:,} values; at most {MAX_COORDINATE:,} (split the sweep into several stores)."
+        for t, k, n in (
+            ("sweep", "seeds", sw["seeds"] if isinstance(sw["seeds"], int) else len(sw["seeds"])),
+            ("sweep", "gammas", len(sw["gammas"])),
+            ("sweep", "widths", len(sw["widths"])),
+            ("sweep", "data_seeds", len(sw["data_seeds"])),
+            ("sweep", "alphas", len(sw["alphas"])),
+            ("time", "n_times", tm["n_times"]),
+            ("time", "times", len(tm["times"])),
+        )
+        if n > MAX_COORDINATE
+    ]
+    if too_many:
+        raise ConfigError(too_many, name)
+
+
+def _sweep_problems(sw: dict, op: dict) -> tuple[list[str], list, int]:
+    """Check the [sweep] table (with the optimizer's seed and alpha): its problems, seeds and seed block."""
+    problems = [f"[sweep].{p}" for p in schema.validate_gammas(sw["gammas"], "gammas")]
+    problems += [f"[sweep].{p}" for p in schema.validate_widths(sw["widths"], "widths")]
+    seeds = list(range(sw["seeds"])) if isinstance(sw["seeds"], int) else sw["seeds"]
+    if isinstance(sw["seeds"], int) and sw["seeds"] < 1:
+        problems.append(f"[sweep].seeds = {sw['seeds']}: give a count >= 1 or a non-empty list of seeds.")
+    elif not seeds:
+        problems.append("[sweep].seeds is empty: give a count >= 1 or a non-empty list of seeds.")
+    else:
+        problems += [f"[sweep].{p}" for p in schema.validate_seeds(seeds, "seeds")]
+    block = (len(seeds) or 1) if sw["seed_block"] is None else sw["seed_block"]
+    if block < 1 or (seeds and len(seeds) % block):
+        problems.append(f"[sweep].seed_block = {sw['seed_block']}: must be >= 1 and divide the {len(seeds)} seeds.")
+    if sw["data_seeds"]:
+        problems += [f"[sweep].{p}" for p in schema.validate_seeds(sw["data_seeds"], "data_seeds")]
+    if op["data_seed"] < 0:
+        problems.append(f"[optimizer].data_seed = {op['data_seed']}: the minibatch order's seed must be >= 0.")
+    problems += _alphas_problems(sw["alphas"], op["alpha"])
+    op["alpha"] = 1.0 if op["alpha"] is None else op["alpha"]
+    if sw["antithetic"] and seeds and (len(seeds) % 2 or block % 2):
+        problems.append(
+            f"[sweep].antithetic = true pairs seeds (2k, 2k+1 of the list): give an even number of seeds "
+            f"(got {len(seeds)}) and an even seed_block (got {block}), so that no pair is split between blocks."
+        )
+    return problems, seeds, block
+
+
+def _time_problems(tm: dict) -> tuple[list[str], list]:
+    """Check the [time] table: its problems and its recording times (evenly spaced ones from n_times)."""
+    problems = []
+    units, horizon = tm["units"], tm["horizon"]
+    if units not in schema.TIME_UNITS:
+        problems.append(f"[time].units = {units!r}: allowed are {list(schema.TIME_UNITS)}.")
+    if horizon is not None and not (math.isfinite(horizon) and horizon > 0):
+        problems.append(f"[time].horizon = {horizon}: must be a positive number (the end of training).")
+    times = tm["times"]
+    if times and tm["n_times"]:
+        problems.append("[time]: give either times (a list) or n_times (evenly spaced from 0 to horizon), not both.")
+    if not times and tm["n_times"] < 2 and horizon is not None:
+        problems.append("[time]: give times (a list) or n_times >= 2.")
+    if not times and tm["n_times"] >= 2 and horizon:
+        times = np.linspace(0.0, float(horizon), tm["n_times"]).tolist()
+    if not times:
+        return problems, times
+    problems += [
+        f"[time].{p}" for p in schema.validate_times(times, units if units in schema.TIME_UNITS else "scaled", "times")
+    ]
+    beyond = [t for t in times if isinstance(t, int | float) and horizon and t > horizon]
+    if beyond:
+        problems.append(f"[time].times {beyond} lie beyond the training horizon {horizon}; record within [0, horizon].")
+    if horizon and isinstance(times[-1], int | float) and times[-1] < horizon:
+        problems.append(
+            f"[time]: the last recording time {times[-1]} is before the horizon {horizon}; training stops at the "
+            "last recording, so end times at the horizon."
+        )
+    return problems, times
+
+
+def _choice_problems(md: dict, dt: dict, op: dict, rn: dict) -> list[str]:
+    """Names that must be one of a known set, and the optimizer's numbers, of [model], [data], [optimizer], [run]."""
+    problems = []
+    for table, key, value, allowed in (
+        ("model", "activation", md["activation"], sorted(ACTIVATIONS)),
+        ("model", "init", md["init"], sorted(INIT_DESCRIPTIONS)),
+        ("data", "name", dt["name"], sorted(LOADERS)),
+        ("optimizer", "loss", op["loss"], list(LOSSES)),
+    ):
+        if value not in allowed:
+            problems.append(f"[{table}].{key} = {value!r}: allowed are {allowed}.")
+    if not (math.isfinite(op["alpha"]) and op["alpha"] > 0):
+        problems.append(f"[optimizer].alpha = {op['alpha']}: must be a positive number.")
+    if op["batch_size"] < 0:
+        problems.append(f"[optimizer].batch_size = {op['batch_size']}: 0 means full batch, else a batch size >= 1.")
+    if rn["dtype"] not in DTYPES:
+        problems.append(f"[run].dtype = {rn['dtype']!r}: allowed are {sorted(DTYPES)}.")
+    if rn["device"] != "cpu" and not rn["device"].startswith("cuda"):
+        problems.append(f"[run].device = {rn['device']!r}: use 'cpu' or 'cuda'.")
+    if not (math.isfinite(op["output_weight_decay"]) and op["output_weight_decay"] >= 0):
+        problems.append(f"[optimizer].output_weight_decay = {op['output_weight_decay']}: must be a finite number >= 0.")
+    for key, low in (("blowup", 1.0), ("max_output", 0.0)):
+        v = op[key]
+        if not (math.isfinite(v) and (v == 0 or v > low)):
+            problems.append(f"[optimizer].{key} = {v}: 0 turns the check off, else a finite number > {low:g}.")
+    if dt["name"] in LOADERS:
+        problems += [f"[data].options: {p}" for p in validate_options(dt["name"], dt["options"])]
+    return problems
+
+
+def _train_config(md: dict, op: dict, rn: dict, antithetic: bool, name: str) -> TrainConfig:
+    try:
+        return TrainConfig(
+            inner_widths=tuple(md["inner_widths"]),
+            inner_gammas=tuple(md["inner_gammas"]),
+            activation=md["activation"],
+            bias=md["bias"],
+            init=md["init"],
+            alpha=float(op["alpha"]),
+            layer_alpha=dict(op["layer_alpha"]),
+            loss=op["loss"],
+            batch_size=op["batch_size"] or None,
+            shuffle=op["shuffle"],
+            output_weight_decay=float(op["output_weight_decay"]),
+            blowup=float(op["blowup"]) or None,
+            max_output=float(op["max_output"]) or None,
+            antithetic=antithetic,
+            batchnorm=md["batchnorm"],
+            dtype=rn["dtype"],
+            device=rn["device"],
+        )
+    except ValidationError as e:  # TrainConfig's own checks: re-raise as a config error naming the tables
+        raise ConfigError([f"[model]/[optimizer]/[run]: {p}" for p in getattr(e, "problems", [str(e)])], name) from None
 
 
 def _alphas_problems(alphas: list, alpha: float) -> list[str]:

@@ -111,14 +111,20 @@ class ScaledConvNet(nn.Module):
         return self.readout(self.drop(h)) * self.width**-self.gamma
 
     def architecture(self) -> Architecture:
-        """The layer widths and exponents the rate rule uses: (channels x convs, N), (gamma_conv x convs, gamma)."""
+        """Return the layer widths and exponents the rate rule uses.
+
+        (channels x convs, N), (gamma_conv x convs, gamma).
+        """
         hidden = (*([self.channels] * self.n_convs), self.width)
         gammas = (*([self.gamma_conv] * self.n_convs), self.gamma)
         return Architecture(self.convs[0].in_channels, hidden, gammas, self.readout.out_features, "relu", True)
 
     def learning_rates(self, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None) -> dict[str, float]:
-        """Per-parameter rates (module docstring); ``layer_alpha`` keys ``W1`` .. ``W{convs}`` (convolutions),
-        ``W{convs + 1}`` (the hidden layer) and ``C`` (readout)."""
+        """Return the per-parameter rates (see the module docstring).
+
+        ``layer_alpha`` keys are ``W1`` .. ``W{convs}`` (convolutions), ``W{convs + 1}`` (the hidden layer) and
+        ``C`` (readout).
+        """
         r = learning_rates(self.architecture(), alpha, layer_alpha)
         out = {}
         for i in range(self.n_convs):

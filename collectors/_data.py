@@ -188,8 +188,10 @@ def _find(root: Path, stem: str) -> Path:
 
 
 def mnist(path: str | os.PathLike, *, n_train: int | None = None, n_test: int | None = None) -> DataSet:
-    """MNIST from a local directory of IDX files (``train-images-idx3-ubyte`` etc., optionally .gz), normalized
-    with mean 0.1307 and std 0.3081 as in the authors' code. Never downloads."""
+    """Load MNIST from a local directory of IDX files (``train-images-idx3-ubyte`` etc., optionally .gz).
+
+    Normalized with mean 0.1307 and std 0.3081 as in the authors' code. Never downloads.
+    """
     root = Path(path)
     if not root.is_dir():
         raise DataNotFoundError(
@@ -216,8 +218,10 @@ def mnist(path: str | os.PathLike, *, n_train: int | None = None, n_test: int | 
 
 
 def cifar10(path: str | os.PathLike, *, n_train: int | None = None, n_test: int | None = None) -> DataSet:
-    """CIFAR-10 from a local ``cifar-10-batches-bin`` directory (the binary version: fixed-size records, no
-    pickle is ever loaded), normalized per channel. Never downloads."""
+    """Load CIFAR-10 from a local ``cifar-10-batches-bin`` directory, normalized per channel.
+
+    The binary version (fixed-size records): no pickle is ever loaded. Never downloads.
+    """
     root = Path(path)
     if not root.is_dir():
         raise DataNotFoundError(
@@ -272,9 +276,9 @@ _SIZE_LIMITS = {
 
 def validate_options(name: str, options: dict) -> list[str]:
     """Problems with a loader's keyword options (names, types, sizes), found without loading anything."""
-    fn = LOADERS[name]
-    params = {k: p for k, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    positional = [k for k, p in inspect.signature(fn).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    signature = inspect.signature(LOADERS[name]).parameters
+    params = {k: p for k, p in signature.items() if p.kind is p.KEYWORD_ONLY}
+    positional = [k for k, p in signature.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
     problems = []
     for key, value in options.items():
         if key not in params and key not in positional:
@@ -282,29 +286,7 @@ def validate_options(name: str, options: dict) -> list[str]:
                 f"{key!r} is not an option of data set {name!r}; its options are {sorted([*positional, *params])}."
             )
             continue
-        ann = str((params.get(key) or inspect.signature(fn).parameters[key]).annotation)
-        if key == "path" or "PathLike" in ann:
-            if not isinstance(value, str):
-                problems.append(f"{key} = {value!r}: expected a path (a string).")
-            continue
-        if "int" in ann.split("|")[0] or ann.startswith("int"):
-            if isinstance(value, bool) or not isinstance(value, int):
-                if not (value is None and "None" in ann):
-                    problems.append(f"{key} = {value!r}: expected an integer.")
-                continue
-            if value < (0 if key == "seed" else 1) or value > _SIZE_LIMITS.get(key, 2**63 - 1):
-                low = 0 if key == "seed" else 1
-                problems.append(
-                    f"{key} = {value:,}: expected an integer in [{low}, {_SIZE_LIMITS.get(key, 2**63 - 1):,}]."
-                )
-        elif ann.startswith("float"):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                problems.append(f"{key} = {value!r}: expected a finite number.")
-        elif ann.startswith("bool"):
-            if not isinstance(value, bool):
-                problems.append(f"{key} = {value!r}: expected true or false.")
-        elif ann.startswith("str") and not isinstance(value, str):
-            problems.append(f"{key} = {value!r}: expected a string.")
+        problems += _option_problems(key, value, str(signature[key].annotation))
     for key in positional:
         if key not in options:
             problems.append(f'data set {name!r} needs the option {key!r} (e.g. {{ {key} = "/data/{name}" }}).')
@@ -313,6 +295,25 @@ def validate_options(name: str, options: dict) -> list[str]:
         if all(isinstance(v, int) for v in n) and (n[0] + n[1]) * n[2] * 8 > 4e9:
             problems.append(f"n_train, n_test, d = {n}: the data would take {(n[0] + n[1]) * n[2] * 8 / 1e9:.3g} GB.")
     return problems
+
+
+def _option_problems(key: str, value, ann: str) -> list[str]:
+    """One option's value against its annotation (a path, an integer in range, a number, a flag or a string)."""
+    if key == "path" or "PathLike" in ann:
+        return [] if isinstance(value, str) else [f"{key} = {value!r}: expected a path (a string)."]
+    if "int" in ann.split("|")[0] or ann.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return [] if value is None and "None" in ann else [f"{key} = {value!r}: expected an integer."]
+        low, high = (0 if key == "seed" else 1), _SIZE_LIMITS.get(key, 2**63 - 1)
+        return [] if low <= value <= high else [f"{key} = {value:,}: expected an integer in [{low}, {high:,}]."]
+    if ann.startswith("float"):
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        return [] if ok else [f"{key} = {value!r}: expected a finite number."]
+    if ann.startswith("bool"):
+        return [] if isinstance(value, bool) else [f"{key} = {value!r}: expected true or false."]
+    if ann.startswith("str") and not isinstance(value, str):
+        return [f"{key} = {value!r}: expected a string."]
+    return []
 
 
 def load_dataset(name: str, **kwargs) -> DataSet:

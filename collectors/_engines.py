@@ -1,5 +1,7 @@
-"""How a block's members are stepped: the ScaledMLP engine (hand-fused step, autograd otherwise) and the
-module engine (any ``nn.Module`` from a factory, vectorised over members with ``torch.func``).
+"""How a block's members are stepped.
+
+The ScaledMLP engine (hand-fused step, autograd otherwise) and the module engine (any ``nn.Module`` from a factory,
+vectorised over members with ``torch.func``).
 
 The trainer's loop (``_trainer._train``) sees only the engine's interface: the live stacked parameters, the
 forward pass of every member, one optimizer step with frozen members left alone, and per-member scalars.
@@ -37,8 +39,11 @@ def _broadcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class MLPEngine:
-    """ScaledMLP members: the hand-written step of ``_fused`` while every member is live, autograd otherwise
-    (frozen members, callable activations, biases at a rate other than their layer's)."""
+    """ScaledMLP members.
+
+    The hand-written step of ``_fused`` while every member is live, autograd otherwise (frozen members, callable
+    activations, biases at a rate other than their layer's).
+    """
 
     def __init__(self, arch, params, lr, scales, config, width: int):
         self.arch, self.params, self.lr, self.scales = arch, params, lr, scales
@@ -98,8 +103,11 @@ class MLPEngine:
 
 
 def module_rates(module: torch.nn.Module, alpha: float, layer_alpha: Mapping[str, float]) -> dict[str, float]:
-    """Per-parameter learning rates of a member: its ``learning_rates(alpha, layer_alpha)`` if it defines one
-    (ScaledMLP, ScaledConvNet), else ``alpha`` for every parameter."""
+    """Per-parameter learning rates of a member.
+
+    Its ``learning_rates(alpha, layer_alpha)`` if it defines one (ScaledMLP, ScaledConvNet), else ``alpha`` for
+    every parameter.
+    """
     names = [n for n, p in module.named_parameters() if p.requires_grad]
     fn = getattr(module, "learning_rates", None)
     if fn is None:
@@ -120,8 +128,9 @@ def module_rates(module: torch.nn.Module, alpha: float, layer_alpha: Mapping[str
 
 
 class ModuleEngine:
-    """Members built by a factory, stacked with ``torch.func.stack_module_state`` and stepped with
-    ``vmap(grad(...))``: one vectorised pass per gamma group (members of one gamma share a structure).
+    """Members built by a factory, stepped with ``vmap(grad(...))`` over ``stack_module_state``.
+
+    One vectorised pass per gamma group (members of one gamma share a structure).
 
     BatchNorm keeps per-member running statistics (the stacked buffers are updated in place by each member's
     batch, as in a per-seed loop); dropout draws independently per member (``vmap(randomness="different")``).

@@ -27,8 +27,11 @@ SIGMOID_FAMILY = {"tanh": (2.0, 2.0, -1.0), "sigmoid": (1.0, 1.0, 0.0)}  # activ
 
 
 def fused_applies(arch, lr) -> bool:
-    """Whether :func:`mlp_step` handles this architecture: a named activation, and each bias (if any) at its
-    layer's rate (``learning_rates`` gives a layer one rate; ``layer_alpha`` keeps it so)."""
+    """Whether :func:`mlp_step` handles this architecture.
+
+    A named activation, and each bias (if any) at its layer's rate (``learning_rates`` gives a layer one rate;
+    ``layer_alpha`` keeps it so).
+    """
     if not isinstance(arch.activation, str):
         return False
     return not arch.bias or all(
@@ -37,7 +40,7 @@ def fused_applies(arch, lr) -> bool:
 
 
 def workspace(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    """A buffer reused across steps: a fresh multi-MB tensor per step costs page faults comparable to a GEMM."""
+    """Return a buffer reused across steps: a fresh multi-MB tensor per step costs page faults comparable to a GEMM."""
     t = ws.get(name)
     if t is None or t.shape != shape:
         t = ws[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -45,8 +48,9 @@ def workspace(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Te
 
 
 def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: float, width: int, ws: dict):
-    """One SGD step of every member of a ScaledMLP block, in place; returns the members' losses (B,) before it
-    and whether it was applied.
+    """One SGD step of every member of a ScaledMLP block, in place.
+
+    Returns the members' losses (B,) before it and whether it was applied.
 
     Parameters
     ----------
@@ -110,15 +114,20 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
 
 
 def mlp_forward(params, arch, scales, x: torch.Tensor) -> torch.Tensor:
-    """Every member's outputs (B, n, O) on the shared inputs ``x`` (n, d): the step's forward pass, without
-    autograd (the records' evaluation; tanh costs one sigmoid pass)."""
+    """Every member's outputs (B, n, O) on the shared inputs ``x`` (n, d).
+
+    The step's forward pass, without autograd (the records' evaluation; tanh costs one sigmoid pass).
+    """
     return _forward(params, arch, scales, x, None)[0]
 
 
 def _forward(params, arch, scales, x, ws):
-    """The forward pass in column layout: outputs (B, n, O) and, per layer, S[l] = sigmoid(k z_l) for the
-    sigmoid family (relu(z_l) for relu, phi(z_l) otherwise), Z[l] (the pre-activation, where S is not in its
-    place) and U[l] = h_l materialised as the next layer's input (l < L). ``ws``: the workspace, or None."""
+    """Return the forward pass in column layout.
+
+    Outputs (B, n, O) and, per layer, S[l] = sigmoid(k z_l) for the sigmoid family (relu(z_l) for relu, phi(z_l)
+    otherwise), Z[l] (the pre-activation, where S is not in its place) and U[l] = h_l materialised as the next
+    layer's input (l < L). ``ws``: the workspace, or None.
+    """
     L, n, act = arch.depth, x.shape[0], arch.activation
     W1, C = params["W1"], params["C"]
     B, _, d = W1.shape
@@ -166,8 +175,10 @@ def _forward(params, arch, scales, x, ws):
 
 
 def _activation_backward(act: str, dH: torch.Tensor, S: torch.Tensor, Z: torch.Tensor, out=None) -> torch.Tensor:
-    """dz = dh * phi'(z), written into ``out`` (default: dH itself) for the sigmoid family and relu, a new tensor
-    otherwise; for the sigmoid family dH must carry the factor a k already."""
+    """Compute dz = dh * phi'(z), written into ``out`` (default: dH itself) for the sigmoid family and relu.
+
+    Other activations return a new tensor; for the sigmoid family dH must carry the factor a k already.
+    """
     out = dH if out is None else out
     if act in SIGMOID_FAMILY:
         return torch.ops.aten.sigmoid_backward.grad_input(dH, S, grad_input=out)

@@ -52,7 +52,7 @@ ACTIVATION_BACKWARD: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def activation_fn(activation: str | Callable) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The torch function for an activation name (see ``ACTIVATIONS``) or a callable passed through."""
+    """Return the torch function for an activation name (see ``ACTIVATIONS``) or a callable passed through."""
     if callable(activation):
         return activation
     try:
@@ -146,7 +146,7 @@ class Architecture:
 
 
 def forward(params: Mapping[str, torch.Tensor], arch: Architecture, x: torch.Tensor, scales=None) -> torch.Tensor:
-    """The ScaledMLP forward for one model or a block (parameters with a leading axis B).
+    """Return the ScaledMLP forward for one model or a block (parameters with a leading axis B).
 
     Parameters
     ----------
@@ -196,8 +196,11 @@ InitLaw = Callable[[Architecture, torch.Generator, torch.dtype], dict[str, torch
 def theory_init(
     arch: Architecture, gen: torch.Generator, dtype=torch.float32, sigma_w: float = 1.0, sigma_b: float = 0.0
 ) -> dict[str, torch.Tensor]:
-    """The theory's law: W_1 ~ N(0, sigma_w^2 / d_in), inner W_l ~ N(0, 1), C ~ N(0, 1) (mean zero), biases
-    N(0, sigma_b^2). The inner N^-gamma scaling replaces a 1/sqrt(fan_in) factor. Independent of gamma."""
+    """Initialise by the theory's law.
+
+    W_1 ~ N(0, sigma_w^2 / d_in), inner W_l ~ N(0, 1), C ~ N(0, 1) (mean zero), biases N(0, sigma_b^2). The inner
+    N^-gamma scaling replaces a 1/sqrt(fan_in) factor. Independent of gamma.
+    """
     out = {}
     for name, shape in arch.shapes().items():
         z = torch.randn(shape, generator=gen, dtype=dtype)
@@ -210,8 +213,11 @@ def theory_init(
 
 
 def paper_init(arch: Architecture, gen: torch.Generator, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """The authors' code (docs/theory.md §1.5): hidden W ~ N(0, 1), output C ~ U(0, 1), PyTorch default biases
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Output weights are not mean zero."""
+    """Initialise as the authors' code does (docs/theory.md §1.5).
+
+    Hidden W ~ N(0, 1), output C ~ U(0, 1), PyTorch default biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Output
+    weights are not mean zero.
+    """
     out = {}
     shapes = arch.shapes()
     for name, shape in shapes.items():
@@ -234,15 +240,19 @@ INIT_DESCRIPTIONS = {
 
 
 def generator_seed(seed: int, size: int, fan_in: int) -> int:
-    """The torch generator seed of run ``seed`` for a net of the given size: the odd multiplier keeps distinct
-    run seeds distinct, and reducing mod 2^64 keeps every int64 seed in the range torch accepts (a seed below
-    2^44 gets the value it always had)."""
+    """Return the torch generator seed of run ``seed`` for a net of the given size.
+
+    The odd multiplier keeps distinct run seeds distinct, and reducing mod 2^64 keeps every int64 seed in the range
+    torch accepts (a seed below 2^44 gets the value it always had).
+    """
     return (int(seed) * 1_000_003 + int(size) * 7919 + int(fan_in)) % 2**64
 
 
 def init_params(arch: Architecture, law: str | InitLaw, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """Initial parameters of run ``seed``: a function of (seed, shapes) only, so the same for every gamma
-    (common random numbers)."""
+    """Return the initial parameters of run ``seed``.
+
+    A function of (seed, shapes) only, so the same for every gamma (common random numbers).
+    """
     fn = INIT_LAWS.get(law) if isinstance(law, str) else law
     if fn is None:
         raise ValidationError(f"init law {law!r} is not one of {sorted(INIT_LAWS)} (or pass a callable).")
@@ -377,8 +387,10 @@ class ScaledMLP(nn.Module):
         return out + p["c0"] if arch.bias else out
 
     def learning_rates(self, alpha: float = 1.0, layer_alpha: Mapping[str, float] | None = None) -> dict[str, float]:
-        """The theory's rate of every parameter, by its name in ``named_parameters()`` (used by the module engine);
-        BatchNorm's parameters take their layer's rate."""
+        """Return the theory's rate of every parameter, by its name in ``named_parameters()``.
+
+        Used by the module engine; BatchNorm's parameters take their layer's rate.
+        """
         rates = learning_rates(self.arch, alpha, layer_alpha)
         out = {f"params.{k}": v for k, v in rates.items()}
         for layer, norm in enumerate(self.norms or ()):

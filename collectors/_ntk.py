@@ -39,7 +39,7 @@ def empirical_ntk(
     *,
     chunk_size: int | None = 4,
 ) -> torch.Tensor:
-    """The empirical NTK of every member of a block.
+    """Return the empirical NTK of every member of a block.
 
     Parameters
     ----------
@@ -61,7 +61,7 @@ def empirical_ntk(
 
 
 def shallow_ntk(params: Mapping[str, torch.Tensor], scale: torch.Tensor, x: torch.Tensor, arch) -> torch.Tensor:
-    """The empirical NTK of a one-hidden-layer ScaledMLP block in closed form: (member, n, n, O, O).
+    """Return the empirical NTK of a one-hidden-layer ScaledMLP block in closed form: (member, n, n, O, O).
 
     With h = s(W x + b), D = s'(W x + b) and the output scale k = N^-gamma (``scale``, (member,)):
     Theta_ab(x, x') = delta_ab (k^2 h(x).h(x') [+ 1]) + k^2 (x.x' [+ 1]) sum_i C_ai C_bi D_i(x) D_i(x'), the bracketed
@@ -90,7 +90,7 @@ def shallow_ntk(params: Mapping[str, torch.Tensor], scale: torch.Tensor, x: torc
 
 
 def model_ntk(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The empirical NTK (n, n, O, O) of one ``nn.Module`` over its trainable parameters (buffers held fixed)."""
+    """Return the empirical NTK (n, n, O, O) of one ``nn.Module`` over its trainable parameters (buffers held fixed)."""
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = dict(model.named_buffers())
 

@@ -1,5 +1,7 @@
-"""One record path: the record buffer every writer builds on, the :class:`BlockCollector` interface of the
-trainer, and the trainer's store writer (one block collector among the others).
+"""One record path: the record buffer, the trainer's collector interface and its store writer.
+
+The record buffer every writer builds on, the :class:`BlockCollector` interface of the trainer, and the
+trainer's store writer (one block collector among the others).
 
 A :class:`RecordBuffer` is one writer unit of a store (a run, or one gamma's seed block when the store is
 chunked by seed block): it holds the unit's write lock, checks the scalar names against the store, buffers
@@ -25,8 +27,7 @@ __all__ = ["Block", "BlockCollector", "BlockModel", "RecordBuffer", "call_hooks"
 
 
 def stack_records(buffer: list, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
-    """Arrays for ``EnsembleStore.write_records`` from buffered ``(time_index, step, output, scalars, fields)``
-    records.
+    """Arrays for ``EnsembleStore.write_records`` from buffered ``(time_index, step, output, scalars, fields)`` records.
 
     Records are stacked along ``axis``: 0 for one run's (point, output) outputs, 1 for a block whose outputs
     carry a leading member axis. A scalar or field missing from a record is NaN there.
@@ -164,8 +165,9 @@ class BlockModel:
 
 
 class BlockCollector:
-    """A hook into the block trainer (:func:`~collectors.train_block` and the sweep), in the style of Lightning's
-    ``Callback``: every hook is a no-op; override the ones you need.
+    """A hook into the block trainer (:func:`~collectors.train_block` and the sweep).
+
+    In the style of Lightning's ``Callback``: every hook is a no-op; override the ones you need.
 
     Hooks are called in this order, on every collector the same way (:func:`call_hooks`), the store's own
     writer first: ``on_block_start`` once; ``on_train_start`` once the parameters are initialised;
@@ -201,26 +203,35 @@ class BlockCollector:
         return type(self).__qualname__
 
     def on_block_start(self, block: Block) -> None:
-        """The block is about to train (its members, width and recording schedule are in ``block``)."""
+        """Start a block (its members, width and recording schedule are in ``block``)."""
 
     def on_train_start(self, model: BlockModel) -> None:
-        """The members' parameters are initialised (``model.params``); no step has been taken."""
+        """Start training: the members' parameters are initialised (``model.params``); no step is taken yet."""
 
     def record_fields(self, step: int, model: BlockModel) -> Mapping[str, Any]:
-        """Per-member fields to store with the record at ``step``, name -> array (member, ...): fields the store
-        declares (``ntk``, ``displacement``; see :class:`~collectors.NTKCollector`). Default: none."""
+        """Per-member fields to store with the record at ``step``, name -> array (member, ...).
+
+        Fields the store declares (``ntk``, ``displacement``; see :class:`~collectors.NTKCollector`). Default:
+        none.
+        """
         return {}
 
     def on_train_step(self, step: int, losses) -> None:
-        """``step`` optimizer steps are done; ``losses`` (member,) is the batch loss of each member at that step
-        (a detached tensor on the training device)."""
+        """Receive the batch losses once ``step`` optimizer steps are done.
+
+        ``losses`` (member,) is the batch loss of each member at that step (a detached tensor on the training
+        device).
+        """
 
     def on_record(
         self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]
     ) -> None:
-        """A scheduled record at optimizer ``step``: ``outputs`` (member, point, output) on the grid, ``scalars``
-        name -> (member,) values (losses, accuracies, output weight norm), ``fields`` name -> (member, ...)
-        arrays returned by the collectors' :meth:`record_fields` (empty when none declares any)."""
+        """Receive the scheduled record at optimizer ``step``.
+
+        ``outputs`` (member, point, output) on the grid, ``scalars`` name -> (member,) values (losses,
+        accuracies, output weight norm), ``fields`` name -> (member, ...) arrays returned by the collectors'
+        :meth:`record_fields` (empty when none declares any).
+        """
 
     def on_diverged(self, member: int, step: int) -> None:
         """Member ``member`` produced non-finite values at ``step`` and is frozen from now on."""
@@ -232,7 +243,7 @@ class BlockCollector:
         """Release what the collector holds; called however the block ends."""
 
     def state_dict(self) -> dict[str, Any]:
-        """The collector's state for a checkpoint (default: none)."""
+        """Return the collector's state for a checkpoint (default: none)."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -27,8 +27,11 @@ from ._ntk import NTKCollector
 
 @dataclass
 class SweepReport:
-    """Outcome of :func:`run_sweep`. ``diverged``: one dict per diverged member (gamma, width, seed, the extra
-    sweep dims, and the optimizer step at which it diverged)."""
+    """Outcome of :func:`run_sweep`.
+
+    ``diverged``: one dict per diverged member (gamma, width, seed, the extra sweep dims, and the optimizer step at which it
+    diverged).
+    """
 
     store: str
     cells: int
@@ -221,9 +224,10 @@ def _cells(spec: SweepSpec) -> list[Cell]:
 
 
 def pending_cells(store: EnsembleStore, spec: SweepSpec) -> list[Cell]:
-    """The sweep's cells that are not complete in ``store``; a commit mark that cannot be read is corruption
-    (``run --repair`` rewrites it)."""
+    """Return the sweep's cells that are not complete in ``store``.
 
+    A commit mark that cannot be read is corruption (``run --repair`` rewrites it).
+    """
     try:
         return [c for c in _cells(spec) if not _complete(store, spec, c)]
     except Exception as e:  # noqa: BLE001 - a checksum failure deep in zarr: name the damaged files
@@ -243,8 +247,11 @@ def _complete(store: EnsembleStore, spec: SweepSpec, cell: Cell) -> bool:
 
 
 def local_cluster(workers: int = 2):
-    """The sweep's own Dask cluster: worker processes on this machine, every port (the scheduler's, the workers'
-    and the unauthenticated dashboard's) bound to 127.0.0.1 only."""
+    """Return the sweep's own Dask cluster.
+
+    Worker processes on this machine, every port (the scheduler's, the workers' and the unauthenticated
+    dashboard's) bound to 127.0.0.1 only.
+    """
     import logging
     import signal
     import threading

@@ -128,6 +128,12 @@ class TrainConfig:
             problems += schema.validate_widths(list(self.inner_widths), "inner_widths", unique=False)
         if self.inner_gammas:
             problems += schema.validate_gammas(list(self.inner_gammas), "inner_gammas", unique=False)
+        problems += self._option_problems()
+        ValidationError.raise_if(problems, "TrainConfig")
+
+    def _option_problems(self) -> list[str]:
+        """Check the loss, batch, rate, dtype, device, init law and divergence options."""
+        problems = []
         if self.loss not in LOSSES:
             problems.append(f"loss {self.loss!r} is not one of {LOSSES}.")
         if self.batch_size is not None and not (isinstance(self.batch_size, int) and self.batch_size >= 1):
@@ -157,7 +163,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > low):
                 problems.append(f"{name} must be None (off) or a finite number > {low:g}, got {v!r}.")
-        ValidationError.raise_if(problems, "TrainConfig")
+        return problems
 
     def architecture(self, d_in: int, d_out: int, width: int, gamma: float) -> Architecture:
         return Architecture(
@@ -315,8 +321,10 @@ def train_block(
 
 
 def initial_params(arch, config: TrainConfig, seeds: Sequence[int], dtype) -> dict[int, dict[str, torch.Tensor]]:
-    """Each seed's initial parameters (shared by every gamma: common random numbers); with ``antithetic``, the
-    second seed of each pair takes the first one's with the readout negated."""
+    """Each seed's initial parameters (shared by every gamma: common random numbers).
+
+    With ``antithetic``, the second seed of each pair takes the first one's with the readout negated.
+    """
     if not config.antithetic:
         return {s: init_params(arch, config.init, s, dtype) for s in seeds}
     if len(seeds) % 2:
@@ -332,7 +340,7 @@ def initial_params(arch, config: TrainConfig, seeds: Sequence[int], dtype) -> di
 
 
 def _engine(data, config, block: Block, model_factory, dtype, dev):
-    """The block's engine: ScaledMLP members (the default), or a factory's modules through torch.func."""
+    """Return the block's engine: ScaledMLP members (the default), or a factory's modules through torch.func."""
     from ._engines import MLPEngine, ModuleEngine
 
     width, gammas, seeds, members = block.width, list(block.gammas), list(block.seeds), block.members
@@ -375,6 +383,36 @@ def _evaluate(engine, x: torch.Tensor, width: int, members: int) -> torch.Tensor
     return torch.cat([engine.forward(x[i : i + chunk]) for i in range(0, len(x), chunk)], dim=1)
 
 
+def _measure(engine, config, task: str, train, grid, widest: int, bound, alive):
+    """Measure one record: outputs on the grid, scalars, and which live members blew up.
+
+    Returns the outputs (member, point, output), the scalars name -> (member,), and a (member,) mask of the live
+    members whose training loss exceeds ``bound`` or whose output exceeds ``config.max_output``.
+    """
+    (x, y, labels), (xg, yg, lg) = train, grid
+    B = len(alive)
+    with torch.no_grad():
+        out = _evaluate(engine, xg, widest, B)
+        test_loss = member_losses(out, yg, lg, config.loss)
+        out_train = _evaluate(engine, x, widest, B)
+        train_loss = member_losses(out_train, y, labels, config.loss)
+        blown = torch.zeros_like(alive)
+        if config.blowup is not None:
+            blown |= train_loss > bound  # finite but exploded (non-finite values are divergence already)
+        if config.max_output is not None:
+            blown |= out.abs().flatten(1).amax(1) > config.max_output
+        blown &= alive
+    sc = {
+        schema.TEST_LOSS: test_loss.cpu().numpy(),
+        schema.TRAIN_LOSS: train_loss.cpu().numpy(),
+        **{k: v.detach().cpu().numpy() for k, v in engine.scalars().items()},
+    }
+    if task == "classification":
+        sc[schema.ACCURACY] = (out.argmax(-1) == lg).to(out.dtype).mean(-1).cpu().numpy()
+        sc[schema.TRAIN_ACCURACY] = (out_train.argmax(-1) == labels).to(out.dtype).mean(-1).cpu().numpy()
+    return out.cpu().numpy(), sc, blown
+
+
 def _train(
     data,
     config,
@@ -387,7 +425,7 @@ def _train(
     t_start,
     model_factory,
 ):
-    """The training loop of :func:`train_block`: every record, step and divergence goes to ``hooks``."""
+    """Run the training loop of :func:`train_block`: every record, step and divergence goes to ``hooks``."""
     width, schedule, members = block.width, block.schedule, block.members
     dtype, dev = DTYPES[config.dtype], torch.device(config.device)
     if model_factory is not None:
@@ -416,29 +454,7 @@ def _train(
 
     def record(step: int) -> None:
         nonlocal written
-        with torch.no_grad():
-            out = _evaluate(engine, xg, widest, B)
-            test_loss = member_losses(out, yg, lg, config.loss)
-            out_train = _evaluate(engine, x, widest, B)
-            train_loss = member_losses(out_train, y, labels, config.loss)
-            blown = torch.zeros_like(alive)
-            if config.blowup is not None:
-                blown |= train_loss > bound  # finite but exploded (non-finite values are divergence already)
-            if config.max_output is not None:
-                blown |= out.abs().flatten(1).amax(1) > config.max_output
-            blown &= alive
-            classify = data.task == "classification"
-            acc = (out.argmax(-1) == lg).to(dtype).mean(-1) if classify else None
-            train_acc = (out_train.argmax(-1) == labels).to(dtype).mean(-1) if classify else None
-        out_np = out.cpu().numpy()
-        sc = {
-            schema.TEST_LOSS: test_loss.cpu().numpy(),
-            schema.TRAIN_LOSS: train_loss.cpu().numpy(),
-            **{k: v.detach().cpu().numpy() for k, v in engine.scalars().items()},
-        }
-        if acc is not None:
-            sc[schema.ACCURACY] = acc.cpu().numpy()
-            sc[schema.TRAIN_ACCURACY] = train_acc.cpu().numpy()
+        out_np, sc, blown = _measure(engine, config, data.task, (x, y, labels), (xg, yg, lg), widest, bound, alive)
         for b in torch.nonzero(blown).flatten().tolist():
             diverged[members[b]] = step
             call_hooks(hooks, "on_diverged", b, step)

@@ -74,21 +74,23 @@ class OutputCollectorCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint: one per run (gamma, width, seed, ...)."""
         return self._generate_state_key(**{k: self.run[k] for k in sorted(self.run)})
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The collector's state (its records flushed first), saved in Lightning checkpoints."""
+        """Return the collector's state (its records flushed first), saved in Lightning checkpoints."""
         if self.collector is None:
             return dict(self._last)
         return self.collector.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Called by Lightning when ``fit`` resumes from a checkpoint, before training starts."""
+        """Keep a checkpoint's state for the next fit (Lightning calls this before training resumes)."""
         self._restored = dict(state_dict)
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Open the run's collector (resumed from the checkpoint's state) and record step 0 when scheduled."""
         # here, not in on_fit_start: the loop's step count is restored and the batches per epoch are known
         spe = self.steps_per_epoch
         if spe is None and self.store.spec.time_units == "epoch":
@@ -111,6 +113,7 @@ class OutputCollectorCallback(pl.Callback):
         self._maybe_record(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        """Record the model when the trainer's optimizer step is a scheduled record."""
         self._maybe_record(trainer, pl_module)
 
     def _maybe_record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -118,6 +121,7 @@ class OutputCollectorCallback(pl.Callback):
             self.collector.on_step(pl_module, trainer.global_step)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Flush the records, keep the state for a checkpoint saved after the fit, and release the run's lock."""
         if self.collector is not None:
             try:
                 self._last = self.collector.state_dict()

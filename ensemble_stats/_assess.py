@@ -71,7 +71,7 @@ class Verdict:
         return f"{self.outcome} ({self.agree} of {self.cases} cases)"
 
     def markdown(self) -> str:
-        """The outcome in bold, as the studies' documents write it."""
+        """Return the outcome in bold, as the studies' documents write it."""
         return f"**{self.outcome}**"
 
 
@@ -79,6 +79,23 @@ def verdict(cases: Iterable[bool | None] | xr.DataArray | bool | None) -> Verdic
     """Count cases into a :class:`Verdict`: ``True`` agrees, ``False`` disagrees, ``None`` / NaN is undecided.
 
     A boolean DataArray (e.g. from :func:`covers`) counts every element; a single bool or None is one case.
+
+    Parameters
+    ----------
+    cases : booleans (``None`` for an undecided case), a boolean or float DataArray (NaN undecided), or one case
+
+    Returns
+    -------
+    Verdict : the counts of agreeing, disagreeing and undecided cases and the outcome they support
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> v = es.verdict([True, True, False, None])
+    >>> v
+    Verdict(agree=2, disagree=1, undecided=1)
+    >>> print(v)
+    inconclusive (2 of 4 cases)
     """
     if isinstance(cases, xr.DataArray):
         cases = cases.values.ravel().tolist()
@@ -102,6 +119,17 @@ def covers(res: xr.Dataset, value: float | xr.DataArray | str = "theory", *, var
     ----------
     res : a result with ``{var}_lo`` and ``{var}_hi`` (e.g. :func:`fit_rate`'s ``slope``)
     value : a number, a DataArray, or the name of a variable of ``res`` (default ``"theory"``)
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> rate = es.fit_rate(ds, quantity="variance")
+    >>> es.covers(rate, -0.5).dims
+    ('gamma', 'time')
+    >>> bool(es.covers(rate, 0.0).any())  # a width-independent variance is refuted
+    False
     """
     v = res[value] if isinstance(value, str) else value
     lo, hi = res[f"{var}_lo"], res[f"{var}_hi"]
@@ -117,9 +145,24 @@ def paired_difference(a: xr.DataArray, b: xr.DataArray, *, ci: float = 0.95) -> 
     Pairing removes the noise the two share (the initial weights, when ``a`` and ``b`` are two gammas of one
     sweep), so the interval is narrower than that of two independent means.
 
+    Parameters
+    ----------
+    a, b : DataArrays with a common ``seed`` dim and coordinate (and any other dims, broadcast)
+    ci : level of the interval
+
     Returns
     -------
     :func:`seed_mean`'s Dataset (``mean``, ``stderr``, ``mean_lo``, ``mean_hi``, ``n_seeds``, ``ci_status``)
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import ensemble_stats as es
+    >>> rng = np.random.default_rng(0)
+    >>> a = xr.DataArray(rng.normal(size=16) + 1.0, dims="seed")
+    >>> d = es.paired_difference(a, a - 1.0)  # the same seeds: the difference is exactly 1
+    >>> float(d["mean"]), float(d.stderr)
+    (1.0, 0.0)
     """
     for name, da in (("a", a), ("b", b)):
         if schema.SEED not in da.dims:
@@ -136,14 +179,30 @@ def paired_difference(a: xr.DataArray, b: xr.DataArray, *, ci: float = 0.95) -> 
 
 
 def ratio_interval(num: xr.Dataset, den: xr.Dataset, *, var: str = "variance", ci: float = 0.95) -> xr.Dataset:
-    """The ratio of two independent positive estimates and its interval, on the log scale.
+    """Return the ratio of two independent positive estimates and its interval, on the log scale.
 
     Each input's ``{var}_lo`` / ``{var}_hi`` interval (at level ``ci``) gives its log-scale standard error
     ``log(hi / lo) / (2 z)``; the two are added in quadrature (independent ensembles).
 
+    Parameters
+    ----------
+    num, den : results with ``{var}``, ``{var}_lo`` and ``{var}_hi`` (e.g. two :func:`bias_variance` selections)
+    var : the estimate's name
+    ci : the level of the inputs' intervals and of the ratio's
+
     Returns
     -------
     Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` over the broadcast dims of the inputs
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> bv = es.bias_variance(ds).sel(gamma=0.75, time=1.0)
+    >>> r = es.ratio_interval(bv.sel(width=64), bv.sel(width=1024))  # Var(N=64) / Var(N=1024), theory 4
+    >>> bool(r.ratio_lo < 4 < r.ratio_hi)
+    True
     """
     _check_ci(ci, "auto")
     z = stats.norm.ppf(0.5 + ci / 2)
@@ -161,7 +220,9 @@ def ratio_interval(num: xr.Dataset, den: xr.Dataset, *, var: str = "variance", c
 
 
 def trend(a: xr.DataArray, dim: str = schema.GAMMA, *, ci: float = 0.95) -> xr.Dataset:
-    """Does ``a`` rise along ``dim``? Paired-over-seeds differences between neighbours and first to last.
+    """Test whether ``a`` rises along ``dim``, by paired-over-seeds differences.
+
+    The differences are taken between neighbours along ``dim`` and from the first to the last value.
 
     Parameters
     ----------
@@ -173,6 +234,16 @@ def trend(a: xr.DataArray, dim: str = schema.GAMMA, *, ci: float = 0.95) -> xr.D
     Dataset over the other dims with ``rise`` / ``rise_lo`` / ``rise_hi`` (last minus first along ``dim``,
     paired), ``drops`` (neighbour steps whose interval lies below 0), ``increasing`` (no significant drop and a
     significant rise), ``spearman`` (rank correlation of the seed means with ``dim``'s values).
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> acc = ds.prediction.isel(time=-1, point=0, output=0).squeeze("gamma", drop=True)
+    >>> t = es.trend(acc, "width")  # the seed-level outputs do not rise with N here
+    >>> bool(t.increasing), bool(t.rise_lo < 0 < t.rise_hi)
+    (False, True)
     """
     if dim not in a.dims or a.sizes[dim] < 2:
         raise ValidationError(f"trend: '{a.name}' needs at least 2 values along '{dim}', has dims {dict(a.sizes)}.")
@@ -215,8 +286,9 @@ def trend(a: xr.DataArray, dim: str = schema.GAMMA, *, ci: float = 0.95) -> xr.D
 def plateau(
     a: xr.DataArray, dim: str = schema.TIME, *, tol: float = 0.01, window: float = 0.2, ci: float = 0.95
 ) -> xr.Dataset:
-    """When has ``a`` stopped changing? The first ``dim`` value from which the seed mean stays within ``tol`` of
-    its final value, decided with intervals.
+    """Find when ``a`` stopped changing, decided with intervals.
+
+    The first ``dim`` value from which the seed mean stays within ``tol`` of its final value.
 
     At each recorded t, the change still to come ``a(end) - a(t)`` is paired over seeds (:func:`paired_difference`);
     t is *flat* when that difference's interval lies inside [-tol, tol]. The plateau starts at the first t from which
@@ -234,6 +306,18 @@ def plateau(
     -------
     Dataset over the other dims: ``plateau_time`` (NaN where not reached), ``reached``, ``value`` (the seed mean at
     ``plateau_time``), ``gain`` / ``gain_lo`` / ``gain_hi`` (the change from ``plateau_time`` to the end, paired)
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import ensemble_stats as es
+    >>> t = np.linspace(0, 10, 21)
+    >>> rng = np.random.default_rng(0)
+    >>> loss = xr.DataArray(np.exp(-t)[None, :] + 0.001 * rng.normal(size=(8, 21)), dims=("seed", "time"),
+    ...                     coords={"time": t})
+    >>> p = es.plateau(loss, "time", tol=0.05)
+    >>> float(p.plateau_time), bool(p.reached)
+    (3.5, True)
     """
     problems = []
     if dim not in a.dims or schema.SEED not in a.dims:
@@ -294,6 +378,35 @@ def kernel_limit_problems(ds: xr.Dataset) -> list[str]:
 
     It holds for one hidden layer, the theory init, MSE, full-batch gradient descent, no weight decay, scaled
     time (any number of outputs), and needs the training set (in the store or given).
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` (its attrs carry the model and the training configuration)
+
+    Returns
+    -------
+    list of str, one reason per line; empty when the limit applies
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> es.kernel_limit_problems(ds)  # a shallow theory-law sweep in scaled time: the limit applies
+    []
+    >>> folder.cleanup()
     """
     model = ds.attrs.get(schema.ATTR_MODEL)
     if not isinstance(model, dict):
@@ -322,7 +435,7 @@ def compare_to_theory(
     ci: float = 0.95,
     decomposition: xr.Dataset | None = None,
 ) -> xr.Dataset:
-    """The parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid.
+    """Return the parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid.
 
     Parameters
     ----------
@@ -338,6 +451,30 @@ def compare_to_theory(
     -------
     Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` per (gamma, width, time), and the kernel limit's ``h``
     (time, point, output) and ``var_k`` (time, point). See docs/theory.md §9.3.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> cmp = es.compare_to_theory(ds)  # N^(2 gamma - 1) Var / Var K_t: 1 in the limit
+    >>> cmp.ratio.dims
+    ('gamma', 'width', 'time')
+    >>> sorted(cmp.data_vars)
+    ['h', 'n_seeds', 'ratio', 'ratio_hi', 'ratio_lo', 'var_k']
+    >>> folder.cleanup()
     """
     from .theory import kernel_limit
 
@@ -405,7 +542,30 @@ def compare_to_theory(
 
 # ------------------------------------------------------------------------------------------------ tables
 def format_table(header: Sequence[str], rows: Sequence[Sequence], fmt: str = "text", caption: str = "") -> str:
-    """Render a table as aligned ``"text"``, ``"markdown"`` or ``"html"`` (cells escaped)."""
+    """Render a table as aligned ``"text"``, ``"markdown"`` or ``"html"`` (cells escaped).
+
+    Parameters
+    ----------
+    header : column names
+    rows : one sequence of cells per row (numbers are shown as given; format them first for fixed decimals)
+    fmt : ``"text"`` (aligned columns), ``"markdown"`` or ``"html"``
+    caption : a title line (text, markdown) or ``<caption>`` (html)
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> print(es.format_table(["gamma", "slope"], [[0.75, -0.5]]))
+    gamma  slope
+     0.75   -0.5
+    >>> print(es.format_table(["gamma", "slope"], [[0.75, -0.5]], fmt="markdown"))
+    | gamma | slope |
+    |---|---|
+    | 0.75 | -0.5 |
+    """
     cells = [[str(c) for c in r] for r in rows]
     if fmt == "markdown":
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -425,12 +585,28 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence], fmt: str = "te
 
 
 def interval(m, lo, hi, digits: int = 3) -> str:
-    """``"m [lo, hi]"`` with ``digits`` decimals."""
+    """``"m [lo, hi]"`` with ``digits`` decimals.
+
+    Parameters
+    ----------
+    m, lo, hi : the estimate and its interval's bounds (floats, or 0-d arrays)
+    digits : decimals shown
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> es.interval(0.5, 0.4, 0.6, 2)
+    '0.50 [0.40, 0.60]'
+    """
     return f"{float(m):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
 
 
 def rate_table(rate: xr.Dataset, *, fit: xr.Dataset | None = None, fmt: str = "text", time: int = -1) -> str:
-    """The table of fitted rates per gamma: slope, interval, theory, whether the interval covers it.
+    """Return the table of fitted rates per gamma: slope, interval, theory, whether the interval covers it.
 
     Parameters
     ----------
@@ -438,6 +614,14 @@ def rate_table(rate: xr.Dataset, *, fit: xr.Dataset | None = None, fmt: str = "t
     fit : optional :func:`fit_expansion` result: adds the median leading coefficient and the cells fitted
     fmt : ``"text"``, ``"markdown"`` or ``"html"``
     time : index along ``time`` of the row shown (default the last)
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> print(es.rate_table(es.fit_rate(ds, quantity="variance")).splitlines()[0])
+    slope of log variance vs log N, pooled over point and output at t = 1
     """
     r = rate.isel({schema.TIME: time}) if schema.TIME in rate.dims else rate
     extra = [d for d in r.dims if d != schema.GAMMA]
@@ -480,6 +664,17 @@ def anova_effects(frame, response: str, factors: Sequence[str]) -> dict[str, flo
     Returns
     -------
     dict with ``factor`` -> partial eta^2 = SS_factor / (SS_factor + SS_residual) and ``p_factor`` -> p-value
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import ensemble_stats as es
+    >>> rng = np.random.default_rng(0)
+    >>> frame = pd.DataFrame({"gamma": np.repeat([0.5, 1.0], 40), "seed": np.tile(np.arange(40), 2)})
+    >>> frame["accuracy"] = 0.8 + 0.1 * (frame.gamma == 1.0) + 0.01 * rng.normal(size=80)
+    >>> effects = es.anova_effects(frame, "accuracy", ["gamma"])
+    >>> effects["gamma"] > 0.9, effects["p_gamma"] < 1e-6
+    (True, True)
     """
     import statsmodels.formula.api as smf
     from statsmodels.stats.anova import anova_lm

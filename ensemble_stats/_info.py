@@ -18,6 +18,14 @@ def completeness(ds: xr.Dataset) -> xr.DataArray:
     Returns
     -------
     DataArray, dims (gamma, width), values in [0, 1]
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256], n_seeds=4, seed=0)
+    >>> es.completeness(ds).values.tolist()
+    [[1.0, 1.0]]
     """
     w = ds[schema.WRITTEN]
     other = [d for d in w.dims if d not in (schema.GAMMA, schema.WIDTH)]
@@ -25,7 +33,25 @@ def completeness(ds: xr.Dataset) -> xr.DataArray:
 
 
 def diverged_runs(ds: xr.Dataset) -> list[dict]:
-    """Runs that produced non-finite outputs, each ``{gamma, width, seed, ..., 'step': first bad step}``."""
+    """List the runs that produced non-finite outputs, each ``{gamma, width, seed, ..., 'step': first bad step}``.
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` with ``diverged="keep"`` or the default (``diverged_step`` is read
+        either way)
+
+    Returns
+    -------
+    list of dict, one per diverged run, in store order
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256], n_seeds=4, diverged_runs=1, seed=0)
+    >>> es.diverged_runs(ds)
+    [{'gamma': 0.75, 'width': 64, 'seed': 1, 'step': 32}]
+    """
     d = ds[schema.DIVERGED_STEP].compute()
     out = []
     for idx in np.argwhere(d.values >= 0):
@@ -36,7 +62,7 @@ def diverged_runs(ds: xr.Dataset) -> list[dict]:
 
 
 def format_info(ds: xr.Dataset) -> str:
-    """A plain-text report of dims, completeness per (gamma, width) cell and diverged runs."""
+    """Return a plain-text report of dims, completeness per (gamma, width) cell and diverged runs."""
     lines = [f"store: {ds.encoding.get('source', '<memory>')}"]
     lines.append("dims: " + ", ".join(f"{d}={n}" for d, n in ds[schema.PREDICTION].sizes.items()))
     lines.append(f"time units: {ds[schema.TIME].attrs.get('units')}")

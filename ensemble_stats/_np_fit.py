@@ -109,14 +109,18 @@ def wls_kernel(y, w, p, *, widths, scaled: bool = True, coef_only: bool = False)
 
 
 def _row_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last (short: widths) axis as a matrix-vector product, several times faster than numpy's
-    reduction along a short contiguous axis; exact for counts."""
+    """Sum over the last (short, widths) axis as a matrix-vector product.
+
+    Several times faster than numpy's reduction along a short contiguous axis; exact for counts.
+    """
     return np.asarray(a, dtype=np.float64) @ np.ones(a.shape[-1])
 
 
 def _evaluate(coef: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """sum_k coef_k N^(-p_k): coef (..., K) on basis (..., K, W) -> (..., W); one matrix product when every cell
-    shares the basis."""
+    """sum_k coef_k N^(-p_k): coef (..., K) on basis (..., K, W) -> (..., W).
+
+    One matrix product when every cell shares the basis.
+    """
     K, W = basis.shape[-2:]
     if basis.size == K * W:
         return (coef.reshape(-1, K) @ basis.reshape(K, W)).reshape(*coef.shape[:-1], W)
@@ -124,7 +128,7 @@ def _evaluate(coef: np.ndarray, basis: np.ndarray) -> np.ndarray:
 
 
 def _basis(p: np.ndarray, widths) -> np.ndarray:
-    """The columns N^(-p_k) (..., K, W) at the exponents' own (small, broadcast) shape; 0 for unused terms."""
+    """Return the columns N^(-p_k) (..., K, W) at the exponents' own (small, broadcast) shape; 0 for unused terms."""
     N = np.asarray(widths, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         basis = N ** -np.where(np.isfinite(p), p, 0.0)[..., None]
@@ -132,8 +136,9 @@ def _basis(p: np.ndarray, widths) -> np.ndarray:
 
 
 def _solve_normal(wg, yg, basis, used, lead, *, want_inverse: bool):
-    """Coefficients (..., K) from the Jacobi-scaled normal equations by Cholesky, batched over cells; NaN rows
-    where a pivot falls below ``WEAK_PIVOT`` (left to :func:`_solve_mgs`); and (B^T W B)^(-1) (..., K, K)
+    """Coefficients (..., K) from the Jacobi-scaled normal equations by Cholesky, batched over cells.
+
+    NaN rows where a pivot falls below ``WEAK_PIVOT`` (left to :func:`_solve_mgs`); and (B^T W B)^(-1) (..., K, K)
     when asked (else zeros).
 
     Every entry of the K x K systems is its own contiguous array over the cells, so each step of the
@@ -193,8 +198,10 @@ def _solve_normal(wg, yg, basis, used, lead, *, want_inverse: bool):
 
 
 def _solve_mgs(wg, yg, basis, used):
-    """The same solve by modified Gram-Schmidt QR of the weighted, column-normalised design (cells on the
-    leading axis): coefficients, (B^T W B)^(-1) and a ``singular`` mask."""
+    """Solve the same system by modified Gram-Schmidt QR of the weighted, column-normalised design.
+
+    Cells on the leading axis. Returns the coefficients, (B^T W B)^(-1) and a ``singular`` mask.
+    """
     K = basis.shape[-2]
     lead = wg.shape[:-1]
     sw = np.sqrt(wg)
@@ -218,8 +225,9 @@ def _solve_mgs(wg, yg, basis, used):
 
 
 def _mgs(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Modified Gram-Schmidt QR of columns A (K, M, ...) batched over trailing cell axes; returns R
-    (..., K, K) and Q^T b (..., K) for b (M, ...).
+    """Return the modified Gram-Schmidt QR of columns A (K, M, ...) batched over trailing cell axes.
+
+    Returns R (..., K, K) and Q^T b (..., K) for b (M, ...).
 
     Applied to the augmented system [A | b] it is backward stable for least squares (Bjorck). Cells sit on
     the trailing (contiguous) axes, so each of the K^2 steps is a few long vector operations instead of one
@@ -255,8 +263,10 @@ def _back_substitute(R: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _variance_fit_kernel(v, n, p, *, widths, iterations: int = 4, scaled: bool = True, coef_only: bool = False):
-    """Fit sample variances v (..., width) from n seeds by IRLS with weights (n - 1) / (2 * fitted^2); the
-    outputs of :func:`wls_kernel` at the last iteration (only its coefficients with ``coef_only``)."""
+    """Fit sample variances v (..., width) from n seeds by IRLS with weights (n - 1) / (2 * fitted^2).
+
+    The outputs of :func:`wls_kernel` at the last iteration (only its coefficients with ``coef_only``).
+    """
     v = np.asarray(v, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     basis = _basis(np.asarray(p, dtype=np.float64), widths)
@@ -393,8 +403,10 @@ def jackknife_loglog_kernel(y, w, y_loo, *, logN):
 
 
 def _seed_moments(xt: np.ndarray):
-    """Seed moments of ``xt`` (seed, ..., width), non-finite values dropped: the full mean, variance (ddof=1)
-    and count (..., width), and the same with each seed index left out in turn (seed, ..., width).
+    """Seed moments of ``xt`` (seed, ..., width), non-finite values dropped.
+
+    The full mean, variance (ddof=1) and count (..., width), and the same with each seed index left out in turn
+    (seed, ..., width).
 
     The deleted-seed moments come from the full sums by downdating (m_i = m - d_i / (n - 1),
     SS_i = SS - d_i^2 n / (n - 1), with d_i the seed's deviation): O(S) work instead of recomputing S times.
@@ -429,7 +441,7 @@ costs more in page faults than the arithmetic done on it)."""
 
 
 def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True):
-    """The expansion fit of :func:`wls_kernel` / :func:`_variance_fit_kernel`, plus whole-seed jackknife errors.
+    """Fit as :func:`wls_kernel` / :func:`_variance_fit_kernel`, plus whole-seed jackknife errors.
 
     Parameters
     ----------
@@ -490,9 +502,11 @@ def _jackknife_block(x, p, *, widths, quantity: str, scaled: bool):
 
 
 def information_kernel(mean, var, n, coef, p, status, *, widths, quantity: str, free: bool):
-    """chi^2, AIC and AICc (...) of fitted coefficients (..., term) at exponents p against the seed moments
-    mean, var, n (..., width), with the weights the fit used (n / var for the mean; (n - 1) / (2 fitted^2) for
-    the variance); NaN where ``status`` is not ok."""
+    """Compute chi^2, AIC and AICc (...) of fitted coefficients (..., term) at exponents p.
+
+    Against the seed moments mean, var, n (..., width), with the weights the fit used (n / var for the mean; (n - 1) /
+    (2 fitted^2) for the variance); NaN where ``status`` is not ok.
+    """
     coef = np.asarray(coef, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     N = np.asarray(widths, dtype=np.float64)

@@ -223,7 +223,7 @@ def _bias_variance(pred, ref, n_grid: int, ci: float, ci_method: str) -> dict:
 
 
 def _checked_bounds(bounds: dict, few: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The ``ci_status`` and the (lo, hi) of each statistic, NaN where too few units or not finite."""
+    """Return the ``ci_status`` and the (lo, hi) of each statistic, NaN where too few units or not finite."""
     status = np.where(few, _FEW, _OK)
     out = []
     for k in STATISTICS:
@@ -235,7 +235,7 @@ def _checked_bounds(bounds: dict, few: np.ndarray) -> tuple[np.ndarray, list[np.
 
 
 def _guard_dof(est, se, theta, S):
-    """The dof a scaled chi-square would need to have the jackknife's variance, on the raw and the log scale.
+    """Return the dof a scaled chi-square would need to have the jackknife's variance, on the raw and the log scale.
 
     Under heavy tails the sample variance varies more than a Gaussian's; the jackknife sees that (the raw
     scale) and the log scale keeps seeds with a small leave-one-out value from being averaged away.
@@ -286,7 +286,7 @@ def seed_mean_kernel(pred: np.ndarray, *, ci: float = 0.95) -> tuple[np.ndarray,
 
 
 def log_variance_sd(nu: np.ndarray) -> np.ndarray:
-    """Standard deviation of log(chi2_nu / nu): sqrt(trigamma(nu / 2))."""
+    """Return the standard deviation of log(chi2_nu / nu): sqrt(trigamma(nu / 2))."""
     with np.errstate(invalid="ignore"):
         return np.sqrt(special.polygamma(1, np.asarray(nu, dtype=np.float64) / 2))
 
@@ -466,8 +466,10 @@ def ks_normal_kernel(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def top_eigenvalues_kernel(theta: np.ndarray, *, k: int = 1) -> np.ndarray:
-    """The k largest eigenvalues of symmetric kernels (..., P, P2, O, O2), flattened to (P O) x (P O) matrices;
-    NaN where a kernel is not (fully) recorded. Returns (..., k), largest first."""
+    """Return the k largest eigenvalues of symmetric kernels (..., P, P2, O, O2), largest first.
+
+    The kernels are flattened to (P O) x (P O) matrices; NaN where a kernel is not (fully) recorded. Returns (..., k).
+    """
     theta = np.asarray(theta, dtype=np.float64)
     lead, (P, _, O, _) = theta.shape[:-4], theta.shape[-4:]  # noqa: E741
     m = np.moveaxis(theta, -3, -2).reshape(*lead, P * O, P * O)  # (..., P, O, P2, O2) -> (PO, PO)
@@ -480,8 +482,11 @@ def top_eigenvalues_kernel(theta: np.ndarray, *, k: int = 1) -> np.ndarray:
 
 
 def t_quantile(ci: float, dof) -> np.ndarray:
-    """Two-sided Student t quantile ``t.ppf(0.5 + ci / 2, dof)`` elementwise, evaluated once per distinct dof
-    (a fit's dof takes a handful of values over millions of cells; scipy's ppf costs microseconds a call)."""
+    """Compute the two-sided Student t quantile ``t.ppf(0.5 + ci / 2, dof)`` elementwise.
+
+    Evaluated once per distinct dof (a fit's dof takes a handful of values over millions of cells; scipy's ppf costs
+    microseconds a call).
+    """
     dof = np.asarray(dof, dtype=np.float64)
     values, inverse = np.unique(dof, return_inverse=True)
     return stats.t.ppf(0.5 + ci / 2, values)[inverse].reshape(dof.shape)

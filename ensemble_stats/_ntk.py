@@ -23,7 +23,7 @@ _KERNEL_DIMS = (schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTP
 
 
 def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, *, ci: float = 0.95) -> xr.Dataset:
-    """The exponent of N of a positive seed mean: weighted least squares of log(mean) on log N.
+    """Return the exponent of N of a positive seed mean: weighted least squares of log(mean) on log N.
 
     Parameters
     ----------
@@ -37,6 +37,16 @@ def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, 
     per remaining coordinate. Weights 1 / Var(log mean) = (mean / stderr)^2 (delta method); the standard error
     is the WLS one times sqrt(chi2/dof) where the widths scatter more than their errors say, and the interval
     Student t with (fewest seeds - 1) dof.
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> m = es.seed_mean(ds.prediction.isel(point=0, output=0) ** 2, var="prediction")
+    >>> r = es.width_rate(m["mean"], m.stderr, m.n_seeds)
+    >>> r.slope.dims
+    ('gamma', 'time')
     """
     if schema.WIDTH not in mean.dims:
         raise ValidationError(f"width_rate needs a 'width' dim; got {list(mean.dims)}.")
@@ -105,6 +115,30 @@ def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
         2 gamma - 2). With ``displacement`` the same for ``displacement_*`` with a ``layer`` dim, beside
         ``displacement_theory`` = gamma - 1. Both theory exponents are derived in docs/theory.md ("Lazy and
         feature learning") and are reconstructions to be tested.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> kd = es.kernel_drift(ds)
+    >>> kd.drift_mean.dims
+    ('gamma', 'width', 'time')
+    >>> float(kd.drift_mean.isel(time=0).max())  # the reference Theta_0 itself
+    0.0
+    >>> folder.cleanup()
     """
     _require_ntk(ds)
     ntk = ds[schema.NTK]
@@ -156,7 +190,7 @@ def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
 
 
 def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
-    """The largest eigenvalues of each run's recorded empirical NTK, per record (e.g. lambda_max for the catapult).
+    """Return the largest eigenvalues of each run's recorded empirical NTK, per record (lambda_max: the catapult).
 
     Parameters
     ----------
@@ -167,6 +201,30 @@ def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
     -------
     DataArray (gamma, width, seed, [extra...], time, eigen) of the k largest eigenvalues of Theta_t over the NTK
     sub-grid and outputs (a (P O) x (P O) matrix); NaN at records without an NTK.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> lam = es.kernel_eigenvalues(ds, k=2)
+    >>> lam.dims
+    ('gamma', 'width', 'seed', 'time', 'eigen')
+    >>> bool((lam.isel(eigen=0) >= lam.isel(eigen=1)).all())
+    True
+    >>> folder.cleanup()
     """
     _require_ntk(ds)
     if not (isinstance(k, int) and 1 <= k <= ds.sizes[schema.NTK_POINT] * ds.sizes[schema.OUTPUT]):
@@ -190,7 +248,7 @@ def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
 
 
 def _last_finite(a: np.ndarray) -> np.ndarray:
-    """The last finite value along the last axis (NaN if none)."""
+    """Return the last finite value along the last axis (NaN if none)."""
     ok = np.isfinite(a)
     idx = a.shape[-1] - 1 - np.argmax(ok[..., ::-1], axis=-1)
     out = np.take_along_axis(a, idx[..., None], -1)[..., 0]
@@ -211,6 +269,28 @@ def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
     ``lambda_0`` and ``lambda_final`` (the largest NTK eigenvalue at the first record and at the run's last record
     with an NTK); ``r_0`` and ``r_final`` = eta lambda / (M O), the linear step is stable below 2 (docs/theory.md
     §13); ``loss_spike`` = max_t L_t / L_0 (> 1: the loss rose); ``diverged`` (the run has a ``diverged_step``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> reg = es.learning_rate_regimes(ds)
+    >>> bool((reg.r_0 < 2).all())  # alpha = 1: every run starts in the stable (lazy) regime
+    True
+    >>> folder.cleanup()
     """
     model = ds.attrs.get(schema.ATTR_MODEL) if isinstance(ds.attrs.get(schema.ATTR_MODEL), dict) else {}
     problems = []

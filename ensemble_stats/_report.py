@@ -46,6 +46,28 @@ def report(
     Returns
     -------
     Path of ``index.html``
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> page = es.report(ds, f"{folder.name}/report")
+    >>> page.name
+    'index.html'
+    >>> folder.cleanup()
     """
     unknown = sorted(set(results or {}) - set(RESULTS))
     if unknown:
@@ -63,7 +85,7 @@ REPORT_MARKER = ".ensemble-stats-report"
 
 
 def _check_report_target(out) -> Path:
-    """The report folder to (re)write; a file, a store or any folder that is not a report is refused."""
+    """Return the report folder to (re)write; a file, a store or any folder that is not a report is refused."""
     target = local_store_path(out, "report --out")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise ValidationError(
@@ -88,7 +110,7 @@ def _is_report(folder: Path) -> bool:
 
 
 def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
-    """The results the figures need, computed where not given; and a note on the time they are at."""
+    """Return the results the figures need, computed where not given; and a note on the time they are at."""
     from ._assess import compare_to_theory, kernel_limit_problems
     from ._fit import fit_expansion, fit_rate
     from ._select import at_common_time, time_units

@@ -19,7 +19,24 @@ _DIGITS = 9  # scaled times k / N are compared after rounding to this many decim
 
 
 def time_units(ds: xr.Dataset) -> str:
-    """The store's time units: ``"scaled"``, ``"step"`` or ``"epoch"`` (``"scaled"`` when unset)."""
+    """Return the store's time units: ``"scaled"``, ``"step"`` or ``"epoch"`` (``"scaled"`` when unset).
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` (the units are the ``time`` coordinate's ``units`` attribute)
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> es.time_units(ds)
+    'scaled'
+    """
     return str(ds[schema.TIME].attrs.get("units", "scaled"))
 
 
@@ -37,7 +54,7 @@ def _schedule(ds: xr.Dataset) -> dict[int, dict[float, int]]:
 
 
 def common_times(ds: xr.Dataset) -> np.ndarray:
-    """The scaled times t = k / N (k optimizer steps) at which every width has records, ascending.
+    """Return the scaled times t = k / N (k optimizer steps) at which every width has records, ascending.
 
     Parameters
     ----------
@@ -46,6 +63,14 @@ def common_times(ds: xr.Dataset) -> np.ndarray:
     Returns
     -------
     1-d float array (empty when the widths share no time)
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> es.common_times(ds)
+    array([0. , 0.5, 1. ])
     """
     return _shared(_schedule(ds))
 
@@ -58,7 +83,7 @@ def _shared(sched: dict[int, dict[float, int]]) -> np.ndarray:
 
 
 def at_common_time(ds: xr.Dataset, t: float | None = None) -> xr.Dataset:
-    """The records of every width at one scaled time t = k / N.
+    """Return the records of every width at one scaled time t = k / N.
 
     Parameters
     ----------
@@ -75,6 +100,14 @@ def at_common_time(ds: xr.Dataset, t: float | None = None) -> xr.Dataset:
     ------
     ValidationError
         No time is shared by every width, or ``t`` is not one of them (the message lists the shared ones).
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> es.at_common_time(ds, 1.0).sizes["time"]
+    1
     """
     sched = _schedule(ds)  # the steps are read once
     shared = _shared(sched)

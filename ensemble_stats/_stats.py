@@ -150,7 +150,7 @@ def _use_pairs(da: xr.DataArray | xr.Dataset, pairs: bool | None) -> bool:
 
 
 def pair_members(da: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
-    """The two members of each antithetic pair, as two DataArrays with a ``pair`` dim instead of ``seed``.
+    """Return the two members of each antithetic pair, as two DataArrays with a ``pair`` dim instead of ``seed``.
 
     Raises
     ------
@@ -238,6 +238,17 @@ def bias_variance(
         the variance interval); ``n_seeds`` (seeds written and finite over the grid), ``n_excluded`` (written
         but non-finite), ``ci_status`` (intervals are NaN with fewer than 4 seeds). Dims of ``prediction``
         without ``seed`` and ``dims``. Lazy if the input is.
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> bv = es.bias_variance(ds)
+    >>> bv.variance.dims
+    ('gamma', 'width', 'time')
+    >>> bool((bv.variance_lo <= bv.variance).all() and (bv.variance <= bv.variance_hi).all())
+    True
     """
     if schema.PREDICTION not in ds:
         raise ValidationError("the dataset has no 'prediction' variable; open a store with open_ensemble().")
@@ -344,6 +355,17 @@ def seed_mean(
     Dataset
         ``mean``, ``stderr``, ``mean_lo``, ``mean_hi``, ``n_seeds``, ``ci_status``; the input's dims without
         ``seed``. Non-finite values drop out; intervals are NaN with fewer than 4 seeds.
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> m = es.seed_mean(ds)
+    >>> m["mean"].dims
+    ('gamma', 'width', 'time', 'point', 'output')
+    >>> int(m.n_seeds.max())
+    8
     """
     _check_ci(ci, "auto")
     da = ds if isinstance(ds, xr.DataArray) else ds[var]
@@ -411,6 +433,18 @@ def variance_components(
     ``variance_hi`` (scaled chi-square with the jackknife-implied dof), the ``share`` of each component in their
     sum, ``n_seeds`` (finite seeds), ``n_data_seeds`` and ``ci_status``; dim ``component`` = init, data_order,
     interaction. Intervals need 3 seeds and 3 data seeds; estimates 2 of each.
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64], n_seeds=6, replicates=4, seed=0)
+    >>> ds = ds.rename(replicate="data_seed")
+    >>> vc = es.variance_components(ds)
+    >>> vc.component.values.tolist()
+    ['init', 'data_order', 'interaction']
+    >>> bool(abs(vc.share.sum("component") - 1).max() < 1e-9)
+    True
     """
     from ._np_stats import COMPONENTS, variance_components_kernel
 

@@ -35,7 +35,7 @@ class _Group(click.Group):
 
 
 def _one_per_line(e: BaseException) -> str:
-    """The message with one problem per line (continuation lines indented)."""
+    """Return the message with one problem per line (continuation lines indented)."""
     text = str(e) if isinstance(e, EnsembleStatsError) else f"{type(e).__name__}: {e}"
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
     return "\n".join([lines[0], *(ln if ln.startswith("  ") else "  " + ln for ln in lines[1:])]) if lines else text
@@ -123,7 +123,7 @@ def run(config, store, workers, scheduler, scheduler_file, device, repair, no_pr
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--no-progress", is_flag=True)
 def demo(out, workers, no_progress):
-    """The main job: a small real sweep (teacher task, 5 gammas x 5 widths x 64 seeds), fit and decompose."""
+    """Run the main job: a small real sweep (teacher task, 5 gammas x 5 widths x 64 seeds), fit and decompose."""
     from collectors._demo import run_demo
 
     with _terminate_cleanly():
@@ -176,7 +176,7 @@ RESULT_ATTR = "ensemble_stats_result"
 
 
 def _refuse_store_paths(out: str, stores) -> str | Path:
-    """The canonical ``--out``, refused when it is an input store, lies inside one or holds one, or is a store."""
+    """Return the canonical ``--out``, refused when it is, holds or lies inside an input store, or is a store."""
     from .errors import ValidationError
     from .store import is_store, location, same_or_nested
 
@@ -197,8 +197,11 @@ def _refuse_store_paths(out: str, stores) -> str | Path:
 
 
 def _check_out(out: str, stores, command: str) -> str | Path:
-    """The canonical result path of ``command``; refused when it is not a .zarr/.nc path, or when it would replace
-    anything but an earlier result of the same command (a store, a foreign file or folder)."""
+    """Return the canonical result path of ``command``.
+
+    Refused when it is not a .zarr/.nc path, or when it would replace anything but an earlier result of the same
+    command (a store, a foreign file or folder).
+    """
     from .errors import ValidationError
     from .store import local_store_path, remote_exists
 
@@ -263,8 +266,11 @@ def _write(ds, out: str, stores, command: str) -> None:
 
 
 def _provenance(stores, command: str) -> dict:
-    """CF-style global attributes tracing a result to its stores: ``Conventions``, a ``history`` line (date,
-    package version, command), and each source store's path, ``store_id`` and config hash."""
+    """CF-style global attributes tracing a result to its stores.
+
+    ``Conventions``, a ``history`` line (date, package version, command), and each source store's path,
+    ``store_id`` and config hash.
+    """
     import datetime
     import hashlib
     import json
@@ -334,8 +340,10 @@ def _client(scheduler: str | None, scheduler_file: str | None = None):
 
 @contextlib.contextmanager
 def _reading(stores):
-    """Errors raised while reading stores (a checksum failure deep in Dask) become one corruption error naming
-    the damaged files; anything verification does not explain is raised as it was."""
+    """Turn errors raised while reading stores into one corruption error naming the damaged files.
+
+    A checksum failure deep in Dask is explained by verification; anything it does not explain is raised as it was.
+    """
     try:
         yield
     except EnsembleStatsError:

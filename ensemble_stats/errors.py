@@ -56,8 +56,10 @@ def _capped(text: str) -> str:
 
 
 class EnsembleStatsError(Exception):
-    """Base class of every error raised by ensemble-stats and collectors; its message is at most
-    ``MAX_MESSAGE`` characters."""
+    """Base class of every error raised by ensemble-stats and collectors.
+
+    Its message is at most ``MAX_MESSAGE`` characters.
+    """
 
     def __init__(self, *args):
         super().__init__(*(_capped(a) if isinstance(a, str) else a for a in args))
@@ -162,7 +164,8 @@ class StoreCorruptionError(EnsembleStatsError, OSError):
             advice = "Retraining cannot fix this: restore the store from a copy, or create a new one."
         super().__init__(f"store {path!s} failed verification with {len(self.problems)} problem(s):\n{lines}\n{advice}")
 
-    def __reduce__(self):  # picklable across Dask workers with its keyword argument
+    def __reduce__(self):
+        """Pickle with the keyword argument (the error crosses Dask workers)."""
         return (_rebuild_corruption, (self.problems, self.args, self.repairable))
 
 
@@ -198,8 +201,10 @@ def install_hint(module: str) -> str:
 
 
 def require(module: str, purpose: str) -> ModuleType:
-    """Import ``module`` (e.g. ``"matplotlib.pyplot"``), or raise :class:`MissingDependencyError` naming what
-    needs it and the install command."""
+    """Import ``module`` (e.g. ``"matplotlib.pyplot"``), or raise :class:`MissingDependencyError`.
+
+    The error names what needs the module (``purpose``) and the install command.
+    """
     try:
         return importlib.import_module(module)
     except ImportError as e:

@@ -60,7 +60,27 @@ def _colors(n: int) -> list[str]:
 
 
 def time_label(ds: xr.Dataset | xr.DataArray) -> str:
-    """The axis label of the ``time`` coordinate from its units."""
+    """Return the axis label of the ``time`` coordinate from its units.
+
+    Parameters
+    ----------
+    ds : anything with a ``time`` coordinate (its ``units`` attribute names the units)
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats import plot
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75, 1.0], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> plot.time_label(ds)
+    'scaled time t = k / N'
+    """
     units = ds[schema.TIME].attrs.get("units", "")
     return {"scaled": "scaled time t = k / N", "step": "optimizer step", "epoch": "epoch"}.get(units, "time")
 
@@ -104,7 +124,26 @@ def curves(ds: xr.Dataset, var: str = schema.TEST_LOSS, *, ci: float = 0.95, log
     var : a per-record variable, e.g. ``"test_loss"``, ``"accuracy"``, or ``"prediction"``
     log : log y axis (default: for losses)
     ax : one axes per width, or None for a new figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats import plot
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75, 1.0], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> fig = plot.curves(ds, "prediction")
+    >>> len(fig.axes)  # one panel per width
+    3
     """
+    if var not in ds.data_vars:
+        from .errors import ValidationError
+
+        raise ValidationError(
+            f"plot.curves: the dataset has no variable {var!r}; it has {sorted(map(str, ds.data_vars))}. Pass one "
+            "of those as var= (a store without scalars, e.g. a synthetic one, has only 'prediction')."
+        )
     da = _pool(ds[var], (schema.GAMMA, schema.WIDTH, schema.SEED, schema.TIME))
     m = seed_mean(da, ci=ci).compute()
     widths = ds[schema.WIDTH].values
@@ -126,14 +165,28 @@ def curves(ds: xr.Dataset, var: str = schema.TEST_LOSS, *, ci: float = 0.95, log
 
 
 def variance_vs_width(bv: xr.Dataset, rate: xr.Dataset | None = None, *, time: int = -1, ax=None):
-    """Seed variance (grid mean) against N on log-log axes with its intervals, per gamma; with ``rate``, the
-    fitted line (solid) and the theory slope 1 - 2 gamma through the first width (dotted).
+    """Seed variance (grid mean) against N on log-log axes with its intervals, per gamma.
+
+    With ``rate``, the fitted line (solid) and the theory slope 1 - 2 gamma through the first width (dotted).
 
     Parameters
     ----------
     bv : :func:`bias_variance` result, dims (gamma, width, [time])
     rate : :func:`fit_rate` result, dims (gamma, [time])
     time : index along ``time`` (default the last)
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats import plot
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75, 1.0], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> bv = es.bias_variance(ds)
+    >>> fig = plot.variance_vs_width(bv, es.fit_rate(ds, quantity="variance"))
+    >>> fig.axes[0].get_xscale()
+    'log'
     """
     last = bv.isel({schema.TIME: time}) if schema.TIME in bv.dims else bv
     r = None if rate is None else rate.isel({schema.TIME: time}) if schema.TIME in rate.dims else rate
@@ -161,14 +214,41 @@ def variance_vs_width(bv: xr.Dataset, rate: xr.Dataset | None = None, *, time: i
 
 
 def kernel_drift(kd: xr.Dataset, *, time: int = -1, ax=None):
-    """Lazy vs feature learning: the relative kernel drift (left) and the parameter displacement (right, one marker
-    per parameter tensor) against N at one time, per gamma: seed means with intervals, fitted exponents in the
-    legend and the theory's exponent as a dotted line through the first width.
+    """Lazy vs feature learning.
+
+    The relative kernel drift (left) and the parameter displacement (right, one marker per parameter tensor)
+    against N at one time, per gamma: seed means with intervals, fitted exponents in the legend and the theory's
+    exponent as a dotted line through the first width.
 
     Parameters
     ----------
     kd : :func:`ensemble_stats.kernel_drift` result
     time : index along ``time`` (default the last)
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from ensemble_stats import plot
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> fig = plot.kernel_drift(es.kernel_drift(ds))
+    >>> len(fig.axes) >= 1
+    True
+    >>> folder.cleanup()
     """
     has_disp = "displacement_mean" in kd
     axes = _axes(ax, 2 if has_disp else 1, (11.5, 4.0) if has_disp else (6.4, 4.0))
@@ -213,6 +293,28 @@ def bias_variance(bv: xr.Dataset, *, time: int = -1, ax=None):
     """Bias^2 and variance against N (at one time) and against time (at the largest width), per gamma.
 
     Bias^2 estimates <= 0, where the bias is below the seed noise, are not drawn.
+
+    Parameters
+    ----------
+    bv : a :func:`~ensemble_stats.bias_variance` result
+    time : the index of the time of the panel against N
+    ax : two axes, or None for a new figure
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats import plot
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75, 1.0], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> fig = plot.bias_variance(es.bias_variance(ds))
+    >>> len(fig.axes) >= 2
+    True
     """
     axes = _axes(ax, 2, (10, 3.8))
     last = bv.isel({schema.TIME: time})
@@ -236,7 +338,29 @@ def bias_variance(bv: xr.Dataset, *, time: int = -1, ax=None):
 
 
 def completeness(ds: xr.Dataset, *, ax=None):
-    """The share of records written per (gamma, width), with the number of diverged runs."""
+    """Draw the share of records written per (gamma, width), with the number of diverged runs.
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`~ensemble_stats.open_ensemble`
+    ax : one axes, or None for a new figure
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats import plot
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75, 1.0], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> fig = plot.completeness(ds)
+    >>> len(fig.axes) >= 1
+    True
+    """
     w = _pool(ds[schema.WRITTEN].astype(float), (schema.GAMMA, schema.WIDTH)).compute()
     div = (
         (ds[schema.DIVERGED_STEP] >= 0)
@@ -263,11 +387,36 @@ def completeness(ds: xr.Dataset, *, ax=None):
 
 
 def collapse(cmp: xr.Dataset, *, ax=None):
-    """The collapse ratio N^(2 gamma - 1) Var / Var K_t against time, one panel per gamma, one line per width.
+    """Draw the collapse ratio N^(2 gamma - 1) Var / Var K_t against time, one panel per gamma, one line per width.
 
     Parameters
     ----------
     cmp : :func:`compare_to_theory` result, dims (gamma, width, time)
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from ensemble_stats import plot
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> fig = plot.collapse(es.compare_to_theory(ds))
+    >>> len(fig.axes) >= 1
+    True
+    >>> folder.cleanup()
     """
     gammas = cmp[schema.GAMMA].values
     axes = _axes(ax, len(gammas), (2.9 * len(gammas), 3.2), sharey=True)
@@ -284,7 +433,7 @@ def collapse(cmp: xr.Dataset, *, ax=None):
 
 
 def gamma_alpha_map(da: xr.DataArray, *, log: bool = False, fmt: str = ".2f", ax=None):
-    """A (gamma, alpha) map of one quantity: a heatmap per width, each cell annotated (NaN cells left blank).
+    """Draw a (gamma, alpha) map of one quantity: a heatmap per width, each cell annotated (NaN cells left blank).
 
     Parameters
     ----------
@@ -292,6 +441,18 @@ def gamma_alpha_map(da: xr.DataArray, *, log: bool = False, fmt: str = ".2f", ax
         training plateau from :func:`ensemble_stats.plateau`
     log : colour by log10 of the values (variances spanning decades)
     fmt : format of the annotations
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from ensemble_stats import plot
+    >>> import numpy as np, xarray as xr
+    >>> acc = xr.DataArray(np.array([[0.9, 0.8], [0.85, np.nan]]), dims=("gamma", "alpha"),
+    ...                    coords={"gamma": [0.5, 1.0], "alpha": [1.0, 10.0]}, name="accuracy")
+    >>> fig = plot.gamma_alpha_map(acc)
+    >>> len(fig.axes) >= 1
+    True
     """
     from .errors import ValidationError
 
@@ -324,13 +485,39 @@ def gamma_alpha_map(da: xr.DataArray, *, log: bool = False, fmt: str = ".2f", ax
 
 
 def fluctuation_qq(fg: xr.Dataset, *, time: int = -1, point: int = 0, output: int = 0, ax=None):
-    """Normal QQ plots of the rescaled fluctuations z at one time and grid point, one panel per gamma, one
-    colour per width; the diagonal is the theory's N(0, 1), the legend gives each KS p-value.
+    """Draw normal QQ plots of the rescaled fluctuations z at one time and grid point.
+
+    One panel per gamma, one colour per width; the diagonal is the theory's N(0, 1), the legend gives each KS p-value.
 
     Parameters
     ----------
     fg : :func:`ensemble_stats.fluctuation_gaussianity` result
     time, point, output : indices of the record and the grid cell drawn
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from ensemble_stats import plot
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> fig = plot.fluctuation_qq(es.fluctuation_gaussianity(ds.isel(time=[1, 2])))
+    >>> len(fig.axes)  # one panel per gamma
+    1
+    >>> folder.cleanup()
     """
     from scipy import stats
 
@@ -356,13 +543,40 @@ def fluctuation_qq(fg: xr.Dataset, *, time: int = -1, point: int = 0, output: in
 
 
 def catapult(reg: xr.Dataset, *, ax=None):
-    """Large learning rates, one marker per run: the loss spike max_t L_t / L_0 (left) and the end-of-training
-    stability r_final = eta lambda_final / (M O) of the runs that did not diverge (right) against r_0 =
-    eta lambda_0 / (M O), one colour per width; diverged runs are crosses (left). The linear step is stable below r = 2; the catapult is expected for r_0 in (2, 4).
+    """Large learning rates, one marker per run.
+
+    The loss spike max_t L_t / L_0 (left) and the end-of-training stability r_final = eta lambda_final / (M O) of
+    the runs that did not diverge (right) against r_0 = eta lambda_0 / (M O), one colour per width; diverged runs
+    are crosses (left). The linear step is stable below r = 2; the catapult is expected for r_0 in (2, 4).
 
     Parameters
     ----------
     reg : :func:`ensemble_stats.learning_rate_regimes` result
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from ensemble_stats import plot
+    >>> import tempfile
+    >>> import collectors
+    >>> import ensemble_stats as es
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> spec = collectors.SweepSpec.parse({
+    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
+    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
+    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
+    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
+    ... })
+    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
+    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
+    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
+    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
+    >>> ds = es.open_ensemble(store.path)
+    >>> fig = plot.catapult(es.learning_rate_regimes(ds))
+    >>> len(fig.axes) >= 1
+    True
+    >>> folder.cleanup()
     """
     axes = _axes(ax, 2, (10.5, 3.8))
     for w, c in zip(reg[schema.WIDTH].values, _colors(reg.sizes[schema.WIDTH]), strict=True):

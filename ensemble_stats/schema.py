@@ -140,8 +140,10 @@ MAX_STEP = 2**62
 
 
 def record_steps(times, units: str, width: int, steps_per_epoch: int | None = None) -> np.ndarray:
-    """The optimizer step k of each recording time for a run of ``width``: k = t for ``"step"``, k = round(t N)
-    for ``"scaled"`` (t = k / N), k = round(t * steps_per_epoch) for ``"epoch"``.
+    """Return the optimizer step k of each recording time for a run of ``width``.
+
+    K = t for ``"step"``, k = round(t N) for ``"scaled"`` (t = k / N), k = round(t * steps_per_epoch) for
+    ``"epoch"``.
 
     Raises
     ------
@@ -174,12 +176,12 @@ def record_steps(times, units: str, width: int, steps_per_epoch: int | None = No
 
 
 def scalar_names(attrs: Mapping) -> tuple[str, ...]:
-    """The per-record scalars of a store: the known ``SCALAR_VARIABLES``, then the metrics it declared."""
+    """Return the per-record scalars of a store: the known ``SCALAR_VARIABLES``, then the metrics it declared."""
     return (*SCALAR_VARIABLES, *attrs.get(ATTR_METRICS, {}))
 
 
 def field_names(attrs: Mapping) -> tuple[str, ...]:
-    """The per-record arrays with trailing dims that a store declared: ``ntk``, ``displacement``."""
+    """Return the per-record arrays with trailing dims that a store declared: ``ntk``, ``displacement``."""
     return (*((NTK,) if attrs.get(ATTR_NTK_POINTS) else ()), *((DISPLACEMENT,) if attrs.get(ATTR_LAYERS) else ()))
 
 

@@ -46,10 +46,24 @@ def _check_gamma(gamma: float) -> float:
 
 
 def nu(gamma: float) -> int:
-    """Number of deterministic orders before the Gaussian term (docs/theory.md §1.3 [R]).
+    """Return the number of deterministic orders before the Gaussian term (docs/theory.md §1.3 [R]).
 
     ``nu = max(1, ceil((2 gamma - 1) / (2 (1 - gamma))))``; nu -> infinity as gamma -> 1, where the expansion is
     singular, so ``nu(1.0)`` raises.
+
+    Parameters
+    ----------
+    gamma : in [1/2, 1)
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> theory.nu(0.75), theory.nu(0.875)
+    (1, 3)
     """
     g = _check_gamma(gamma)
     if g == 1.0:
@@ -62,6 +76,21 @@ def mean_exponents(gamma: float, max_terms: int | None = None) -> np.ndarray:
     """Exponents p of the mean expansion h + sum_j N^(-p_j) Q^j: ``[0, (1-g), ..., (nu-1)(1-g)]`` (1.3 [R]).
 
     At gamma = 1 there is no finite set; ``max_terms`` then (or always, if given) caps the number of terms.
+
+    Parameters
+    ----------
+    gamma : in [1/2, 1]
+    max_terms : the most terms returned
+
+    Returns
+    -------
+    array of exponents, ascending
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> theory.mean_exponents(0.875).tolist()
+    [0.0, 0.125, 0.25]
     """
     g = _check_gamma(gamma)
     n = nu(g) if g < 1 else (max_terms or 1)
@@ -74,18 +103,63 @@ def variance_exponents(gamma: float, corrections: int = 1) -> np.ndarray:
     """Exponents p of the variance law Var = sum_k a_k N^(-p_k): leading 2g-1, then +k(1-g) (1.4, 9.3 [R]).
 
     At gamma = 1 the corrections coincide with the leading exponent, so only the leading one is returned.
+
+    Parameters
+    ----------
+    gamma : in [1/2, 1]
+    corrections : the number of correction terms after the leading one
+
+    Returns
+    -------
+    array of exponents, ascending
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> theory.variance_exponents(0.75).tolist()  # N^(-1/2), then the first correction N^(-3/4)
+    [0.5, 0.75]
     """
     g = _check_gamma(gamma)
     return (2 * g - 1) + np.arange(1 if g == 1 else corrections + 1) * (1 - g)
 
 
 def variance_rate(gamma: float) -> float:
-    """Leading log-log slope of the seed variance in N: ``1 - 2 gamma`` (1.4 [R], checked by simulation S)."""
+    """Leading log-log slope of the seed variance in N: ``1 - 2 gamma`` (1.4 [R], checked by simulation S).
+
+    Parameters
+    ----------
+    gamma : in [1/2, 1]
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> theory.variance_rate(0.75)
+    -0.5
+    """
     return 1 - 2 * _check_gamma(gamma)
 
 
 def bias_rate(gamma: float) -> float:
-    """Leading log-log slope of |E h^N - h_t| in N: ``gamma - 1`` (1.4 [R], not verified quantitatively)."""
+    """Leading log-log slope of |E h^N - h_t| in N: ``gamma - 1`` (1.4 [R], not verified quantitatively).
+
+    Parameters
+    ----------
+    gamma : in [1/2, 1]
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> theory.bias_rate(0.75)
+    -0.25
+    """
     return _check_gamma(gamma) - 1
 
 
@@ -111,7 +185,24 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 
 
 def activation(name: str | Callable, derivative: Callable | None = None) -> tuple[Callable, Callable | None]:
-    """(sigma, sigma') for a name in ``ACTIVATIONS`` or a user callable (derivative optional)."""
+    """(sigma, sigma') for a name in ``ACTIVATIONS`` or a user callable (derivative optional).
+
+    Parameters
+    ----------
+    name : a key of ``ACTIVATIONS`` (``"tanh"``, ``"relu"``, ``"erf"``, ...) or a callable sigma
+    derivative : sigma' for a callable ``name`` (None when unknown: closed forms needing it then refuse)
+
+    Returns
+    -------
+    (sigma, sigma') : numpy-vectorised functions
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> f, df = theory.activation("tanh")
+    >>> float(f(0.0)), float(df(0.0))
+    (0.0, 1.0)
+    """
     return _activation(name, derivative)
 
 
@@ -131,7 +222,24 @@ _GH = np.polynomial.hermite_e.hermegauss(48)
 
 
 def gaussian_expectation(f: Callable, g: Callable, k11, k12, k22) -> np.ndarray:
-    """E[f(u) g(v)] for (u, v) ~ N(0, [[k11, k12], [k12, k22]]), elementwise, by 48x48 Gauss-Hermite quadrature."""
+    """E[f(u) g(v)] for (u, v) ~ N(0, [[k11, k12], [k12, k22]]), elementwise, by 48x48 Gauss-Hermite quadrature.
+
+    Parameters
+    ----------
+    f, g : numpy-vectorised functions
+    k11, k12, k22 : the covariance's entries, arrays broadcast together
+
+    Returns
+    -------
+    array of the broadcast shape of the covariance entries
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> round(float(theory.gaussian_expectation(lambda u: u, lambda v: v, 1.0, 0.5, 1.0)), 12)  # E[uv] = k12
+    0.5
+    """
     k11, k12, k22 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (k11, k12, k22)))
     z, w = _GH
     w = w / math.sqrt(2 * math.pi)
@@ -257,6 +365,15 @@ def nngp_kernel(
     Returns
     -------
     (n, m) kernel matrix
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> theory.nngp_kernel(x, activation="relu").round(4)  # the arc-cosine kernel: |x|^2 / 4 on the diagonal
+    array([[0.25  , 0.0796],
+           [0.0796, 0.25  ]])
     """
     return _recursion(x, x2, activation, depth, sigma_w, sigma_b, widths, gammas, ntk=False)[0]
 
@@ -281,6 +398,26 @@ def ntk_kernel(
     ``sigma_b=0`` and ``first_layer="scaled_mlp"`` this is the expected empirical NTK (sum over parameters of
     df(x)/dp df(x')/dp) of a bias-free ScaledMLP at initialisation: exact at every width for one hidden layer,
     up to O(1/N) for deeper nets.
+
+    Parameters
+    ----------
+    x, x2 : inputs (n, d) and (m, d); ``x2`` defaults to ``x``
+    activation, depth, sigma_w, sigma_b : the net, as for :func:`nngp_kernel`
+    widths, gammas : the hidden widths and their exponents, for the finite-width (1/N^gamma) recursion
+    first_layer : ``"ntk"`` or ``"scaled_mlp"`` (see above)
+
+    Returns
+    -------
+    array (n, m)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> theory.ntk_kernel(x, activation="relu").round(4)
+    array([[0.5   , 0.0796],
+           [0.0796, 0.5   ]])
     """
     if first_layer not in ("ntk", "scaled_mlp"):
         raise ValidationError(f"first_layer={first_layer!r}: use 'ntk' or 'scaled_mlp'.")
@@ -312,9 +449,25 @@ def init_moments(
     (docs/theory.md §6); the per-neuron moments are computed by Monte Carlo over the init law. For law="paper" the
     output bias c0 ~ U(+-1/sqrt(N)) adds 1/(3N) to the variance.
 
+    Parameters
+    ----------
+    x : grid inputs (point, d)
+    width, gamma : N and the normalization exponent
+    activation : a name of ``ACTIVATIONS`` or a callable
+    law : ``"theory"`` (W ~ N(0, 1/d), C ~ N(0, 1)) or ``"paper"`` (the authors' code)
+    n_mc, seed : Monte-Carlo samples of one neuron and their seed
+
     Returns
     -------
     mean (point,), cov (point, point)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> mean, cov = theory.init_moments(np.array([[1.0, 0.0]]), width=256, gamma=0.75, n_mc=100_000)
+    >>> bool(abs(mean[0]) < 0.05), cov.shape  # mean-zero readout: E h = 0 up to Monte-Carlo error
+    (True, (1, 1))
     """
     _check_gamma(gamma)
     f, _ = _activation(activation)
@@ -340,16 +493,31 @@ def shallow_kernels(
     layer_alpha: Mapping[str, float] | None = None,
     n_mc: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The kernels A and Sigma of the shallow net under the theory init law (docs/theory.md §1.2-1.3).
+    """Return the kernels A and Sigma of the shallow net under the theory init law (docs/theory.md §1.2-1.3).
 
     A(x, x') = alpha a_C E[s(w.x) s(w.x')] + alpha a_W1 E[C^2] E[s'(w.x) s'(w.x')] x.x',
     Sigma(x, x') = E[C^2] E[s(w.x) s(w.x')], with w ~ N(0, sigma_w^2 I / d), C ~ N(0, 1), no biases;
     a_C, a_W1 are the per-layer rate multipliers ``layer_alpha`` (default 1): the readout's and the first
     layer's shares of the kernel. Computed by quadrature (or Monte Carlo with ``n_mc`` samples, for checks).
 
+    Parameters
+    ----------
+    x, x2 : inputs (n, d) and (m, d); ``x2`` defaults to ``x``
+    activation, sigma_w : the hidden layer's activation and its weights' scale
+    alpha, layer_alpha : the learning-rate constant and the per-layer multipliers (``{"W1": a, "C": b}``)
+    n_mc : Monte-Carlo samples instead of quadrature (0: quadrature)
+
     Returns
     -------
     A (n, m), Sigma (n, m)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> A, Sigma = theory.shallow_kernels(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> A.shape, bool(np.allclose(Sigma, Sigma.T))
+    ((2, 2), True)
     """
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     x2 = x if x2 is None else np.atleast_2d(np.asarray(x2, dtype=np.float64))
@@ -390,8 +558,9 @@ def kernel_limit(
     alpha: float = 1.0,
     layer_alpha: Mapping[str, float] | None = None,
 ) -> xr.Dataset:
-    """The gamma in (1/2, 1) kernel limit for full-batch GD on M training points and O outputs (docs/theory.md
-    §1.2-1.4 [R]).
+    """Return the gamma in (1/2, 1) kernel limit for full-batch GD on M training points and O outputs.
+
+    See docs/theory.md §1.2-1.4 [R].
 
     h_t(x) = A_xX phi_t(A_XX) Y and K_t(x) = K_0(x) - A_xX phi_t(A_XX) K_0(X) with K_0 ~ GP(0, Sigma), where
     phi_t(lam) = (1 - e^{-t lam / (M O)}) / lam through the eigendecomposition (no inverse of a singular A).
@@ -408,6 +577,17 @@ def kernel_limit(
     Returns
     -------
     Dataset with ``h`` (time, point, output) and ``var_k`` (time, point): the limit and Var K_t on the grid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> lim = theory.kernel_limit(x, np.array([1.0, -1.0]), x, [0.0, 1.0, 10.0])
+    >>> lim.h.dims, lim.var_k.dims
+    (('time', 'point', 'output'), ('time', 'point'))
+    >>> lim.h.isel(time=-1, output=0).values.round(2)  # gradient flow fits the training targets
+    array([ 0.99, -0.99])
     """
     X = np.atleast_2d(np.asarray(train_x, dtype=np.float64))
     Y = np.asarray(train_y, dtype=np.float64).reshape(len(X), -1)
@@ -451,9 +631,10 @@ def critical_alpha(
     sigma_w: float = 1.0,
     layer_alpha: Mapping[str, float] | None = None,
 ) -> float:
-    """The rate constant alpha at which full-batch GD on the shallow net's linearization stops being stable
-    (docs/theory.md §13): eta lambda_max(Theta) / (M O) = 2 with eta = alpha N^(2 gamma - 2) and the tangent
-    kernel Theta = N^(1 - 2 gamma) A of the infinite-width limit, so alpha_c = 2 M O N / lambda_max(A_XX).
+    """Return the rate constant alpha at which full-batch GD on the shallow net's linearization stops being stable.
+
+    See docs/theory.md §13: eta lambda_max(Theta) / (M O) = 2 with eta = alpha N^(2 gamma - 2) and the tangent kernel
+    Theta = N^(1 - 2 gamma) A of the infinite-width limit, so alpha_c = 2 M O N / lambda_max(A_XX).
 
     Between alpha_c and about 2 alpha_c (eta between 2 / lambda_0 and 4 / lambda_0 in the loss's units) the
     catapult is expected: the loss spikes, lambda_max falls until the step is stable again; above, divergence.
@@ -462,6 +643,15 @@ def critical_alpha(
     ----------
     train_x : (M, d) training inputs; width : N; n_outputs : O
     activation, sigma_w, layer_alpha : as for :func:`shallow_kernels` (the init law's kernel)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> a256, a512 = theory.critical_alpha(x, 256), theory.critical_alpha(x, 512)
+    >>> round(a512 / a256, 6)  # alpha_c = 2 M O N / lambda_max(A): linear in N at gamma = 1/2
+    2.0
     """
     X = np.atleast_2d(np.asarray(train_x, dtype=np.float64))
     _check_gamma(gamma)
@@ -484,6 +674,26 @@ def kernel_condition_number(
 
     Inputs are scaled to unit norm times sqrt(d) (so K1 has unit diagonal) when ``normalize_inputs``. A
     sequence of depths returns an array of condition numbers, one per depth, from a single recursion.
+
+    Parameters
+    ----------
+    x : inputs (n, d)
+    activation : a name of ``ACTIVATIONS`` or a callable
+    depth : one depth, or several (one recursion computes them all)
+    normalize_inputs, sigma_w, sigma_b : see above and :func:`nngp_kernel`
+
+    Returns
+    -------
+    float, or array (one per depth)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ensemble_stats import theory
+    >>> x = np.random.default_rng(0).normal(size=(6, 3))
+    >>> kappa = theory.kernel_condition_number(x, depth=[1, 4])
+    >>> bool(kappa[1] < kappa[0])  # depth conditions the Gram matrix (Agarwal et al.)
+    True
     """
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     if normalize_inputs:

@@ -162,7 +162,7 @@ def _claim(fs, claim: str, url: str) -> bool:
 
 
 def _torch_version() -> str | None:
-    """The installed torch's version, without importing it (this package never imports torch)."""
+    """Return the installed torch's version, without importing it (this package never imports torch)."""
     torch = sys.modules.get("torch")
     if torch is not None:
         return str(torch.__version__)
@@ -233,7 +233,7 @@ def _write_coords(g, spec: StoreSpec) -> None:
 
 
 def _write_grid(g, grid: EvalGrid, train) -> None:
-    """The evaluation grid ``x``, ``target`` and, when given, the training set ``x_train``, ``y_train``."""
+    """Write the evaluation grid ``x``, ``target`` and, when given, the training set ``x_train``, ``y_train``."""
     for name, values in ((schema.X, grid.x), (schema.TARGET, grid.target)):
         dims = (schema.POINT, schema.FEATURE) if name == schema.X else (schema.POINT, schema.OUTPUT)
         arr = g.create_array(
@@ -269,7 +269,7 @@ def _per_run(g, name, shape, chunks, dtype, fill, dims, long_name) -> None:
 
 
 def _write_record_arrays(g, spec: StoreSpec, declared: Mapping[str, str]) -> None:
-    """The per-run and per-record arrays, each chunk owned by one writer (one run or one seed block)."""
+    """Create the per-run and per-record arrays, each chunk owned by one writer (one run or one seed block)."""
     rshape, rchunks = spec.run_shape, spec.run_chunks
     T, tc = len(spec.times), spec.time_chunk
     rdims = schema.record_dims(spec.extra_dims)

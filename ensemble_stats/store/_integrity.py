@@ -48,7 +48,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def store_key(store_id: str) -> np.uint64:
-    """The 64-bit key of a store, from its random ``store_id``."""
+    """Return the 64-bit key of a store, from its random ``store_id``."""
     return np.uint64(int.from_bytes(hashlib.sha256(str(store_id).encode()).digest()[:8], "little"))
 
 
@@ -69,7 +69,7 @@ def region_indices(starts: Sequence[int], shape: Sequence[int]) -> list[np.ndarr
 
 
 def _words(parts: Sequence[np.ndarray], n_records_dims: int) -> np.ndarray:
-    """The 32-bit words of each record's bytes: (records..., words) from arrays (records..., payload...)."""
+    """Return the 32-bit words of each record's bytes: (records..., words) from arrays (records..., payload...)."""
     lead = parts[0].shape[:n_records_dims]
     cols = []
     for a in parts:
@@ -101,8 +101,10 @@ _DIVERGED_DOMAIN = np.uint64(0x6469766572676564)  # "diverged": run keys never e
 
 
 def diverged_digests(key: np.uint64, starts: Sequence[int], diverged: np.ndarray) -> np.ndarray:
-    """The digest (uint64, run dims) that belongs beside each run's ``diverged_step`` in the region at ``starts``:
-    0 for a run that never diverged (the fill), else a keyed hash of the step and the run's position."""
+    """Return the digest (uint64, run dims) beside each run's ``diverged_step`` in the region at ``starts``.
+
+    0 for a run that never diverged (the fill), else a keyed hash of the step and the run's position.
+    """
     diverged = np.asarray(diverged, dtype=np.int64)
     keys = position_keys(key ^ _DIVERGED_DOMAIN, region_indices(starts, diverged.shape))
     digest = record_digest(keys, [diverged]) if diverged.size else np.zeros(diverged.shape, np.uint64)
@@ -119,7 +121,7 @@ def scalar_parts(step: np.ndarray, scalars: Sequence[np.ndarray]) -> list[np.nda
 
 # ------------------------------------------------------------------------------------------------ manifest
 def member_arrays(group) -> tuple[dict, dict[str, str]]:
-    """The group's arrays by name, and the names whose metadata cannot be read (with the reason).
+    """Return the group's arrays by name, and the names whose metadata cannot be read (with the reason).
 
     Read one array at a time: zarr's own listing reads them all concurrently, and when one fails it leaves the
     others' tasks behind on its event loop, to print "Task exception was never retrieved" tracebacks at exit.
@@ -172,8 +174,11 @@ def attr_fingerprint(value) -> str:
 
 
 def build_manifest(group) -> dict:
-    """The manifest of a freshly built store group (see the module docstring): every array's metadata, every
-    coordinate's values and every group attribute (``schema.STORE_ATTRS`` and any other given at creation)."""
+    """Return the manifest of a freshly built store group (see the module docstring).
+
+    Every array's metadata, every coordinate's values and every group attribute (``schema.STORE_ATTRS`` and any
+    other given at creation).
+    """
     extra = tuple(group.attrs.get(schema.ATTR_EXTRA_DIMS, ()))
     arrays = {name: array_fingerprint(arr.metadata.to_dict()) for name, arr in member_arrays(group)[0].items()}
     coords = {}
@@ -186,7 +191,7 @@ def build_manifest(group) -> dict:
 
 
 def _switched_off(attrs: dict, manifest, present: dict) -> list[str]:
-    """What is missing of the checks a store was built with (a deleted ``store_id``, manifest or part of it).
+    """Return what is missing of the checks a store was built with (a deleted ``store_id``, manifest or part of it).
 
     The checks came in generations; a store carries all of its generation's marks, so any one of them shows
     that the others were removed: record digests need ``store_id`` and the manifest; the diverged-step digest
@@ -234,11 +239,11 @@ def _attr_problems(attrs: dict, fingerprints: dict) -> list[str]:
 
 
 def check_manifest(group, grid_x=None, grid_target=None, members=None) -> list[str]:
-    """Problems of a store group against its manifest and grid hash, and checks that were switched off (a deleted
-    ``store_id`` or manifest); empty for a sound store, and for stores made before these checks existed.
+    """Return the problems of a store group against its manifest and grid hash; empty for a sound store.
 
-    ``grid_x`` / ``grid_target`` may be given when already read, and ``members`` (what :func:`member_arrays`
-    returned) when already listed; otherwise they are read here.
+    Checks that were switched off (a deleted ``store_id`` or manifest) are problems too; stores made before
+    these checks existed have none. ``grid_x`` / ``grid_target`` may be given when already read, and
+    ``members`` (what :func:`member_arrays` returned) when already listed; otherwise they are read here.
     """
     attrs = group.attrs.asdict()
     manifest = attrs.get(schema.ATTR_MANIFEST)
@@ -249,7 +254,14 @@ def check_manifest(group, grid_x=None, grid_target=None, members=None) -> list[s
         return problems
     if isinstance(manifest.get("attrs"), dict):
         problems += _attr_problems(attrs, manifest["attrs"])
-    for name, fp in sorted(manifest.get("arrays", {}).items()):
+    problems += _array_problems(manifest.get("arrays", {}), present)
+    problems += _coord_problems(manifest.get("coords", {}), present)
+    return problems + _hash_problems(attrs, present, grid_x, grid_target)
+
+
+def _array_problems(fingerprints: dict, present: dict) -> list[str]:
+    problems = []
+    for name, fp in sorted(fingerprints.items()):
         if name not in present:
             problems.append(f"array '{name}' is missing from the store")
         elif array_fingerprint(present[name].metadata.to_dict()) != fp:
@@ -257,7 +269,12 @@ def check_manifest(group, grid_x=None, grid_target=None, members=None) -> list[s
                 f"the metadata of array '{name}' (its zarr.json: dtype, endianness, shape, chunks or codecs) was "
                 "changed after the store was created; its values cannot be trusted"
             )
-    for name, fp in sorted(manifest.get("coords", {}).items()):
+    return problems
+
+
+def _coord_problems(fingerprints: dict, present: dict) -> list[str]:
+    problems = []
+    for name, fp in sorted(fingerprints.items()):
         if name not in present:
             continue
         arr = present[name]
@@ -271,6 +288,12 @@ def check_manifest(group, grid_x=None, grid_target=None, members=None) -> list[s
                 f"coordinate '{name}' differs from the values the store was created with (permuted, rescaled or "
                 "edited): records would be labelled with the wrong coordinates"
             )
+    return problems
+
+
+def _hash_problems(attrs: dict, present: dict, grid_x, grid_target) -> list[str]:
+    """Check the evaluation grid and the training set against the hashes the store was created with."""
+    problems = []
     if schema.X in present and schema.TARGET in present:
         try:
             x = present[schema.X][...] if grid_x is None else grid_x

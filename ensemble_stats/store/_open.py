@@ -56,8 +56,10 @@ def _open_one(path: PathLike) -> xr.Dataset:
 
 
 def corruption_error(path: PathLike, error: Exception) -> StoreCorruptionError:
-    """A :class:`StoreCorruptionError` for a read of ``path`` that failed with ``error``, naming the bad chunks
-    (found by :func:`verify_store`)."""
+    """Return a :class:`StoreCorruptionError` for a read of ``path`` that failed with ``error``.
+
+    It names the bad chunks (found by :func:`verify_store`).
+    """
     if isinstance(error, StoreCorruptionError):
         return error
     try:
@@ -231,6 +233,24 @@ def open_ensemble(
         scalars are NaN where ``written`` is false. ``written`` is read when the store is opened (a consistent
         snapshot while writers run: records committed later stay masked); ``step`` is kept, as is
         ``diverged_step`` (run dims; -1 for runs that never produced non-finite outputs).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.store import EnsembleStore, EvalGrid
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> grid = EvalGrid(np.linspace(-1, 1, 5)[:, None], np.zeros(5))
+    >>> store = EnsembleStore.create(f"{folder.name}/runs.zarr", grid, gammas=[0.75], widths=[64], seeds=[0, 1],
+    ...                              times=[0.0, 1.0])
+    >>> store.write_records((0, 0, 0), [0, 1], np.zeros((2, 5, 1)), [0, 64])  # run (gamma 0.75, N 64, seed 0)
+    >>> ds = es.open_ensemble(store.path)
+    >>> ds.prediction.dims
+    ('gamma', 'width', 'seed', 'time', 'point', 'output')
+    >>> ds.written.sum().item()  # seed 1 is not written yet
+    2
+    >>> folder.cleanup()
     """
     paths = [path_or_paths] if isinstance(path_or_paths, str | os.PathLike) else list(path_or_paths)
     if not paths:
@@ -248,7 +268,7 @@ def open_ensemble(
 
 
 def _exclude_diverged(ds: xr.Dataset) -> xr.Dataset:
-    """Records at or after a run's ``diverged_step`` become NaN (prediction and every per-record scalar)."""
+    """Mask the records at or after a run's ``diverged_step`` as NaN (prediction and every per-record scalar)."""
     div = ds[schema.DIVERGED_STEP]
     if not bool((div >= 0).any()):
         return ds
@@ -261,7 +281,10 @@ def _exclude_diverged(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _axes(positions) -> list[np.ndarray]:
-    """The 1-D index along each record dim from broadcast position blocks (record dims..., length-1 elsewhere)."""
+    """Return the 1-D index along each record dim from broadcast position blocks.
+
+    The blocks have the record dims, length 1 elsewhere.
+    """
     out = []
     for axis, p in enumerate(positions):
         p = np.asarray(p)

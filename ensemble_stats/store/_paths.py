@@ -31,7 +31,7 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def is_remote(path) -> bool:
-    """A URL of object storage or another fsspec file system (not a local path, not ``file://``)."""
+    """Return a URL of object storage or another fsspec file system (not a local path, not ``file://``)."""
     return is_url(path) and not os.fspath(path).startswith("file://")
 
 
@@ -75,8 +75,11 @@ def _text(path, what: str) -> str:
 
 
 def _canonical_url(raw: str, what: str) -> str:
-    """A URL with its trailing slashes removed; one with ``.`` / ``..`` / empty segments is refused, because
-    object stores take such keys literally while every check here would read them as a file system does."""
+    """Return a URL with its trailing slashes removed.
+
+    One with ``.`` / ``..`` / empty segments is refused, because object stores take such keys literally while every
+    check here would read them as a file system does.
+    """
     scheme, rest = raw.split("://", 1)
     rest = rest.rstrip("/")
     segments = rest.split("/")
@@ -89,15 +92,18 @@ def _canonical_url(raw: str, what: str) -> str:
 
 
 def canonical_local(raw: str | os.PathLike) -> Path:
-    """The absolute path with every symbolic link and ``..`` resolved, as the kernel will resolve it once the
-    missing folders exist: checks and writes then act on one and the same file (``nosuchdir/../runs.zarr`` is
-    ``runs.zarr``)."""
+    """Return the absolute path with every symbolic link and ``..`` resolved.
+
+    As the kernel will resolve it once the missing folders exist: checks and writes then act on one and the same file
+    (``nosuchdir/../runs.zarr`` is ``runs.zarr``).
+    """
     return Path(os.path.realpath(raw))
 
 
 def location(path: str | os.PathLike, what: str = "store") -> str | Path:
-    """Where a store or result lives, in one canonical form: an absolute local ``Path`` with links and ``..``
-    resolved (also for ``file://``), or a URL string for fsspec.
+    """Where a store or result lives, in one canonical form.
+
+    An absolute local ``Path`` with links and ``..`` resolved (also for ``file://``), or a URL string for fsspec.
 
     Every check and every write acts on this form, never on the path as typed. ``Path("s3://bucket/x")`` is
     the local directory ``s3:/bucket/x``: a URL is therefore never turned into a path, and a URL whose file
@@ -128,7 +134,7 @@ def same_or_nested(a: str | Path, b: str | Path) -> bool:
 
 
 def local_store_path(path: str | os.PathLike, what: str = "store") -> Path:
-    """A local path for writing, from a path or a ``file://`` URL; any other URL is refused with the reason."""
+    """Return a local path for writing, from a path or a ``file://`` URL; any other URL is refused with the reason."""
     where = location(path, what)
     if isinstance(where, Path):
         return where
@@ -181,7 +187,7 @@ def _alive(pid: int) -> bool:
 
 
 def temp_sibling(path: Path, tag: str) -> Path:
-    """A fresh hidden sibling of ``path`` owned by this process."""
+    """Return a fresh hidden sibling of ``path`` owned by this process."""
     return path.parent / f".{path.name}.{tag}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 

@@ -102,7 +102,7 @@ class StoreSpec:
 
     @classmethod
     def from_group(cls, g) -> StoreSpec:
-        """The spec of an existing store's zarr group (its coordinates, arrays and attributes)."""
+        """Return the spec of an existing store's zarr group (its coordinates, arrays and attributes)."""
         attrs = g.attrs.asdict()
         layout = attrs.get(schema.ATTR_LAYOUT, {})
         pred = g[schema.PREDICTION]
@@ -142,7 +142,7 @@ def _short(v) -> str:
 
 
 def resolve_ntk_points(points, n_points: int, problems: list[str]) -> tuple[int, ...]:
-    """The NTK sub-grid: None (no NTK), ``"all"``, or grid point indices."""
+    """Return the NTK sub-grid: None (no NTK), ``"all"``, or grid point indices."""
     if points is None:
         return ()
     if isinstance(points, str):
@@ -177,7 +177,7 @@ def _layers(layers, problems: list[str]) -> tuple[str, ...]:
 
 
 def antithetic_pairs(seeds: tuple[int, ...], problems: list[str]) -> tuple[int, ...]:
-    """The ``pair`` coordinate of antithetic seeds: positions 2k and 2k+1 form pair ``seeds[2k]``."""
+    """Return the ``pair`` coordinate of antithetic seeds: positions 2k and 2k+1 form pair ``seeds[2k]``."""
     if len(seeds) % 2:
         problems.append(f"antithetic stores pair seeds by position; {len(seeds)} seeds given: give an even number.")
         return ()
@@ -185,7 +185,7 @@ def antithetic_pairs(seeds: tuple[int, ...], problems: list[str]) -> tuple[int, 
 
 
 def default_time_chunk(n_times: int, n_points: int, output_size: int, seed_chunk: int, field_bytes: int = 0) -> int:
-    """Records per time chunk for about 4 MiB of predictions (and fields) per chunk, at most all times."""
+    """Return the records per time chunk for about 4 MiB of predictions (and fields) per chunk, at most all times."""
     record = max(1, (n_points * output_size * 4 + field_bytes) * seed_chunk)
     return int(max(1, min(n_times, _RECORD_TARGET_BYTES // record)))
 
@@ -257,7 +257,7 @@ def new_spec(
     ntk_points=None,
     layers=None,
 ) -> tuple[StoreSpec, dict[str, str], tuple[np.ndarray, np.ndarray] | None]:
-    """The spec of a new store from the arguments of :meth:`EnsembleStore.create` (see there).
+    """Return the spec of a new store from the arguments of :meth:`EnsembleStore.create` (see there).
 
     Returns the spec, the declared metrics ``{name: long_name}`` and the training set as two float64 arrays
     (or None). Every problem is reported at once in one :class:`ValidationError`; sizes are checked before
@@ -309,7 +309,7 @@ def new_spec(
 
 
 def spec_attrs(spec: StoreSpec, metrics: Mapping[str, str]) -> dict:
-    """The group attributes that declare a spec's optional fields (metrics, NTK points, layers)."""
+    """Return the group attributes that declare a spec's optional fields (metrics, NTK points, layers)."""
     return {
         **({schema.ATTR_METRICS: {str(k): str(v) for k, v in metrics.items()}} if metrics else {}),
         **({schema.ATTR_NTK_POINTS: list(spec.ntk_points)} if spec.ntk_points else {}),
@@ -392,7 +392,7 @@ def _count_problems(name: str, values) -> list[str]:
 
 
 def store_bytes(spec: StoreSpec) -> tuple[int, int]:
-    """(records, bytes) of a complete store of ``spec``: predictions, per-record arrays and digests."""
+    """Return (records, bytes) of a complete store of ``spec``: predictions, per-record arrays and digests."""
     records = int(np.prod(spec.run_shape, dtype=np.float64) * len(spec.times))
     per_record = spec.n_points * spec.output_size * np.dtype(spec.dtype).itemsize
     per_record += 1 + 8 + 4 * len(spec.scalar_names) + 8 * len(schema.INTERNAL_VARIABLES) + spec.field_bytes
@@ -404,8 +404,10 @@ def _gb(n: float) -> str:
 
 
 def size_problems(spec: StoreSpec, path: Path | None = None) -> list[str]:
-    """What a complete store of ``spec`` would be too big for: records, chunk files, and (given ``path``) the
-    free space of its file system. Nothing is allocated to find out."""
+    """Return what a complete store of ``spec`` would be too big for.
+
+    Records, chunk files, and (given ``path``) the free space of its file system. Nothing is allocated to find out.
+    """
     records, size = store_bytes(spec)
     problems = []
     if records > MAX_RECORDS:

@@ -248,7 +248,7 @@ class EnsembleStore:
         return self.spec.scalar_names
 
     def array(self, name: str) -> zarr.Array:
-        """The zarr array ``name``, configured to write every chunk (array config is not persisted)."""
+        """Return the zarr array ``name``, configured to write every chunk (array config is not persisted)."""
         if name not in self._arrays:
             self._arrays[name] = self.group[name].with_config(_ALWAYS_WRITE)
         return self._arrays[name]
@@ -313,7 +313,10 @@ class EnsembleStore:
         return {d: self._coords[d][i].item() for d, i in zip(dims, index, strict=True)}
 
     def record_steps(self, width: int, steps_per_epoch: int | None = None) -> np.ndarray:
-        """Optimizer step of each recording time for a run of ``width`` (see :func:`ensemble_stats.schema.record_steps`)."""
+        """Return the optimizer step of each recording time for a run of ``width``.
+
+        See :func:`ensemble_stats.schema.record_steps`.
+        """
         return schema.record_steps(self.times, self.spec.time_units, width, steps_per_epoch)
 
     def repair(self) -> list[dict]:
@@ -383,8 +386,11 @@ class EnsembleStore:
         return np.asarray(self.array(schema.WRITTEN)[tuple(index)])
 
     def lock(self, index: Sequence[int | slice]) -> RunLock:
-        """The (unacquired) write lock of the writer unit holding run ``index``: the run itself, or its seed
-        block when ``seed_chunk > 1`` (``index`` may give the seed as a block slice)."""
+        """Return the (unacquired) write lock of the writer unit holding run ``index``.
+
+        The run itself, or its seed block when ``seed_chunk > 1`` (``index`` may give the seed as a block
+        slice).
+        """
         seed = index[2]
         first = seed.start if isinstance(seed, slice) else int(seed)
         key = (int(index[0]), int(index[1]), first // self.spec.seed_chunk, *(int(i) for i in index[3:]))
@@ -440,16 +446,35 @@ class EnsembleStore:
         twice leaves the same store.
         """
         sel, block = self._selection(index)
+        where = f"write_records({self._describe(index)})"
         ti = np.asarray(time_index)
         if ti.dtype.kind not in "iu":  # a float index would be truncated silently
-            raise ValidationError(
-                f"time_index has dtype {ti.dtype}; expected integer indices into time.",
-                f"write_records({self._describe(index)})",
-            )
-        ti = ti.astype(np.int64)
-        steps = np.asarray(step)
-        pred = np.asarray(prediction)
+            raise ValidationError(f"time_index has dtype {ti.dtype}; expected integer indices into time.", where)
+        ti, steps, pred = ti.astype(np.int64), np.asarray(step), np.asarray(prediction)
         lead = (block,) if block else ()
+        scalars, fields = dict(scalars or {}), dict(fields or {})
+        problems = self._record_problems(sel, lead, ti, steps, pred)
+        problems += self._scalar_problems(scalars, (*lead, ti.size))
+        problems += self._field_problems(fields, (*lead, ti.size))
+        ValidationError.raise_if(problems, where)
+        data = self._record_data(sel, lead, ti, pred, steps, scalars, fields)
+        # judged on the values as stored: a float64 1e300 becomes +inf in a float32 store and marks the run diverged
+        finite = np.isfinite(data[schema.PREDICTION]).reshape(*lead, ti.size, -1).all(axis=-1)
+        try:
+            self._commit(sel, ti, data, finite, steps)
+        except OSError as e:
+            tc = self.spec.time_chunk
+            chunks = sorted({int(t) // tc for t in ti})
+            err = StoreWriteError(
+                f"writing records {ti.tolist()} of run ({self._describe(index)}) to {self.path} failed in time "
+                f"chunk(s) {chunks} ({type(e).__name__}: {e}). Records not marked written are not committed and a "
+                "resumed writer re-writes them: fix the cause (e.g. free disk space), then resume (resume=True)."
+            )
+            err.errno = e.errno
+            raise err from e
+
+    def _record_problems(self, sel, lead: tuple, ti: np.ndarray, steps: np.ndarray, pred: np.ndarray) -> list[str]:
+        """List what is wrong with the time indices, predictions and steps of a write."""
         problems = []
         T = len(self.spec.times)
         if ti.ndim != 1 or ti.size == 0 or np.any(np.diff(ti) <= 0) or ti.min() < 0 or ti.max() >= T:
@@ -467,7 +492,10 @@ class EnsembleStore:
             problems.append(f"steps must be strictly increasing, got {shorten(steps.tolist())}.")
         elif not problems:
             problems += self._schedule_problems(sel, ti, steps)
-        scalars = dict(scalars or {})
+        return problems
+
+    def _scalar_problems(self, scalars: Mapping, shape: tuple) -> list[str]:
+        problems = []
         names = self.scalar_names
         for name, values in scalars.items():
             if name not in names:
@@ -475,13 +503,16 @@ class EnsembleStore:
                     f"unknown scalar {name!r}; this store records {list(names)} (declare further metrics with "
                     "EnsembleStore.create(..., metrics=...))."
                 )
-            elif np.shape(values) != (*lead, ti.size):
-                problems.append(f"scalar {name!r} has shape {np.shape(values)}, expected {(*lead, ti.size)}.")
+            elif np.shape(values) != shape:
+                problems.append(f"scalar {name!r} has shape {np.shape(values)}, expected {shape}.")
             elif np.asarray(values).dtype.kind not in "biuf":
                 problems.append(
                     f"scalar {name!r} has dtype {np.asarray(values).dtype}; expected numbers (stored as float32)."
                 )
-        fields = dict(fields or {})
+        return problems
+
+    def _field_problems(self, fields: Mapping, shape: tuple) -> list[str]:
+        problems = []
         shapes = self.spec.field_shapes
         for name, values in fields.items():
             if name not in shapes:
@@ -489,14 +520,12 @@ class EnsembleStore:
                     f"unknown field {name!r}; this store records {list(shapes) or 'no fields'} (declare them with "
                     "EnsembleStore.create(..., ntk_points=..., layers=...))."
                 )
-            elif np.shape(values) != (*lead, ti.size, *shapes[name]):
-                problems.append(
-                    f"field {name!r} has shape {np.shape(values)}, expected {(*lead, ti.size, *shapes[name])}."
-                )
-        ValidationError.raise_if(problems, f"write_records({self._describe(index)})")
+            elif np.shape(values) != (*shape, *shapes[name]):
+                problems.append(f"field {name!r} has shape {np.shape(values)}, expected {(*shape, *shapes[name])}.")
+        return problems
 
-        contiguous = ti[-1] - ti[0] + 1 == ti.size
-        region = (*sel, slice(int(ti[0]), int(ti[-1]) + 1) if contiguous else ti)
+    def _record_data(self, sel, lead: tuple, ti, pred, steps, scalars: Mapping, fields: Mapping) -> dict:
+        """Every array of the records as it will be stored (region shape), digests included."""
         full = (*(_len(r) for r in sel), ti.size)
 
         def shaped(values, dtype) -> np.ndarray:
@@ -511,8 +540,9 @@ class EnsembleStore:
         # every scalar is written, NaN where not given: a record's stored state is then what this call wrote,
         # whatever an earlier write left, and its digest can be computed from the values at hand
         nan = np.full((*lead, ti.size), np.nan, dtype=np.float32)
+        names = self.scalar_names
         data.update({name: shaped(scalars.get(name, nan), np.float32) for name in names})
-        for name, trailing in shapes.items():  # like the scalars: NaN where not given, so a rewrite is complete
+        for name, trailing in self.spec.field_shapes.items():  # like the scalars: NaN where not given
             given = fields.get(name)
             data[name] = shaped(
                 np.full((*lead, ti.size, *trailing), np.nan) if given is None else given, self.spec.dtype
@@ -527,33 +557,25 @@ class EnsembleStore:
             data[schema.SCALAR_DIGEST] = _integrity.record_digest(
                 keys, _integrity.scalar_parts(data[schema.STEP], [data[n] for n in names])
             )
-        # judged on the values as stored: a float64 1e300 becomes +inf in a float32 store and marks the run diverged
-        finite = np.isfinite(data[schema.PREDICTION]).reshape(*lead, ti.size, -1).all(axis=-1)
-        ones = shaped(np.ones((*lead, ti.size), dtype=bool), bool)
-        try:
-            if contiguous:
-                # data, scalars, steps and digests go out concurrently on zarr's event loop: one round trip
-                _sync(_gather([self.array(n)._async_array.setitem(region, v) for n, v in data.items()]))
-            else:
-                for name, values in data.items():
-                    self.array(name).oindex[region] = values
-            if not finite.all():
-                self._mark_diverged(sel, finite, steps)
-            # the commit mark, only once everything above is stored
-            if contiguous:
-                self.array(schema.WRITTEN)[region] = ones
-            else:
-                self.array(schema.WRITTEN).oindex[region] = ones
-        except OSError as e:
-            tc = self.spec.time_chunk
-            chunks = sorted({int(t) // tc for t in ti})
-            err = StoreWriteError(
-                f"writing records {ti.tolist()} of run ({self._describe(index)}) to {self.path} failed in time "
-                f"chunk(s) {chunks} ({type(e).__name__}: {e}). Records not marked written are not committed and a "
-                "resumed writer re-writes them: fix the cause (e.g. free disk space), then resume (resume=True)."
-            )
-            err.errno = e.errno
-            raise err from e
+        return data
+
+    def _commit(self, sel, ti: np.ndarray, data: Mapping, finite: np.ndarray, steps: np.ndarray) -> None:
+        """Store the records' arrays, the divergence marks, then ``written`` (the commit mark) last."""
+        contiguous = ti[-1] - ti[0] + 1 == ti.size
+        region = (*sel, slice(int(ti[0]), int(ti[-1]) + 1) if contiguous else ti)
+        ones = np.ones(data[schema.STEP].shape, dtype=bool)
+        if contiguous:
+            # data, scalars, steps and digests go out concurrently on zarr's event loop: one round trip
+            _sync(_gather([self.array(n)._async_array.setitem(region, v) for n, v in data.items()]))
+        else:
+            for name, values in data.items():
+                self.array(name).oindex[region] = values
+        if not finite.all():
+            self._mark_diverged(sel, finite, steps)
+        if contiguous:  # the commit mark, only once everything above is stored
+            self.array(schema.WRITTEN)[region] = ones
+        else:
+            self.array(schema.WRITTEN).oindex[region] = ones
 
     @property
     def has_digests(self) -> bool:
@@ -570,7 +592,7 @@ class EnsembleStore:
         return self.group.attrs.asdict()
 
     def _schedule_problems(self, sel, ti: np.ndarray, steps: np.ndarray) -> list[str]:
-        """Steps that contradict the recording times (step units: step = t; scaled: step = round(t N))."""
+        """List the steps that contradict the recording times (step units: step = t; scaled: step = round(t N))."""
         units = self.spec.time_units
         if units == "epoch":
             return []  # steps per epoch are the writer's to know

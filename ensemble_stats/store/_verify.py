@@ -122,6 +122,20 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
     -------
     list of StoreProblem
         Empty when the store is sound.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.store import EnsembleStore, EvalGrid
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> grid = EvalGrid(np.linspace(-1, 1, 5)[:, None], np.zeros(5))
+    >>> store = EnsembleStore.create(f"{folder.name}/runs.zarr", grid, gammas=[0.75], widths=[64], seeds=[0],
+    ...                              times=[0.0])
+    >>> es.verify_store(store.path)
+    []
+    >>> folder.cleanup()
     """
     root = location(path)
     problems: list[StoreProblem] = []
@@ -179,8 +193,10 @@ def verify_store(path: str | os.PathLike, *, clean: bool = False) -> list[StoreP
 
 
 def _verify_diverged(where: _Where, arrays, attrs) -> list[StoreProblem]:
-    """Runs whose ``diverged_step`` does not match its digest (a rewritten chunk would silently drop or restore
-    seeds in every statistic)."""
+    """List the runs whose ``diverged_step`` does not match its digest.
+
+    A rewritten chunk would silently drop or restore seeds in every statistic.
+    """
     if schema.DIVERGED_DIGEST not in arrays or schema.ATTR_STORE_ID not in attrs:
         return []  # a store made before the diverged-step digest
     step, digest = arrays[schema.DIVERGED_STEP], arrays[schema.DIVERGED_DIGEST]
@@ -292,8 +308,10 @@ def _verify_records(where: _Where, arrays, record, rdims, attrs) -> list[StorePr
 
 
 def _read_all(arrays: list[zarr.Array], sel: tuple) -> list:
-    """The same region of several arrays, read concurrently in one round trip; an exception in place of each
-    array that cannot be read."""
+    """Return the same region of several arrays, read concurrently in one round trip.
+
+    An exception in place of each array that cannot be read.
+    """
     import asyncio
 
     from zarr.core.sync import sync
@@ -319,7 +337,7 @@ def _partial_files(root: Path) -> Iterator[Path]:
 
 
 def _run_key_of(root: Path, partial: Path, n_extra: int, run_arrays: Sequence[str]) -> tuple[int, ...] | None:
-    """The writer unit (gamma, width, seed block, *extra) owning the chunk a partial file belongs to."""
+    """Return the writer unit (gamma, width, seed block, *extra) owning the chunk a partial file belongs to."""
     rel = partial.relative_to(root).parts
     if len(rel) < 3 or rel[1] != "c":
         return None
@@ -341,6 +359,28 @@ def sweep_partial_files(path: str | os.PathLike) -> tuple[int, int]:
     A partial file of a run's chunk is removed only while that run's write lock is free (taken for the removal),
     so a live writer's temporary files are never touched; other partial files only once they are
     ``STALE_PARTIAL_SECONDS`` old.
+
+    Parameters
+    ----------
+    path : a local store
+
+    Returns
+    -------
+    (removed, spared) : the partial files removed, and those left (a live writer's, or too recent to judge)
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.store import EnsembleStore, EvalGrid
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> grid = EvalGrid(np.linspace(-1, 1, 5)[:, None], np.zeros(5))
+    >>> store = EnsembleStore.create(f"{folder.name}/runs.zarr", grid, gammas=[0.75], widths=[64], seeds=[0],
+    ...                              times=[0.0])
+    >>> es.sweep_partial_files(store.path)  # (removed, spared): nothing stray here
+    (0, 0)
+    >>> folder.cleanup()
     """
     root = Path(path)
     try:
