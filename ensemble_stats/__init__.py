@@ -12,26 +12,26 @@ from ._assess import (
     OUTCOMES,
     Verdict,
     anova_effects,
-    compare_to_theory,
     covers,
     format_table,
     interval,
-    kernel_limit_problems,
     paired_difference,
     plateau,
     rate_table,
     ratio_interval,
+    seed_bootstrap,
     trend,
     verdict,
 )
-from ._fit import STATUS, fit_expansion, fit_rate
+from ._fit import STATUS, fit_expansion, fit_rate, width_rate
 from ._fluct import fluctuation_gaussianity
 from ._info import completeness, diverged_runs
-from ._ntk import kernel_drift, kernel_eigenvalues, learning_rate_regimes, width_rate
+from ._limit import compare_to_theory, kernel_limit_problems
+from ._ntk import kernel_drift, kernel_eigenvalues, learning_rate_regimes
 from ._report import report
-from ._select import at_common_time, common_times, time_units
+from ._select import at_common_time, common_times, scaled_time, time_units
 from ._stats import bias_variance, seed_mean, variance_components
-from .store import StoreProblem, open_ensemble, sweep_partial_files, verify_store
+from .store import StoreProblem, open_ensemble, sweep_config, sweep_partial_files, verify_store
 
 __all__ = [
     "__version__",
@@ -61,10 +61,13 @@ __all__ = [
     "rate_table",
     "ratio_interval",
     "report",
+    "scaled_time",
     "schema",
+    "seed_bootstrap",
     "seed_mean",
     "STATUS",
     "StoreProblem",
+    "sweep_config",
     "sweep_partial_files",
     "testing",
     "theory",

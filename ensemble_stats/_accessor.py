@@ -8,14 +8,15 @@ from collections.abc import Callable, Mapping, Sequence
 import xarray as xr
 
 from . import schema
-from ._assess import compare_to_theory
 from ._fit import fit_expansion, fit_rate
 from ._fluct import fluctuation_gaussianity
 from ._info import completeness, diverged_runs
-from ._ntk import kernel_drift
+from ._limit import compare_to_theory
+from ._ntk import kernel_drift, learning_rate_regimes
 from ._report import report
-from ._select import at_common_time
+from ._select import at_common_time, scaled_time
 from ._stats import bias_variance, seed_mean, variance_components
+from .store import sweep_config
 
 _GRID = (schema.POINT, schema.OUTPUT)
 
@@ -150,6 +151,18 @@ class EnsembleAccessor:
             ci=ci,
             decomposition=decomposition,
         )
+
+    def scaled_time(self) -> xr.DataArray:
+        """See :func:`ensemble_stats.scaled_time`."""
+        return scaled_time(self._ds)
+
+    def sweep_config(self) -> dict:
+        """See :func:`ensemble_stats.sweep_config`."""
+        return sweep_config(self._ds)
+
+    def learning_rate_regimes(self, *, spike: float = 1.01) -> xr.Dataset:
+        """See :func:`ensemble_stats.learning_rate_regimes`."""
+        return learning_rate_regimes(self._ds, spike=spike)
 
     def completeness(self) -> xr.DataArray:
         """See :func:`ensemble_stats.completeness`."""

@@ -16,7 +16,7 @@ import xarray as xr
 from scipy import stats
 
 from . import schema
-from ._stats import _check_ci, bias_variance, seed_mean
+from ._stats import _check_ci, seed_mean
 from ._ufunc import apply_ufunc
 from .errors import ValidationError
 
@@ -24,15 +24,14 @@ __all__ = [
     "OUTCOMES",
     "Verdict",
     "anova_effects",
-    "compare_to_theory",
     "covers",
     "format_table",
     "interval",
-    "kernel_limit_problems",
     "paired_difference",
     "plateau",
     "rate_table",
     "ratio_interval",
+    "seed_bootstrap",
     "trend",
     "verdict",
 ]
@@ -112,13 +111,33 @@ def verdict(cases: Iterable[bool | None] | xr.DataArray | bool | None) -> Verdic
     return Verdict(agree, disagree, undecided)
 
 
-def covers(res: xr.Dataset, value: float | xr.DataArray | str = "theory", *, var: str = "slope") -> xr.DataArray:
-    """Whether ``value`` lies in the interval ``[var_lo, var_hi]`` of a result; NaN bounds give False.
+def covers(
+    res: xr.Dataset,
+    value: float | xr.DataArray | str = "theory",
+    *,
+    var: str = "slope",
+    nan: str = "false",
+    margin: float | None = None,
+) -> xr.DataArray:
+    """Whether ``value`` lies in the interval ``[var_lo, var_hi]`` of a result.
+
+    With ``margin`` the question becomes equivalence (two one-sided tests at the interval's level): True where
+    the whole interval lies within ``value +- margin``, False where it lies wholly outside that band (the
+    difference exceeds the margin), undecided where it straddles a band edge: the interval is too wide to tell.
 
     Parameters
     ----------
     res : a result with ``{var}_lo`` and ``{var}_hi`` (e.g. :func:`fit_rate`'s ``slope``)
     value : a number, a DataArray, or the name of a variable of ``res`` (default ``"theory"``)
+    var : the estimate whose interval is read
+    nan : ``"false"`` (default): a case without an interval (NaN bounds or value) is False, and so is an
+        undecided equivalence; ``"undecided"``: those cases are NaN, which :func:`verdict` counts as undecided
+        (the result is then float: 1.0, 0.0 or NaN)
+    margin : the equivalence margin (>= 0, in the units of ``var``), or None for plain coverage
+
+    Returns
+    -------
+    DataArray over the broadcast dims of the interval and ``value``: bool, or float with ``nan="undecided"``
 
     Examples
     --------
@@ -130,11 +149,27 @@ def covers(res: xr.Dataset, value: float | xr.DataArray | str = "theory", *, var
     ('gamma', 'time')
     >>> bool(es.covers(rate, 0.0).any())  # a width-independent variance is refuted
     False
+    >>> es.covers(rate, -0.5, margin=10.0).values.tolist()  # equivalent within a (very) wide margin
+    [[True, True, True]]
+    >>> es.covers(rate.where(rate.time > 0), nan="undecided").values.tolist()  # no interval at t = 0: undecided
+    [[nan, 1.0, 1.0]]
     """
+    if nan not in ("false", "undecided"):
+        raise ValidationError(f"covers(nan={nan!r}): use 'false' or 'undecided'.")
+    if margin is not None and not (np.isfinite(margin) and margin >= 0):
+        raise ValidationError(f"covers(margin={margin!r}): give a finite margin >= 0, or None for plain coverage.")
     v = res[value] if isinstance(value, str) else value
     lo, hi = res[f"{var}_lo"], res[f"{var}_hi"]
-    out = (lo <= v) & (v <= hi)
-    out.attrs["long_name"] = f"{value if isinstance(value, str) else 'value'} inside the interval of {var}"
+    known = lo.notnull() & hi.notnull() & (v.notnull() if isinstance(v, xr.DataArray) else bool(np.isfinite(v)))
+    if margin is None:
+        yes, decided = (lo <= v) & (v <= hi), known
+    else:
+        yes = (v - margin <= lo) & (hi <= v + margin)
+        decided = known & (yes | (hi < v - margin) | (v + margin < lo))
+    name = value if isinstance(value, str) else "value"
+    what = f"inside the interval of {var}" if margin is None else f"within {margin:g} of the interval of {var}"
+    out = yes.where(decided) if nan == "undecided" else yes & decided
+    out.attrs["long_name"] = f"{name} {what}"
     return out
 
 
@@ -176,6 +211,96 @@ def paired_difference(a: xr.DataArray, b: xr.DataArray, *, ci: float = 0.95) -> 
     diff = a - b
     diff.attrs = {"long_name": f"paired difference of {a.attrs.get('long_name', a.name)}"}
     return seed_mean(diff, ci=ci)
+
+
+def seed_bootstrap(
+    stat: Callable,
+    data,
+    *,
+    dim: str = schema.SEED,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Percentile interval of any statistic by resampling whole seeds with replacement.
+
+    Each resample draws as many seeds as there are, with replacement; a seed drawn twice enters as two seeds
+    (relabelled 0, 1, ...), so a statistic that uses seed as a factor (e.g. :func:`anova_effects` with a seed
+    block) sees independent units. Seeds are the independent units of an ensemble: this interval makes no
+    assumption about what happens within a seed (grid points, widths, gammas sharing initial weights).
+
+    Parameters
+    ----------
+    stat : ``stat(data) -> float or array`` (an array keeps its shape: one interval per element)
+    data : a Dataset or DataArray with ``dim``, or a pandas DataFrame with a ``dim`` column
+    dim : the unit of resampling
+    n_boot : the number of resamples
+    ci : level of the percentile interval
+    seed : the resampling generator's seed (the interval is reproducible)
+
+    Returns
+    -------
+    Dataset with ``estimate`` (``stat`` on ``data``), ``estimate_lo``, ``estimate_hi`` and ``replicates``
+    (``stat`` on each resample, dim ``resample`` first)
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import ensemble_stats as es
+    >>> acc = xr.DataArray(np.random.default_rng(0).normal(0.9, 0.01, 16), dims="seed")
+    >>> b = es.seed_bootstrap(lambda d: float(d.mean()), acc)
+    >>> bool(b.estimate_lo < 0.9 < b.estimate_hi), b.sizes["resample"]
+    (True, 200)
+    """
+    if not 0 < ci < 1:
+        raise ValidationError(f"seed_bootstrap: ci={ci} must lie strictly between 0 and 1, e.g. 0.95.")
+    if int(n_boot) < 2:
+        raise ValidationError(f"seed_bootstrap: n_boot={n_boot}; give at least 2 resamples (hundreds for 95%).")
+    resample, n = _resampler(data, dim)
+    if n < 2:
+        raise ValidationError(f"seed_bootstrap: {n} {dim}(s) in the data; resampling needs at least 2.")
+    rng = np.random.default_rng(seed)
+    reps = np.stack([np.asarray(stat(resample(rng.choice(n, size=n, replace=True))), dtype=np.float64)
+                     for _ in range(int(n_boot))])  # fmt: skip
+    q = round(100 * (1 - ci) / 2, 10)  # 2.5 exactly for ci = 0.95
+    lo, hi = np.percentile(reps, [q, 100 - q], axis=0)
+    dims = [f"dim_{k}" for k in range(reps.ndim - 1)]
+    out = xr.Dataset(
+        {
+            "estimate": (dims, np.asarray(stat(data), dtype=np.float64)),
+            "estimate_lo": (dims, lo),
+            "estimate_hi": (dims, hi),
+            "replicates": (["resample", *dims], reps),
+        },
+        attrs={"ci": ci, "n_boot": int(n_boot), "method": f"percentile bootstrap over whole {dim}s"},
+    )
+    for name, what in (
+        ("estimate", "the statistic on the data"),
+        ("estimate_lo", f"lower {ci:.0%} seed-bootstrap bound of the statistic"),
+        ("estimate_hi", f"upper {ci:.0%} seed-bootstrap bound of the statistic"),
+        ("replicates", f"the statistic on each resample of the {dim}s"),
+    ):
+        out[name].attrs["long_name"] = what
+    return out
+
+
+def _resampler(data, dim: str):
+    """``resample(indices)`` building the data of the seeds at those positions (relabelled 0..n-1), and n."""
+    if isinstance(data, xr.Dataset | xr.DataArray):
+        if dim not in data.dims:
+            raise ValidationError(f"seed_bootstrap: the data has dims {list(data.dims)}; it needs {dim!r}.")
+        return (lambda pick: data.isel({dim: pick}).assign_coords({dim: np.arange(len(pick))})), data.sizes[dim]
+    columns = getattr(data, "columns", None)
+    if columns is None or dim not in columns:
+        raise ValidationError(
+            f"seed_bootstrap: expected an xarray object with a {dim!r} dim or a DataFrame with a {dim!r} column, "
+            f"got {type(data).__name__}."
+        )
+    import pandas as pd
+
+    labels = data[dim].unique()
+    rows = {s: data[data[dim] == s] for s in labels}
+    return (lambda pick: pd.concat([rows[labels[j]].assign(**{dim: i}) for i, j in enumerate(pick)])), len(labels)
 
 
 def ratio_interval(num: xr.Dataset, den: xr.Dataset, *, var: str = "variance", ci: float = 0.95) -> xr.Dataset:
@@ -371,173 +496,6 @@ def _spearman(x, y) -> float:
     if ok.sum() < 2 or np.ptp(y[ok]) == 0:
         return np.nan
     return float(stats.spearmanr(x[ok], y[ok]).statistic)
-
-
-def kernel_limit_problems(ds: xr.Dataset) -> list[str]:
-    """Why the kernel limit of :func:`compare_to_theory` does not describe this store (empty if it does).
-
-    It holds for one hidden layer, the theory init, MSE, full-batch gradient descent, no weight decay, scaled
-    time (any number of outputs), and needs the training set (in the store or given).
-
-    Parameters
-    ----------
-    ds : Dataset from :func:`open_ensemble` (its attrs carry the model and the training configuration)
-
-    Returns
-    -------
-    list of str, one reason per line; empty when the limit applies
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import collectors
-    >>> import ensemble_stats as es
-    >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
-    >>> es.kernel_limit_problems(ds)  # a shallow theory-law sweep in scaled time: the limit applies
-    []
-    >>> folder.cleanup()
-    """
-    model = ds.attrs.get(schema.ATTR_MODEL)
-    if not isinstance(model, dict):
-        return ["the store has no model description (attrs 'model')"]
-    checks = [
-        (str(model.get("architecture", "")).startswith("1-hidden-layer"), "not one hidden layer"),
-        (str(model.get("init", "")).startswith("theory"), "not the theory init law"),
-        (model.get("loss") == "mse", "loss is not MSE"),
-        (model.get("optimizer") == "full-batch gradient descent", "not full-batch gradient descent"),
-        (not model.get("output_weight_decay"), "weight decay"),
-        ("bias=False" in str(model.get("architecture", "")), "biases"),
-        (ds[schema.TIME].attrs.get("units", "scaled") == "scaled", "time is not scaled"),
-        (schema.X_TRAIN in ds and schema.Y_TRAIN in ds, "no training set in the store"),
-    ]
-    return [why for ok, why in checks if not ok]
-
-
-def compare_to_theory(
-    ds: xr.Dataset,
-    train_x=None,
-    train_y=None,
-    *,
-    activation: str | Callable | None = None,
-    sigma_w: float = 1.0,
-    alpha: float | None = None,
-    ci: float = 0.95,
-    decomposition: xr.Dataset | None = None,
-) -> xr.Dataset:
-    """Return the parameter-free collapse: N^(2 gamma - 1) * seed variance / Var K_t, pooled over the grid.
-
-    Parameters
-    ----------
-    ds : Dataset from ``open_ensemble`` of a shallow sweep with the theory init law, scaled time, any number of
-        outputs (the variance is pooled over points and outputs); the grid is ``ds.x``.
-    train_x, train_y : the training set (M, d), (M,) or (M, O); default the store's ``x_train`` / ``y_train``
-    activation, alpha : default the store's model (``attrs["model"]``), else ``"tanh"`` and 1; a store that
-        sweeps alpha (an ``alpha`` coordinate) gets one limit per alpha. The per-layer multipliers
-        (``layer_alpha``) come from the store's model.
-    decomposition : a :func:`bias_variance` result of ``ds`` at level ``ci`` to reuse (computed if not given)
-
-    Returns
-    -------
-    Dataset with ``ratio``, ``ratio_lo``, ``ratio_hi`` per (gamma, width, time), and the kernel limit's ``h``
-    (time, point, output) and ``var_k`` (time, point). See docs/theory.md §9.3.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import collectors
-    >>> import ensemble_stats as es
-    >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
-    >>> cmp = es.compare_to_theory(ds)  # N^(2 gamma - 1) Var / Var K_t: 1 in the limit
-    >>> cmp.ratio.dims
-    ('gamma', 'width', 'time')
-    >>> sorted(cmp.data_vars)
-    ['h', 'n_seeds', 'ratio', 'ratio_hi', 'ratio_lo', 'var_k']
-    >>> folder.cleanup()
-    """
-    from .theory import kernel_limit
-
-    if train_x is None or train_y is None:
-        if schema.X_TRAIN not in ds or schema.Y_TRAIN not in ds:
-            raise ValidationError(
-                "compare_to_theory needs the training set: this store has no x_train / y_train (written by sweeps "
-                "of version 0.2 on); pass train_x and train_y."
-            )
-        train_x = ds[schema.X_TRAIN].values if train_x is None else train_x
-        train_y = ds[schema.Y_TRAIN].values if train_y is None else train_y
-    model = ds.attrs.get(schema.ATTR_MODEL) if isinstance(ds.attrs.get(schema.ATTR_MODEL), dict) else {}
-    activation = model.get("activation", "tanh") if activation is None else activation
-    swept = alpha is None and schema.ALPHA in ds.coords
-    alphas = (
-        np.atleast_1d(ds[schema.ALPHA].values)
-        if swept
-        else [float(model.get("alpha", 1.0)) if alpha is None else alpha]
-    )
-
-    def limit(a: float) -> xr.Dataset:
-        return kernel_limit(
-            train_x,
-            train_y,
-            ds[schema.X].values,
-            ds[schema.TIME].values,
-            activation=activation,
-            sigma_w=sigma_w,
-            alpha=float(a),
-            layer_alpha=model.get("layer_alpha"),
-        )
-
-    if not swept:
-        lim = limit(alphas[0])
-    elif ds[schema.ALPHA].ndim == 0:  # one alpha selected from a sweep: a scalar coordinate
-        lim = limit(alphas[0]).assign_coords({schema.ALPHA: ds[schema.ALPHA]})
-    else:
-        lim = xr.concat([limit(a) for a in alphas], dim=ds[schema.ALPHA], combine_attrs="drop_conflicts")
-    bv = bias_variance(ds, ci=ci) if decomposition is None else decomposition
-    scale = ds[schema.WIDTH].astype(float) ** (2 * ds[schema.GAMMA] - 1)
-    vk = lim["var_k"].mean(schema.POINT)
-    out = xr.Dataset(
-        {
-            "ratio": bv["variance"] * scale / vk,
-            "ratio_lo": bv["variance_lo"] * scale / vk,
-            "ratio_hi": bv["variance_hi"] * scale / vk,
-            "n_seeds": bv["n_seeds"],
-            "h": lim["h"],
-            "var_k": lim["var_k"],
-        }
-    )
-    names = {
-        "ratio": "N^(2 gamma - 1) seed variance / kernel-limit variance Var K_t (grid means)",
-        "ratio_lo": f"lower {ci:.0%} confidence bound of the ratio",
-        "ratio_hi": f"upper {ci:.0%} confidence bound of the ratio",
-        "n_seeds": "seeds used",
-        "h": "kernel-limit mean output h_t",
-        "var_k": "kernel-limit variance Var K_t of the rescaled fluctuation",
-    }
-    for k, v in names.items():
-        out[k].attrs["long_name"] = v
-    out.attrs.update({"ci": ci, "definition": "N^(2 gamma - 1) mean_x s^2(x) / mean_x Var K_t(x)"})
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ tables

@@ -58,26 +58,16 @@ def fluctuation_gaussianity(
     Examples
     --------
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> fg = es.fluctuation_gaussianity(ds.isel(time=[1, 2]))  # z = N^(gamma - 1/2) (h - E h) / sqrt(Var K_t)
     >>> fg.pvalue_min.dims, int(fg.n_samples.max())
     (('gamma', 'width', 'time'), 8)
     >>> folder.cleanup()
     """
-    from ._assess import compare_to_theory
+    from ._limit import compare_to_theory
 
     pred = ds[schema.PREDICTION]
     dims = tuple(dims)

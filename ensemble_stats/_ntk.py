@@ -8,84 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy import stats
 
 from . import schema
-from ._np_fit import loglog_kernel
+from ._fit import width_rate
 from ._np_stats import top_eigenvalues_kernel
 from ._stats import seed_mean
 from ._ufunc import apply_ufunc
 from .errors import ValidationError
+from .theory import CATAPULT_REGIMES
 
-__all__ = ["kernel_drift", "kernel_eigenvalues", "learning_rate_regimes", "width_rate"]
+__all__ = ["kernel_drift", "kernel_eigenvalues", "learning_rate_regimes"]
 
 _KERNEL_DIMS = (schema.NTK_POINT, schema.NTK_POINT_2, schema.OUTPUT, schema.OUTPUT_2)
-
-
-def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, *, ci: float = 0.95) -> xr.Dataset:
-    """Return the exponent of N of a positive seed mean: weighted least squares of log(mean) on log N.
-
-    Parameters
-    ----------
-    mean, stderr, n_seeds : (width, ...) seed means, their standard errors and seed counts (e.g. from
-        :func:`seed_mean`); the widths' estimates are independent (different nets at each width)
-    ci : level of the interval
-
-    Returns
-    -------
-    Dataset with ``slope``, ``stderr``, ``slope_lo``, ``slope_hi``, ``intercept``, ``chi2_dof``, ``n_widths``
-    per remaining coordinate. Weights 1 / Var(log mean) = (mean / stderr)^2 (delta method); the standard error
-    is the WLS one times sqrt(chi2/dof) where the widths scatter more than their errors say, and the interval
-    Student t with (fewest seeds - 1) dof.
-
-    Examples
-    --------
-    >>> import ensemble_stats as es
-    >>> from ensemble_stats.testing import synthetic_ensemble
-    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, seed=0)
-    >>> m = es.seed_mean(ds.prediction.isel(point=0, output=0) ** 2, var="prediction")
-    >>> r = es.width_rate(m["mean"], m.stderr, m.n_seeds)
-    >>> r.slope.dims
-    ('gamma', 'time')
-    """
-    if schema.WIDTH not in mean.dims:
-        raise ValidationError(f"width_rate needs a 'width' dim; got {list(mean.dims)}.")
-    logN = np.log(mean[schema.WIDTH].values.astype(float))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        y = np.log(mean.where(mean > 0))
-        w = (mean / stderr.where(stderr > 0)) ** 2
-    if y.chunks:
-        y, w = y.chunk({schema.WIDTH: -1}), w.chunk({schema.WIDTH: -1})
-    names = ["slope", "stderr", "intercept", "chi2_dof", "n_widths", "status"]
-    outs = apply_ufunc(
-        loglog_kernel,
-        y,
-        w,
-        kwargs={"logN": logN},
-        input_core_dims=[[schema.WIDTH]] * 2,
-        output_core_dims=[[]] * len(names),
-        dask="parallelized",
-        output_dtypes=[np.float64] * 4 + [np.int64, np.int8],
-    )
-    res = xr.Dataset(dict(zip(names, outs, strict=True)))
-    res["stderr"] = res["stderr"] * np.sqrt(np.fmax(res["chi2_dof"].fillna(1.0), 1.0))
-    dof = np.maximum(n_seeds.min(schema.WIDTH) - 1, 1)
-    t = apply_ufunc(lambda d: stats.t.ppf(0.5 + ci / 2, d), dof, dask="parallelized", output_dtypes=[float])
-    res["slope_lo"] = res["slope"] - t * res["stderr"]
-    res["slope_hi"] = res["slope"] + t * res["stderr"]
-    long = {
-        "slope": "fitted exponent of N (log-log slope)",
-        "stderr": "standard error of the slope",
-        "slope_lo": f"lower {ci:.0%} confidence bound of the slope",
-        "slope_hi": f"upper {ci:.0%} confidence bound of the slope",
-        "intercept": "intercept of the log-log fit",
-        "chi2_dof": "chi2 per degree of freedom of the fit",
-        "n_widths": "widths used",
-        "status": "fit status (0 ok, 1 too few widths, 2 singular)",
-    }
-    for k, v in long.items():
-        res[k].attrs["long_name"] = v
-    return res
 
 
 def _require_ntk(ds: xr.Dataset) -> None:
@@ -119,20 +53,10 @@ def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
     Examples
     --------
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> kd = es.kernel_drift(ds)
     >>> kd.drift_mean.dims
     ('gamma', 'width', 'time')
@@ -205,20 +129,10 @@ def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
     Examples
     --------
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> lam = es.kernel_eigenvalues(ds, k=2)
     >>> lam.dims
     ('gamma', 'width', 'seed', 'time', 'eigen')
@@ -255,41 +169,56 @@ def _last_finite(a: np.ndarray) -> np.ndarray:
     return np.where(ok.any(-1), out, np.nan)
 
 
-def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
+def _regimes(reg: xr.Dataset, spike: float) -> tuple[xr.DataArray, xr.DataArray]:
+    """Classify each run by ``theory.CATAPULT_REGIMES`` and tell whether it behaved as its regime predicts."""
+    r0 = reg["r_0"]
+    code = xr.full_like(r0, -1, dtype=np.int8)
+    for k, (_, lower, upper) in enumerate(CATAPULT_REGIMES):
+        code = xr.where((lower <= r0) & (r0 < upper), np.int8(k), code)
+    spiked, div = reg["loss_spike"] > spike, reg["diverged"]
+    behaved = (
+        ((code == 0) & ~spiked & ~div) | ((code == 1) & spiked & ~div & (reg["r_final"] < 2)) | ((code == 2) & div)
+    )
+    code.attrs = {
+        "flag_values": list(range(len(CATAPULT_REGIMES))),
+        "flag_meanings": " ".join(name for name, _, _ in CATAPULT_REGIMES),
+        "missing_value": -1,
+    }
+    return code, behaved
+
+
+def learning_rate_regimes(ds: xr.Dataset, *, spike: float = 1.01) -> xr.Dataset:
     """Per run: the step's stability at initialization and at the end, the loss spike, divergence (the catapult).
 
     Parameters
     ----------
     ds : Dataset from :func:`open_ensemble` of a shallow sweep with MSE and full-batch GD that recorded the NTK on
         the training points (``grid = "train"`` and ``ntk_points = "all"``), the NTK at the first record
+    spike : a loss ratio ``loss_spike`` above this counts as the loss rising (1.01: a 1% rise)
 
     Returns
     -------
     Dataset per run (gamma, width, seed, [alpha, ...]): ``eta`` = alpha N^(2 gamma - 2) (the shallow rule);
     ``lambda_0`` and ``lambda_final`` (the largest NTK eigenvalue at the first record and at the run's last record
     with an NTK); ``r_0`` and ``r_final`` = eta lambda / (M O), the linear step is stable below 2 (docs/theory.md
-    §13); ``loss_spike`` = max_t L_t / L_0 (> 1: the loss rose); ``diverged`` (the run has a ``diverged_step``).
+    §13); ``loss_spike`` = max_t L_t / L_0 (> 1: the loss rose); ``diverged`` (the run has a ``diverged_step``);
+    ``regime``: the regime r_0 predicts by ``theory.CATAPULT_REGIMES`` (0 lazy, 1 catapult, 2 divergent, -1
+    without an r_0; CF ``flag_values`` / ``flag_meanings``); ``as_predicted``: the run behaved as its regime
+    predicts (lazy: no spike and no divergence; catapult: a spike, no divergence and r_final < 2 at the end;
+    divergent: diverged).
 
     Examples
     --------
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> reg = es.learning_rate_regimes(ds)
     >>> bool((reg.r_0 < 2).all())  # alpha = 1: every run starts in the stable (lazy) regime
     True
+    >>> reg.regime.attrs["flag_meanings"], bool(reg.as_predicted.all())
+    ('lazy catapult divergent', True)
     >>> folder.cleanup()
     """
     model = ds.attrs.get(schema.ATTR_MODEL) if isinstance(ds.attrs.get(schema.ATTR_MODEL), dict) else {}
@@ -331,6 +260,7 @@ def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
             "diverged": ds[schema.DIVERGED_STEP] >= 0,
         }
     )
+    out["regime"], out["as_predicted"] = _regimes(out, spike)
     long = {
         "eta": "learning rate of every parameter, alpha N^(2 gamma - 2)",
         "lambda_0": "largest eigenvalue of the NTK on the training points at the first record",
@@ -339,6 +269,8 @@ def learning_rate_regimes(ds: xr.Dataset) -> xr.Dataset:
         "r_final": "eta lambda_final / (M O) at the end of training",
         "loss_spike": "largest training loss over the run / initial training loss",
         "diverged": "the run diverged (non-finite values or a blow-up)",
+        "regime": "regime predicted by r_0 (docs/theory.md §13)",
+        "as_predicted": "the run behaved as its predicted regime",
     }
     out = out.transpose(*ds[schema.DIVERGED_STEP].dims, missing_dims="ignore")  # one dim order for every run var
     for k, v in long.items():

@@ -50,20 +50,10 @@ def report(
     Examples
     --------
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> page = es.report(ds, f"{folder.name}/report")
     >>> page.name
     'index.html'
@@ -111,8 +101,8 @@ def _is_report(folder: Path) -> bool:
 
 def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
     """Return the results the figures need, computed where not given; and a note on the time they are at."""
-    from ._assess import compare_to_theory, kernel_limit_problems
     from ._fit import fit_expansion, fit_rate
+    from ._limit import compare_to_theory, kernel_limit_problems
     from ._select import at_common_time, time_units
     from ._stats import bias_variance
 

@@ -12,8 +12,9 @@ import xarray as xr
 
 from . import schema
 from .errors import ValidationError
+from .store import sweep_config
 
-__all__ = ["at_common_time", "common_times", "time_units"]
+__all__ = ["at_common_time", "common_times", "scaled_time", "time_units"]
 
 _DIGITS = 9  # scaled times k / N are compared after rounding to this many decimals
 
@@ -146,3 +147,42 @@ def at_common_time(ds: xr.Dataset, t: float | None = None) -> xr.Dataset:
     }
     out.attrs = dict(ds.attrs)
     return out
+
+
+def scaled_time(ds: xr.Dataset) -> xr.DataArray:
+    """Return the theory's time t = alpha k / N of every record, from its optimizer step k, width N and alpha.
+
+    The kernel limit and the expansion hold at fixed t: a record at epoch e of a width-N run with rate constant
+    alpha sits at t = alpha e (steps per epoch) / N. ``alpha`` is the store's ``alpha`` coordinate when the
+    sweep varies it, else the configured ``[optimizer].alpha`` (1 for a store without a sweep config).
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble` (with ``step``)
+
+    Returns
+    -------
+    DataArray with the dims of ``step`` (NaN where a record is not written)
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256], n_seeds=2, times=[0.0, 0.5, 1.0], seed=0)
+    >>> t = es.scaled_time(ds)  # a store in scaled time: t is its time coordinate again
+    >>> t.isel(gamma=0, seed=0).values.tolist()
+    [[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]
+    """
+    if schema.STEP not in ds:
+        raise ValidationError("scaled_time: the dataset has no 'step' variable; open a store with open_ensemble().")
+    if schema.ALPHA in ds.coords:
+        alpha = ds[schema.ALPHA]
+    else:
+        try:
+            alpha = float(sweep_config(ds).get("optimizer", {}).get("alpha") or 1.0)
+        except ValidationError:
+            alpha = 1.0
+    step = ds[schema.STEP]
+    t = (step.where(step >= 0) * alpha / ds[schema.WIDTH]).transpose(*step.dims)
+    t.attrs = {"long_name": "scaled time t = alpha k / N", "units": "1"}
+    return t.rename("scaled_time")

@@ -231,20 +231,10 @@ def kernel_drift(kd: xr.Dataset, *, time: int = -1, ax=None):
     >>> matplotlib.use("Agg")
     >>> from ensemble_stats import plot
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> fig = plot.kernel_drift(es.kernel_drift(ds))
     >>> len(fig.axes) >= 1
     True
@@ -399,20 +389,10 @@ def collapse(cmp: xr.Dataset, *, ax=None):
     >>> matplotlib.use("Agg")
     >>> from ensemble_stats import plot
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> fig = plot.collapse(es.compare_to_theory(ds))
     >>> len(fig.axes) >= 1
     True
@@ -500,20 +480,10 @@ def fluctuation_qq(fg: xr.Dataset, *, time: int = -1, point: int = 0, output: in
     >>> matplotlib.use("Agg")
     >>> from ensemble_stats import plot
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> fig = plot.fluctuation_qq(es.fluctuation_gaussianity(ds.isel(time=[1, 2])))
     >>> len(fig.axes)  # one panel per gamma
     1
@@ -559,20 +529,10 @@ def catapult(reg: xr.Dataset, *, ax=None):
     >>> matplotlib.use("Agg")
     >>> from ensemble_stats import plot
     >>> import tempfile
-    >>> import collectors
     >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
     >>> folder = tempfile.TemporaryDirectory()
-    >>> spec = collectors.SweepSpec.parse({
-    ...     "sweep": {"gammas": [0.75], "widths": [32, 128], "seeds": 8},
-    ...     "time": {"units": "scaled", "horizon": 1.0, "n_times": 3},
-    ...     "data": {"name": "teacher", "options": {"grid": "train"}},
-    ...     "optimizer": {"batch_size": 0}, "record": {"ntk_points": "all"},
-    ... })
-    >>> store = collectors.prepare_store(spec, f"{folder.name}/runs.zarr")
-    >>> for width in spec.widths:  # a real (tiny) shallow sweep, full-batch GD, the NTK recorded
-    ...     _ = collectors.train_block(store, spec.load_data(), width=width, gammas=spec.gammas, seeds=spec.seeds,
-    ...                                config=spec.train, collectors=[collectors.NTKCollector()])
-    >>> ds = es.open_ensemble(store.path)
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))  # a real tiny sweep
     >>> fig = plot.catapult(es.learning_rate_regimes(ds))
     >>> len(fig.axes) >= 1
     True

@@ -9,7 +9,7 @@ import xarray as xr
 
 from . import schema, theory
 
-__all__ = ["synthetic_ensemble"]
+__all__ = ["INTERVALS", "interval_coverage", "shallow_sweep", "synthetic_ensemble"]
 
 
 def _mean_exponents(gamma: float, mean_terms) -> np.ndarray:
@@ -337,3 +337,70 @@ def interval_coverage(
             "ci_method": ci_method,
         },
     )
+
+
+def shallow_sweep(
+    path,
+    *,
+    gammas: Sequence[float] = (0.75,),
+    widths: Sequence[int] = (32, 128),
+    seeds: int = 8,
+    horizon: float = 1.0,
+    n_times: int = 3,
+) -> object:
+    """Train a real, tiny shallow sweep into a new store at ``path`` and return the store's location.
+
+    Teacher regression on 8 points (the grid is the training set), the theory's init law, full-batch gradient
+    descent at alpha = 1, the empirical NTK recorded at every record: the regime the kernel limit describes, so
+    every analysis of the toolkit applies. It trains in about a second on a CPU; for examples and tests of the
+    analyses that need trained networks. Needs ``collectors`` (PyTorch), imported only when called.
+
+    Parameters
+    ----------
+    path : a new local store (or a URL)
+    gammas, widths : the sweep's normalization exponents and widths
+    seeds : the number of seeds
+    horizon, n_times : the scaled training time t = k / N, and the number of evenly spaced records in [0, horizon]
+
+    Returns
+    -------
+    The store's canonical location (for :func:`~ensemble_stats.open_ensemble`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))
+    >>> dict(ds.sizes)["seed"], ds.ntk.dims[-4:]
+    (8, ('ntk_point', 'ntk_point_2', 'output', 'output_2'))
+    >>> folder.cleanup()
+    """
+    from .errors import require
+
+    require("torch", "testing.shallow_sweep (it trains networks)")
+    import collectors
+
+    spec = collectors.SweepSpec.parse(
+        {
+            "sweep": {"gammas": list(gammas), "widths": list(widths), "seeds": int(seeds)},
+            "time": {"units": "scaled", "horizon": float(horizon), "n_times": int(n_times)},
+            "data": {"name": "teacher", "options": {"grid": "train"}},
+            "optimizer": {"batch_size": 0},
+            "record": {"ntk_points": "all"},
+        }
+    )
+    store = collectors.prepare_store(spec, path)
+    data = spec.load_data()
+    for width in spec.widths:
+        collectors.train_block(
+            store,
+            data,
+            width=width,
+            gammas=spec.gammas,
+            seeds=spec.seeds,
+            config=spec.train,
+            collectors=[collectors.NTKCollector()],
+        )
+    return store.path

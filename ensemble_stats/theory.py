@@ -25,6 +25,7 @@ __all__ = [
     "shallow_kernels",
     "kernel_limit",
     "critical_alpha",
+    "CATAPULT_REGIMES",
     "kernel_condition_number",
     "nu",
     "mean_exponents",
@@ -619,6 +620,17 @@ def kernel_limit(
     out["h"].attrs["long_name"] = "kernel-limit mean output h_t"
     out["var_k"].attrs["long_name"] = "kernel-limit variance Var K_t of the rescaled fluctuation (every output)"
     return out
+
+
+CATAPULT_REGIMES: tuple[tuple[str, float, float], ...] = (
+    ("lazy", 0.0, 2.0),
+    ("catapult", 2.0, 4.0),
+    ("divergent", 4.0, math.inf),
+)
+"""The large-learning-rate regimes by r_0 = eta lambda_0 / (M O), each ``(name, lower, upper)`` with
+``lower <= r_0 < upper`` (docs/theory.md §13, Lewkowycz et al.): below 2 the linear step is stable (lazy); from
+2 to about 4 the loss first rises and the kernel's top eigenvalue falls until the step is stable again (the
+catapult); above about 4 training diverges (for ReLU nets they report up to 12)."""
 
 
 def critical_alpha(

@@ -208,6 +208,28 @@ def test_kernel_eigenvalues_are_those_of_the_flattened_ntk(tmp_path):
         es.kernel_eigenvalues(ds.drop_vars("ntk"))
 
 
+def test_the_regime_of_a_run_follows_the_bounds_of_the_theory_and_its_behaviour_is_judged_against_it():
+    from ensemble_stats._ntk import _regimes
+
+    r0 = [0.5, 1.9, 2.0, 3.0, 3.0, 4.0, 9.0, 9.0, np.nan]
+    reg = xr.Dataset(
+        {
+            "r_0": ("run", r0),
+            "loss_spike": ("run", [1.0, 1.5, 3.0, 3.0, 3.0, 50.0, 50.0, 2.0, 1.0]),
+            "diverged": ("run", [False, False, False, False, False, True, True, False, False]),
+            "r_final": ("run", [0.5, 1.9, 1.0, 1.5, 2.5, np.nan, np.nan, 1.0, np.nan]),
+        }
+    )
+    code, behaved = _regimes(reg, spike=1.01)
+    assert code.values.tolist() == [0, 0, 1, 1, 1, 2, 2, 2, -1]
+    # lazy without a spike; lazy that spiked; catapults that settle (twice) or end unstable; divergent (twice)
+    # and one that survived; no r_0: nothing predicted
+    assert behaved.values.tolist() == [True, False, True, True, False, True, True, False, False]
+    bounds = [(lo, hi) for _, lo, hi in es.theory.CATAPULT_REGIMES]
+    assert bounds == [(0.0, 2.0), (2.0, 4.0), (4.0, np.inf)]  # docs/theory.md §13
+    assert code.attrs["flag_meanings"] == "lazy catapult divergent"
+
+
 def test_critical_alpha_and_the_catapult_regimes(tmp_path):
     """At gamma = 1/2 the measured r_0 = eta lambda_0 / (M O) is 2 alpha / alpha_c up to finite-N noise; below
     alpha_c the loss never rises, at 1.5 alpha_c it spikes and lambda_max falls until the step is stable again."""
@@ -233,5 +255,6 @@ def test_critical_alpha_and_the_catapult_regimes(tmp_path):
             assert float(reg.loss_spike.max()) <= 1.0 + 1e-12
         else:
             assert float(reg.loss_spike.min()) > 2 and bool((reg.r_final < 2).all())
+        assert (reg.regime == (0 if c < 1 else 1)).all() and bool(reg.as_predicted.all())
     with pytest.raises(errors.ValidationError, match="learning_rate_regimes"):
         es.learning_rate_regimes(es.open_ensemble(sub).drop_vars("x_train"))

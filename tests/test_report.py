@@ -82,7 +82,7 @@ def test_report_reuses_the_results_it_is_given_and_draws_the_collapse_from_the_s
     monkeypatch.setattr(es, "bias_variance", recomputed)
     monkeypatch.setattr("ensemble_stats._fit.fit_rate", recomputed)
     monkeypatch.setattr("ensemble_stats._fit.fit_expansion", recomputed)
-    monkeypatch.setattr("ensemble_stats._assess.bias_variance", recomputed)
+    monkeypatch.setattr("ensemble_stats._limit.bias_variance", recomputed)
     index = es.report(ds, tmp_path / "rep", results=results)
     _, names = _images(index)
     assert {"collapse.png", "test_loss.png", "train_loss.png", "variance_vs_width.png"} <= set(names)

@@ -21,7 +21,7 @@ The files, in the order data meets them:
 from ._build import build
 from ._grid import EvalGrid
 from ._locks import RunLock, is_free, lock_dir, lock_name
-from ._open import corruption_error, open_ensemble
+from ._open import corruption_error, open_ensemble, sweep_config
 from ._paths import (
     atomic_output,
     has_group,
@@ -74,6 +74,7 @@ __all__ = [
     "resolve_ntk_points",
     "same_or_nested",
     "size_problems",
+    "sweep_config",
     "sweep_partial_files",
     "verify_store",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Sequence
 
@@ -160,8 +161,96 @@ def _analysis_chunks(ds: xr.Dataset) -> dict[str, int]:
     return {schema.SEED: int(min(n, pred.sizes[schema.SEED]))}
 
 
+def sweep_config(ds: xr.Dataset) -> dict:
+    """Return the sweep configuration a store was run with: its TOML tables, parsed (a fresh dict per call).
+
+    Stores written by ``run_sweep`` (or ``ensemble-stats run``) keep the whole validated config, defaults
+    filled in, in the group attribute ``config``: ``[sweep]``, ``[time]``, ``[model]``, ``[data]``,
+    ``[optimizer]``, ``[run]``, ``[record]``.
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble`
+
+    Returns
+    -------
+    dict of tables
+
+    Raises
+    ------
+    ValidationError
+        The store was not written by a sweep (an ``OutputCollector`` or ``train_block`` store has no config).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import shallow_sweep
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> ds = es.open_ensemble(shallow_sweep(f"{folder.name}/runs.zarr"))
+    >>> cfg = es.sweep_config(ds)
+    >>> cfg["sweep"]["gammas"], cfg["data"]["name"], cfg["optimizer"]["alpha"]
+    ([0.75], 'teacher', 1.0)
+    >>> folder.cleanup()
+    """
+    raw = ds.attrs.get(schema.ATTR_CONFIG)
+    if raw is None:
+        raise ValidationError(
+            "the store has no sweep configuration (attrs['config']): it was not written by run_sweep / "
+            "`ensemble-stats run`. Read what you need from its coordinates, or pass the values explicitly."
+        )
+    try:
+        cfg = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"the store's attrs['config'] is not a JSON object ({type(e).__name__}: {e}).") from None
+    if not isinstance(cfg, dict):
+        raise ValidationError(f"the store's attrs['config'] is a {type(cfg).__name__}, not a table of tables.")
+    return cfg
+
+
+CONFIG_DIMS: dict[str, tuple[str, str, float]] = {
+    schema.ALPHA: ("optimizer", "alpha", 1.0),
+    schema.DATA_SEED: ("optimizer", "data_seed", 0),
+}
+"""Sweep dims a store without them still has one value of: dim -> (config table, key, default)."""
+
+
+def _add_config_dims(parts: list[xr.Dataset]) -> list[xr.Dataset]:
+    """Give a store that lacks a swept config dim (alpha, data_seed) the one value its config trained with.
+
+    A sweep over alpha and a first run at the default alpha combine: the latter becomes alpha = its configured
+    value (length one along the new dim), so the stores differ along that one dim as :func:`_combine` needs.
+    """
+    extras = [tuple(p.attrs.get(schema.ATTR_EXTRA_DIMS, ())) for p in parts]
+    longest = max(extras, key=len)
+    if all(e == longest for e in extras):
+        return parts
+    out = []
+    for p, extra in zip(parts, extras, strict=True):
+        missing = [d for d in longest if d not in extra]
+        if [d for d in longest if d in extra] != list(extra) or any(d not in CONFIG_DIMS for d in missing):
+            out.append(p)  # not a subset in order, or not a config value: _combine reports the difference
+            continue
+        try:
+            config = sweep_config(p)
+        except ValidationError:
+            out.append(p)
+            continue
+        for d in missing:
+            table, key, default = CONFIG_DIMS[d]
+            value = config.get(table, {}).get(key)
+            value = default if value is None else value
+            at = 3 + longest.index(d)  # after gamma, width, seed and the extra dims before it
+            runs = [v for v in p.data_vars if schema.SEED in p[v].dims]
+            p = p.assign({v: p[v].expand_dims({d: [value]}, axis=at) for v in runs})
+        p.attrs[schema.ATTR_EXTRA_DIMS] = list(longest)
+        out.append(p)
+    return out
+
+
 def _combine(parts: list[xr.Dataset]) -> xr.Dataset:
     """Concatenate stores along the one sweep dim whose coordinates differ."""
+    parts = _add_config_dims(parts)
     hashes = {p.attrs[schema.ATTR_GRID_HASH] for p in parts}
     if len(hashes) > 1:
         raise GridMismatchError(
