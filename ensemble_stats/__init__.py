@@ -6,7 +6,7 @@ The analysis side never imports torch; the training side lives in the ``collecto
 
 __version__ = "0.1.0"
 
-from . import errors, schema, testing, theory
+from . import claims, errors, schema, testing, theory
 from ._accessor import EnsembleAccessor
 from ._assess import (
     OUTCOMES,
@@ -38,6 +38,7 @@ __all__ = [
     "anova_effects",
     "at_common_time",
     "bias_variance",
+    "claims",
     "common_times",
     "compare_to_theory",
     "completeness",

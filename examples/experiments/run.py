@@ -1098,53 +1098,6 @@ def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) 
     ]
 
 
-def analyze_collapse(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    (path,) = stores.values()
-    cmp = es.compare_to_theory(es.open_ensemble(path)).compute()  # the kernel limit from the store's training set
-    fig_path = _save(plot.collapse(cmp), figdir, "collapse.png")
-    widths, later = cmp.width.values, cmp.time > 0
-    rows, holds = [], []
-    for g in cmp.gamma.values:
-        first, s = (cmp.sel(gamma=g, width=w).where(later, drop=True) for w in (widths[0], widths[-1]))
-        inside = (s.ratio_lo <= 1) & (1 <= s.ratio_hi)
-        holds.append(bool(inside.all()))
-        mid = len(s.time) // 2
-        gap = lambda q: float(np.abs(q.ratio - 1).max())  # noqa: E731
-        rows.append(
-            [
-                f"{g:g}",
-                ci(first.ratio[-1], first.ratio_lo[-1], first.ratio_hi[-1]),
-                ci(s.ratio[mid], s.ratio_lo[mid], s.ratio_hi[mid]),
-                ci(s.ratio[-1], s.ratio_lo[-1], s.ratio_hi[-1]),
-                f"{int(inside.sum())} of {inside.size}",
-                f"{gap(first):.3f} -> {gap(s):.3f}",
-            ]
-        )
-    v, t = es.verdict(holds), cmp.time.where(later, drop=True)
-    return [
-        f"**Verdict: does the ratio collapse to 1 for every gamma?** {v.markdown()}: at N = {int(widths[-1])} the 95% "
-        f"CI contains 1 at every t > 0 for {v.agree} of {v.cases} gammas ({int(cmp.n_seeds.min())} seeds). Where it "
-        "does not, the last column shows whether the gap closes with N (lower-order terms). All gammas at one N share "
-        "their initial weights (common random numbers), so their seed noise is shared: rows that sit off 1 by the same "
-        "amount at one N are one draw, not a trend in gamma.",
-        "",
-        md(
-            [
-                "gamma",
-                f"N = {int(widths[0])}, t = {float(t[-1]):g}",
-                f"N = {int(widths[-1])}, t = {float(t[len(t) // 2]):g}",
-                f"N = {int(widths[-1])}, t = {float(t[-1]):g}",
-                f"t > 0 with 1 inside the CI, N = {int(widths[-1])}",
-                f"max_t |ratio - 1|, N = {int(widths[0])} -> {int(widths[-1])}",
-            ],
-            rows,
-            "markdown",
-        ),
-        "",
-        f"![collapse]({fig_path})",
-    ]
-
-
 def analyze_expansion(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
     (path,) = stores.values()
     ds = es.open_ensemble(path)
@@ -1454,88 +1407,14 @@ def analyze_lazy(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[
     ]
 
 
-def analyze_catapult(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    opened = {name: es.open_ensemble(path) for name, path in stores.items()}
-    regs = {name: es.learning_rate_regimes(ds).compute() for name, ds in opened.items()}
-    # alpha scales with N; the widths share their multiples of alpha_c, which index the combined figure
-    multiple = {
-        name: (r.alpha / es.theory.critical_alpha(opened[name].x_train.values, int(r.width[0]))).round(6).values
-        for name, r in regs.items()
-    }
-    reg = xr.concat([r.assign_coords(alpha=multiple[n]) for n, r in regs.items()], dim="width", join="exact")
-    dims = reg.diverged.dims
-    r0_all, div_all = reg.r_0.transpose(*dims).values.ravel(), reg.diverged.values.ravel().astype(bool)
-    ok = np.isfinite(r0_all)
-    survived_max = float(np.max(r0_all[ok & ~div_all])) if (ok & ~div_all).any() else float("nan")
-    diverged_min = float(np.min(r0_all[ok & div_all])) if (ok & div_all).any() else float("nan")
-    fig_path = _save(plot.catapult(reg), figdir, "catapult.png")
-    rows, expected = [], {"lazy": [], "catapult": [], "divergent": []}
-    for name, r in regs.items():
-        w = int(r.width.values[0])
-        for a, c in zip(r.alpha.values, multiple[name], strict=True):
-            one = r.sel(alpha=a).squeeze()
-            r0, spike, div, rf = (one[k].values.ravel() for k in ("r_0", "loss_spike", "diverged", "r_final"))
-            div = div.astype(bool)
-            spiked = spike > 1.01
-            settled = ~div & (rf < 2)
-            for x, s_, d_, ok in zip(r0, spiked, div, settled, strict=True):
-                if x < 2:
-                    expected["lazy"].append(bool(not s_ and not d_))
-                elif x < 4:
-                    expected["catapult"].append(bool(s_ and ok))
-                else:
-                    expected["divergent"].append(bool(d_))
-            alive = ~div
-            rows.append(
-                [
-                    f"{w}",
-                    f"{c:.2f}",
-                    f"{np.nanmin(r0):.2f} - {np.nanmax(r0):.2f}",
-                    f"{int(spiked.sum())} of {len(r0)}",
-                    f"{np.nanmedian(spike):.3g}",
-                    f"{int(div.sum())} of {len(r0)}",
-                    f"{np.nanmedian(rf[alive]):.2f}" if alive.any() else "-",
-                    f"{int(settled.sum())} of {int(alive.sum())}",
-                ]
-            )
-    verdicts = {k: es.verdict(v) for k, v in expected.items()}
-    seeds = int(reg.sizes["seed"])
-    return [
-        f"Seeds: {seeds} per (N, alpha); every run is judged by its own r_0 = eta lambda_0 / (M O) from its recorded "
-        "NTK (`learning_rate_regimes`): below 2 the loss should not rise (spike <= 1.01) and the run not diverge; "
-        "between 2 and 4 the loss should rise, the run survive and end with r_final < 2 (the catapult); above 4 the "
-        "run should diverge.",
-        "",
-        f"**Verdict 1: below 2/lambda_0, lazy?** {verdicts['lazy'].markdown()}: {verdicts['lazy'].agree} of "
-        f"{verdicts['lazy'].cases} runs with r_0 < 2.",
-        "",
-        f"**Verdict 2: between 2/lambda_0 and 4/lambda_0, the catapult?** {verdicts['catapult'].markdown()}: "
-        f"{verdicts['catapult'].agree} of {verdicts['catapult'].cases} runs with 2 <= r_0 < 4 spiked, survived and "
-        "ended with r_final < 2.",
-        "",
-        f"**Verdict 3: above about 4/lambda_0, divergence?** {verdicts['divergent'].markdown()}: "
-        f"{verdicts['divergent'].agree} of {verdicts['divergent'].cases} runs with r_0 >= 4 diverged. Measured, the "
-        f"largest r_0 of a run that survived is {survived_max:.2f} and the smallest of one that diverged "
-        f"{diverged_min:.2f}: the upper edge of the catapult window lies there for this tanh net (Lewkowycz et al. "
-        "give about 4 and, for ReLU nets, up to 12).",
-        "",
-        md(
-            [
-                "N",
-                "alpha / alpha_c",
-                "r_0 (runs)",
-                "loss rose",
-                "median spike",
-                "diverged",
-                "median r_final (survivors)",
-                "survivors with r_final < 2",
-            ],
-            rows,
-            "markdown",
-        ),
-        "",
-        f"![catapult]({fig_path})",
-    ]
+def _claims(study: str):
+    """A study moved into the library: its claims, written as the document writes every claim."""
+
+    def analyze(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
+        found = es.claims.STUDIES[study].claims(stores, {**analysis, "figdir": figdir})
+        return es.claims.to_markdown(found, figure_dir="experiments/")
+
+    return analyze
 
 
 ANALYSES = {
@@ -1543,10 +1422,10 @@ ANALYSES = {
     "deep": analyze_deep,
     "clt": analyze_clt,
     "conditioning": analyze_conditioning,
-    "collapse": analyze_collapse,
+    "collapse": _claims("collapse"),
     "expansion": analyze_expansion,
     "lazy": analyze_lazy,
-    "catapult": analyze_catapult,
+    "catapult": _claims("catapult"),
 }
 
 

@@ -1,0 +1,87 @@
+"""A claim tested on stores, and the one Markdown writer of the studies' documents."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xarray as xr
+
+from .._assess import Verdict, format_table
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of a paper (or of the theory), decided on one or more stores.
+
+    Attributes
+    ----------
+    label : how the document names it, e.g. ``"Verdict 2"``
+    question : the claim as a question, e.g. ``"does the ratio collapse to 1 for every gamma?"``
+    verdict : the outcome over the cases (:func:`ensemble_stats.verdict`)
+    summary : what the verdict rests on, in a sentence or two (the numbers it counts)
+    cases : the cases judged, one per element of the dim ``case``: their estimates, intervals and decisions
+    columns, rows : the table a document shows (headers, and rows of formatted cells); empty for none
+    figures : ``(alt text, file name)`` of the figures drawn (in ``opts["figdir"]``), shown after the table
+    preamble : a paragraph before the verdict (what the study measured, shared by the claims that follow)
+    """
+
+    label: str
+    question: str
+    verdict: Verdict
+    summary: str
+    cases: xr.Dataset = field(default_factory=xr.Dataset)
+    columns: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    figures: tuple[tuple[str, str], ...] = ()
+    preamble: str = ""
+
+    @property
+    def holds(self) -> bool | None:
+        """True when the claim holds, False when it does not, None when the verdict is inconclusive."""
+        return {"holds": True, "does not hold": False}.get(self.verdict.outcome)
+
+
+def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
+    r"""Return the lines of a document section that states each claim, its verdict, table and figures.
+
+    Parameters
+    ----------
+    claims : the claims, in the order they are written
+    figure_dir : the prefix of the figures' links (e.g. ``"experiments/"``: where the document finds them)
+
+    Examples
+    --------
+    >>> from ensemble_stats import verdict
+    >>> from ensemble_stats.claims import Claim, to_markdown
+    >>> c = Claim("Verdict", "is the sky blue?", verdict([True, True]), "in 2 of 2 looks",
+    ...           columns=("look", "colour"), rows=(("1", "blue"), ("2", "blue")))
+    >>> print("\n".join(to_markdown([c])))
+    **Verdict: is the sky blue?** **holds**: in 2 of 2 looks
+    <BLANKLINE>
+    | look | colour |
+    |---|---|
+    | 1 | blue |
+    | 2 | blue |
+    """
+    lines: list[str] = []
+    for c in claims:
+        if c.preamble:
+            lines += [c.preamble, ""]
+        lines.append(f"**{c.label}: {c.question}** {c.verdict.markdown()}: {c.summary}")
+        if c.columns:
+            lines += ["", format_table(list(c.columns), [list(r) for r in c.rows], "markdown")]
+        for alt, name in c.figures:
+            lines += ["", f"![{alt}]({figure_dir}{name})"]
+        lines.append("")
+    return lines[:-1]
+
+
+def save_figure(fig, opts: Mapping, name: str) -> str:
+    """Save a figure into ``opts["figdir"]`` (and close it); return its file name."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(Path(opts["figdir"]) / name, dpi=100)
+    plt.close(fig)
+    return name

@@ -1,0 +1,90 @@
+"""Stores whose claims have a known outcome, built directly (no training): the truth is put in by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ensemble_stats import theory
+from ensemble_stats.store import EnsembleStore, EvalGrid
+
+MODEL = {
+    "architecture": "1-hidden-layer MLP, d_in=2, d_out=1, bias=False",
+    "activation": "tanh",
+    "init": "theory: W ~ N(0, 1/d), C ~ N(0, 1)",
+    "loss": "mse",
+    "optimizer": "full-batch gradient descent",
+    "output_weight_decay": 0.0,
+    "alpha": 1.0,
+}
+"""What the kernel limit and the stability threshold need of a store's model description."""
+
+
+def _circle(n: int, phase: float = 0.0) -> np.ndarray:
+    a = phase + 2 * np.pi * np.arange(n) / n
+    return np.stack([np.cos(a), np.sin(a)], axis=1)
+
+
+def collapse_store(path, *, scale: dict[float, float], widths=(64, 256), seeds: int = 64, times=(0.0, 0.5, 1.0)):
+    """A shallow kernel-limit store whose seed variance is exactly ``scale[gamma]**2`` times the limit's.
+
+    Each width's predictions are h_t + N^(1/2 - gamma) sqrt(Var K_t) c z with z standardized over the seeds at
+    every grid point (sample mean 0, variance 1): the collapse ratio N^(2 gamma - 1) Var / Var K_t is c^2 at
+    every t, exactly, and its interval is that of a seed variance from ``seeds`` draws.
+    """
+    x_train, y_train = _circle(8), np.sin(3 * np.arange(8.0))[:, None]
+    grid = EvalGrid(_circle(5, 0.3), np.zeros((5, 1)))
+    gammas = sorted(scale)
+    store = EnsembleStore.create(
+        path, grid, gammas=gammas, widths=list(widths), seeds=list(range(seeds)), times=list(times),
+        dtype="float64", train=(x_train, y_train), model=MODEL, seed_chunk=seeds,
+    )  # fmt: skip
+    lim = theory.kernel_limit(x_train, y_train, grid.x, list(times), activation="tanh")
+    rng = np.random.default_rng(0)
+    for gi, g in enumerate(gammas):
+        for wi, n in enumerate(widths):
+            z = rng.normal(size=(seeds, grid.n_points))
+            z = (z - z.mean(0)) / z.std(0, ddof=1)
+            sd = n ** (0.5 - g) * np.sqrt(lim.var_k.values) * scale[g]  # (time, point)
+            pred = lim.h.values[None] + sd[None, :, :, None] * z[:, None, :, None]  # (seed, time, point, output)
+            steps = [round(t * n) for t in times]
+            store.write_records((gi, wi, slice(0, seeds)), list(range(len(times))), pred, steps)
+    return store.path
+
+
+def catapult_store(path, *, r0: list[float], behaviour: list[str], width: int = 256, seeds: int = 4):
+    """A gamma = 1/2 store over alpha whose runs start at the given r_0 = eta lambda_0 / (M O) (one alpha each)
+    and behave as ``behaviour`` says: ``"lazy"`` (the loss falls), ``"catapult"`` (the loss rises 3-fold, then
+    falls, and lambda_max ends at r_final = 1), ``"unstable"`` (the loss rises and r stays at r_0) or
+    ``"diverge"`` (marked diverged at step 2)."""
+    M, times = 8, [0, 1, 2, 3, 4]
+    x_train = _circle(M)
+    grid = EvalGrid(x_train, np.sin(3 * np.arange(8.0))[:, None])
+    alphas = [float(10 * (k + 1)) for k in range(len(r0))]  # any distinct values: eta follows from alpha
+    store = EnsembleStore.create(
+        path, grid, gammas=[0.5], widths=[width], seeds=list(range(seeds)), times=times, time_units="step",
+        dtype="float64", train=(x_train, grid.target), model=MODEL, extra_dims={"alpha": alphas},
+        ntk_points="all", seed_chunk=seeds,
+    )  # fmt: skip
+    u = np.ones(M) / np.sqrt(M)
+    losses = {
+        "lazy": [1.0, 0.8, 0.6, 0.5, 0.4],
+        "catapult": [1.0, 3.0, 2.0, 0.5, 0.3],
+        "unstable": [1.0, 2.0, 2.5, 2.2, 2.4],
+        "diverge": [1.0, 5.0, 9.0, 9.0, 9.0],
+    }
+    for ai, (a, r, how) in enumerate(zip(alphas, r0, behaviour, strict=True)):
+        eta = a * width ** (2 * 0.5 - 2)
+        lam0 = r * M / eta
+        lam_end = (1.0 if how == "catapult" else r) * M / eta
+        lam = np.linspace(lam0, lam_end, len(times))
+        ntk = lam[:, None, None, None, None] * np.outer(u, u)[None, :, :, None, None]  # (time, P, P, O, O)
+        block = (0, 0, slice(0, seeds), ai)
+        store.write_records(
+            block, list(range(len(times))), np.zeros((seeds, len(times), M, 1)), times,
+            scalars={"train_loss": np.tile(losses[how], (seeds, 1))},
+            fields={"ntk": np.broadcast_to(ntk, (seeds, *ntk.shape))},
+        )  # fmt: skip
+        if how == "diverge":
+            for s in range(seeds):
+                store.mark_diverged((0, 0, s, ai), 2, owner_of_block=True)
+    return store.path

@@ -1,0 +1,67 @@
+"""Each study's claims on stores whose outcome is known by construction: one that holds, one that does not, one
+inconclusive (mixed cases). Plain imports of the library; the document's smoke run is tests/test_experiments.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ensemble_stats as es
+from tests import _claim_stores
+
+
+@pytest.mark.parametrize(
+    ("scale", "outcome"),
+    [
+        ({0.75: 1.0, 0.875: 1.0}, "holds"),  # the variance is the limit's: ratio 1 exactly
+        ({0.75: 1.6, 0.875: 1.6}, "does not hold"),  # 2.56 times the limit's
+        ({0.75: 1.0, 0.875: 1.6}, "inconclusive"),  # one gamma collapses, the other does not
+    ],
+)
+def test_collapse(tmp_path, scale, outcome):
+    path = _claim_stores.collapse_store(tmp_path / "c.zarr", scale=scale)
+    (claim,) = es.claims.collapse.claims({"default": path}, {})
+    assert claim.verdict.outcome == outcome
+    assert claim.verdict.cases == 2 and claim.figures == ()  # no figdir: nothing drawn
+    expected = np.array([scale[g] ** 2 for g in (0.75, 0.875)])
+    np.testing.assert_allclose(claim.cases.ratio.values, expected, rtol=1e-9)  # the truth put in
+    assert claim.cases.holds.values.tolist() == [s == 1.0 for s in (scale[0.75], scale[0.875])]
+    assert len(claim.rows) == 2 and len(claim.rows[0]) == len(claim.columns)
+
+
+def test_collapse_draws_its_figure_and_writes_the_documents_markdown(tmp_path):
+    path = _claim_stores.collapse_store(tmp_path / "c.zarr", scale={0.75: 1.0})
+    claims = es.claims.collapse.claims({"default": path}, {"figdir": tmp_path})
+    assert claims[0].figures == (("collapse", "collapse.png"),) and (tmp_path / "collapse.png").stat().st_size > 0
+    text = es.claims.to_markdown(claims, figure_dir="experiments/")
+    assert text[0].startswith("**Verdict: does the ratio collapse to 1 for every gamma?** **holds**: at N = 256")
+    assert text[-1] == "![collapse](experiments/collapse.png)"
+    assert text[2].startswith("| gamma | N = 64, t = 1 |") and "| 0.75 | 1.000 [" in text[2]
+
+
+@pytest.mark.parametrize(
+    ("r0", "behaviour", "outcomes"),
+    [
+        # every run as the regimes predict
+        ([1.0, 3.0, 5.0], ["lazy", "catapult", "diverge"], ["holds", "holds", "holds"]),
+        # a lazy run whose loss rose, a catapult that never settled, a run above 4 that survived
+        ([1.0, 3.0, 5.0], ["catapult", "unstable", "lazy"], ["does not hold", "does not hold", "does not hold"]),
+        # two runs per regime, one as predicted and one not
+        (
+            [1.0, 1.5, 2.5, 3.5, 4.5, 6.0],
+            ["lazy", "catapult", "catapult", "unstable", "diverge", "lazy"],
+            ["inconclusive"] * 3,
+        ),
+    ],
+)
+def test_catapult(tmp_path, r0, behaviour, outcomes):
+    path = _claim_stores.catapult_store(tmp_path / "k.zarr", r0=r0, behaviour=behaviour)
+    claims = es.claims.catapult.claims({"N256": path}, {})
+    assert [c.verdict.outcome for c in claims] == outcomes
+    per_regime = [sum(lo <= r < hi for r in r0) * 4 for _, lo, hi in es.theory.CATAPULT_REGIMES]  # 4 seeds a run
+    assert [c.verdict.cases for c in claims] == per_regime
+    np.testing.assert_allclose(
+        sorted(np.concatenate([c.cases.r_0.values for c in claims])), sorted(np.repeat(r0, 4)), rtol=1e-9
+    )
+    assert [c.label for c in claims] == ["Verdict 1", "Verdict 2", "Verdict 3"]
+    assert claims[0].preamble.startswith("Seeds: 4 per (N, alpha)") and len(claims[2].rows) == len(r0)
