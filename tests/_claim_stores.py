@@ -88,3 +88,31 @@ def catapult_store(path, *, r0: list[float], behaviour: list[str], width: int = 
             for s in range(seeds):
                 store.mark_diverged((0, 0, s, ai), 2, owner_of_block=True)
     return store.path
+
+
+def lazy_store(path, *, drift: dict[float, float], displacement: dict[float, float], widths=(64, 256, 1024)):
+    """A store whose kernel drift and parameter displacement fall as N^drift[gamma] and N^displacement[gamma].
+
+    Each run's NTK is (1 + d) times the identity at the last record (d = 0.3 N^p (1 + 0.02 z), z a standard
+    normal per seed), so its relative drift is exactly d; the displacement of each layer is recorded alike.
+    """
+    gammas, seeds, P = sorted(drift), 8, 3
+    x = _circle(P)
+    grid = EvalGrid(x, np.zeros((P, 1)))
+    store = EnsembleStore.create(
+        path, grid, gammas=gammas, widths=list(widths), seeds=list(range(seeds)), times=[0.0, 1.0],
+        dtype="float64", ntk_points="all", layers=["W1", "C"], seed_chunk=seeds,
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    eye = np.eye(P)[:, :, None, None]  # (P, P, O, O)
+    for gi, g in enumerate(gammas):
+        for wi, n in enumerate(widths):
+            d = 0.3 * n ** drift[g] * (1 + 0.02 * rng.normal(size=seeds))
+            m = 0.3 * n ** displacement[g] * (1 + 0.02 * rng.normal(size=(seeds, 2)))
+            ntk = np.stack([np.broadcast_to(eye, (seeds, P, P, 1, 1)), (1 + d)[:, None, None, None, None] * eye], 1)
+            disp = np.stack([np.zeros((seeds, 2)), m], 1)
+            store.write_records(
+                (gi, wi, slice(0, seeds)), [0, 1], np.zeros((seeds, 2, P, 1)), [0, n],
+                fields={"ntk": ntk, "displacement": disp},
+            )  # fmt: skip
+    return store.path

@@ -65,3 +65,24 @@ def test_catapult(tmp_path, r0, behaviour, outcomes):
     )
     assert [c.label for c in claims] == ["Verdict 1", "Verdict 2", "Verdict 3"]
     assert claims[0].preamble.startswith("Seeds: 4 per (N, alpha)") and len(claims[2].rows) == len(r0)
+
+
+THEORY_DRIFT = {0.75: -0.5, 1.0: 0.0}  # max(gamma - 3/2, 2 gamma - 2)
+THEORY_DISP = {0.75: -0.25, 1.0: 0.0}  # gamma - 1
+
+
+@pytest.mark.parametrize(
+    ("drift", "disp", "outcomes"),
+    [
+        (THEORY_DRIFT, THEORY_DISP, ["holds", "holds"]),
+        ({0.75: -0.25, 1.0: -0.5}, {0.75: -0.75, 1.0: -0.5}, ["does not hold", "does not hold"]),
+        ({0.75: -0.5, 1.0: -0.5}, {0.75: -0.25, 1.0: -0.5}, ["inconclusive", "inconclusive"]),
+    ],
+)
+def test_lazy(tmp_path, drift, disp, outcomes):
+    path = _claim_stores.lazy_store(tmp_path / "l.zarr", drift=drift, displacement=disp)
+    claims = es.claims.lazy.claims({"default": path}, {})
+    assert [c.verdict.outcome for c in claims] == outcomes  # no gamma = 1/2: no linearization claim
+    np.testing.assert_allclose(claims[0].cases.drift_slope.values, [drift[0.75], drift[1.0]], atol=0.02)
+    np.testing.assert_allclose(claims[0].cases.drift_theory.values, [-0.5, 0.0])
+    assert claims[1].verdict.cases == 4 and claims[1].cases.sizes["case"] == 4  # (gamma, layer)

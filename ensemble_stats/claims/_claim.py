@@ -78,6 +78,21 @@ def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
     return lines[:-1]
 
 
+def sci(m, lo, hi) -> str:
+    """``"m [lo, hi]"`` in 3 significant digits, for quantities spanning decades."""
+    return f"{float(m):.3g} [{float(lo):.3g}, {float(hi):.3g}]"
+
+
+def yes_no(case: bool | None) -> str:
+    """How a table shows a case: ``"yes"``, ``"no"``, or ``"-"`` when undecided."""
+    return "-" if case is None else ("yes" if case else "no")
+
+
+def inside(lo, x, hi) -> bool:
+    """Whether ``lo <= x <= hi`` (False when any is NaN)."""
+    return bool(lo <= x <= hi)
+
+
 def save_figure(fig, opts: Mapping, name: str) -> str:
     """Save a figure into ``opts["figdir"]`` (and close it); return its file name."""
     import matplotlib.pyplot as plt

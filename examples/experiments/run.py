@@ -1297,116 +1297,6 @@ def analyze_expansion(stores: dict[str, Path], figdir: Path, analysis: dict) -> 
     ]
 
 
-def analyze_lazy(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    (path,) = stores.values()
-    ds = es.open_ensemble(path)
-    kd = es.kernel_drift(ds).compute()
-    N, gammas = ds.width.values, ds.gamma.values
-    last = kd.isel(time=-1)
-    t_last = float(ds.time[-1])
-    inside = lambda lo, x, hi: bool(lo <= x <= hi)  # noqa: E731
-    drift_rows, drift_cases, naive_cases, disp_rows, disp_cases = [], [], [], [], []
-    for g in gammas:
-        c = last.sel(gamma=g)
-        th, naive = float(c.drift_theory), g - 1
-        drift_cases.append(inside(c.drift_slope_lo, th, c.drift_slope_hi))
-        naive_cases.append(inside(c.drift_slope_lo, naive, c.drift_slope_hi))
-        drift_rows.append(
-            [f"{g:g}", sci(c.drift_mean.sel(width=N[0]), c.drift_lo.sel(width=N[0]), c.drift_hi.sel(width=N[0])),
-             sci(c.drift_mean.sel(width=N[-1]), c.drift_lo.sel(width=N[-1]), c.drift_hi.sel(width=N[-1])),
-             ci(c.drift_slope, c.drift_slope_lo, c.drift_slope_hi, 2), f"{th:+.3f}", "yes" if drift_cases[-1] else "no",
-             f"{naive:+.3f}", "yes" if naive_cases[-1] else "no"]
-        )  # fmt: skip
-        for layer in kd.layer.values:
-            d = c.sel(layer=layer)
-            disp_cases.append(inside(d.displacement_slope_lo, float(d.displacement_theory), d.displacement_slope_hi))
-            disp_rows.append(
-                [f"{g:g}", str(layer),
-                 sci(d.displacement_mean.sel(width=N[-1]), d.displacement_lo.sel(width=N[-1]),
-                    d.displacement_hi.sel(width=N[-1])),
-                 ci(d.displacement_slope, d.displacement_slope_lo, d.displacement_slope_hi, 2),
-                 f"{float(d.displacement_theory):+.3f}", "yes" if disp_cases[-1] else "no"]
-            )  # fmt: skip
-    v_drift, v_naive, v_disp = es.verdict(drift_cases), es.verdict(naive_cases), es.verdict(disp_cases)
-    fig_path = _save(plot.kernel_drift(kd), figdir, "lazy-drift.png")
-    # the linearized prediction at gamma = 1/2: the kernel limit h_t against the trained ensemble mean
-    lin = ds.sel(gamma=[0.5]) if 0.5 in gammas else None
-    lin_lines = []
-    if lin is not None:
-        h = es.compare_to_theory(lin)["h"]
-        later = lin.sel(time=lin.time > 0)
-        bv = es.bias_variance(later, reference=h.sel(time=later.time)).compute()
-        rate = es.fit_rate(later, quantity="bias", reference=h.sel(time=later.time)).compute()
-        scale = float(np.sqrt((h.sel(time=later.time) ** 2).mean()))
-        lin_rows, lin_cases, upper = [], [], 0.0
-        for t in later.time.values:
-            b = bv.sel(gamma=0.5, time=t)
-            r = rate.sel(gamma=0.5, time=t)
-            rel = lambda w, k, b=b: np.sqrt(max(float(b[k].sel(width=w)), 0.0)) / scale  # noqa: E731
-            # a slope says something only where the fall with N is resolved (its CI excludes 0)
-            resolved = np.isfinite(float(r.slope)) and (float(r.slope_hi) < 0 or float(r.slope_lo) > 0)
-            ok = inside(r.slope_lo, -0.5, r.slope_hi) if resolved else None
-            upper = max(upper, max(rel(w, "bias2_hi") for w in N))
-            lin_cases.append(ok)
-            lin_rows.append(
-                [f"{t:g}", *(sci(rel(w, "bias2"), rel(w, "bias2_lo"), rel(w, "bias2_hi")) for w in (N[0], N[-1])),
-                 ci(r.slope, r.slope_lo, r.slope_hi, 2), "-" if ok is None else ("yes" if ok else "no")]
-            )  # fmt: skip
-        v_lin = es.verdict(lin_cases)
-        lin_lines = [
-            f"**Verdict 3: at gamma = 1/2, does the trained ensemble mean approach the linearized prediction?** "
-            f"{v_lin.markdown()}: the RMS distance between the seed mean and the kernel (NTK) limit h_t, relative to "
-            f"the RMS of h_t, falls with N with a slope whose 95% CI covers the theory's -1/2 (gamma - 1) in "
-            f"{v_lin.agree} of {v_lin.cases} times ({v_lin.undecided} where the fall is not resolved: the slope's CI "
-            f"contains 0). What is resolved: at every width and time the distance is below {upper:.2%} of h_t (the "
-            "largest upper 95% bound), i.e. the trained mean is the linearized prediction to that precision.",
-            "",
-            md(
-                ["t", f"|mean - h_t| / |h_t|, N = {int(N[0])}", f"N = {int(N[-1])}", "slope [95%]", "covers -1/2"],
-                lin_rows,
-                "markdown",
-            ),
-            "",
-        ]
-    return [
-        f"Seeds: {ds.sizes['seed']} per (gamma, N); rates at t = {t_last:g}, WLS of log(seed mean) on log N "
-        "(`kernel_drift`, `width_rate`).",
-        "",
-        f"**Verdict 1: does the kernel drift scale as N^max(gamma - 3/2, 2 gamma - 2)?** {v_drift.markdown()}: the "
-        f"slope's 95% CI covers it for {v_drift.agree} of {v_drift.cases} gammas. The naive N^(gamma - 1) is covered "
-        f"for {v_naive.agree} of {v_naive.cases} ({v_naive.outcome}). Lazy training is the drift vanishing with N "
-        "(gamma < 1); at gamma = 1 it stays O(1): feature learning.",
-        "",
-        md(
-            [
-                "gamma",
-                f"drift, N = {int(N[0])}",
-                f"drift, N = {int(N[-1])}",
-                "slope [95%]",
-                "theory max(gamma - 3/2, 2 gamma - 2)",
-                "covers",
-                "naive gamma - 1",
-                "covers",
-            ],
-            drift_rows,
-            "markdown",
-        ),
-        "",
-        f"**Verdict 2: does the parameter displacement scale as N^(gamma - 1)?** {v_disp.markdown()}: covered for "
-        f"{v_disp.agree} of {v_disp.cases} (gamma, layer) cases.",
-        "",
-        md(
-            ["gamma", "layer", f"displacement, N = {int(N[-1])}", "slope [95%]", "theory gamma - 1", "covers"],
-            disp_rows,
-            "markdown",
-        ),
-        "",
-        f"![kernel drift]({fig_path})",
-        "",
-        *lin_lines,
-    ]
-
-
 def _claims(study: str):
     """A study moved into the library: its claims, written as the document writes every claim."""
 
@@ -1424,7 +1314,7 @@ ANALYSES = {
     "conditioning": analyze_conditioning,
     "collapse": _claims("collapse"),
     "expansion": analyze_expansion,
-    "lazy": analyze_lazy,
+    "lazy": _claims("lazy"),
     "catapult": _claims("catapult"),
 }
 
