@@ -17,6 +17,7 @@ from .errors import require
 
 __all__ = [
     "PALETTE",
+    "condition_numbers",
     "bias_variance",
     "catapult",
     "collapse",
@@ -557,4 +558,49 @@ def catapult(reg: xr.Dataset, *, ax=None):
     axes[1].set_ylabel("r_final = eta lambda_final / (M O)\n(runs that did not diverge)")
     axes[0].legend(fontsize=7)
     axes[0].set_title("crosses: diverged runs", fontsize=9)
+    return axes[0].figure
+
+
+def condition_numbers(cond: xr.DataArray, trained: xr.Dataset | None = None, *, title: str = "", ax=None):
+    """Draw the NNGP Gram matrix's condition number against depth, and the trained nets' loss against depth.
+
+    Parameters
+    ----------
+    cond : condition numbers, dims (activation, depth) (e.g. ``theory.kernel_condition_number`` per activation)
+    trained : ``train_loss``, ``train_loss_lo``, ``train_loss_hi`` with dims (activation, layers), or None for
+        the first panel only
+    title : the first panel's title (the inputs the Gram matrices are of)
+    ax : one or two axes, or None for a new figure
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np, xarray as xr
+    >>> from ensemble_stats import plot, theory
+    >>> x = np.random.default_rng(0).normal(size=(6, 3))
+    >>> acts, depths = ["relu", "tanh"], [1, 2, 4]
+    >>> cond = xr.DataArray([theory.kernel_condition_number(x, activation=a, depth=depths) for a in acts],
+    ...                     dims=("activation", "depth"), coords={"activation": acts, "depth": depths})
+    >>> len(plot.condition_numbers(cond).axes)
+    1
+    """
+    axes = _axes(ax, 1 if trained is None else 2, (4.5 if trained is None else 9.0, 3.4))
+    for a, c in zip(cond.activation.values, _colors(cond.sizes["activation"]), strict=True):
+        axes[0].plot(cond.depth.values, cond.sel(activation=a).values, "o-", color=c, label=str(a))
+    axes[0].set(yscale="log", xlabel="depth (hidden layers)", ylabel=cond.attrs.get("long_name", ""), title=title)
+    axes[0].legend(fontsize=7)
+    if trained is not None:
+        colors = _colors(trained.sizes["activation"] + 1)[1:]
+        for a, c in zip(trained.activation.values, colors, strict=True):
+            one = trained.sel(activation=a).dropna("layers", subset=["train_loss"])
+            m = one.train_loss.values
+            yerr = [m - one.train_loss_lo.values, one.train_loss_hi.values - m]
+            axes[1].errorbar(one.layers.values, m, yerr=yerr, marker="o", capsize=2, color=c, label=str(a))
+        axes[1].set(xscale="log", yscale="log", xlabel="hidden layers L", ylabel="training loss after the budget")
+        axes[1].legend(fontsize=7)
     return axes[0].figure

@@ -116,3 +116,26 @@ def lazy_store(path, *, drift: dict[float, float], displacement: dict[float, flo
                 fields={"ntk": ntk, "displacement": disp},
             )  # fmt: skip
     return store.path
+
+
+def conditioning_stores(folder, *, accuracy: dict[tuple[str, int], float], seeds: int = 8) -> dict[str, object]:
+    """One store per (activation, depth), named as the conditioning study names them, whose runs end at the
+    given training accuracy (seed noise sd 0.005) and at training loss 0.1 (1 - accuracy)."""
+    x_train = _circle(8)
+    grid = EvalGrid(_circle(5, 0.3), np.eye(2)[np.arange(5) % 2])
+    rng = np.random.default_rng(2)
+    out = {}
+    for (act, L), acc in accuracy.items():
+        name = f"{act}-L{L}"
+        store = EnsembleStore.create(
+            f"{folder}/{name}.zarr", grid, gammas=[0.5], widths=[128], seeds=list(range(seeds)), times=[0.0, 1.0],
+            dtype="float64", train=(x_train, np.eye(2)[np.arange(8) % 2]), seed_chunk=seeds,
+        )  # fmt: skip
+        final = acc + 0.005 * rng.normal(size=seeds)
+        store.write_records(
+            (0, 0, slice(0, seeds)), [0, 1], np.zeros((seeds, 2, 5, 2)), [0, 128],
+            scalars={"train_accuracy": np.stack([np.full(seeds, 0.5), final], 1),
+                     "train_loss": np.stack([np.full(seeds, 0.5), 0.1 * (1 - final)], 1)},
+        )  # fmt: skip
+        out[name] = store.path
+    return out

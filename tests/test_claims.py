@@ -86,3 +86,32 @@ def test_lazy(tmp_path, drift, disp, outcomes):
     np.testing.assert_allclose(claims[0].cases.drift_slope.values, [drift[0.75], drift[1.0]], atol=0.02)
     np.testing.assert_allclose(claims[0].cases.drift_theory.values, [-0.5, 0.0])
     assert claims[1].verdict.cases == 4 and claims[1].cases.sizes["case"] == 4  # (gamma, layer)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "outcome"),
+    [
+        ({("relu", 2): 0.80, ("normalized_relu", 2): 0.90, ("relu", 8): 0.60, ("normalized_relu", 8): 0.90}, "holds"),
+        (
+            {("relu", 2): 0.90, ("normalized_relu", 2): 0.80, ("relu", 8): 0.90, ("normalized_relu", 8): 0.70},
+            "does not hold",
+        ),
+        (
+            {("relu", 2): 0.90, ("normalized_relu", 2): 0.90, ("relu", 8): 0.60, ("normalized_relu", 8): 0.90},
+            "inconclusive",
+        ),
+    ],
+)
+def test_conditioning(tmp_path, accuracy, outcome):
+    stores = _claim_stores.conditioning_stores(tmp_path, accuracy=accuracy)
+    x = np.random.default_rng(0).normal(size=(12, 4))
+    claims = es.claims.conditioning.claims(stores, {"kernel_x": x, "kernel_depths": [1, 4, 16]})
+    kernel, training = claims
+    want = es.theory.kernel_condition_number(x, activation="normalized_relu", depth=[1, 4, 16])
+    np.testing.assert_allclose(kernel.cases.condition_number.sel(activation="normalized_relu"), want)
+    assert kernel.verdict.outcome == "holds"  # the theory: normalized ReLU stays better conditioned
+    assert training.verdict.outcome == outcome and training.verdict.cases == 2
+    assert training.cases.train_accuracy.sel(activation="relu", layers=8) == pytest.approx(
+        accuracy[("relu", 8)], abs=0.01
+    )
+    assert "For scale" in training.notes and len(training.rows) == 4

@@ -25,6 +25,7 @@ class Claim:
     columns, rows : the table a document shows (headers, and rows of formatted cells); empty for none
     figures : ``(alt text, file name)`` of the figures drawn (in ``opts["figdir"]``), shown after the table
     preamble : a paragraph before the verdict (what the study measured, shared by the claims that follow)
+    notes : a paragraph after the verdict, before the table (what the reader needs to read the table)
     """
 
     label: str
@@ -36,6 +37,7 @@ class Claim:
     rows: tuple[tuple[str, ...], ...] = ()
     figures: tuple[tuple[str, str], ...] = ()
     preamble: str = ""
+    notes: str = ""
 
     @property
     def holds(self) -> bool | None:
@@ -69,7 +71,9 @@ def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
     for c in claims:
         if c.preamble:
             lines += [c.preamble, ""]
-        lines.append(f"**{c.label}: {c.question}** {c.verdict.markdown()}: {c.summary}")
+        lines.append(f"**{f'{c.label}: ' if c.label else ''}{c.question}** {c.verdict.markdown()}: {c.summary}")
+        if c.notes:
+            lines += ["", c.notes]
         if c.columns:
             lines += ["", format_table(list(c.columns), [list(r) for r in c.rows], "markdown")]
         for alt, name in c.figures:

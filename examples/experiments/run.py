@@ -979,125 +979,6 @@ def _clt_data_order(path: Path) -> list[str]:
     ]
 
 
-def analyze_conditioning(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-    x = digits(n_test=int(analysis.get("kernel_points", 200))).grid.x
-    depths = [int(d) for d in analysis.get("kernel_depths", [1, 2, 4, 8, 16])]
-    acts = analysis.get("kernel_activations", ["relu", "normalized_relu", "tanh", "erf"])
-    cond = {a: list(es.theory.kernel_condition_number(x, activation=a, depth=depths)) for a in acts}
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
-    for a, c in zip(acts, plot.PALETTE, strict=False):
-        axes[0].plot(depths, cond[a], "o-", color=c, label=a)
-    axes[0].set(
-        yscale="log",
-        xlabel="depth (hidden layers)",
-        ylabel="condition number of the NNGP Gram matrix",
-        title=f"digits, {len(x)} inputs",
-    )
-    axes[0].legend(fontsize=7)
-    loss_end, start, acc_end, div, zero_loss = {}, {}, {}, {}, None
-    for name, path in stores.items():
-        ds = es.open_ensemble(path).load().isel(gamma=0, width=0)
-        if zero_loss is None:  # the loss of the predictor that outputs 0: what a collapsed net reaches
-            zero_loss = 0.5 * float(np.mean(np.square(ds.y_train))) if "y_train" in ds else np.nan
-        act, _, L = name.rpartition("-L")
-        key = (act, int(L))
-        loss_end[key] = es.seed_mean(ds.train_loss.isel(time=-1))
-        acc_end[key] = es.seed_mean(ds.train_accuracy.isel(time=-1))
-        start[key] = float(ds.train_loss.isel(time=0).median())
-        div[key] = int((ds.diverged_step >= 0).sum())
-    rows = []
-    for a, c in zip(sorted({k[0] for k in loss_end}), plot.PALETTE[1:], strict=False):
-        Ls = sorted(L for act, L in loss_end if act == a)
-        m = [loss_end[(a, L)] for L in Ls]
-        yerr = [[float(q["mean"] - q.mean_lo) for q in m], [float(q.mean_hi - q["mean"]) for q in m]]
-        axes[1].errorbar(Ls, [float(q["mean"]) for q in m], yerr=yerr, marker="o", capsize=2, color=c, label=a)
-        for L, q in zip(Ls, m, strict=True):
-            r = acc_end[(a, L)]
-            rows.append(
-                [
-                    a,
-                    L,
-                    f"{start[(a, L)]:.4f}",
-                    ci(q["mean"], q.mean_lo, q.mean_hi, 4),
-                    ci(r["mean"], r.mean_lo, r.mean_hi),
-                    div[(a, L)],
-                ]
-            )
-    axes[1].set(
-        xscale="log",
-        yscale="log",
-        xlabel="hidden layers L",
-        ylabel="training loss after the budget",
-        title="trained, width 128, gamma = 1/2",
-    )
-    axes[1].legend(fontsize=7)
-    kernel_ok = cond["normalized_relu"][-1] < cond["relu"][-1] if {"relu", "normalized_relu"} <= set(cond) else None
-    # "trains better" is read off training accuracy: a collapsed net reaches the zero predictor's low MSE
-    # with chance accuracy, so a lower loss alone would reward collapse
-    better, depth_rows = [], []
-    for L in sorted({L for a, L in acc_end if a == "relu"} & {L for a, L in acc_end if a == "normalized_relu"}):
-        n, r = acc_end[("normalized_relu", L)], acc_end[("relu", L)]
-        better.append(bool(n.mean_lo > r.mean_hi))
-        depth_rows.append(
-            f"L = {L}: {float(n['mean']):.3f} vs {float(r['mean']):.3f} ({'yes' if better[-1] else 'no'})"
-        )
-    bn_rows, bn_cases = [], []  # the paper's comparison: normalized ReLU against ReLU with BatchNorm
-    for L in sorted(
-        {L for a, L in acc_end if a == "relu_batchnorm"} & {L for a, L in acc_end if a == "normalized_relu"}
-    ):
-        n, b = acc_end[("normalized_relu", L)], acc_end[("relu_batchnorm", L)]
-        bn_cases.append(bool(n.mean_hi >= b.mean_lo))  # normalized ReLU at least as good: intervals not below
-        bn_rows.append(f"L = {L}: {float(n['mean']):.3f} vs {float(b['mean']):.3f}")
-    k, t = es.verdict(kernel_ok), es.verdict(better)
-    nan = [np.nan]
-    return [
-        f"**Verdict (kernel): is the normalized ReLU's Gram matrix better conditioned at depth?** {k.markdown()}: at "
-        f"depth {depths[-1]} the condition number is {cond.get('normalized_relu', nan)[-1]:.3g} (normalized ReLU) vs "
-        f"{cond.get('relu', nan)[-1]:.3g} (ReLU); growth from depth {depths[0]} to {depths[-1]}: "
-        + ", ".join(f"{a} x{cond[a][-1] / cond[a][0]:.3g}" for a in acts)
-        + ".",
-        "",
-        md(
-            ["activation", *(f"depth {d}" for d in depths)],
-            [[a, *(f"{v:.3g}" for v in cond[a])] for a in acts],
-            "markdown",
-        ),
-        "",
-        f"**Verdict (training): does normalized ReLU train better at depth?** {t.markdown()}: its training accuracy's "
-        f"95% CI lies above plain ReLU's at {t.agree} of {t.cases} depths ("
-        + "; ".join(depth_rows)
-        + "). A diverged seed is left out and counted.",
-        "",
-        *(
-            [
-                f"**Does normalized ReLU train as well as ReLU with BatchNorm?** {es.verdict(bn_cases).markdown()}: "
-                f"its training accuracy's 95% CI reaches BatchNorm's at {es.verdict(bn_cases).agree} of "
-                f"{len(bn_cases)} depths (" + "; ".join(bn_rows) + ", normalized ReLU vs BatchNorm).",
-                "",
-            ]
-            if bn_cases
-            else []
-        ),
-        f"For scale: a net that outputs 0 everywhere has training loss {zero_loss:.4f}; a loss near it with chance "
-        "accuracy is a collapsed net, not a trained one.",
-        "",
-        md(
-            [
-                "activation",
-                "hidden layers",
-                "training loss at t = 0 (median)",
-                "training loss after the budget, 95% CI",
-                "training accuracy after the budget, 95% CI",
-                "diverged seeds",
-            ],
-            rows,
-            "markdown",
-        ),
-        "",
-        f"![conditioning]({_save(fig, figdir, 'conditioning.png')})",
-    ]
-
-
 def analyze_expansion(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
     (path,) = stores.values()
     ds = es.open_ensemble(path)
@@ -1297,11 +1178,12 @@ def analyze_expansion(stores: dict[str, Path], figdir: Path, analysis: dict) -> 
     ]
 
 
-def _claims(study: str):
+def _claims(study: str, extra=None):
     """A study moved into the library: its claims, written as the document writes every claim."""
 
     def analyze(stores: dict[str, Path], figdir: Path, analysis: dict) -> list[str]:
-        found = es.claims.STUDIES[study].claims(stores, {**analysis, "figdir": figdir})
+        more = extra(analysis) if extra else {}
+        found = es.claims.STUDIES[study].claims(stores, {**analysis, **more, "figdir": figdir})
         return es.claims.to_markdown(found, figure_dir="experiments/")
 
     return analyze
@@ -1311,7 +1193,9 @@ ANALYSES = {
     "shallow": analyze_shallow,
     "deep": analyze_deep,
     "clt": analyze_clt,
-    "conditioning": analyze_conditioning,
+    "conditioning": _claims(
+        "conditioning", lambda analysis: {"kernel_x": digits(n_test=int(analysis.get("kernel_points", 200))).grid.x}
+    ),
     "collapse": _claims("collapse"),
     "expansion": analyze_expansion,
     "lazy": _claims("lazy"),
