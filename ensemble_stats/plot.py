@@ -24,6 +24,7 @@ __all__ = [
     "completeness",
     "curves",
     "fluctuation_qq",
+    "scaled_variance",
     "gamma_alpha_map",
     "kernel_drift",
     "time_label",
@@ -603,4 +604,44 @@ def condition_numbers(cond: xr.DataArray, trained: xr.Dataset | None = None, *, 
             axes[1].errorbar(one.layers.values, m, yerr=yerr, marker="o", capsize=2, color=c, label=str(a))
         axes[1].set(xscale="log", yscale="log", xlabel="hidden layers L", ylabel="training loss after the budget")
         axes[1].legend(fontsize=7)
+    return axes[0].figure
+
+
+def scaled_variance(variants, *, ylabel: str = "N x seed variance (grid mean, 95% CI)", ax=None):
+    """Draw a scaled seed variance (e.g. N Var) against time with its interval, one panel per variant.
+
+    Parameters
+    ----------
+    variants : ``{name: Dataset}`` with ``variance``, ``variance_lo``, ``variance_hi`` of dims (width, time), already
+        scaled (e.g. by N^(2 gamma - 1))
+    ylabel : the quantity's label
+    ax : one axes per variant, or None for a new figure
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats import plot
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> bv = es.bias_variance(synthetic_ensemble(gammas=[1.0], widths=[64, 256], n_seeds=8)).sel(gamma=1.0)
+    >>> scaled = bv[["variance", "variance_lo", "variance_hi"]] * bv.width
+    >>> len(plot.scaled_variance({"synthetic": scaled}).axes)
+    1
+    """
+    names = list(variants)
+    axes = _axes(ax, len(names), (3.3 * len(names), 3.3), sharey=True)
+    for a, name in zip(axes, names, strict=True):
+        d = variants[name]
+        for w, c in zip(d.width.values, _colors(d.sizes["width"]), strict=True):
+            s = d.sel(width=w)
+            a.plot(d.time, s.variance, color=c, label=f"N = {int(w)}")
+            a.fill_between(d.time, s.variance_lo, s.variance_hi, color=c, alpha=0.2, lw=0)
+        a.set(yscale="log", xlabel=time_label(d), title=name)
+    axes[0].set_ylabel(ylabel)
+    axes[-1].legend(fontsize=7)
     return axes[0].figure

@@ -139,3 +139,31 @@ def conditioning_stores(folder, *, accuracy: dict[tuple[str, int], float], seeds
         )  # fmt: skip
         out[name] = store.path
     return out
+
+
+def clt_stores(folder, *, n_var: dict[str, list[float]], bound: float = 10.0, widths=(64, 256), seeds: int = 32):
+    """One gamma = 1 store per variant whose N x seed variance follows ``n_var[variant]`` over the times
+    0, 1, ..., exactly at every grid point and width (standardized draws), with output weight norm ``bound``
+    and a training loss falling as 1 / (1 + t)."""
+    out = {}
+    T = len(next(iter(n_var.values())))
+    times = [float(t) for t in range(T)]
+    grid = EvalGrid(_circle(5, 0.3), np.zeros((5, 1)))
+    rng = np.random.default_rng(3)
+    for name, curve in n_var.items():
+        store = EnsembleStore.create(
+            f"{folder}/{name}.zarr", grid, gammas=[1.0], widths=list(widths), seeds=list(range(seeds)), times=times,
+            dtype="float64", seed_chunk=seeds,
+        )  # fmt: skip
+        for wi, n in enumerate(widths):
+            z = rng.normal(size=(seeds, 5))
+            z = (z - z.mean(0)) / z.std(0, ddof=1)
+            sd = np.sqrt(np.asarray(curve) / n)  # (time,)
+            pred = sd[None, :, None, None] * z[:, None, :, None]
+            store.write_records(
+                (0, wi, slice(0, seeds)), list(range(T)), pred, [round(t * n) for t in times],
+                scalars={"output_weight_norm": np.full((seeds, T), bound),
+                         "train_loss": np.tile(1 / (1 + np.asarray(times)), (seeds, 1))},
+            )  # fmt: skip
+        out[name] = store.path
+    return out

@@ -115,3 +115,34 @@ def test_conditioning(tmp_path, accuracy, outcome):
         accuracy[("relu", 8)], abs=0.01
     )
     assert "For scale" in training.notes and len(training.rows) == 4
+
+
+FALLS = [1.0, 0.5, 0.25, 0.2, 0.22, 0.25, 0.28, 0.3]  # falls to a minimum, rebounds far below its start
+GROWS = [1.0, 0.5, 0.6, 1.2, 2.0, 3.0, 4.0, 5.0]  # passes its start again
+
+
+@pytest.mark.parametrize(
+    ("n_var", "bound", "outcomes"),
+    [
+        ({"test": FALLS}, 10.0, ["holds", "holds"]),
+        ({"test": GROWS}, 0.1, ["does not hold", "does not hold"]),
+        ({"test": FALLS, "test-b": GROWS}, 2.0, ["inconclusive", "inconclusive"]),
+    ],
+)
+def test_clt_boundedness(tmp_path, n_var, bound, outcomes):
+    stores = _claim_stores.clt_stores(tmp_path, n_var=n_var, bound=bound)
+    claims = es.claims.clt.claims(stores, {})
+    assert [c.verdict.outcome for c in claims] == outcomes  # no train / regularized / data-order store
+    assert claims[0].verdict.cases == 2 * len(n_var)  # (variant, N)
+    row = claims[1].rows[0]
+    assert row[2].startswith("1.0000 [") and row[0] == "test"  # N Var at t = 0: exactly 1 by construction
+
+
+def test_clt_vanishing_on_the_training_points(tmp_path):
+    vanishing = [0.5, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
+    stores = _claim_stores.clt_stores(tmp_path, n_var={"test": FALLS, "train": vanishing})
+    claims = {c.label: c for c in es.claims.clt.claims(stores, {})}
+    assert claims["Verdict 3"].verdict.outcome == "holds" and claims["Verdict 3"].verdict.cases == 2
+    stays = _claim_stores.clt_stores(tmp_path / "b", n_var={"test": FALLS, "train": FALLS})
+    claims = {c.label: c for c in es.claims.clt.claims(stays, {})}
+    assert claims["Verdict 3"].verdict.outcome == "does not hold"  # the loss still falls, N Var does not vanish

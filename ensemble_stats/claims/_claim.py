@@ -26,6 +26,7 @@ class Claim:
     figures : ``(alt text, file name)`` of the figures drawn (in ``opts["figdir"]``), shown after the table
     preamble : a paragraph before the verdict (what the study measured, shared by the claims that follow)
     notes : a paragraph after the verdict, before the table (what the reader needs to read the table)
+    more_tables : further ``(columns, rows)`` tables, shown after the first
     """
 
     label: str
@@ -38,6 +39,7 @@ class Claim:
     figures: tuple[tuple[str, str], ...] = ()
     preamble: str = ""
     notes: str = ""
+    more_tables: tuple[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = ()
 
     @property
     def holds(self) -> bool | None:
@@ -74,8 +76,9 @@ def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
         lines.append(f"**{f'{c.label}: ' if c.label else ''}{c.question}** {c.verdict.markdown()}: {c.summary}")
         if c.notes:
             lines += ["", c.notes]
-        if c.columns:
-            lines += ["", format_table(list(c.columns), [list(r) for r in c.rows], "markdown")]
+        for columns, rows in ((c.columns, c.rows), *c.more_tables):
+            if columns:
+                lines += ["", format_table(list(columns), [list(r) for r in rows], "markdown")]
         for alt, name in c.figures:
             lines += ["", f"![{alt}]({figure_dir}{name})"]
         lines.append("")
