@@ -146,3 +146,18 @@ def test_clt_vanishing_on_the_training_points(tmp_path):
     stays = _claim_stores.clt_stores(tmp_path / "b", n_var={"test": FALLS, "train": FALLS})
     claims = {c.label: c for c in es.claims.clt.claims(stays, {})}
     assert claims["Verdict 3"].verdict.outcome == "does not hold"  # the loss still falls, N Var does not vanish
+
+
+@pytest.mark.parametrize(("scale", "outcome"), [(1.0, "holds"), (1.6, "does not hold")])
+def test_expansion_judges_the_fluctuations_scale_and_leaves_an_absent_bias_undecided(tmp_path, scale, outcome):
+    """Predictions h_t + N^(1/2 - gamma) sqrt(Var K_t) c z with z standardized: no bias at all (its claim has no
+    slope to judge: inconclusive), the rescaled fluctuation's sd exactly c (its scale claim holds iff c = 1)."""
+    path = _claim_stores.collapse_store(
+        tmp_path / "e.zarr", scale={0.75: scale, 0.875: scale}, widths=(64, 256, 1024), times=(0.0, 1.0, 2.0)
+    )
+    claims = {c.label: c for c in es.claims.expansion.claims({"default": path}, {"t_min": 1.0})}
+    assert claims["Verdict 1"].verdict.outcome == "inconclusive" and claims["Verdict 1"].verdict.undecided > 0
+    assert claims["Verdict 3b"].verdict.outcome == outcome and claims["Verdict 3b"].verdict.cases == 4
+    np.testing.assert_allclose(claims["Verdict 3b"].cases.sd.values, scale, rtol=0.05)
+    # the KS test at Bonferroni level 0.05 / 4 on 64 draws has little power against a scale error: why 3b exists
+    assert claims["Verdict 3"].verdict.cases == 4 and float(claims["Verdict 3"].cases.pvalue_min.min()) > 0
