@@ -27,6 +27,7 @@ __all__ = [
     "scaled_variance",
     "gamma_alpha_map",
     "kernel_drift",
+    "main_effects",
     "time_label",
     "variance_vs_width",
 ]
@@ -644,4 +645,42 @@ def scaled_variance(variants, *, ylabel: str = "N x seed variance (grid mean, 95
         a.set(yscale="log", xlabel=time_label(d), title=name)
     axes[0].set_ylabel(ylabel)
     axes[-1].legend(fontsize=7)
+    return axes[0].figure
+
+
+def main_effects(panels, factors, *, labels=None, xlabel: str = "", title: str = "", ax=None):
+    """Draw the main effect of each factor: the response's mean at each level, the other factors averaged.
+
+    Parameters
+    ----------
+    panels : ``[(frame, response, ylabel), ...]``: a pandas DataFrame, the column plotted, its label; one panel each
+    factors : the factor columns (one line each)
+    labels : the lines' legend labels (default the factor names)
+    xlabel, title : the level axis' label and the figure's title
+    ax : one axes per panel, or None for a new figure
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import pandas as pd
+    >>> from ensemble_stats import plot
+    >>> frame = pd.DataFrame({"a": [0, 0, 1, 1], "b": [0, 1, 0, 1], "y": [1.0, 2.0, 3.0, 4.0]})
+    >>> len(plot.main_effects([(frame, "y", "response")], ["a", "b"]).axes)
+    1
+    """
+    axes = _axes(ax, len(panels), (4.5 * len(panels), 3.4))
+    labels = list(factors) if labels is None else list(labels)
+    for a, (frame, response, ylabel) in zip(axes, panels, strict=True):
+        for f, label, c in zip(factors, labels, _colors(len(factors)), strict=True):
+            m = frame.groupby(f)[response].mean()
+            a.plot(m.index, m.values, "o-", color=c, label=label)
+        a.set(xlabel=xlabel, ylabel=ylabel)
+        a.legend(fontsize=7)
+    if title:
+        axes[0].figure.suptitle(title)
     return axes[0].figure

@@ -167,3 +167,32 @@ def clt_stores(folder, *, n_var: dict[str, list[float]], bound: float = 10.0, wi
             )  # fmt: skip
         out[name] = store.path
     return out
+
+
+def deep_stores(folder, *, accuracy, levels=(0.5, 1.0), seeds: int = 8) -> dict[str, object]:
+    """One store per (gamma_1, gamma_2) sweeping gamma_3, as the deep study lays them out, whose final test
+    accuracy is ``accuracy(g1, g2, g3)`` (+ seed noise sd 0.01) and whose logits' seed variance is N^(1 - 2 g3)."""
+    import json
+
+    rng = np.random.default_rng(4)
+    labels = np.arange(10) % 10
+    grid = EvalGrid(rng.normal(size=(10, 4)), np.eye(10)[labels])  # chance: 1 / 10
+    out = {}
+    for g1 in levels:
+        for g2 in levels:
+            config = {"model": {"inner_gammas": [g1, g2], "inner_widths": [32, 32]}, "optimizer": {"alpha": 1.0}}
+            store = EnsembleStore.create(
+                f"{folder}/g{g1}-{g2}.zarr", grid, gammas=list(levels), widths=[64], seeds=list(range(seeds)),
+                times=[0.0, 1.0], dtype="float64", seed_chunk=seeds, config=json.dumps(config),
+            )  # fmt: skip
+            for gi, g3 in enumerate(levels):
+                acc = accuracy(g1, g2, g3) + 0.01 * rng.normal(size=seeds)
+                sd = 64 ** (0.5 - g3)
+                pred = sd * rng.normal(size=(seeds, 2, 10, 10))
+                store.write_records(
+                    (gi, 0, slice(0, seeds)), [0, 1], pred, [0, 64],
+                    scalars={"accuracy": np.stack([np.full(seeds, 0.1), acc], 1),
+                             "train_loss": np.stack([np.full(seeds, 2.3), np.full(seeds, 0.5)], 1)},
+                )  # fmt: skip
+            out[f"g{g1}-{g2}"] = store.path
+    return out

@@ -161,3 +161,26 @@ def test_expansion_judges_the_fluctuations_scale_and_leaves_an_absent_bias_undec
     np.testing.assert_allclose(claims["Verdict 3b"].cases.sd.values, scale, rtol=0.05)
     # the KS test at Bonferroni level 0.05 / 4 on 64 draws has little power against a scale error: why 3b exists
     assert claims["Verdict 3"].verdict.cases == 4 and float(claims["Verdict 3"].cases.pvalue_min.min()) > 0
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "outcome"),
+    [
+        (lambda g1, g2, g3: 0.5 + 0.3 * g3 + 0.02 * g1, "holds"),  # gamma_3 moves the accuracy most
+        (lambda g1, g2, g3: 0.5 + 0.3 * g1 + 0.02 * g3, "does not hold"),  # gamma_1 does
+        (lambda g1, g2, g3: 0.1 + 0.0 * g3, "inconclusive"),  # nothing learned: every net at chance
+    ],
+)
+def test_deep(tmp_path, accuracy, outcome):
+    stores = _claim_stores.deep_stores(tmp_path, accuracy=accuracy)
+    claims = es.claims.deep.claims(stores, {"bootstrap": 40})
+    sensitivity = claims[0]
+    assert sensitivity.verdict.outcome == outcome
+    if outcome != "inconclusive":
+        lo, hi = float(sensitivity.cases.difference_lo), float(sensitivity.cases.difference_hi)
+        assert (lo > 0) if outcome == "holds" else (hi < 0)
+    else:
+        assert "no configuration learned" in sensitivity.summary
+    assert claims[1].verdict.outcome == "holds"  # the logits' variance N^(1 - 2 gamma_3): gamma_3 dominates
+    if outcome == "holds":  # the best configuration is all ones, by construction
+        assert "(gamma_1, gamma_2, gamma_3) = (1, 1, 1)" in claims[2].summary

@@ -8,12 +8,12 @@ studies' documents do. Torch-free; matplotlib is imported only when a figure is 
 
 >>> import ensemble_stats as es
 >>> sorted(es.claims.STUDIES)
-['catapult', 'clt', 'collapse', 'conditioning', 'expansion', 'lazy']
+['catapult', 'clt', 'collapse', 'conditioning', 'deep', 'expansion', 'lazy']
 
 ``es.claims.collapse.claims({"default": "my.zarr"}, {})`` decides the collapse claim on ``my.zarr``.
 """
 
-from . import catapult, clt, collapse, conditioning, expansion, lazy
+from . import catapult, clt, collapse, conditioning, deep, expansion, lazy
 from ._claim import Claim, to_markdown
 
 STUDIES = {
@@ -21,9 +21,21 @@ STUDIES = {
     "clt": clt,
     "collapse": collapse,
     "conditioning": conditioning,
+    "deep": deep,
     "expansion": expansion,
     "lazy": lazy,
 }
 """Study name -> its module (each with ``claims(stores, opts)``)."""
 
-__all__ = ["STUDIES", "Claim", "catapult", "clt", "collapse", "conditioning", "expansion", "lazy", "to_markdown"]
+__all__ = [
+    "STUDIES",
+    "Claim",
+    "catapult",
+    "clt",
+    "collapse",
+    "conditioning",
+    "deep",
+    "expansion",
+    "lazy",
+    "to_markdown",
+]

@@ -19,7 +19,8 @@ class Claim:
     ----------
     label : how the document names it, e.g. ``"Verdict 2"``
     question : the claim as a question, e.g. ``"does the ratio collapse to 1 for every gamma?"``
-    verdict : the outcome over the cases (:func:`ensemble_stats.verdict`)
+    verdict : the outcome over the cases (:func:`ensemble_stats.verdict`); None for an observation that states no
+        verdict (the question, if any, is then a bold head)
     summary : what the verdict rests on, in a sentence or two (the numbers it counts)
     cases : the cases judged, one per element of the dim ``case``: their estimates, intervals and decisions
     columns, rows : the table a document shows (headers, and rows of formatted cells); empty for none
@@ -27,11 +28,12 @@ class Claim:
     preamble : a paragraph before the verdict (what the study measured, shared by the claims that follow)
     notes : a paragraph after the verdict, before the table (what the reader needs to read the table)
     more_tables : further ``(columns, rows)`` tables, shown after the first
+    postscript : a paragraph after the tables and figures
     """
 
     label: str
     question: str
-    verdict: Verdict
+    verdict: Verdict | None
     summary: str
     cases: xr.Dataset = field(default_factory=xr.Dataset)
     columns: tuple[str, ...] = ()
@@ -40,11 +42,12 @@ class Claim:
     preamble: str = ""
     notes: str = ""
     more_tables: tuple[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = ()
+    postscript: str = ""
 
     @property
     def holds(self) -> bool | None:
         """True when the claim holds, False when it does not, None when the verdict is inconclusive."""
-        return {"holds": True, "does not hold": False}.get(self.verdict.outcome)
+        return None if self.verdict is None else {"holds": True, "does not hold": False}.get(self.verdict.outcome)
 
 
 def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
@@ -73,7 +76,7 @@ def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
     for c in claims:
         if c.preamble:
             lines += [c.preamble, ""]
-        lines.append(f"**{f'{c.label}: ' if c.label else ''}{c.question}** {c.verdict.markdown()}: {c.summary}")
+        lines.append(_head(c))
         if c.notes:
             lines += ["", c.notes]
         for columns, rows in ((c.columns, c.rows), *c.more_tables):
@@ -81,8 +84,17 @@ def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
                 lines += ["", format_table(list(columns), [list(r) for r in rows], "markdown")]
         for alt, name in c.figures:
             lines += ["", f"![{alt}]({figure_dir}{name})"]
+        if c.postscript:
+            lines += ["", c.postscript]
         lines.append("")
     return lines[:-1]
+
+
+def _head(c: Claim) -> str:
+    """Write the claim's first line: the bold question and the verdict, or an observation's text."""
+    if c.verdict is None:
+        return f"**{c.question}** {c.summary}" if c.question else c.summary
+    return f"**{f'{c.label}: ' if c.label else ''}{c.question}** {c.verdict.markdown()}: {c.summary}"
 
 
 def sci(m, lo, hi) -> str:
