@@ -26,6 +26,7 @@ __all__ = [
     "fluctuation_qq",
     "scaled_variance",
     "gamma_alpha_map",
+    "gamma_alpha_maps",
     "kernel_drift",
     "main_effects",
     "time_label",
@@ -684,3 +685,39 @@ def main_effects(panels, factors, *, labels=None, xlabel: str = "", title: str =
     if title:
         axes[0].figure.suptitle(title)
     return axes[0].figure
+
+
+def gamma_alpha_maps(rows, *, logs=None, fmts=None, title: str = ""):
+    """Draw several (gamma, alpha) maps of one sweep, one row of panels (one per width) per quantity.
+
+    Parameters
+    ----------
+    rows : DataArrays as :func:`gamma_alpha_map` takes them, with the same widths
+    logs, fmts : per row, ``log`` and ``fmt`` of :func:`gamma_alpha_map` (default False and ".2f")
+    title : the figure's title
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np, xarray as xr
+    >>> from ensemble_stats import plot
+    >>> acc = xr.DataArray(np.array([[0.9, 0.8], [0.85, np.nan]]), dims=("gamma", "alpha"),
+    ...                    coords={"gamma": [0.5, 1.0], "alpha": [1.0, 10.0]}, name="accuracy")
+    >>> len(plot.gamma_alpha_maps([acc, 1 - acc], logs=[False, True]).axes)  # two maps and their colour bars
+    4
+    """
+    rows = list(rows)
+    logs = [False] * len(rows) if logs is None else list(logs)
+    fmts = [".2f"] * len(rows) if fmts is None else list(fmts)
+    n = rows[0].sizes.get(schema.WIDTH, 1)
+    fig, axes = _subplots(len(rows), n, (3.8 * n, 3.1 * len(rows)))
+    for da, log, fmt, row in zip(rows, logs, fmts, axes, strict=True):
+        gamma_alpha_map(da, log=log, fmt=fmt, ax=row)
+    if title:
+        fig.suptitle(title)
+    return fig

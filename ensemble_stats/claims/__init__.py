@@ -8,12 +8,12 @@ studies' documents do. Torch-free; matplotlib is imported only when a figure is 
 
 >>> import ensemble_stats as es
 >>> sorted(es.claims.STUDIES)
-['catapult', 'clt', 'collapse', 'conditioning', 'deep', 'expansion', 'lazy']
+['catapult', 'clt', 'collapse', 'conditioning', 'deep', 'expansion', 'lazy', 'shallow']
 
 ``es.claims.collapse.claims({"default": "my.zarr"}, {})`` decides the collapse claim on ``my.zarr``.
 """
 
-from . import catapult, clt, collapse, conditioning, deep, expansion, lazy
+from . import catapult, clt, collapse, conditioning, deep, expansion, lazy, shallow
 from ._claim import Claim, to_markdown
 
 STUDIES = {
@@ -24,6 +24,7 @@ STUDIES = {
     "deep": deep,
     "expansion": expansion,
     "lazy": lazy,
+    "shallow": shallow,
 }
 """Study name -> its module (each with ``claims(stores, opts)``)."""
 

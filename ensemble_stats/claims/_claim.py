@@ -29,6 +29,8 @@ class Claim:
     notes : a paragraph after the verdict, before the table (what the reader needs to read the table)
     more_tables : further ``(columns, rows)`` tables, shown after the first
     postscript : a paragraph after the tables and figures
+    joiner : what separates the verdict from the summary (``": "``; ``" "`` when the summary qualifies the verdict,
+        e.g. ``"overall: ..."``)
     """
 
     label: str
@@ -43,6 +45,7 @@ class Claim:
     notes: str = ""
     more_tables: tuple[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = ()
     postscript: str = ""
+    joiner: str = ": "
 
     @property
     def holds(self) -> bool | None:
@@ -82,8 +85,8 @@ def to_markdown(claims: Sequence[Claim], *, figure_dir: str = "") -> list[str]:
         for columns, rows in ((c.columns, c.rows), *c.more_tables):
             if columns:
                 lines += ["", format_table(list(columns), [list(r) for r in rows], "markdown")]
-        for alt, name in c.figures:
-            lines += ["", f"![{alt}]({figure_dir}{name})"]
+        if c.figures:  # one block: a figure per line
+            lines += ["", *(f"![{alt}]({figure_dir}{name})" for alt, name in c.figures)]
         if c.postscript:
             lines += ["", c.postscript]
         lines.append("")
@@ -94,7 +97,7 @@ def _head(c: Claim) -> str:
     """Write the claim's first line: the bold question and the verdict, or an observation's text."""
     if c.verdict is None:
         return f"**{c.question}** {c.summary}" if c.question else c.summary
-    return f"**{f'{c.label}: ' if c.label else ''}{c.question}** {c.verdict.markdown()}: {c.summary}"
+    return f"**{f'{c.label}: ' if c.label else ''}{c.question}** {c.verdict.markdown()}{c.joiner}{c.summary}"
 
 
 def sci(m, lo, hi) -> str:
