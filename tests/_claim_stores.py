@@ -196,3 +196,30 @@ def deep_stores(folder, *, accuracy, levels=(0.5, 1.0), seeds: int = 8) -> dict[
                 )  # fmt: skip
             out[f"g{g1}-{g2}"] = store.path
     return out
+
+
+def shallow_store(path, *, accuracy, widths=(32, 128), gammas=(0.5, 0.75, 1.0), seeds: int = 8):
+    """A shallow-study store whose final test accuracy is ``accuracy(gamma)`` (+ seed noise sd 0.005, shared by
+    the gammas of a seed like common random numbers) and whose logits' seed variance is exactly N^(1 - 2 gamma)."""
+    import json
+
+    rng = np.random.default_rng(5)
+    times = [0.0, 0.5, 1.0]
+    grid = EvalGrid(rng.normal(size=(6, 3)), np.eye(2)[np.arange(6) % 2])
+    config = {"model": {"init": "theory", "bias": False}, "optimizer": {"alpha": 1.0}}
+    store = EnsembleStore.create(
+        path, grid, gammas=list(gammas), widths=list(widths), seeds=list(range(seeds)), times=times,
+        dtype="float64", seed_chunk=seeds, config=json.dumps(config),
+    )  # fmt: skip
+    shared = 0.005 * rng.normal(size=seeds)
+    for wi, n in enumerate(widths):
+        z = rng.normal(size=(seeds, 6, 2))
+        z = (z - z.mean(0)) / z.std(0, ddof=1)
+        for gi, g in enumerate(gammas):
+            acc = np.stack([np.full(seeds, 0.5), accuracy(g) - 0.05 + shared, accuracy(g) + shared], 1)
+            pred = np.broadcast_to(np.sqrt(n ** (1 - 2 * g)) * z[:, None], (seeds, 3, 6, 2))
+            store.write_records(
+                (gi, wi, slice(0, seeds)), [0, 1, 2], pred, [round(t * n) for t in times],
+                scalars={"accuracy": acc, "train_accuracy": acc},
+            )  # fmt: skip
+    return store.path

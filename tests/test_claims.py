@@ -184,3 +184,22 @@ def test_deep(tmp_path, accuracy, outcome):
     assert claims[1].verdict.outcome == "holds"  # the logits' variance N^(1 - 2 gamma_3): gamma_3 dominates
     if outcome == "holds":  # the best configuration is all ones, by construction
         assert "(gamma_1, gamma_2, gamma_3) = (1, 1, 1)" in claims[2].summary
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "outcome"),
+    [
+        (lambda g: 0.6 + 0.2 * g, "holds"),  # rises with gamma, by far more than the seed noise
+        (lambda g: 0.9 - 0.2 * g, "does not hold"),
+    ],
+)
+def test_shallow(tmp_path, accuracy, outcome):
+    path = _claim_stores.shallow_store(tmp_path / "s.zarr", accuracy=accuracy)
+    mono, variance, slopes = es.claims.shallow.claims({"digits": path}, {})
+    assert mono.verdict.outcome == outcome and mono.verdict.cases == 2  # (variant, N)
+    assert variance.verdict.outcome == "holds"  # N^(1 - 2 gamma) falls with gamma at every N
+    assert slopes.verdict.outcome == "holds" and slopes.verdict.cases == 3  # slope 1 - 2 gamma exactly
+    to_md = es.claims.to_markdown([mono])
+    assert to_md[0].startswith(
+        f"**Verdict 1: does accuracy improve monotonically as gamma -> 1?** **{outcome}** overall"
+    )

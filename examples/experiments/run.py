@@ -9,7 +9,8 @@ Each study is a TOML file beside this script: the sweep tables of ``ensemble-sta
   optional ``variants`` subset and ``analysis`` overrides.
 
 Stores go to ``--out`` (resumed when present); figures to ``<doc dir>/experiments/``; every number in the
-document comes from the stores through the analysis below, never by hand.
+document comes from the stores through the library's claims (``ensemble_stats.claims``: each study's
+``claims(stores, opts)``), never by hand. ``untested.toml`` lists the claims no study has tested yet.
 
     python examples/experiments/run.py                       # every study at its default size
     python examples/experiments/run.py --only collapse --scale full   # the paper-size run (on a GPU)
@@ -28,8 +29,6 @@ import time
 import tomllib
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
 import ensemble_stats as es
 from collectors import Architecture, SweepSpec, digits, learning_rates, run_sweep
 from ensemble_stats.errors import ConfigError
@@ -37,12 +36,6 @@ from ensemble_stats.errors import ConfigError
 HERE = Path(__file__).resolve().parent
 STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult")
 SCALES = ("smoke", "default", "full")
-md, ci = es.format_table, es.interval  # Markdown tables; "m [lo, hi]" cells
-
-
-def sci(m, lo, hi) -> str:
-    """``"m [lo, hi]"`` in 3 significant digits, for quantities spanning decades."""
-    return f"{float(m):.3g} [{float(lo):.3g}, {float(hi):.3g}]"
 
 
 def _set_dotted(raw: dict, key: str, value) -> None:
@@ -92,16 +85,6 @@ def critical_alphas(cfg: dict, multiples, where: str) -> list[float]:
         activation=model.get("activation", "tanh"), layer_alpha=cfg.get("optimizer", {}).get("layer_alpha") or None,
     )  # fmt: skip
     return [float(m) * a_c for m in multiples]
-
-
-def _save(fig, figdir: Path, name: str) -> str:
-    fig.savefig(figdir / name, dpi=100)
-    plt.close(fig)
-    return f"experiments/{name}"
-
-
-def _slope(r) -> str:
-    return ci(r.slope, r.slope_lo, r.slope_hi)
 
 
 def _deep_layer_rates(widths, gammas, layer_alpha) -> list[float]:
@@ -190,30 +173,6 @@ def hardware() -> str:
     return f"{os.cpu_count()} CPU cores ({model}), Python {platform.python_version()}, torch {torch.__version__}, no GPU used"
 
 
-# claims of the seed papers (and of the theory) that no study here has yet tested in their regime, and what it takes
-UNTESTED = (
-    (
-        "The shallow claims (Yu & Spiliopoulos) at the paper's scale: MNIST, N up to 3000, 500 epochs",
-        "the shallow study at `--scale full` with `--mnist PATH` on a GPU: 1.5 million steps per run at N = 3000, about "
-        "8e16 FLOP per width; here digits and mnist1d at N <= 400 (the (gamma, alpha) maps) and the paper's widths "
-        "for 40 digits epochs",
-    ),
-    (
-        "The deep MLP3's outer-layer sensitivity (Yu & Spiliopoulos, deep) with the rate tuned in more than one "
-        "direction, and at the paper's 1500 MNIST epochs",
-        "a two-dimensional search per configuration (one alpha for the inner layers, one for the readout; here one "
-        "alpha under the paper's rule and one with every layer at the readout's rate): about 10 min per "
-        "configuration on 2 cores at 100 epochs; the paper's budget needs a GPU",
-    ),
-    (
-        "The dynamical CLT in the paper's own setting (Chen et al.: a ReLU teacher-student task whose details could "
-        "not be retrieved) and past t = 64",
-        "the clt study with the paper's task once its details are known; `--scale full` runs t = 256 at N up to "
-        "8192 on a GPU",
-    ),
-)
-
-
 def assemble(figdir: Path) -> str:
     """EXPERIMENTS.md: the common preamble, then every study's section that has been written, in STUDIES order."""
     parts = [
@@ -242,7 +201,8 @@ def assemble(figdir: Path) -> str:
     if missing:
         parts.append(f"Not yet run: {', '.join(missing)} (`make experiments ARGS='--only {','.join(missing)}'`).\n")
     parts += ["## Claims not yet tested in their regime", ""]
-    parts += [f"- {claim}. What it takes: {need}." for claim, need in UNTESTED]
+    untested = tomllib.loads((HERE / "untested.toml").read_text())["untested"]
+    parts += [f"- {u['claim']}. What it takes: {u['need']}." for u in untested]
     return "\n".join(parts) + "\n"
 
 
