@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from . import _configs
+
 
 def tree_digest(path: Path) -> str:
     """Hash of every file name and content under ``path`` (missing path hashes to a constant)."""
@@ -172,20 +174,11 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-TINY_SWEEP = """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [8, 16]
-seeds = 4
-seed_block = 2
-[time]
-units = "scaled"
-horizon = 1.0
-n_times = 5
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 8, n_test = 4 }
-"""
+TINY_SWEEP = _configs.toml(
+    _configs.sweep(
+        sweep={"widths": [8, 16], "seed_block": 2}, data={"options": {"kind": "circle", "n_train": 8, "n_test": 4}}
+    )
+)
 """A sweep config that trains in seconds (2 gammas x 2 widths x 4 seeds on the circle task), for the fault tests."""
 
 

@@ -12,6 +12,8 @@ import ensemble_stats as es
 from collectors import SweepSpec
 from ensemble_stats import errors, schema
 
+from . import _configs
+
 DIMS = (schema.GAMMA, schema.WIDTH, "replicate", schema.SEED, schema.TIME, schema.POINT, schema.OUTPUT)
 
 
@@ -159,21 +161,7 @@ def test_bias2_over_variance_rate_covers_4_gamma_minus_3():
 
 
 def test_sweep_budget_counts_steps_and_flop():
-    spec = SweepSpec.from_toml(
-        """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [16, 64]
-seeds = 4
-[time]
-units = "scaled"
-horizon = 2.0
-n_times = 3
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 8, n_test = 5 }
-"""
-    )
+    spec = SweepSpec.parse(_configs.sweep(sweep={"widths": [16, 64]}, time={"horizon": 2.0, "n_times": 3}))
     b = spec.budget(spec.load_data())
     assert b["steps"] == {16: 32, 64: 128} and b["scaled_time"] == {16: 2.0, 64: 2.0}
     assert b["runs_per_width"] == 8

@@ -11,6 +11,7 @@ import ensemble_stats as es
 from collectors import DataSet, EnsembleStore, EvalGrid, ScaledConvNet, ScaledMLP, TrainConfig, teacher, train_block
 from ensemble_stats import errors
 
+from . import _configs
 from ._models import sgd_in_block_order
 
 F64 = torch.float64
@@ -198,24 +199,14 @@ def test_sweep_cells_train_a_factory(tmp_path):
     from collectors import SweepSpec
     from collectors._sweep import pending_cells, prepare_store, run_cell
 
-    spec = SweepSpec.from_toml(
-        """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [8, 16]
-seeds = 2
-[time]
-units = "step"
-horizon = 10
-times = [0, 5, 10]
-[data]
-name = "teacher"
-[optimizer]
-alpha = 0.5
-batch_size = 4
-[run]
-dtype = "float64"
-"""
+    spec = SweepSpec.parse(
+        _configs.sweep(
+            sweep={"widths": [8, 16], "seeds": 2},
+            time={"units": "step", "horizon": 10, "times": [0, 5, 10], "n_times": None},
+            data={"options": None},
+            optimizer={"alpha": 0.5, "batch_size": 4},
+            run={"dtype": "float64"},
+        )
     )
     st = prepare_store(spec, tmp_path / "f.zarr", _sweep_factory)
     for cell in pending_cells(st, spec):

@@ -28,6 +28,7 @@ from ensemble_stats.cli import main
 from ensemble_stats.errors import EnsembleStatsError, SpecMismatchError, StoreWriteError
 from ensemble_stats.testing import synthetic_ensemble
 
+from . import _configs
 from .conftest import TINY_SWEEP, store_from_synthetic, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,29 +291,14 @@ def test_disk_full_while_taking_a_lock_leaks_nothing_on_a_persistent_cluster(tmp
 
 
 # ------------------------------------------------------------------ 21.10-12 malformed configs and calls
-VALID = """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [16, 32]
-seeds = 8
-seed_block = 4
-[time]
-units = "scaled"
-horizon = 1.0
-n_times = 5
-[model]
-activation = "tanh"
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 8, n_test = 5 }
-[optimizer]
-alpha = 1.0
-loss = "mse"
-batch_size = 0
-output_weight_decay = 0.0
-[run]
-dtype = "float32"
-"""
+VALID = _configs.toml(
+    _configs.sweep(
+        sweep={"seeds": 8, "seed_block": 4},
+        model={"activation": "tanh"},
+        optimizer={"alpha": 1.0, "loss": "mse", "batch_size": 0, "output_weight_decay": 0.0},
+        run={"dtype": "float32"},
+    )
+)
 
 
 def _sub(old: str, new: str) -> str:

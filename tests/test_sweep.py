@@ -19,30 +19,15 @@ import ensemble_stats as es
 from collectors import SweepSpec, run_sweep
 from ensemble_stats import errors
 
+from . import _configs
 from .conftest import committed_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("ensemble-stats"))
 
-SMALL = """
-[sweep]
-gammas = [0.5, 1.0]
-widths = [16, 32, 64, 128]
-seeds = 8
-seed_block = 4
-
-[time]
-units = "scaled"
-horizon = 1.0
-n_times = 5
-
-[data]
-name = "teacher"
-options = { kind = "circle", n_train = 8, n_test = 5 }
-
-[optimizer]
-alpha = 1.0
-"""
+SMALL = _configs.toml(
+    _configs.sweep(sweep={"widths": [16, 32, 64, 128], "seeds": 8, "seed_block": 4}, optimizer={"alpha": 1.0})
+)
 
 
 def _cfg(tmp_path, text=SMALL, name="sweep.toml"):

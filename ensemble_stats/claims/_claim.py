@@ -110,11 +110,6 @@ def yes_no(case: bool | None) -> str:
     return "-" if case is None else ("yes" if case else "no")
 
 
-def inside(lo, x, hi) -> bool:
-    """Whether ``lo <= x <= hi`` (False when any is NaN)."""
-    return bool(lo <= x <= hi)
-
-
 def save_figure(fig, opts: Mapping, name: str) -> str:
     """Save a figure into ``opts["figdir"]`` (and close it); return its file name."""
     import matplotlib.pyplot as plt

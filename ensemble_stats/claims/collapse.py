@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from .._assess import interval, verdict
+from .._assess import covers, interval, verdict
 from .._limit import compare_to_theory
 from ..store import open_ensemble
 from ._claim import Claim, save_figure
@@ -39,7 +39,7 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
     rows, holds = [], []
     for g in cmp.gamma.values:
         first, s = (cmp.sel(gamma=g, width=w).where(later, drop=True) for w in (widths[0], widths[-1]))
-        inside = (s.ratio_lo <= 1) & (1 <= s.ratio_hi)
+        inside = covers(s, 1.0, var="ratio")
         holds.append(bool(inside.all()))
         mid = len(s.time) // 2
         gap = lambda q: float(np.abs(q.ratio - 1).max())  # noqa: E731

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from .._assess import interval, verdict
+from .._assess import covers, interval, verdict
 from .._fit import fit_expansion, fit_rate
 from .._fluct import fluctuation_gaussianity
 from .._limit import compare_to_theory
@@ -31,7 +31,7 @@ def _slope(r) -> str:
 def _covered(r) -> bool | None:
     if not np.isfinite(float(r.slope)):
         return None  # the estimate was <= 0 at too many widths to fit a slope
-    return bool(r.slope_lo <= r.theory <= r.slope_hi)
+    return bool(covers(r))
 
 
 def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
@@ -159,11 +159,7 @@ def _gaussianity(ds, lim, judged, later, opts) -> list[Claim]:
     alpha = 0.05 / (len(gammas) * len(judged))
     gauss_cases = [bool(top.pvalue_min.sel(gamma=g, time=t) >= alpha) for g in gammas for t in judged]
     v_gauss = verdict(gauss_cases)
-    scale_cases = [
-        bool((top.sd_lo.sel(gamma=g, time=t) <= 1) & (1 <= top.sd_hi.sel(gamma=g, time=t)))
-        for g in gammas
-        for t in judged
-    ]
+    scale_cases = [bool(covers(top.sel(gamma=g, time=t), 1.0, var="sd")) for g in gammas for t in judged]
     v_scale = verdict(scale_cases)
     rows = []
     for g in gammas:
@@ -225,7 +221,7 @@ def _aic(ds, lim, judged) -> Claim:
             d = delta.sel(gamma=g, time=t)
             p = free.exponent.isel(term=-1).sel(gamma=g, time=t)
             c0, c1 = (lead.sel(gamma=g, time=t).isel(term=k) for k in (0, 1))
-            h_in = (c0.coef_lo <= h.sel(time=t)) & (h.sel(time=t) <= c0.coef_hi)
+            h_in = covers(c0, h.sel(time=t), var="coef")
             # only points whose mean moves with N (the N^(gamma - 1) coefficient's CI excludes 0) can select a law
             moving = (c1.coef_lo > 0) | (c1.coef_hi < 0)
             dm = d.where(moving)

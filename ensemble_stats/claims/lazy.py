@@ -13,13 +13,13 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from .._assess import interval, verdict
+from .._assess import covers, interval, verdict
 from .._fit import fit_rate
 from .._limit import compare_to_theory
 from .._ntk import kernel_drift
 from .._stats import bias_variance
 from ..store import open_ensemble
-from ._claim import Claim, inside, save_figure, sci, yes_no
+from ._claim import Claim, save_figure, sci, yes_no
 
 __all__ = ["claims"]
 
@@ -45,8 +45,8 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
     for g in gammas:
         c = last.sel(gamma=g)
         th, naive = float(c.drift_theory), g - 1
-        drift_cases.append(inside(c.drift_slope_lo, th, c.drift_slope_hi))
-        naive_cases.append(inside(c.drift_slope_lo, naive, c.drift_slope_hi))
+        drift_cases.append(bool(covers(c, th, var="drift_slope")))
+        naive_cases.append(bool(covers(c, naive, var="drift_slope")))
         drift_rows.append(
             (f"{g:g}", sci(c.drift_mean.sel(width=N[0]), c.drift_lo.sel(width=N[0]), c.drift_hi.sel(width=N[0])),
              sci(c.drift_mean.sel(width=N[-1]), c.drift_lo.sel(width=N[-1]), c.drift_hi.sel(width=N[-1])),
@@ -55,7 +55,7 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
         )  # fmt: skip
         for layer in kd.layer.values:
             d = c.sel(layer=layer)
-            disp_cases.append(inside(d.displacement_slope_lo, float(d.displacement_theory), d.displacement_slope_hi))
+            disp_cases.append(bool(covers(d, "displacement_theory", var="displacement_slope")))
             disp_rows.append(
                 (f"{g:g}", str(layer),
                  sci(d.displacement_mean.sel(width=N[-1]), d.displacement_lo.sel(width=N[-1]),
@@ -122,7 +122,7 @@ def _linearized(lin: xr.Dataset, N) -> Claim:
         rel = lambda w, k, b=b: np.sqrt(max(float(b[k].sel(width=w)), 0.0)) / scale  # noqa: E731
         # a slope says something only where the fall with N is resolved (its CI excludes 0)
         resolved = np.isfinite(float(r.slope)) and (float(r.slope_hi) < 0 or float(r.slope_lo) > 0)
-        ok = inside(r.slope_lo, -0.5, r.slope_hi) if resolved else None
+        ok = bool(covers(r, -0.5)) if resolved else None
         upper = max(upper, max(rel(w, "bias2_hi") for w in N))
         cases.append(ok)
         rows.append(
