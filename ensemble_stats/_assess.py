@@ -338,8 +338,7 @@ def ratio_interval(num: xr.Dataset, den: xr.Dataset, *, var: str = "variance", c
         se = np.hypot(se_n, se_d)
     out = xr.Dataset({"ratio": ratio, "ratio_lo": ratio * np.exp(-z * se), "ratio_hi": ratio * np.exp(z * se)})
     out["ratio"].attrs["long_name"] = f"ratio of the {var}s"
-    out["ratio_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the ratio (log scale)"
-    out["ratio_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the ratio (log scale)"
+    schema.label_bounds(out, "ratio", ci, "the ratio (log scale)")
     out.attrs.update({"ci": ci, "method": "log-scale standard errors from each interval, added in quadrature"})
     return out
 
@@ -399,8 +398,7 @@ def trend(a: xr.DataArray, dim: str = schema.GAMMA, *, ci: float = 0.95) -> xr.D
     )
     what = a.attrs.get("long_name", a.name)
     out["rise"].attrs["long_name"] = f"last minus first {dim} of {what}, paired over seeds"
-    out["rise_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the rise"
-    out["rise_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the rise"
+    schema.label_bounds(out, "rise", ci, "the rise")
     out["drops"].attrs["long_name"] = f"neighbouring {dim} steps with a significant drop"
     out["increasing"].attrs["long_name"] = f"no significant drop and a significant rise along {dim}"
     out["spearman"].attrs["long_name"] = f"Spearman rank correlation of the seed means with {dim}"
@@ -485,8 +483,7 @@ def plateau(
     out["reached"].attrs["long_name"] = f"the plateau covers at least the last {window:.0%} of the recorded {dim}s"
     out["value"].attrs["long_name"] = f"seed mean of {what} at the plateau"
     out["gain"].attrs["long_name"] = f"change of {what} from the plateau to the end, paired over seeds"
-    out["gain_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the gain"
-    out["gain_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the gain"
+    schema.label_bounds(out, "gain", ci, "the gain")
     out.attrs.update({"ci": ci, "dim": dim, "tol": tol, "window": window, "method": "paired Student t over seeds"})
     return out
 

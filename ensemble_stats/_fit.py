@@ -517,8 +517,7 @@ def fit_rate(
     res["stderr"].attrs["long_name"] = "standard error of the slope" + (
         " (larger of the whole-seed jackknife and the WLS)" if ci_method == "auto" else " (WLS, weights taken as known)"
     )
-    res["slope_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the slope"
-    res["slope_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the slope"
+    schema.label_bounds(res, "slope", ci, "the slope")
     res["intercept"].attrs["long_name"] = f"intercept of log {what} at log N = 0"
     res["chi2_dof"].attrs["long_name"] = "chi^2 per residual degree of freedom of the log-log fit"
     res["n_widths"].attrs["long_name"] = "widths used in the fit"
@@ -628,13 +627,11 @@ def _fit_long_names(res: xr.Dataset, quantity: str, ci: float) -> None:
         "coef": f"coefficient of N^(-exponent) in the {quantity} expansion",
         "stderr": "standard error of the coefficient",
         "model_stderr": "WLS standard error of the coefficient (weights taken as known up to chi^2/dof)",
-        "coef_lo": f"lower {ci:.0%} confidence bound of the coefficient",
-        "coef_hi": f"upper {ci:.0%} confidence bound of the coefficient",
+        **schema.bound_names("coef", ci, "the coefficient"),
         "cov": "WLS covariance of the coefficients",
         "exponent": "exponent p of the basis function N^(-p)",
         "exponent_stderr": "standard error of the fitted exponent",
-        "exponent_lo": f"lower {ci:.0%} confidence bound of the fitted exponent",
-        "exponent_hi": f"upper {ci:.0%} confidence bound of the fitted exponent",
+        **schema.bound_names("exponent", ci, "the fitted exponent"),
         "chi2_dof": "chi^2 per residual degree of freedom",
         "n_widths": "widths used in the fit",
         "n_seeds": "seeds used by the jackknife (seed indices present at some width)",
@@ -699,8 +696,7 @@ def width_rate(mean: xr.DataArray, stderr: xr.DataArray, n_seeds: xr.DataArray, 
     long = {
         "slope": "fitted exponent of N (log-log slope)",
         "stderr": "standard error of the slope",
-        "slope_lo": f"lower {ci:.0%} confidence bound of the slope",
-        "slope_hi": f"upper {ci:.0%} confidence bound of the slope",
+        **schema.bound_names("slope", ci, "the slope"),
         "intercept": "intercept of the log-log fit",
         "chi2_dof": "chi2 per degree of freedom of the fit",
         "n_widths": "widths used",

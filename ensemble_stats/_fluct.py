@@ -134,8 +134,7 @@ def fluctuation_gaussianity(
         "pvalue": "p-value of the Kolmogorov-Smirnov test against N(0, 1)",
         "pvalue_min": f"Bonferroni-combined p-value over {', '.join(dims)}",
         "sd": "standard deviation of z (1 if the variance law holds)",
-        "sd_lo": f"lower {ci:.0%} confidence bound of the standard deviation of z",
-        "sd_hi": f"upper {ci:.0%} confidence bound of the standard deviation of z",
+        **schema.bound_names("sd", ci, "the standard deviation of z"),
         "n_samples": "independent samples per cell (one per antithetic pair, or every seed)",
     }
     for k, v in long.items():

@@ -153,8 +153,7 @@ def compare_to_theory(
     )
     names = {
         "ratio": "N^(2 gamma - 1) seed variance / kernel-limit variance Var K_t (grid means)",
-        "ratio_lo": f"lower {ci:.0%} confidence bound of the ratio",
-        "ratio_hi": f"upper {ci:.0%} confidence bound of the ratio",
+        **schema.bound_names("ratio", ci, "the ratio"),
         "n_seeds": "seeds used",
         "h": "kernel-limit mean output h_t",
         "var_k": "kernel-limit variance Var K_t of the rescaled fluctuation",

@@ -103,12 +103,10 @@ def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
         what = "relative kernel drift" if name == "drift" else "relative parameter displacement"
         res[f"{name}_mean"].attrs["long_name"] = f"seed mean of the {what}"
         res[f"{name}_stderr"].attrs["long_name"] = f"standard error of the seed mean of the {what}"
-        res[f"{name}_lo"].attrs["long_name"] = f"lower {ci:.0%} bound of the seed mean of the {what}"
-        res[f"{name}_hi"].attrs["long_name"] = f"upper {ci:.0%} bound of the seed mean of the {what}"
+        schema.label_bounds(res, f"{name}", ci, f"the seed mean of the {what}")
         res[f"{name}_n_seeds"].attrs["long_name"] = "seeds used"
         res[f"{name}_slope"].attrs["long_name"] = f"exponent of N of the {what} (log-log slope)"
-        res[f"{name}_slope_lo"].attrs["long_name"] = f"lower {ci:.0%} bound of the exponent"
-        res[f"{name}_slope_hi"].attrs["long_name"] = f"upper {ci:.0%} bound of the exponent"
+        schema.label_bounds(res, f"{name}_slope", ci, "the exponent")
     res.attrs.update({"ci": ci, "reference": "Theta_0: each run's NTK at the first recorded time"})
     return res
 

@@ -302,8 +302,7 @@ def bias_variance(
     for k, long_name in _LONG_NAMES.items():
         res[k].attrs["long_name"] = long_name
         res[f"{k}_stderr"].attrs["long_name"] = f"{'pair' if paired else 'seed'}-jackknife standard error of {k}"
-        res[f"{k}_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of {k}"
-        res[f"{k}_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of {k}"
+        schema.label_bounds(res, f"{k}", ci, f"{k}")
         for v in (k, f"{k}_stderr", f"{k}_lo", f"{k}_hi"):
             res[v].attrs["averaged_over"] = over
     res["variance_dof"].attrs["long_name"] = "effective degrees of freedom of the variance interval (scaled chi2)"
@@ -394,8 +393,7 @@ def seed_mean(
     what = da.attrs.get("long_name", da.name)
     res["mean"].attrs["long_name"] = f"seed mean of {what}"
     res["stderr"].attrs["long_name"] = f"standard error of the seed mean of {what}"
-    res["mean_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the seed mean (Student t)"
-    res["mean_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the seed mean (Student t)"
+    schema.label_bounds(res, "mean", ci, "the seed mean (Student t)")
     res["n_seeds"].attrs["long_name"] = "seeds used (finite values)"
     for v in ("mean", "stderr", "mean_lo", "mean_hi"):
         if "units" in da.attrs:
@@ -476,8 +474,7 @@ def variance_components(
     what = da.attrs.get("long_name", da.name)
     res["variance"].attrs["long_name"] = f"variance component of {what} (grid mean)"
     res["stderr"].attrs["long_name"] = "standard error of the component (seed and data-seed jackknives)"
-    res["variance_lo"].attrs["long_name"] = f"lower {ci:.0%} confidence bound of the component"
-    res["variance_hi"].attrs["long_name"] = f"upper {ci:.0%} confidence bound of the component"
+    schema.label_bounds(res, "variance", ci, "the component")
     res["share"].attrs["long_name"] = "share of the component in the sum of the components"
     res["n_seeds"].attrs["long_name"] = "seeds used (finite at every data seed and grid value)"
     res["n_data_seeds"].attrs["long_name"] = "data seeds used"

@@ -372,3 +372,24 @@ def validate_dataset(ds, extra_dims: Sequence[str] | None = None) -> list[str]:
 def describe_run(run: Mapping[str, object]) -> str:
     """``gamma=0.75, width=128, seed=3`` for messages."""
     return ", ".join(f"{k}={v}" for k, v in run.items())
+
+
+def bound_names(name: str, ci: float, of: str) -> dict[str, str]:
+    """Return the long names of the bounds ``{name}_lo`` and ``{name}_hi`` of a level-``ci`` interval of ``of``.
+
+    Examples
+    --------
+    >>> from ensemble_stats import schema
+    >>> schema.bound_names("slope", 0.95, "the slope")["slope_lo"]
+    'lower 95% confidence bound of the slope'
+    """
+    return {
+        f"{name}_{side}": f"{word} {ci:.0%} confidence bound of {of}"
+        for side, word in (("lo", "lower"), ("hi", "upper"))
+    }
+
+
+def label_bounds(ds, name: str, ci: float, of: str) -> None:
+    """Set the long names of ``ds[name + "_lo"]`` and ``ds[name + "_hi"]`` (see :func:`bound_names`)."""
+    for key, long_name in bound_names(name, ci, of).items():
+        ds[key].attrs["long_name"] = long_name
