@@ -14,6 +14,7 @@ from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teach
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement, shallow_ntk
 from ._records import Block, BlockCollector, BlockModel, RecordBuffer
+from ._study import load_study
 from ._sweep import SweepReport, prepare_store, run_sweep
 from ._trainer import BlockResult, TrainConfig, train_block
 
@@ -43,6 +44,7 @@ __all__ = [
     "init_params",
     "learning_rates",
     "load_dataset",
+    "load_study",
     "mnist",
     "mnist1d",
     "model_ntk",

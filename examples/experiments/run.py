@@ -1,16 +1,9 @@
 """Re-run the seed papers' numerical studies as ensembles and write EXPERIMENTS.md (``make experiments``).
 
-Each study is a TOML file beside this script: the sweep tables of ``ensemble-stats run`` plus
-
-* ``[study]``: ``title``, ``claims``, ``differences`` (from the paper, and why), optional ``analysis`` values;
-* ``[[variant]]``: ``name`` and ``set``, dotted-key overrides of the sweep tables (one store per variant);
-  ``needs = "mnist"`` runs a variant only when ``--mnist PATH`` is given;
-* ``[study.smoke]`` / ``[study.full]``: ``set`` overrides applied to every variant at that ``--scale``, an
-  optional ``variants`` subset and ``analysis`` overrides.
-
-Stores go to ``--out`` (resumed when present); figures to ``<doc dir>/experiments/``; every number in the
-document comes from the stores through the library's claims (``ensemble_stats.claims``: each study's
-``claims(stores, opts)``), never by hand. ``untested.toml`` lists the claims no study has tested yet.
+Each study is a TOML file beside this script (its format: :func:`collectors.load_study`). Stores go to ``--out``
+(resumed when present); figures to ``<doc dir>/experiments/``; every number in the document comes from the stores
+through the library's claims (``ensemble_stats.claims``: each study's ``claims(stores, opts)``), never by hand.
+``untested.toml`` lists the claims no study has tested yet.
 
     python examples/experiments/run.py                       # every study at its default size
     python examples/experiments/run.py --only collapse --scale full   # the paper-size run (on a GPU)
@@ -19,7 +12,6 @@ document comes from the stores through the library's claims (``ensemble_stats.cl
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import os
@@ -30,61 +22,11 @@ import tomllib
 from pathlib import Path
 
 import ensemble_stats as es
-from collectors import Architecture, SweepSpec, digits, learning_rates, run_sweep
-from ensemble_stats.errors import ConfigError
+from collectors import Architecture, digits, learning_rates, load_study, run_sweep
 
 HERE = Path(__file__).resolve().parent
 STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult")
 SCALES = ("smoke", "default", "full")
-
-
-def _set_dotted(raw: dict, key: str, value) -> None:
-    table, _, name = key.partition(".")
-    if not name:
-        raise ConfigError(f"override {key!r}: use 'table.key', e.g. 'sweep.widths'.", "experiment")
-    raw.setdefault(table, {})[name] = copy.deepcopy(value)
-
-
-def load_study(path: Path, scale: str = "default", mnist: str | None = None):
-    """Parse a study file: its metadata, analysis options and one validated SweepSpec per variant."""
-    raw = tomllib.loads(Path(path).read_text())
-    study, variants = raw.pop("study", {}), raw.pop("variant", [])
-    scaled = study.get(scale, {}) if scale != "default" else {}
-    eta_over_critical = scaled.get("eta_over_critical", study.get("eta_over_critical"))
-    analysis = {**study.get("analysis", {}), **scaled.get("analysis", {})}
-    wanted, specs = scaled.get("variants"), {}
-    for v in variants:
-        if (wanted is not None and v["name"] not in wanted) or (v.get("needs") == "mnist" and not mnist):
-            continue
-        cfg = copy.deepcopy(raw)
-        for key, value in {**v.get("set", {}), **scaled.get("set", {})}.items():
-            _set_dotted(cfg, key, value)
-        if v.get("needs") == "mnist":
-            _set_dotted(cfg, "data.options", {"path": str(mnist)})
-        if eta_over_critical:
-            _set_dotted(cfg, "sweep.alphas", critical_alphas(cfg, eta_over_critical, f"{path.name} [{v['name']}]"))
-        specs[v["name"]] = SweepSpec.from_dict(cfg, f"{path.name} [{v['name']}]")
-    return {k: study.get(k, "") for k in ("title", "claims", "differences", "paper_budget")}, analysis, specs
-
-
-def critical_alphas(cfg: dict, multiples, where: str) -> list[float]:
-    """``sweep.alphas`` as multiples of the critical rate constant ``theory.critical_alpha`` of the variant's task."""
-    from collectors import load_dataset
-
-    widths, gammas = cfg.get("sweep", {}).get("widths", []), cfg.get("sweep", {}).get("gammas", [])
-    if len(widths) != 1 or len(gammas) != 1:
-        raise ConfigError(
-            f"{where}: eta_over_critical needs one width and one gamma per variant (the critical alpha depends on "
-            f"both); found widths {widths} and gammas {gammas}.",
-            "experiment",
-        )
-    data = load_dataset(cfg["data"]["name"], **cfg["data"].get("options", {}))
-    model = cfg.get("model", {})
-    a_c = es.theory.critical_alpha(
-        data.x_train, widths[0], gamma=gammas[0], n_outputs=data.output_size,
-        activation=model.get("activation", "tanh"), layer_alpha=cfg.get("optimizer", {}).get("layer_alpha") or None,
-    )  # fmt: skip
-    return [float(m) * a_c for m in multiples]
 
 
 def _deep_layer_rates(widths, gammas, layer_alpha) -> list[float]:
