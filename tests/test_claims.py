@@ -203,3 +203,10 @@ def test_shallow(tmp_path, accuracy, outcome):
     assert to_md[0].startswith(
         f"**Verdict 1: does accuracy improve monotonically as gamma -> 1?** **{outcome}** overall"
     )
+
+
+def test_shallow_mixed_variants_are_inconclusive(tmp_path):
+    rising = _claim_stores.shallow_store(tmp_path / "a.zarr", accuracy=lambda g: 0.6 + 0.2 * g)
+    falling = _claim_stores.shallow_store(tmp_path / "b.zarr", accuracy=lambda g: 0.9 - 0.2 * g)
+    mono = es.claims.shallow.claims({"digits": rising, "mnist1d": falling}, {})[0]
+    assert mono.verdict.outcome == "inconclusive" and (mono.verdict.agree, mono.verdict.disagree) == (2, 2)
