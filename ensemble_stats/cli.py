@@ -97,7 +97,7 @@ def info(store, verify, clean):
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def run(config, store, workers, scheduler, scheduler_file, device, repair, no_progress):
     """Run or resume the sweep described by CONFIG (TOML) into STORE."""
-    from collectors._sweep import run_sweep  # lazy: only run/demo need torch
+    from collectors import run_sweep  # lazy: only run/demo need torch
 
     from .errors import ValidationError
 
