@@ -9,6 +9,7 @@ or init), ``<variant>-theory-init`` beside a paper-init variant for the init's p
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import scipy.stats
@@ -48,8 +49,8 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
     init = _init_claim(by_init)
     if init is not None:
         out.append(init)
-    last = out[-1]
-    out[-1] = Claim(**{**last.__dict__, "figures": tuple(figs)}) if figs else last
+    if figs:  # the study's figures follow its last table
+        out[-1] = replace(out[-1], figures=tuple(figs))
     return out + (map_claims(stores, maps, opts) if maps else [])
 
 
