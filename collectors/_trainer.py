@@ -151,7 +151,8 @@ class TrainConfig:
         elif self.antithetic and self.init != "theory":
             problems.append(
                 f"antithetic pairs need a readout law symmetric about 0 (the mirror member must be a draw of the "
-                f"same law); init {self.init!r} draws C ~ U(0, 1). Use init='theory' or antithetic=False."
+                f"same law); init {self.init!r} draws {INIT_DESCRIPTIONS[self.init]}. Use init='theory' or "
+                f"antithetic=False."
             )
         if not (
             isinstance(self.output_weight_decay, int | float)

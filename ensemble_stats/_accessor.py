@@ -75,6 +75,7 @@ class EnsembleAccessor:
         ci: float = 0.95,
         ci_method: str = "auto",
         pairs: bool | None = None,
+        readout: str | None = None,
     ) -> xr.Dataset:
         """See :func:`ensemble_stats.fit_expansion`."""
         return fit_expansion(
@@ -87,6 +88,7 @@ class EnsembleAccessor:
             ci=ci,
             ci_method=ci_method,
             pairs=pairs,
+            readout=readout,
         )
 
     def fluctuation_gaussianity(
@@ -111,6 +113,7 @@ class EnsembleAccessor:
         ci_method: str = "auto",
         at: str | float | None = None,
         pairs: bool | None = None,
+        readout: str | None = None,
     ) -> xr.Dataset:
         """See :func:`ensemble_stats.fit_rate`."""
         return fit_rate(
@@ -123,6 +126,7 @@ class EnsembleAccessor:
             ci_method=ci_method,
             at=at,
             pairs=pairs,
+            readout=readout,
         )
 
     def at_common_time(self, t: float | None = None) -> xr.Dataset:

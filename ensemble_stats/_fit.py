@@ -32,7 +32,7 @@ from .errors import EnsembleStatsWarning, FitError, ScaledTimeWarning, Validatio
 __all__ = ["fit_expansion", "fit_rate", "STATUS", "width_rate"]
 
 
-def _resolve_terms(ds, quantity: str, terms) -> xr.DataArray | None:
+def _resolve_terms(ds, quantity: str, terms, readout: str) -> xr.DataArray | None:
     gammas = ds[schema.GAMMA].values
     if isinstance(terms, str):
         if terms == "free":
@@ -42,13 +42,13 @@ def _resolve_terms(ds, quantity: str, terms) -> xr.DataArray | None:
                 f"terms={terms!r}: use 'theory', 'leading', 'free' or a list of finite exponents such as [0, 0.25]."
             )
         if terms == "leading" and quantity == "mean":
-            sets = [np.array([0.0, 1 - g]) if g < 1 else np.array([0.0]) for g in gammas]
+            sets = [np.array([0.0, -theory.bias_rate(g, readout)]) if g < 1 else np.array([0.0]) for g in gammas]
         elif terms == "leading":
             sets = [theory.variance_exponents(g, corrections=0) for g in gammas]
         elif quantity == "mean":
-            sets = [theory.mean_exponents(g, max_terms=1) if g == 1 else theory.mean_exponents(g) for g in gammas]
+            sets = [theory.mean_exponents(g, max_terms=1 if g == 1 else None, readout=readout) for g in gammas]
         else:
-            sets = [theory.variance_exponents(g, corrections=1) for g in gammas]
+            sets = [theory.variance_exponents(g, corrections=1, readout=readout) for g in gammas]
     else:
         try:
             arr = np.asarray(list(terms), dtype=np.float64)
@@ -108,6 +108,7 @@ def fit_expansion(
     ci: float = 0.95,
     ci_method: str = "auto",
     pairs: bool | None = None,
+    readout: str | None = None,
 ) -> xr.Dataset:
     """Pointwise weighted least squares across widths, for every cell of the other dims.
 
@@ -118,10 +119,11 @@ def fit_expansion(
     quantity : {"mean", "variance"}
         Fit the seed mean (weights S / s^2) or the seed variance (IRLS weights (S - 1) / (2 fitted^2)).
     terms : "theory", "leading", "free" or list of float
-        Exponents p_k of the basis N^(-p_k). ``"theory"``: for the mean ``[0, 1-g, ..., (nu-1)(1-g)]``,
-        for the variance ``[2g-1, g]`` (leading N^(1-2g) and its first correction); docs/theory.md §1.3, 9.
-        ``"leading"``: the limit and its first correction, ``[0, 1-g]`` for the mean (the bias law
-        h + N^(g-1) Q^1, which antithetic pair means resolve at every gamma), ``[2g-1]`` for the variance.
+        Exponents p_k of the basis N^(-p_k), by the readout law (``readout``; docs/theory.md §1.3, 1.4, 9).
+        ``"theory"``: for the mean ``theory.mean_exponents`` (symmetric law ``[0, 2(1-g), 4(1-g), ...]``, skewed
+        ``[0, 1-g, 2(1-g), ...]``, orders below nu), for the variance the leading N^(1-2g) and its first
+        correction (``[2g-1, 1]`` symmetric, ``[2g-1, g]`` skewed). ``"leading"``: the limit and its bias term,
+        ``[0, 2-2g]`` (symmetric) or ``[0, 1-g]`` (skewed) for the mean, ``[2g-1]`` for the variance.
         ``"free"``: the leading exponent is fitted too (mean: h + c N^-p; variance: a N^-p).
     width_min : int, optional
         Use only widths N >= width_min.
@@ -141,6 +143,8 @@ def fit_expansion(
         Antithetic stores (a ``pair`` coordinate; detected by default): the mean is fitted on the pair means (the
         same estimate, with weights P / s_pair^2 and the jackknife over pairs), so its intervals use the pairs'
         cancellation. The variance fit warns and treats the seeds as independent.
+    readout : {"symmetric", "skewed"}, optional
+        The readout law that sets ``terms``' exponents; by default from the store (``theory.readout_law``).
 
     Returns
     -------
@@ -151,7 +155,7 @@ def fit_expansion(
         ``exponent_lo`` and ``exponent_hi`` of the fitted (last) exponent;
         ``chi2_dof``, ``n_widths``, ``status`` (...); ``chi2``, ``aic`` and ``aicc`` (...) for comparing fits of
         the same data with different ``terms`` (lower is better). ``...`` is every dim of ``prediction`` except width,
-        seed (e.g. gamma, time, point, output).
+        seed (e.g. gamma, time, point, output). Attributes ``readout_law`` and ``readout_law_source``.
 
     Examples
     --------
@@ -165,7 +169,8 @@ def fit_expansion(
     [0]
     """
     _check_options(quantity=quantity, errors=errors, cov=cov, ci_method=ci_method, ci=ci)
-    table = _resolve_terms(ds, quantity, terms)
+    law, law_source = theory.readout_law(ds, readout)
+    table = _resolve_terms(ds, quantity, terms, law)
     n_terms = (
         2
         if table is None and quantity == "mean"
@@ -302,6 +307,8 @@ def fit_expansion(
             "ci_method": ci_method,
             "ci_method_description": method,
             "width_min": width_min or 0,
+            "readout_law": law,
+            "readout_law_source": law_source,
         }
     )
     if errors == "raise":
@@ -357,6 +364,7 @@ def fit_rate(
     ci_method: str = "auto",
     at: str | float | None = None,
     pairs: bool | None = None,
+    readout: str | None = None,
 ) -> xr.Dataset:
     """Return the leading exponent of N as a log-log slope, pooled over ``dims``, beside the theory value.
 
@@ -368,8 +376,8 @@ def fit_rate(
     ----------
     ds : Dataset from :func:`open_ensemble`
     quantity : {"variance", "bias", "ratio"}
-        ``"ratio"``: bias2 / variance, whose exponent 4 gamma - 3 changes sign at gamma = 3/4 (docs/theory.md §9,
-        item 8); its per-width standard error is the delta method's (their covariance neglected) and the slope
+        ``"ratio"``: bias2 / variance, whose exponent 6 gamma - 5 (symmetric readout law; 4 gamma - 3 skewed)
+        changes sign at gamma = 5/6 (3/4) (docs/theory.md §1.4, §9 item 8); its per-width standard error is the delta method's (their covariance neglected) and the slope
         is fitted as for antithetic pairs below.
     dims : grid dims pooled over
     reference : ``"target"`` or DataArray
@@ -395,13 +403,16 @@ def fit_rate(
         error come from the pair-aware :func:`bias_variance`, and the slope is the WLS of :func:`width_rate`
         (delta-method weights, the WLS error widened by sqrt(chi2/dof), Student t with P - 1 dof); ``ci_method``
         does not apply.
+    readout : {"symmetric", "skewed"}, optional
+        The readout law that sets the theory's bias and ratio exponents; by default from the store
+        (``theory.readout_law``).
 
     Returns
     -------
     Dataset
-        ``slope``, ``stderr``, ``slope_lo``, ``slope_hi``, ``theory`` (1 - 2 gamma for the variance,
-        gamma - 1 for the bias), ``intercept``, ``chi2_dof``, ``n_widths``, ``n_seeds``, ``status`` per (gamma,
-        time, extra sweep dims, any grid dims not pooled).
+        ``slope``, ``stderr``, ``slope_lo``, ``slope_hi``, ``theory`` (1 - 2 gamma for the variance;
+        2 gamma - 2 (symmetric) or gamma - 1 (skewed) for the bias), ``intercept``, ``chi2_dof``, ``n_widths``, ``n_seeds``, ``status`` per (gamma,
+        time, extra sweep dims, any grid dims not pooled). Attributes ``readout_law`` and ``readout_law_source``.
 
     Examples
     --------
@@ -418,6 +429,7 @@ def fit_rate(
         raise FitError(f"quantity={quantity!r}: use 'variance', 'bias' or 'ratio'.")
     if ci_method not in ("auto", "model"):
         raise FitError(f"ci_method={ci_method!r}: use 'auto' or 'model'.")
+    law = theory.readout_law(ds, readout)
     ds = _check_widths(ds, width_min, 2)
     _check_ci(ci, "auto")
     ds = _at_scaled_time(ds, at)
@@ -426,7 +438,7 @@ def fit_rate(
     half = 1.0 if quantity == "variance" else 0.5
     paired = _use_pairs(ds[schema.PREDICTION], pairs)
     if paired or quantity == "ratio":
-        return _estimate_rate(ds, quantity, dims, reference, ci, paired)
+        return _estimate_rate(ds, quantity, dims, reference, ci, paired, law)
     pred = ds[schema.PREDICTION]
     bad = [d for d in dims if d not in pred.dims or d == schema.SEED]
     if bad:
@@ -504,7 +516,7 @@ def fit_rate(
             "stderr": stderr,
             "slope_lo": slope - q * stderr,
             "slope_hi": slope + q * stderr,
-            "theory": _theory_rate(ds, quantity),
+            "theory": _theory_rate(ds, quantity, law[0]),
             "intercept": intercept,
             "chi2_dof": chi2_dof,
             "n_widths": n_used,
@@ -529,6 +541,8 @@ def fit_rate(
         {
             "quantity": quantity,
             "pooled_over": ",".join(dims),
+            "readout_law": law[0],
+            "readout_law_source": law[1],
             "ci": ci,
             "ci_method": ci_method,
             "method": "WLS on log N; "
@@ -544,25 +558,27 @@ def fit_rate(
 
 
 _THEORY_RATES = {
-    "variance": (theory.variance_rate, "1 - 2 gamma"),
-    "bias": (theory.bias_rate, "gamma - 1"),
-    "ratio": (lambda g: 2 * theory.bias_rate(g) - theory.variance_rate(g), "4 gamma - 3"),
+    "variance": (lambda g, law: theory.variance_rate(g), {"symmetric": "1 - 2 gamma", "skewed": "1 - 2 gamma"}),
+    "bias": (theory.bias_rate, {"symmetric": "2 gamma - 2", "skewed": "gamma - 1"}),
+    "ratio": (theory.ratio_rate, {"symmetric": "6 gamma - 5", "skewed": "4 gamma - 3"}),
 }
 _WHAT = {"variance": "seed variance", "bias": "|bias| = sqrt(bias2)", "ratio": "bias2 / variance"}
 
 
-def _theory_rate(ds: xr.Dataset, quantity: str) -> xr.DataArray:
-    """Return the theory's exponent of N per gamma: 1 - 2 gamma (variance), gamma - 1 (bias), 4 gamma - 3 (ratio)."""
+def _theory_rate(ds: xr.Dataset, quantity: str, law: str) -> xr.DataArray:
+    """Return the theory's exponent of N per gamma for the readout law (docs/theory.md §1.4)."""
     fn, text = _THEORY_RATES[quantity]
-    th = apply_ufunc(np.vectorize(fn, otypes=[float]), ds[schema.GAMMA])
-    return th.assign_attrs(long_name=f"theory exponent: {text}")
+    th = apply_ufunc(np.vectorize(lambda g: fn(g, law), otypes=[float]), ds[schema.GAMMA])
+    return th.assign_attrs(long_name=f"theory exponent: {text[law]}", readout_law=law)
 
 
 def _slope_name(quantity: str) -> str:
     return f"log-log slope of the {_WHAT[quantity]} in the width N"
 
 
-def _estimate_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float, paired: bool) -> xr.Dataset:
+def _estimate_rate(
+    ds: xr.Dataset, quantity: str, dims, reference, ci: float, paired: bool, law: tuple[str, str]
+) -> xr.Dataset:
     """Compute :func:`fit_rate` from :func:`bias_variance`'s estimates and standard errors per width.
 
     Antithetic pairs, and the ratio bias2 / variance, included; then :func:`width_rate`.
@@ -581,7 +597,7 @@ def _estimate_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float, pa
         se = est * np.sqrt((bv["bias2_stderr"] / b2) ** 2 + (bv["variance_stderr"] / v) ** 2)
     units = bv["n_seeds"] // 2 if paired else bv["n_seeds"]
     rate = width_rate(est, se, units, ci=ci)
-    res = rate.assign(theory=_theory_rate(ds, quantity), n_seeds=bv["n_seeds"].min(schema.WIDTH))
+    res = rate.assign(theory=_theory_rate(ds, quantity, law[0]), n_seeds=bv["n_seeds"].min(schema.WIDTH))
     res["slope"].attrs["long_name"] = _slope_name(quantity)
     res["n_seeds"].attrs["long_name"] = "seeds used at the width with fewest" + (
         " (members of whole antithetic pairs)" if paired else ""
@@ -591,6 +607,8 @@ def _estimate_rate(ds: xr.Dataset, quantity: str, dims, reference, ci: float, pa
         {
             "quantity": quantity,
             "pooled_over": ",".join(dims),
+            "readout_law": law[0],
+            "readout_law_source": law[1],
             "ci": ci,
             "ci_method": "pairs" if paired else "delta",
             "method": f"WLS on log N of the {'pair-aware ' if paired else ''}estimates; delta-method weights, standard "

@@ -12,9 +12,9 @@ from . import schema, theory
 __all__ = ["INTERVALS", "interval_coverage", "shallow_sweep", "synthetic_ensemble"]
 
 
-def _mean_exponents(gamma: float, mean_terms) -> np.ndarray:
+def _mean_exponents(gamma: float, mean_terms, readout: str) -> np.ndarray:
     if mean_terms == "theory":
-        return theory.mean_exponents(gamma, max_terms=1) if gamma == 1 else theory.mean_exponents(gamma)
+        return theory.mean_exponents(gamma, max_terms=1 if gamma == 1 else None, readout=readout)
     return np.asarray(mean_terms, dtype=np.float64)
 
 
@@ -37,6 +37,7 @@ def synthetic_ensemble(
     n_points: int = 8,
     n_outputs: int = 1,
     mean_terms: str | Sequence[float] = "theory",
+    readout: str = "symmetric",
     variance_correction: float = 0.0,
     noise: str = "gaussian",
     grid_correlation: float = 0.0,
@@ -51,9 +52,11 @@ def synthetic_ensemble(
 
     For each (gamma, width N, time t, point x, output):
 
-    * mean: ``h(t, x) + sum_k Q_k(t, x) N^(-p_k)`` with ``p = theory.mean_exponents(gamma)``
+    * mean: ``h(t, x) + sum_k Q_k(t, x) N^(-p_k)`` with ``p = theory.mean_exponents(gamma, readout=readout)``
       (or ``mean_terms``, a list of exponents); ``Q_k`` are standard normal draws;
-    * variance: ``v(t, x) N^(1 - 2 gamma) (1 + variance_correction * N^(gamma - 1))``, ``v`` log-normal;
+    * variance: ``v(t, x) N^(1 - 2 gamma) (1 + variance_correction * N^(-q))``, ``v`` log-normal, with the
+      relative correction's exponent ``q = 2 - 2 gamma`` for a symmetric readout law, ``1 - gamma`` for a skewed
+      one (docs/theory.md §1.4);
     * seeds: independent draws of a noise vector over the grid points with unit variance at each point and
       correlation matrix ``C = grid_correlation * R + (1 - grid_correlation) * I``, where ``R`` is the
       correlation of the ReLU NNGP kernel of the grid inputs (real network outputs are strongly correlated
@@ -63,6 +66,9 @@ def synthetic_ensemble(
 
     Parameters
     ----------
+    readout
+        The readout law whose exponents the truth follows (``"symmetric"`` or ``"skewed"``); stored as the
+        ``readout_law`` attribute, which the fits read.
     grid_correlation
         In [0, 1]: weight of the NNGP correlation across grid points (see above). The truth's
         ``grid_correlation`` holds the matrix C.
@@ -93,14 +99,15 @@ def synthetic_ensemble(
     >>> ds.prediction.dims
     ('gamma', 'width', 'seed', 'time', 'point', 'output')
     >>> truth["variance_exponent"].values.tolist()  # Var = a N^(-1/2) at gamma = 3/4 (variance_correction=0)
-    [[0.5, 0.75]]
+    [[0.5, 1.0]]
     """
+    theory.readout_law(readout=readout)  # validates
     rng = np.random.default_rng(seed)
     gammas = np.asarray(gammas, dtype=np.float64)
     widths = np.asarray(widths, dtype=np.int64)
     times = np.asarray(times, dtype=np.float64)
     G, W, T, P, O = len(gammas), len(widths), len(times), n_points, n_outputs  # noqa: E741
-    exps = [_mean_exponents(g, mean_terms) for g in gammas]
+    exps = [_mean_exponents(g, mean_terms, readout) for g in gammas]
     K = max(len(e) for e in exps)
     mean_exp = np.full((G, K), np.nan)
     coef = np.full((G, T, P, O, K), np.nan)
@@ -110,7 +117,8 @@ def synthetic_ensemble(
         coef[i, ..., 0] = h
         coef[i, ..., 1 : len(e)] = rng.normal(size=(T, P, O, len(e) - 1))
     v = np.exp(rng.normal(scale=0.5, size=(T, P, O)))
-    var_exp = np.stack([2 * gammas - 1, gammas], axis=-1)  # (G, 2): leading N^(1-2g), correction N^(-g)
+    step = 2 if readout == "symmetric" else 1
+    var_exp = np.stack([2 * gammas - 1, 2 * gammas - 1 + step * (1 - gammas)], axis=-1)  # (G, 2)
     var_coef = np.stack([v, variance_correction * v], axis=-1)[None].repeat(G, 0)  # (G, T, P, O, 2)
     Nb = widths[None, :, None, None, None, None].astype(np.float64)
     mean = np.nansum(coef[:, None] * Nb ** -mean_exp[:, None, None, None, None, :], axis=-1)  # (G, W, T, P, O)
@@ -180,6 +188,7 @@ def synthetic_ensemble(
             schema.ATTR_GRID_HASH: schema.grid_hash(x, target),
             schema.ATTR_EXTRA_DIMS: list(extra),
             "synthetic": f"ensemble_stats.testing.synthetic_ensemble(seed={seed})",
+            "readout_law": readout,
         },
     )
     if chunks:

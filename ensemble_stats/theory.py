@@ -31,12 +31,34 @@ __all__ = [
     "mean_exponents",
     "variance_exponents",
     "variance_rate",
+    "READOUT_LAWS",
+    "readout_law",
     "bias_rate",
+    "ratio_rate",
     "bias_variance_order_switch",
 ]
 
-bias_variance_order_switch = 0.75
-"""gamma at which (bias^2 / variance) ~ N^(4 gamma - 3) changes sign of its exponent (docs/theory.md §1.4, 9.8)."""
+READOUT_LAWS: dict[str, str] = {
+    "symmetric": "readout law symmetric about 0 (C ~ N(0, 1), U(-1, 1), antithetic pairs): odd orders in "
+    "N^(gamma - 1) have mean 0",
+    "skewed": "mean-zero readout law with E C^3 != 0 (e.g. C ~ Exp(1) - 1): every order in N^(gamma - 1) is present",
+}
+"""The readout laws the bias law distinguishes (docs/theory.md §1.4), by name."""
+
+_INIT_READOUT = {"theory": "symmetric", "skewed": "skewed", "paper": "skewed"}
+
+
+def _check_readout(readout: str) -> str:
+    if readout not in READOUT_LAWS:
+        raise ValidationError(
+            f"readout={readout!r} is not a readout law; use one of {sorted(READOUT_LAWS)} (docs/theory.md §1.4)."
+        )
+    return readout
+
+
+def _step(readout: str) -> int:
+    """Spacing of the orders that survive in the mean: 2 (odd orders cancel) or 1."""
+    return 2 if _check_readout(readout) == "symmetric" else 1
 
 
 def _check_gamma(gamma: float) -> float:
@@ -73,15 +95,18 @@ def nu(gamma: float) -> int:
     return max(1, math.ceil((2 * g - 1) / (2 * (1 - g)) - 1e-12))
 
 
-def mean_exponents(gamma: float, max_terms: int | None = None) -> np.ndarray:
-    """Exponents p of the mean expansion h + sum_j N^(-p_j) Q^j: ``[0, (1-g), ..., (nu-1)(1-g)]`` (1.3 [R]).
+def mean_exponents(gamma: float, max_terms: int | None = None, readout: str = "symmetric") -> np.ndarray:
+    """Exponents p of the mean expansion E h^N = h + sum_j N^(-p_j) Q^j (docs/theory.md §1.3, 1.4 [R]).
 
-    At gamma = 1 there is no finite set; ``max_terms`` then (or always, if given) caps the number of terms.
+    The orders j (1 - g) with j < nu: ``[0, 2(1-g), 4(1-g), ...]`` for a symmetric readout law (the odd orders
+    average to 0), ``[0, (1-g), 2(1-g), ...]`` for a skewed one. At gamma = 1 there is no finite set;
+    ``max_terms`` then (or always, if given) caps the number of terms.
 
     Parameters
     ----------
     gamma : in [1/2, 1]
     max_terms : the most terms returned
+    readout : a key of ``READOUT_LAWS``
 
     Returns
     -------
@@ -91,24 +116,30 @@ def mean_exponents(gamma: float, max_terms: int | None = None) -> np.ndarray:
     --------
     >>> from ensemble_stats import theory
     >>> theory.mean_exponents(0.875).tolist()
+    [0.0, 0.25]
+    >>> theory.mean_exponents(0.875, readout="skewed").tolist()
     [0.0, 0.125, 0.25]
     """
     g = _check_gamma(gamma)
-    n = nu(g) if g < 1 else (max_terms or 1)
+    step = _step(readout)
+    orders = np.arange(0, nu(g), step) if g < 1 else np.arange(max_terms or 1) * step
     if max_terms is not None:
-        n = min(n, max_terms)
-    return np.arange(n) * (1 - g)
+        orders = orders[:max_terms]
+    return orders * (1 - g)
 
 
-def variance_exponents(gamma: float, corrections: int = 1) -> np.ndarray:
-    """Exponents p of the variance law Var = sum_k a_k N^(-p_k): leading 2g-1, then +k(1-g) (1.4, 9.3 [R]).
+def variance_exponents(gamma: float, corrections: int = 1, readout: str = "symmetric") -> np.ndarray:
+    """Exponents p of the variance law Var = sum_k a_k N^(-p_k) (docs/theory.md §1.4, 9.3 [R]).
 
-    At gamma = 1 the corrections coincide with the leading exponent, so only the leading one is returned.
+    Leading 2g - 1, then the corrections in steps of 2(1 - g) for a symmetric readout law (the fluctuation's
+    next correction has relative size N^(2g-2)), of (1 - g) for a skewed one. At gamma = 1 the corrections
+    coincide with the leading exponent, so only the leading one is returned.
 
     Parameters
     ----------
     gamma : in [1/2, 1]
     corrections : the number of correction terms after the leading one
+    readout : a key of ``READOUT_LAWS``
 
     Returns
     -------
@@ -117,11 +148,13 @@ def variance_exponents(gamma: float, corrections: int = 1) -> np.ndarray:
     Examples
     --------
     >>> from ensemble_stats import theory
-    >>> theory.variance_exponents(0.75).tolist()  # N^(-1/2), then the first correction N^(-3/4)
+    >>> theory.variance_exponents(0.75).tolist()  # N^(-1/2), then the first correction N^(-1)
+    [0.5, 1.0]
+    >>> theory.variance_exponents(0.75, readout="skewed").tolist()
     [0.5, 0.75]
     """
     g = _check_gamma(gamma)
-    return (2 * g - 1) + np.arange(1 if g == 1 else corrections + 1) * (1 - g)
+    return (2 * g - 1) + np.arange(1 if g == 1 else corrections + 1) * _step(readout) * (1 - g)
 
 
 def variance_rate(gamma: float) -> float:
@@ -144,12 +177,16 @@ def variance_rate(gamma: float) -> float:
     return 1 - 2 * _check_gamma(gamma)
 
 
-def bias_rate(gamma: float) -> float:
-    """Leading log-log slope of |E h^N - h_t| in N: ``gamma - 1`` (1.4 [R], not verified quantitatively).
+def bias_rate(gamma: float, readout: str = "symmetric") -> float:
+    """Leading log-log slope of |E h^N - h_t| in N (docs/theory.md §1.4 [R]).
+
+    ``2 gamma - 2`` for a symmetric readout law (the order-N^(gamma-1) term is odd in the readout weights and
+    averages to 0), ``gamma - 1`` for a skewed one.
 
     Parameters
     ----------
     gamma : in [1/2, 1]
+    readout : a key of ``READOUT_LAWS``
 
     Returns
     -------
@@ -158,10 +195,94 @@ def bias_rate(gamma: float) -> float:
     Examples
     --------
     >>> from ensemble_stats import theory
-    >>> theory.bias_rate(0.75)
-    -0.25
+    >>> theory.bias_rate(0.75), theory.bias_rate(0.75, readout="skewed")
+    (-0.5, -0.25)
     """
-    return _check_gamma(gamma) - 1
+    return _step(readout) * (_check_gamma(gamma) - 1)
+
+
+def ratio_rate(gamma: float, readout: str = "symmetric") -> float:
+    """Leading log-log slope of bias^2 / variance in N: ``6 gamma - 5`` (symmetric), ``4 gamma - 3`` (skewed).
+
+    Parameters
+    ----------
+    gamma : in [1/2, 1]
+    readout : a key of ``READOUT_LAWS``
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> theory.ratio_rate(0.75), theory.ratio_rate(0.75, readout="skewed")
+    (-0.5, 0.0)
+    """
+    return 2 * bias_rate(gamma, readout) - variance_rate(gamma)
+
+
+def bias_variance_order_switch(readout: str = "symmetric") -> float:
+    """Return the gamma where bias^2 / variance changes from falling to growing with N (docs/theory.md §1.4).
+
+    5/6 for a symmetric readout law (6 gamma - 5 = 0), 3/4 for a skewed one (4 gamma - 3 = 0): below it the
+    variance dominates the mean-square deviation from h_t at large N, above it the bias.
+
+    Parameters
+    ----------
+    readout : a key of ``READOUT_LAWS``
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> round(theory.bias_variance_order_switch(), 4), theory.bias_variance_order_switch("skewed")
+    (0.8333, 0.75)
+    """
+    s = _step(readout)
+    return (2 * s + 1) / (2 * s + 2)  # the root of 2 s (g - 1) - (1 - 2 g)
+
+
+def readout_law(ds: xr.Dataset | None = None, readout: str | None = None) -> tuple[str, str]:
+    """Return the readout law that sets the bias law, and where it came from.
+
+    ``readout`` if given; else the Dataset's ``readout_law`` attribute (``testing.synthetic_ensemble`` sets it);
+    else the stored sweep config's ``[model] init``: ``"theory"`` draws C ~ N(0, 1) (symmetric), ``"skewed"``
+    C ~ Exp(1) - 1, and ``"paper"``'s C ~ U(0, 1) has no reflection symmetry, so no order cancels (taken as
+    skewed; its non-zero mean adds terms the theory does not cover, docs/theory.md §1.1); else ``"symmetric"``,
+    the theory's own init law, marked as assumed.
+
+    Parameters
+    ----------
+    ds : Dataset from :func:`open_ensemble`, optional
+    readout : a key of ``READOUT_LAWS``, optional
+
+    Returns
+    -------
+    (law, source) : the key of ``READOUT_LAWS`` and a phrase saying where it came from
+
+    Examples
+    --------
+    >>> from ensemble_stats import theory
+    >>> theory.readout_law(readout="skewed")
+    ('skewed', 'given')
+    """
+    if readout is not None:
+        return _check_readout(readout), "given"
+    if ds is None:
+        return "symmetric", "assumed (no store given)"
+    if "readout_law" in ds.attrs:
+        return _check_readout(str(ds.attrs["readout_law"])), "the dataset's readout_law attribute"
+    if schema.ATTR_CONFIG in ds.attrs:
+        from .store import sweep_config
+
+        init = sweep_config(ds).get("model", {}).get("init", "theory")
+        if init in _INIT_READOUT:
+            return _INIT_READOUT[init], f"the store's config (init = {init!r})"
+    return "symmetric", "assumed: the store does not record its readout law; pass readout= to say"
 
 
 # ------------------------------------------------------------------------------------------ activations

@@ -95,7 +95,7 @@ def test_gaussianity_without_pairs_and_bad_input():
 def test_fit_expansion_on_pairs_uses_the_pair_means():
     rng = np.random.default_rng(4)
     widths = [64, 128, 256, 512, 1024]
-    truth = lambda g, N: 0.3 + 0.8 * N ** (g - 1)  # noqa: E731  h + Q N^(gamma - 1), the bias law
+    truth = lambda g, N: 0.3 + 0.8 * N ** (2 * g - 2)  # noqa: E731  h + Q N^(2 gamma - 2), the symmetric law's bias
     ds, _ = _paired(rng, gammas=[0.75], widths=widths, pairs=32, reps=1, mean=truth)
     even = 0.02 * rng.standard_normal((*ds[schema.PREDICTION].shape[:4], 1, 1, 1))  # shared by a pair
     ds[schema.PREDICTION] = ds[schema.PREDICTION] + np.repeat(even[:, :, :, 0::2], 2, axis=3)
@@ -119,20 +119,20 @@ def test_aic_is_the_weighted_chi2_and_selects_the_true_exponent():
     rng = np.random.default_rng(8)
     widths = [64, 128, 256, 512, 1024, 2048]
     N = np.array(widths, float)
-    # the truth follows the theory's exponent 1 - gamma = 0.25 at gamma = 0.75 ...
-    ds, _ = _paired(rng, gammas=[0.75], widths=widths, pairs=64, reps=60, mean=lambda g, N: 1.0 * N ** (g - 1))
+    # the truth follows the symmetric law's exponent 2 - 2 gamma = 0.5 at gamma = 0.75 ...
+    ds, _ = _paired(rng, gammas=[0.75], widths=widths, pairs=64, reps=60, mean=lambda g, N: 1.0 * N ** (2 * g - 2))
     ds[schema.PREDICTION] = ds[schema.PREDICTION] + 0.05 * rng.standard_normal(ds[schema.PREDICTION].shape)
     lead, free = es.fit_expansion(ds, terms="leading"), es.fit_expansion(ds, terms="free")
     # chi2 is statsmodels' weighted residual sum of squares with the fit's weights S / s^2 (pair means here)
     cell = {schema.GAMMA: 0.75, "replicate": 0, schema.TIME: 1.0, schema.POINT: 1, schema.OUTPUT: 0}
     pm = ds[schema.PREDICTION].sel(cell).values.reshape(6, 64, 2).mean(-1)
     w = 64 / pm.var(axis=1, ddof=1)
-    X = np.stack([np.ones(6), N**-0.25], 1)
+    X = np.stack([np.ones(6), N**-0.5], 1)
     ols = sm.WLS(pm.mean(1), X, weights=w).fit()
     np.testing.assert_allclose(float(lead.chi2.sel(cell)), ols.ssr, rtol=1e-9)
     np.testing.assert_allclose(float(lead.aic.sel(cell)), ols.ssr + 4, rtol=1e-9)
     assert float((free.aic - lead.aic > 0).mean()) > 0.6  # the nested, true model wins most cells
-    # ... and a mean with exponent 0.9 is not described by 1 - gamma: the free exponent wins
+    # ... and a mean with exponent 0.9 is not described by 2 - 2 gamma: the free exponent wins
     ds2, _ = _paired(rng, gammas=[0.75], widths=widths, pairs=64, reps=60, mean=lambda g, N: 5.0 * N**-0.9)
     ds2[schema.PREDICTION] = ds2[schema.PREDICTION] + 0.05 * rng.standard_normal(ds2[schema.PREDICTION].shape)
     lead2, free2 = es.fit_expansion(ds2, terms="leading"), es.fit_expansion(ds2, terms="free")
@@ -140,19 +140,22 @@ def test_aic_is_the_weighted_chi2_and_selects_the_true_exponent():
     assert abs(float(free2.exponent.isel(term=-1).median()) - 0.9) < 0.1
 
 
-def test_bias2_over_variance_rate_covers_4_gamma_minus_3():
-    """Independent seeds with mean h + Q N^(gamma - 1) and variance N^(1 - 2 gamma): the ratio's exponent is
-    4 gamma - 3 (negative below gamma = 3/4, positive above), covered in most of 100 replicates."""
+@pytest.mark.parametrize("readout", ["symmetric", "skewed"])
+def test_bias2_over_variance_rate_covers_the_readout_laws_exponent(readout):
+    """Independent seeds with mean h + Q N^(bias rate) and variance N^(1 - 2 gamma): the ratio's exponent is
+    6 gamma - 5 (symmetric law) or 4 gamma - 3 (skewed), negative below the switch and positive above, covered in
+    most of 100 replicates."""
     gammas = (0.625, 0.875)
     ds, truth = es.testing.synthetic_ensemble(
         gammas=gammas, widths=(64, 128, 256, 512, 1024), n_seeds=64, times=(1.0,), n_points=4,
-        mean_terms=[0.0], replicates=100, seed=3, return_truth=True,
+        mean_terms=[0.0], replicates=100, seed=3, return_truth=True, readout=readout,
     )  # fmt: skip
     g = ds[schema.GAMMA]
-    bias = 2.0 * ds[schema.WIDTH].astype(float) ** (g - 1)  # added to every seed: a known bias against h
+    step = 2 if readout == "symmetric" else 1
+    bias = 2.0 * ds[schema.WIDTH].astype(float) ** (step * (g - 1))  # added to every seed: a known bias against h
     ds[schema.PREDICTION] = ds[schema.PREDICTION] + bias
     r = es.fit_rate(ds, quantity="ratio", reference=truth["mean_coef"].isel(term=0, drop=True))
-    np.testing.assert_allclose(r.theory.values, [4 * x - 3 for x in gammas])
+    np.testing.assert_allclose(r.theory.values, [(2 * step + 2) * x - (2 * step + 1) for x in gammas])
     hits = ((r.slope_lo <= r.theory) & (r.theory <= r.slope_hi)).mean("replicate")
     assert bool(((hits > 0.85) & (hits < 1.0)).all()), hits.values
     assert bool((np.sign(r.slope.median("replicate")) == np.sign(r.theory)).all())

@@ -89,6 +89,35 @@ def test_fit_rate_bias_against_a_known_limit():
     assert (np.abs(r.slope + 0.125) < 4 * r.stderr).all(), (r.slope.values, r.stderr.values)
 
 
+@pytest.mark.parametrize("readout", ["symmetric", "skewed"])
+def test_bias_law_follows_the_readout_law_and_its_interval_excludes_the_other_law(readout):
+    other = "skewed" if readout == "symmetric" else "symmetric"
+    g = 0.75
+    p = -theory.bias_rate(g, readout)
+    ds, truth = synthetic_ensemble(
+        gammas=[g], n_seeds=64, n_points=32, times=[1.0], mean_terms=[0, p], readout=readout, return_truth=True,
+        seed=21,
+    )  # fmt: skip
+    h = truth.mean_coef.isel(term=0, drop=True)
+    r = es.fit_rate(ds, quantity="bias", reference=h).isel(gamma=0, time=0)
+    assert r.attrs["readout_law"] == readout
+    assert float(r.theory) == pytest.approx(-p)
+    assert bool(es.covers(r)), (float(r.slope_lo), float(r.slope_hi), -p)
+    competing = theory.bias_rate(g, other)
+    assert not float(r.slope_lo) <= competing <= float(r.slope_hi), "these widths and seeds separate the laws"
+    # the same data read under the wrong law: the theory column changes, the estimate does not
+    wrong = es.fit_rate(ds, quantity="bias", reference=h, readout=other).isel(gamma=0, time=0)
+    assert float(wrong.theory) == pytest.approx(competing) and float(wrong.slope) == float(r.slope)
+    assert not bool(es.covers(wrong))
+    ratio = es.fit_rate(ds, quantity="ratio", reference=h)
+    assert float(ratio.theory.item()) == pytest.approx(theory.ratio_rate(g, readout))
+    # terms="leading" is the limit and the law's bias term; its coefficients are covered
+    lead = es.fit_expansion(ds, terms="leading")
+    np.testing.assert_allclose(lead.exponent.sel(gamma=g).values, [0, p])
+    inside = (lead.coef_lo <= truth.mean_coef) & (truth.mean_coef <= lead.coef_hi)
+    assert float(inside.mean()) >= 0.85, float(inside.mean())
+
+
 def test_theory_terms_follow_nu_and_failed_cells_become_nan_with_status():
     ds = synthetic_ensemble(gammas=[0.7, 0.8, 0.9], widths=[32, 64, 128, 256, 512, 1024], n_seeds=16, seed=15)
     f = es.fit_expansion(ds, quantity="mean")

@@ -17,13 +17,63 @@ from ensemble_stats import errors, theory
 
 def test_nu_and_exponent_sets():
     assert [theory.nu(g) for g in (0.5, 0.6, 0.75, 0.8, 5 / 6, 0.85, 0.9, 0.95)] == [1, 1, 1, 2, 2, 3, 4, 9]
-    np.testing.assert_allclose(theory.mean_exponents(0.9), [0, 0.1, 0.2, 0.3], atol=1e-12)
-    np.testing.assert_allclose(theory.variance_exponents(0.75), [0.5, 0.75])
-    assert theory.variance_rate(0.75) == -0.5 and theory.bias_rate(0.75) == -0.25
+    # a skewed readout law keeps every order below nu; a symmetric one only the even ones (docs/theory.md §1.4)
+    np.testing.assert_allclose(theory.mean_exponents(0.9, readout="skewed"), [0, 0.1, 0.2, 0.3], atol=1e-12)
+    np.testing.assert_allclose(theory.mean_exponents(0.9), [0, 0.2], atol=1e-12)
+    np.testing.assert_allclose(theory.mean_exponents(0.8), [0])
+    np.testing.assert_allclose(theory.variance_exponents(0.75, readout="skewed"), [0.5, 0.75])
+    np.testing.assert_allclose(theory.variance_exponents(0.75), [0.5, 1.0])
+    assert theory.variance_rate(0.75) == -0.5
+    assert theory.bias_rate(0.75) == -0.5 and theory.bias_rate(0.75, readout="skewed") == -0.25
+    with pytest.raises(errors.ValidationError, match="readout='normal'"):
+        theory.bias_rate(0.75, readout="normal")
     with pytest.raises(errors.ValidationError, match="singular"):
         theory.nu(1.0)
     with pytest.raises(errors.ValidationError, match="outside"):
         theory.nu(0.3)
+
+
+@pytest.mark.parametrize("readout", ["symmetric", "skewed"])
+def test_the_order_switch_is_where_the_ratio_exponent_changes_sign(readout):
+    g0 = theory.bias_variance_order_switch(readout)
+    assert g0 == pytest.approx(5 / 6 if readout == "symmetric" else 3 / 4)
+    for g in np.linspace(0.5, 1.0, 21):
+        rate = theory.ratio_rate(g, readout)
+        assert rate == pytest.approx(2 * theory.bias_rate(g, readout) - theory.variance_rate(g))
+        assert np.sign(round(rate, 12)) == np.sign(round(g - g0, 12)), (g, rate)
+
+
+def test_the_readout_law_comes_from_the_argument_the_dataset_or_the_store_config():
+    import json
+
+    from ensemble_stats import schema
+    from ensemble_stats.testing import synthetic_ensemble
+
+    ds = synthetic_ensemble(gammas=[0.75], widths=[64, 128], n_seeds=2, n_points=1, times=[0.0])
+    assert theory.readout_law(ds) == ("symmetric", "the dataset's readout_law attribute")
+    assert theory.readout_law(ds, "skewed") == ("skewed", "given")
+    bare = ds.copy()
+    bare.attrs = {k: v for k, v in ds.attrs.items() if k != "readout_law"}
+    law, source = theory.readout_law(bare)
+    assert law == "symmetric" and source.startswith("assumed")
+    for init, want in (("theory", "symmetric"), ("skewed", "skewed"), ("paper", "skewed")):
+        bare.attrs[schema.ATTR_CONFIG] = json.dumps({"model": {"init": init}})
+        assert theory.readout_law(bare) == (want, f"the store's config (init = {init!r})")
+
+
+def test_skewed_init_is_a_mean_zero_unit_variance_skewed_law_on_the_theory_inits_draws():
+    arch = Architecture(3, (20000,), (0.75,), 1, "tanh", False)
+    sk, th = (init_params(arch, law, 11, torch.float64) for law in ("skewed", "theory"))
+    assert torch.equal(sk["W1"], th["W1"])  # common random numbers with the symmetric law
+    c, z = sk["C"].flatten().numpy(), th["C"].flatten().numpy()
+    n = c.size
+    # Exp(1) - 1: mean 0, variance 1, third moment 2, fourth central moment 9 (sampling errors from those)
+    assert abs(c.mean()) < 4 / math.sqrt(n)
+    assert abs(c.var() - 1) < 4 * math.sqrt(8 / n)
+    assert abs((c**3).mean() - 2) < 4 * math.sqrt(((c**6).mean() - 4) / n)
+    assert (np.diff(c[np.argsort(z)]) >= 0).all()  # a monotone map of the theory law's normal draw
+    with pytest.raises(errors.ValidationError, match="antithetic pairs need a readout law symmetric"):
+        TrainConfig(init="skewed", antithetic=True)
 
 
 def _mc_network_cov(x, act, depth, sw, sb, rng, width=256, nets=2000):
