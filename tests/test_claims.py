@@ -210,3 +210,17 @@ def test_shallow_mixed_variants_are_inconclusive(tmp_path):
     falling = _claim_stores.shallow_store(tmp_path / "b.zarr", accuracy=lambda g: 0.9 - 0.2 * g)
     mono = es.claims.shallow.claims({"digits": rising, "mnist1d": falling}, {})[0]
     assert mono.verdict.outcome == "inconclusive" and (mono.verdict.agree, mono.verdict.disagree) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "outcome"),
+    [(-0.6, -0.4, True), (-0.6, -0.2, None), (-0.3, -0.2, False), (float("nan"), float("nan"), None)],
+)
+def test_a_slope_decides_for_its_law_only_when_it_excludes_the_other_law(lo, hi, outcome):
+    import xarray as xr
+
+    from ensemble_stats.claims.expansion import _covered
+
+    # gamma = 3/4: the symmetric law's bias slope is -1/2, the skewed law's -1/4
+    r = xr.Dataset({"slope": (lo + hi) / 2, "slope_lo": lo, "slope_hi": hi, "theory": -0.5})
+    assert _covered(r, -0.25) is outcome

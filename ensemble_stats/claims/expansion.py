@@ -1,14 +1,17 @@
 """The asymptotic expansion in 1/N^gamma (docs/theory.md §1.3-1.4, §9): bias, bias^2 / variance, Gaussianity.
 
-Claims, against the kernel limit h_t of a shallow sweep with antithetic seed pairs: the bias falls as N^(gamma - 1)
-(1); bias^2 / variance scales as N^(4 gamma - 3) (2); N^(gamma - 1/2) (h^N - E h^N) is Gaussian with variance
-Var K_t (3, 3b); the theory's exponents beat a free one by AIC (4). One store.
+Claims, against the kernel limit h_t of shallow sweeps: the bias falls as N^(2 gamma - 2) for a symmetric readout
+law and as N^(gamma - 1) for a skewed one (1); bias^2 / variance scales as N^(6 gamma - 5) or N^(4 gamma - 3) (2);
+N^(gamma - 1/2) (h^N - E h^N) is Gaussian with variance Var K_t (3, 3b); the law's exponents beat a free one by AIC
+(4). The first store (antithetic pairs, symmetric law) answers all five; each further store (e.g. a skewed law)
+answers 1 and 2 for its own law.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import xarray as xr
@@ -19,6 +22,7 @@ from .._fluct import fluctuation_gaussianity
 from .._limit import compare_to_theory
 from .._stats import bias_variance
 from ..store import open_ensemble
+from ..theory import bias_rate, ratio_rate, readout_law
 from ._claim import Claim, save_figure, sci, yes_no
 
 __all__ = ["claims"]
@@ -28,10 +32,22 @@ def _slope(r) -> str:
     return interval(r.slope, r.slope_lo, r.slope_hi)
 
 
-def _covered(r) -> bool | None:
+_TEXT = {
+    "bias": {"symmetric": "2 gamma - 2", "skewed": "gamma - 1"},
+    "ratio": {"symmetric": "6 gamma - 5", "skewed": "4 gamma - 3"},
+}
+_OTHER = {"symmetric": "skewed", "skewed": "symmetric"}
+
+
+def _covered(r, competing: float | None = None) -> bool | None:
+    """Covers the law's slope and, with ``competing``, excludes the other law's (None where it cannot decide)."""
     if not np.isfinite(float(r.slope)):
         return None  # the estimate was <= 0 at too many widths to fit a slope
-    return bool(covers(r))
+    if not bool(covers(r)):
+        return False
+    if competing is not None and float(r.slope_lo) <= competing <= float(r.slope_hi):
+        return None  # the interval covers both laws: no power to decide between them
+    return True
 
 
 def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
@@ -47,20 +63,26 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
     -------
     five :class:`Claim` (bias, ratio, Gaussianity, its scale, AIC)
     """
-    (path,) = stores.values()
-    ds = open_ensemble(path)
-    lim = compare_to_theory(ds).compute()  # the kernel limit h_t and Var K_t from the store's training set
-    judged = [float(t) for t in ds.time.values if t >= opts.get("t_min", 1.0)]
-    later = [float(t) for t in ds.time.values if t > 0]
-    bv = bias_variance(ds, reference=lim["h"]).compute()
-    bias_claim, ratio_claim = _rates(ds, lim, bv, judged, later, opts)
-    gauss = _gaussianity(ds, lim, judged, later, opts)
-    return [bias_claim, ratio_claim, *gauss, _aic(ds, lim, judged)]
+    found = []
+    for i, (name, path) in enumerate(stores.items()):
+        ds = open_ensemble(path)
+        lim = compare_to_theory(ds).compute()  # the kernel limit h_t and Var K_t from the store's training set
+        judged = [float(t) for t in ds.time.values if t >= opts.get("t_min", 1.0)]
+        later = [float(t) for t in ds.time.values if t > 0]
+        bv = bias_variance(ds, reference=lim["h"]).compute()
+        tag = "" if i == 0 else f" ({name})"
+        found += [replace(c, label=c.label + tag) for c in _rates(ds, lim, bv, judged, later, opts, name)]
+        if i == 0:
+            found += [*_gaussianity(ds, lim, judged, later, opts), _aic(ds, lim, judged)]
+    return found
 
 
-def _rates(ds, lim, bv, judged, later, opts) -> tuple[Claim, Claim]:
+def _rates(ds, lim, bv, judged, later, opts, name="") -> tuple[Claim, Claim]:
     h, N, gammas = lim["h"], ds.width.values, ds.gamma.values
     g_min = opts.get("bias_gamma_min", 0.8)
+    law, source = readout_law(ds)
+    other = _OTHER[law]
+    tb, tr = _TEXT["bias"][law], _TEXT["ratio"][law]
     root = lambda b, k: np.sqrt(max(float(b[k]), 0.0))  # noqa: E731  |bias| from the corrected bias^2
     bias = fit_rate(ds, quantity="bias", reference=h).compute()
     ratio = fit_rate(ds, quantity="ratio", reference=h).compute()
@@ -69,7 +91,7 @@ def _rates(ds, lim, bv, judged, later, opts) -> tuple[Claim, Claim]:
         for t in later:
             r, q = bias.sel(gamma=g, time=t), ratio.sel(gamma=g, time=t)
             b = bv.sel(gamma=g, time=t, width=N[-1])
-            c_b, c_q = _covered(r), _covered(q)
+            c_b, c_q = _covered(r, bias_rate(g, other)), _covered(q, ratio_rate(g, other))
             if t in judged and g >= g_min:
                 bias_cases.append(c_b)
             if t in judged:
@@ -89,59 +111,71 @@ def _rates(ds, lim, bv, judged, later, opts) -> tuple[Claim, Claim]:
 
         fig = plot.bias_variance(bv)
         fig.axes[0].set_ylabel(f"against the kernel limit h_t, t = {later[-1]:g}")
-        figures = (("bias and variance", save_figure(fig, opts, "expansion-bias-variance.png")),)
-    # where the bias is resolved but its slope misses gamma - 1: say by how much, and in which direction
+        suffix = f"-{name}" if name and law != "symmetric" else ""
+        figures = (
+            (f"bias and variance, {law} readout law", save_figure(fig, opts, f"expansion-bias-variance{suffix}.png")),
+        )
+    # where the bias is resolved but its slope misses the law's: say by how much, and in which direction
     missed = [
         (g, t, bias.sel(gamma=g, time=t))
         for g in gammas
         for t in judged
-        if g >= g_min and _covered(bias.sel(gamma=g, time=t)) is False
+        if g >= g_min and _covered(bias.sel(gamma=g, time=t), bias_rate(g, other)) is False
     ]
     steeper = all(float(r.slope_hi) < float(r.theory) for _, _, r in missed)
     miss_text = (
         " Where it fails the fitted slope is "
         + ("steeper than" if steeper else "away from")
-        + " gamma - 1 ("
+        + f" {tb} ("
         + "; ".join(f"gamma = {g:g}, t = {t:g}: {float(r.slope):.2f} vs {float(r.theory):.3f}" for g, t, r in missed)
         + "): at N <= "
-        + f"{int(N[-1])} the next orders (N^(2 gamma - 2) Q^2, ...) may still matter beside N^(gamma - 1) Q^1 (a "
-        "reading, not tested here; wider widths would tell)."
+        + f"{int(N[-1])} the next orders may still matter beside the leading one (a reading, not tested here; "
+        "wider widths would tell)."
         if missed
         else ""
     )
-    ts, n_pairs = ", ".join(f"{t:g}" for t in judged), ds.sizes["seed"] // 2
+    ts, paired = ", ".join(f"{t:g}" for t in judged), "pair" in ds.coords
+    seeds = (
+        f"{ds.sizes['seed']} per (gamma, N) as {ds.sizes['seed'] // 2} antithetic pairs"
+        if paired
+        else f"{ds.sizes['seed']} independent seeds per (gamma, N)"
+    )
     rate_vars = ["slope", "slope_lo", "slope_hi", "theory"]
     return (
         Claim(
             "Verdict 1",
-            "does the bias |E h^N - h_t| fall as N^(gamma - 1)?",
+            f"with a {law} readout law, does the bias |E h^N - h_t| fall as N^({tb})?",
             v_bias,
-            f"the slope's 95% CI covers gamma - 1 in {v_bias.agree} of {v_bias.cases} cases at gamma >= {g_min:g} "
-            f"({v_bias.undecided} without a slope: the bias^2 estimate was <= 0 at too many widths). Other gammas "
-            f"are shown too.{miss_text}",
+            f"the slope's 95% CI covers {tb} and excludes the {other} law's exponent in {v_bias.agree} of "
+            f"{v_bias.cases} cases at gamma >= {g_min:g} ({v_bias.undecided} undecided: no slope, the bias^2 "
+            "estimate being <= 0 at too many widths, or an interval wide enough to cover both laws). Other gammas "
+            f"are shown too. Readout law from {source}.{miss_text}",
             cases=bias[rate_vars].sel(time=judged).stack(case=("gamma", "time")).reset_index("case"),
-            columns=("gamma", "t", f"|bias| at N = {int(N[-1])} [95%]", "slope [95%]", "theory gamma - 1", "covers"),
+            columns=("gamma", "t", f"|bias| at N = {int(N[-1])} [95%]", "slope [95%]", f"theory {tb}", "decides"),
             rows=tuple(bias_rows),
             figures=figures,
-            preamble=f"Seeds: {ds.sizes['seed']} per (gamma, N) as {n_pairs} antithetic pairs; verdicts at t = {ts} "
-            "(at t = 0.5 the mean has barely moved from 0, shown for completeness). Bias, bias^2 and variance are the "
-            "pair-aware estimates (`bias_variance`), against the kernel limit h_t (`compare_to_theory`), pooled over "
-            "the 5 test points; slopes are WLS fits on log N (`fit_rate`).",
+            preamble=f"{law.capitalize()} readout law ({name}). Seeds: {seeds}; verdicts at t = {ts} (at t = 0.5 the "
+            "mean has barely moved from 0, shown for completeness). Bias, bias^2 and variance are the "
+            + ("pair-aware " if paired else "")
+            + "estimates (`bias_variance`), against the kernel limit h_t (`compare_to_theory`), pooled over the 5 "
+            "test points; slopes are WLS fits on log N (`fit_rate`). A case decides for the law only when the "
+            "slope's interval covers its exponent and excludes the other law's.",
         ),
         Claim(
             "Verdict 2",
-            "does bias^2 / variance scale as N^(4 gamma - 3)?",
+            f"with a {law} readout law, does bias^2 / variance scale as N^({tr})?",
             v_ratio,
-            f"the CI of the slope covers 4 gamma - 3 in {v_ratio.agree} of {v_ratio.cases} (gamma, t) cases "
-            f"({v_ratio.undecided} without a slope). Below gamma = 3/4 the ratio should fall with N, above it grow.",
+            f"the CI of the slope covers {tr} and excludes the {other} law's exponent in {v_ratio.agree} of "
+            f"{v_ratio.cases} (gamma, t) cases ({v_ratio.undecided} undecided: no slope, or covering both). Below "
+            f"gamma = {'5/6' if law == 'symmetric' else '3/4'} the ratio should fall with N, above it grow.",
             cases=ratio[rate_vars].sel(time=judged).stack(case=("gamma", "time")).reset_index("case"),
             columns=(
                 "gamma",
                 "t",
                 f"bias^2 / variance at N = {int(N[-1])}",
                 "slope [95%]",
-                "theory 4 gamma - 3",
-                "covers",
+                f"theory {tr}",
+                "decides",
             ),
             rows=tuple(ratio_rows),
         ),
@@ -207,7 +241,7 @@ def _gaussianity(ds, lim, judged, later, opts) -> list[Claim]:
 
 
 def _aic(ds, lim, judged) -> Claim:
-    """Model selection on the pair means: h + c N^(gamma - 1) (the theory's exponent) against h + c N^(-p)."""
+    """Model selection on the pair means: h + c N^(bias rate) (the law's exponent) against h + c N^(-p)."""
     h, gammas = lim["h"], ds.gamma.values
     sub = ds.sel(time=judged)
     with warnings.catch_warnings():
@@ -222,7 +256,7 @@ def _aic(ds, lim, judged) -> Claim:
             p = free.exponent.isel(term=-1).sel(gamma=g, time=t)
             c0, c1 = (lead.sel(gamma=g, time=t).isel(term=k) for k in (0, 1))
             h_in = covers(c0, h.sel(time=t), var="coef")
-            # only points whose mean moves with N (the N^(gamma - 1) coefficient's CI excludes 0) can select a law
+            # only points whose mean moves with N (the bias term's coefficient CI excludes 0) can select a law
             moving = (c1.coef_lo > 0) | (c1.coef_hi < 0)
             dm = d.where(moving)
             med = float(dm.median()) if bool(moving.any()) else float("nan")
@@ -232,7 +266,8 @@ def _aic(ds, lim, judged) -> Claim:
             rows.append(
                 (f"{g:g}", f"{t:g}", f"{int(moving.sum())} of {int(moving.size)}",
                  f"{int((dm > 0).sum())} of {int(dm.notnull().sum())}", f"{med:+.2f}",
-                 f"{float(p.where(moving).median()):.3f}", f"{1 - g:.3f}", f"{int(h_in.sum())} of {int(h_in.size)}")
+                 f"{float(p.where(moving).median()):.3f}", f"{-bias_rate(g, lead.attrs['readout_law']):.3f}",
+                 f"{int(h_in.sum())} of {int(h_in.size)}")
             )  # fmt: skip
     v = verdict(cases)
     small = (
@@ -246,10 +281,11 @@ def _aic(ds, lim, judged) -> Claim:
         "Verdict 4",
         "do the theory's exponents beat a free exponent by AIC?",
         v,
-        '`fit_expansion` on the pair means with `terms="leading"` (h + c N^(gamma - 1)) against `terms="free"` '
+        '`fit_expansion` on the pair means with `terms="leading"` (h + c N^(2 gamma - 2), the symmetric law) against '
+        '`terms="free"` '
         "(h + c N^(-p), p fitted), AIC = chi^2 + 2k; the theory is preferred (median Delta AIC = AIC(free) - "
         f"AIC(theory) > 0 over the grid points) in {v.agree} of {v.cases} cases ({v.undecided} with no such point: "
-        "nothing to select). Only grid points whose mean moves with N (the 95% CI of the N^(gamma - 1) "
+        "nothing to select). Only grid points whose mean moves with N (the 95% CI of the N^(2 gamma - 2) "
         "coefficient excludes 0) take part. The free model h + c N^(-p) can also take p -> 0 with c large, a drift "
         "like log N; a median p near 0 says the data prefer that shape. The last column counts the grid points "
         "where the fitted intercept's 95% CI contains the kernel limit h_t." + small,
@@ -264,7 +300,7 @@ def _aic(ds, lim, judged) -> Claim:
             "of those, preferring the theory",
             "median Delta AIC",
             "median free exponent p",
-            "theory 1 - gamma",
+            "theory 2 - 2 gamma",
             "h_t inside the intercept's CI",
         ),
         rows=tuple(rows),
