@@ -371,11 +371,19 @@ def _table_over_extra(res, ds):
 @click.argument("store", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Result path (.zarr or .nc).")
 @click.option("--quantity", type=click.Choice(["mean", "variance"]), default="variance", show_default=True)
-@click.option("--terms", default="theory", show_default=True, help="'theory', 'free' or comma-separated exponents.")
+@click.option(
+    "--terms", default="theory", show_default=True, help="'theory', 'leading', 'free' or comma-separated exponents."
+)
+@click.option(
+    "--readout",
+    type=click.Choice(["symmetric", "skewed"]),
+    default=None,
+    help="Readout law that sets the theory's exponents (default: from the store's config; docs/theory.md §1.4).",
+)
 @click.option("--width-min", type=int, default=None, help="Use only widths N >= this.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
 @click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
-def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
+def fit(store, out, quantity, terms, readout, width_min, scheduler, scheduler_file):
     """Fit the asymptotic expansion in N pointwise, and the pooled log-log rate."""
     from ._assess import rate_table
     from ._fit import fit_expansion, fit_rate
@@ -384,18 +392,20 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
     from .store import open_ensemble
 
     _check_out(out, store, "fit")
-    if terms not in ("theory", "free"):
+    if terms not in ("theory", "leading", "free"):
         try:
             terms = [float(t) for t in terms.split(",")]
         except ValueError:
             from .errors import FitError
 
-            raise FitError(f"--terms {terms!r}: use 'theory', 'free' or comma-separated numbers like 0,0.25.") from None
+            raise FitError(
+                f"--terms {terms!r}: use 'theory', 'leading', 'free' or comma-separated numbers like 0,0.25."
+            ) from None
     client = _client(scheduler, scheduler_file)
     try:
         with _reading(store):
             ds = open_ensemble(list(store))
-            res = fit_expansion(ds, quantity=quantity, terms=terms, width_min=width_min).compute()
+            res = fit_expansion(ds, quantity=quantity, terms=terms, width_min=width_min, readout=readout).compute()
             try:  # the rate compares widths at one scaled time; epoch- and step-indexed stores are selected
                 at = "record" if time_units(ds) == "scaled" else "common"
                 rate = fit_rate(ds, quantity="variance", width_min=width_min, at=at).compute()
@@ -422,7 +432,10 @@ def fit(store, out, quantity, terms, width_min, scheduler, scheduler_file):
             )
         _write(res, out, store, "fit")
         rate = _table_over_extra(rate, ds)
-        click.echo(f"fit_expansion({quantity}, terms={terms}): {ok} of {res['status'].size} cells fitted -> {out}")
+        click.echo(
+            f"fit_expansion({quantity}, terms={terms}, readout law {res.attrs['readout_law']} from "
+            f"{res.attrs['readout_law_source']}): {ok} of {res['status'].size} cells fitted -> {out}"
+        )
         click.echo(rate_table(rate))
     finally:
         if client is not None:

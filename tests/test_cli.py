@@ -44,6 +44,16 @@ def test_fit_and_decompose_on_a_real_store(tmp_path):
         main, ["fit", str(store.path), "--out", str(tmp_path / "f.zarr"), "--terms", "0,0.25", "--quantity", "mean"]
     )
     assert r.exit_code == 0, r.output
+    # the readout law sets the bias term of terms="leading": N^-(2 - 2 gamma) symmetric, N^-(1 - gamma) skewed
+    g = ds.gamma.values[ds.gamma.values < 1]  # gamma = 1 has no bias term
+    for law, p in (("symmetric", 2 - 2 * g), ("skewed", 1 - g)):
+        dest = tmp_path / f"lead-{law}.nc"
+        args = ["fit", str(store.path), "--out", str(dest), "--terms", "leading", "--quantity", "mean"]
+        r = runner.invoke(main, [*args, "--readout", law])
+        assert r.exit_code == 0 and f"readout law {law} from given" in r.output, r.output
+        with xr.open_dataset(dest) as lead:
+            assert lead.attrs["readout_law"] == law
+            np.testing.assert_allclose(lead.exponent.isel(term=1).sel(gamma=g).values, p)
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
