@@ -202,7 +202,8 @@ def _gaussianity(ds, lim, judged, later, opts) -> list[Claim]:
         rows.append(
             (f"{g:g}", *(f"{float(cell.pvalue_min.sel(width=w, time=later[-1])):.2g}" for w in N),
              *(f"{float(top.pvalue_min.sel(gamma=g, time=t)):.2g}" for t in judged[:-1]),
-             interval(float(top.sd.sel(**at)), float(top.sd_lo.sel(**at)), float(top.sd_hi.sel(**at))))
+             interval(float(top.sd.sel(**at)), float(top.sd_lo.sel(**at)), float(top.sd_hi.sel(**at))),
+             _next_order(cell.sel(time=later[-1]), N, g))
         )  # fmt: skip
     figures = (("QQ plots", save_figure(_qq(fg), opts, "expansion-qq.png")),) if opts.get("figdir") else ()
     cases = top[["pvalue_min", "sd", "sd_lo", "sd_hi"]].sel(time=judged).stack(case=("gamma", "time"))
@@ -226,18 +227,37 @@ def _gaussianity(ds, lim, judged, later, opts) -> list[Claim]:
             v_scale,
             f"the 95% CI of the standard deviation of z contains 1 in {v_scale.agree} of {v_scale.cases} (gamma, t) "
             "cases; the KS test has little power against a scale error of 20-30% at this many draws, so the scale "
-            "is judged on its own.",
+            "is judged on its own. The last column measures the next order: with a symmetric readout law the "
+            "fluctuation's first correction has relative size N^(2 gamma - 2) (docs/theory.md §1.4), so "
+            "a_N = (sd(z) - 1) N^(2 - 2 gamma) should not depend on N; shown is their inverse-variance mean over the "
+            "widths with its standard error and the chi^2 per dof of that constant (near 1 if a_N is flat; the "
+            "widths share initial weights across gammas, not across N, so the widths are independent).",
             cases=cases.reset_index("case"),
             columns=(
                 "gamma",
                 *(f"p, N = {int(w)}, t = {later[-1]:g}" for w in N),
                 *(f"p, N = {int(N[-1])}, t = {t:g}" for t in judged[:-1]),
                 f"sd of z, N = {int(N[-1])}, t = {later[-1]:g}",
+                f"a in sd(z) - 1 = a N^(2 gamma - 2), t = {later[-1]:g} [chi^2/dof]",
             ),
             rows=tuple(rows),
             figures=figures,
         ),
     ]
+
+
+def _next_order(cell: xr.Dataset, N, g: float) -> str:
+    """Inverse-variance mean of a_N = (sd(z) - 1) N^(2 - 2 g) over the widths, its standard error, chi^2/dof."""
+    scale = np.asarray(N, dtype=float) ** (2 - 2 * g)
+    a = (cell.sd.values - 1) * scale
+    se = (cell.sd_hi.values - cell.sd_lo.values) / (2 * 1.959964) * scale
+    ok = np.isfinite(a) & np.isfinite(se) & (se > 0)
+    if ok.sum() < 2:
+        return "-"
+    w = 1 / se[ok] ** 2
+    mean = float((w * a[ok]).sum() / w.sum())
+    chi2 = float((w * (a[ok] - mean) ** 2).sum()) / (ok.sum() - 1)
+    return f"{mean:.2f} ± {float(1 / np.sqrt(w.sum())):.2f} [{chi2:.1f}]"
 
 
 def _aic(ds, lim, judged) -> Claim:
