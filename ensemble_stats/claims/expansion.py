@@ -51,17 +51,19 @@ def _covered(r, competing: float | None = None) -> bool | None:
 
 
 def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
-    """Decide the expansion's claims on one store.
+    """Decide the expansion's claims on one store per readout law.
 
     Parameters
     ----------
-    stores : ``{name: path}`` of one store (antithetic pairs, the kernel limit's regime)
+    stores : ``{name: path}``; the first with antithetic pairs (symmetric law), any further one with its own law
+        (read from its config, ``theory.readout_law``), all in the kernel limit's regime
     opts : ``t_min`` (verdicts at t >= t_min, default 1), ``bias_gamma_min`` (the bias claim is judged at
         gamma >= it, default 0.8), ``figdir``
 
     Returns
     -------
-    five :class:`Claim` (bias, ratio, Gaussianity, its scale, AIC)
+    five :class:`Claim` for the first store (bias, ratio, Gaussianity, its scale, AIC), then the bias and ratio
+    claims of each further store, labelled with its name
     """
     found = []
     for i, (name, path) in enumerate(stores.items()):
