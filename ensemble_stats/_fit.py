@@ -377,8 +377,8 @@ def fit_rate(
     ds : Dataset from :func:`open_ensemble`
     quantity : {"variance", "bias", "ratio"}
         ``"ratio"``: bias2 / variance, whose exponent 6 gamma - 5 (symmetric readout law; 4 gamma - 3 skewed)
-        changes sign at gamma = 5/6 (3/4) (docs/theory.md §1.4, §9 item 8); its per-width standard error is the delta method's (their covariance neglected) and the slope
-        is fitted as for antithetic pairs below.
+        changes sign at gamma = 5/6 (3/4) (docs/theory.md §1.4, §9 item 8); its per-width standard error is the
+        delta method's (their covariance neglected) and the slope is fitted as for antithetic pairs below.
     dims : grid dims pooled over
     reference : ``"target"`` or DataArray
         For ``quantity="bias"``: the limit the bias is measured from (e.g. the kernel limit h_t); against the
@@ -410,9 +410,9 @@ def fit_rate(
     Returns
     -------
     Dataset
-        ``slope``, ``stderr``, ``slope_lo``, ``slope_hi``, ``theory`` (1 - 2 gamma for the variance;
-        2 gamma - 2 (symmetric) or gamma - 1 (skewed) for the bias), ``intercept``, ``chi2_dof``, ``n_widths``, ``n_seeds``, ``status`` per (gamma,
-        time, extra sweep dims, any grid dims not pooled). Attributes ``readout_law`` and ``readout_law_source``.
+        ``slope``, ``stderr``, ``slope_lo``, ``slope_hi``, ``theory`` (``theory.RATE_FORMULAS``: 1 - 2 gamma for
+        the variance; 2 gamma - 2 (symmetric) or gamma - 1 (skewed) for the bias), ``intercept``, ``chi2_dof``,
+        ``n_widths``, ``n_seeds``, ``status`` per (gamma, time, extra sweep dims, any grid dims not pooled). Attributes ``readout_law`` and ``readout_law_source``.
 
     Examples
     --------
@@ -558,18 +558,18 @@ def fit_rate(
 
 
 _THEORY_RATES = {
-    "variance": (lambda g, law: theory.variance_rate(g), {"symmetric": "1 - 2 gamma", "skewed": "1 - 2 gamma"}),
-    "bias": (theory.bias_rate, {"symmetric": "2 gamma - 2", "skewed": "gamma - 1"}),
-    "ratio": (theory.ratio_rate, {"symmetric": "6 gamma - 5", "skewed": "4 gamma - 3"}),
+    "variance": lambda g, law: theory.variance_rate(g),
+    "bias": theory.bias_rate,
+    "ratio": theory.ratio_rate,
 }
 _WHAT = {"variance": "seed variance", "bias": "|bias| = sqrt(bias2)", "ratio": "bias2 / variance"}
 
 
 def _theory_rate(ds: xr.Dataset, quantity: str, law: str) -> xr.DataArray:
     """Return the theory's exponent of N per gamma for the readout law (docs/theory.md §1.4)."""
-    fn, text = _THEORY_RATES[quantity]
+    fn = _THEORY_RATES[quantity]
     th = apply_ufunc(np.vectorize(lambda g: fn(g, law), otypes=[float]), ds[schema.GAMMA])
-    return th.assign_attrs(long_name=f"theory exponent: {text[law]}", readout_law=law)
+    return th.assign_attrs(long_name=f"theory exponent: {theory.RATE_FORMULAS[quantity][law]}", readout_law=law)
 
 
 def _slope_name(quantity: str) -> str:

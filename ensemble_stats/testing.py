@@ -117,8 +117,8 @@ def synthetic_ensemble(
         coef[i, ..., 0] = h
         coef[i, ..., 1 : len(e)] = rng.normal(size=(T, P, O, len(e) - 1))
     v = np.exp(rng.normal(scale=0.5, size=(T, P, O)))
-    step = 2 if readout == "symmetric" else 1
-    var_exp = np.stack([2 * gammas - 1, 2 * gammas - 1 + step * (1 - gammas)], axis=-1)  # (G, 2)
+    # (G, 2): the leading N^(1-2g), then the correction whose relative size is the bias law's N^(bias_rate)
+    var_exp = np.stack([2 * gammas - 1, 2 * gammas - 1 - np.array([theory.bias_rate(g, readout) for g in gammas])], -1)
     var_coef = np.stack([v, variance_correction * v], axis=-1)[None].repeat(G, 0)  # (G, T, P, O, 2)
     Nb = widths[None, :, None, None, None, None].astype(np.float64)
     mean = np.nansum(coef[:, None] * Nb ** -mean_exp[:, None, None, None, None, :], axis=-1)  # (G, W, T, P, O)

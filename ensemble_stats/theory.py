@@ -32,6 +32,7 @@ __all__ = [
     "variance_exponents",
     "variance_rate",
     "READOUT_LAWS",
+    "RATE_FORMULAS",
     "readout_law",
     "bias_rate",
     "ratio_rate",
@@ -44,6 +45,13 @@ READOUT_LAWS: dict[str, str] = {
     "skewed": "mean-zero readout law with E C^3 != 0 (e.g. C ~ Exp(1) - 1): every order in N^(gamma - 1) is present",
 }
 """The readout laws the bias law distinguishes (docs/theory.md §1.4), by name."""
+
+RATE_FORMULAS: dict[str, dict[str, str]] = {
+    "variance": {"symmetric": "1 - 2 gamma", "skewed": "1 - 2 gamma"},
+    "bias": {"symmetric": "2 gamma - 2", "skewed": "gamma - 1"},
+    "ratio": {"symmetric": "6 gamma - 5", "skewed": "4 gamma - 3"},
+}
+"""The leading exponents of N (``variance_rate``, ``bias_rate``, ``ratio_rate``) as text, by readout law."""
 
 _INIT_READOUT = {"theory": "symmetric", "skewed": "skewed", "paper": "skewed"}
 

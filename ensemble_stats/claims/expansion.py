@@ -22,7 +22,7 @@ from .._fluct import fluctuation_gaussianity
 from .._limit import compare_to_theory
 from .._stats import bias_variance
 from ..store import open_ensemble
-from ..theory import bias_rate, ratio_rate, readout_law
+from ..theory import RATE_FORMULAS, bias_rate, ratio_rate, readout_law
 from ._claim import Claim, save_figure, sci, yes_no
 
 __all__ = ["claims"]
@@ -32,10 +32,6 @@ def _slope(r) -> str:
     return interval(r.slope, r.slope_lo, r.slope_hi)
 
 
-_TEXT = {
-    "bias": {"symmetric": "2 gamma - 2", "skewed": "gamma - 1"},
-    "ratio": {"symmetric": "6 gamma - 5", "skewed": "4 gamma - 3"},
-}
 _OTHER = {"symmetric": "skewed", "skewed": "symmetric"}
 
 
@@ -84,7 +80,7 @@ def _rates(ds, lim, bv, judged, later, opts, name="") -> tuple[Claim, Claim]:
     g_min = opts.get("bias_gamma_min", 0.8)
     law, source = readout_law(ds)
     other = _OTHER[law]
-    tb, tr = _TEXT["bias"][law], _TEXT["ratio"][law]
+    tb, tr = RATE_FORMULAS["bias"][law], RATE_FORMULAS["ratio"][law]
     root = lambda b, k: np.sqrt(max(float(b[k]), 0.0))  # noqa: E731  |bias| from the corrected bias^2
     bias = fit_rate(ds, quantity="bias", reference=h).compute()
     ratio = fit_rate(ds, quantity="ratio", reference=h).compute()
