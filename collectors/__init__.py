@@ -11,6 +11,7 @@ from ._collector import CollectorHandle, OutputCollector
 from ._config import SweepSpec
 from ._convnet import ScaledConvNet
 from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
+from ._demo import run_demo
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement, shallow_ntk
 from ._records import Block, BlockCollector, BlockModel, RecordBuffer
@@ -51,6 +52,7 @@ __all__ = [
     "paper_init",
     "prepare_store",
     "relative_displacement",
+    "run_demo",
     "run_sweep",
     "shallow_ntk",
     "teacher",

@@ -13,6 +13,7 @@ from ._assess import (
     Verdict,
     anova_effects,
     covers,
+    expansion_table,
     format_table,
     interval,
     paired_difference,
@@ -25,7 +26,7 @@ from ._assess import (
 )
 from ._fit import STATUS, fit_expansion, fit_rate, width_rate
 from ._fluct import fluctuation_gaussianity
-from ._info import completeness, diverged_runs
+from ._info import completeness, diverged_runs, format_info, store_summary
 from ._limit import compare_to_theory, kernel_limit_problems
 from ._ntk import kernel_drift, kernel_eigenvalues, learning_rate_regimes
 from ._report import report
@@ -46,9 +47,11 @@ __all__ = [
     "diverged_runs",
     "EnsembleAccessor",
     "errors",
+    "expansion_table",
     "fit_expansion",
     "fit_rate",
     "fluctuation_gaussianity",
+    "format_info",
     "format_table",
     "interval",
     "kernel_drift",
@@ -67,6 +70,7 @@ __all__ = [
     "seed_bootstrap",
     "seed_mean",
     "STATUS",
+    "store_summary",
     "StoreProblem",
     "sweep_config",
     "sweep_partial_files",

@@ -608,6 +608,62 @@ def rate_table(rate: xr.Dataset, *, fit: xr.Dataset | None = None, fmt: str = "t
     return format_table(header, rows, fmt, caption)
 
 
+def expansion_table(fit: xr.Dataset, *, fmt: str = "text", time: int = -1) -> str:
+    """Return the table of a pointwise expansion fit per gamma: each term's exponent and median coefficient.
+
+    Parameters
+    ----------
+    fit : :func:`fit_expansion` result (dims gamma, [time], grid dims, term); extra sweep dims must be reduced
+        first
+    fmt : ``"text"``, ``"markdown"`` or ``"html"``
+    time : index along ``time`` of the row shown (default the last)
+
+    Returns
+    -------
+    str
+        One row per gamma: the exponents p of the terms N^(-p), the median over the grid of each coefficient and
+        of its |coef| / stderr, the cells fitted and the median chi^2/dof.
+
+    Examples
+    --------
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75], widths=[64, 128, 256, 1024], n_seeds=8, seed=0)
+    >>> print(es.expansion_table(es.fit_expansion(ds, quantity="mean", terms=[0, 0.5])).splitlines()[0])
+    fit of the mean: sum_k c_k N^(-p_k) per grid value at t = 1
+    """
+    f = fit.isel({schema.TIME: time}) if schema.TIME in fit.dims else fit
+    grid = [d for d in f["status"].dims if d in (schema.POINT, schema.OUTPUT)]
+    extra = [d for d in f["status"].dims if d not in (schema.GAMMA, *grid)]
+    if extra:
+        raise ValidationError(
+            f"expansion_table: reduce the dims {extra} first (e.g. .mean() or .sel()); one row per gamma."
+        )
+    header = ["gamma", "exponents p", "median c_k", "median |c_k| / stderr", "cells fitted", "median chi2/dof"]
+    rows = []
+    for g in f[schema.GAMMA].values:
+        s = f.sel({schema.GAMMA: g})
+        ok = s["status"] == 0
+        p = s["exponent"]
+        p = p.median(grid) if any(d in p.dims for d in grid) else p
+        on = np.isfinite(p.values)
+        coef = s["coef"].where(ok).median(grid).values[on]
+        z = (abs(s["coef"]) / s["stderr"]).where(ok).median(grid).values[on]
+        rows.append(
+            [
+                f"{g:g}",
+                ", ".join(f"{v:.3g}" for v in p.values[on]),
+                ", ".join(f"{v:.4g}" for v in coef),
+                ", ".join(f"{v:.3g}" for v in z),
+                f"{int(ok.sum())} of {ok.size}",
+                f"{float(s['chi2_dof'].where(ok).median()):.3g}",
+            ]
+        )
+    at = f" at t = {float(f[schema.TIME]):g}" if schema.TIME in f.coords else ""
+    caption = f"fit of the {fit.attrs.get('quantity', 'mean')}: sum_k c_k N^(-p_k) per grid value{at}"
+    return format_table(header, rows, fmt, caption)
+
+
 def anova_effects(frame, response: str, factors: Sequence[str]) -> dict[str, float]:
     """Partial eta^2 and p-value per factor from a type-II ANOVA (statsmodels), additive model.
 

@@ -24,6 +24,7 @@ from ._np_fit import (
     wls_kernel,
 )
 from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd, t_quantile
+from ._provenance import with_provenance
 from ._select import at_common_time, time_units
 from ._stats import _check_ci, _reference, _use_pairs, pair_members, seed_moments
 from ._ufunc import apply_ufunc
@@ -322,7 +323,7 @@ def fit_expansion(
             }
             code = int(res["status"].values[tuple(np.argwhere(failed.values)[0])])
             raise FitError(f"{int(failed.sum())} cell(s) could not be fitted; first at {first}: {STATUS[code]}.")
-    return res
+    return with_provenance(res, ds, f"fit_expansion(quantity={quantity!r}, terms={terms!r})")
 
 
 def _information(mom: xr.Dataset, res: xr.Dataset, quantity: str, *, free: bool) -> dict[str, xr.DataArray]:
@@ -554,7 +555,7 @@ def fit_rate(
             ),
         }
     )
-    return res
+    return with_provenance(res, ds, f"fit_rate(quantity={quantity!r})")
 
 
 _THEORY_RATES = {
@@ -615,7 +616,7 @@ def _estimate_rate(
             f"error the WLS one times sqrt(max(chi2/dof, 1)), Student t with {unit} dof",
         }
     )
-    return res
+    return with_provenance(res, ds, f"fit_rate(quantity={quantity!r})")
 
 
 def _at_scaled_time(ds: xr.Dataset, at) -> xr.Dataset:

@@ -14,6 +14,7 @@ import xarray as xr
 
 from . import schema
 from ._np_stats import chi2_interval, ks_normal_kernel
+from ._provenance import with_provenance
 from ._stats import _use_pairs, pair_members
 from ._ufunc import apply_ufunc
 from .errors import ValidationError
@@ -140,4 +141,4 @@ def fluctuation_gaussianity(
     for k, v in long.items():
         out[k].attrs["long_name"] = v
     out.attrs.update({"ci": ci, "pooled_over": ",".join(dims), "source": "docs/theory.md §1.4 [R]"})
-    return out
+    return with_provenance(out, ds, "fluctuation_gaussianity")

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from . import schema
+from ._provenance import with_provenance
 from ._stats import bias_variance
 from .errors import ValidationError
 from .theory import kernel_limit
@@ -161,4 +162,4 @@ def compare_to_theory(
     for k, v in names.items():
         out[k].attrs["long_name"] = v
     out.attrs.update({"ci": ci, "definition": "N^(2 gamma - 1) mean_x s^2(x) / mean_x Var K_t(x)"})
-    return out
+    return with_provenance(out, ds, "compare_to_theory")

@@ -493,7 +493,7 @@ def _jackknife_block(x, p, *, widths, quantity: str, scaled: bool):
     used = ok.any(-1)  # (seed, C): seed index present at some width
     c = _fit_moments(*loo, p, widths=widths, quantity=quantity, scaled=scaled, coef_only=True)
     c = np.where(used[..., None], c, np.nan)  # (seed, C, term)
-    k = np.isfinite(c).all(-1).sum(0)
+    k = (np.isfinite(c) | ~np.isfinite(p)).all(-1).sum(0)  # a term the cell does not use (NaN exponent) is no failure
     with np.errstate(invalid="ignore", divide="ignore"):
         bar = np.nansum(c, 0) / k[..., None]
         se = np.sqrt((k - 1)[..., None] / k[..., None] * np.nansum((c - bar) ** 2, 0))

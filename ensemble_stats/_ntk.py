@@ -12,6 +12,7 @@ import xarray as xr
 from . import schema
 from ._fit import width_rate
 from ._np_stats import top_eigenvalues_kernel
+from ._provenance import with_provenance
 from ._stats import seed_mean
 from ._ufunc import apply_ufunc
 from .errors import ValidationError
@@ -108,7 +109,7 @@ def kernel_drift(ds: xr.Dataset, *, ci: float = 0.95) -> xr.Dataset:
         res[f"{name}_slope"].attrs["long_name"] = f"exponent of N of the {what} (log-log slope)"
         schema.label_bounds(res, f"{name}_slope", ci, "the exponent")
     res.attrs.update({"ci": ci, "reference": "Theta_0: each run's NTK at the first recorded time"})
-    return res
+    return with_provenance(res, ds, "kernel_drift")
 
 
 def kernel_eigenvalues(ds: xr.Dataset, *, k: int = 1) -> xr.DataArray:
@@ -273,4 +274,4 @@ def learning_rate_regimes(ds: xr.Dataset, *, spike: float = 1.01) -> xr.Dataset:
     out = out.transpose(*ds[schema.DIVERGED_STEP].dims, missing_dims="ignore")  # one dim order for every run var
     for k, v in long.items():
         out[k].attrs["long_name"] = v
-    return out
+    return with_provenance(out, ds, "learning_rate_regimes")

@@ -17,7 +17,15 @@ from . import schema
 from .errors import ValidationError, require
 from .store import atomic_output, local_store_path
 
-RESULTS = ("bias_variance", "fit_rate", "fit_expansion", "compare_to_theory")
+RESULTS = (
+    "bias_variance",
+    "fit_rate",
+    "fit_expansion",
+    "fit_expansion_mean",
+    "seed_mean",
+    "compare_to_theory",
+    "kernel_drift",
+)
 """The analysis results a report shows; ``report(..., results=)`` reuses any of them it is given."""
 
 
@@ -31,7 +39,8 @@ def report(
     """Write a self-contained ``index.html`` (figures embedded) and the figures as PNG files into folder ``out``.
 
     Figures (:mod:`ensemble_stats.plot`): completeness; loss and accuracy vs time per gamma at each width; seed
-    variance vs N with the fitted and theory slopes; bias^2 and variance vs N and vs time; the collapse ratio
+    variance vs N with the fitted and theory slopes; bias^2 and variance vs N and vs time; the seed mean at one
+    grid value vs N with the fitted mean expansion and its limit h_t; the collapse ratio
     N^(2 gamma - 1) Var / Var K_t where it applies (a shallow theory-init MSE sweep by full-batch GD on scaled
     time with its training set in the store). A table of rates.
 
@@ -40,8 +49,8 @@ def report(
     ds : Dataset from :func:`open_ensemble`
     out : the report folder (created, or replaced whole if it holds a previous report)
     results : analysis results of ``ds`` already computed, by name (``"bias_variance"``, ``"fit_rate"``,
-        ``"fit_expansion"``, ``"compare_to_theory"``, ``"kernel_drift"`` for stores with an NTK); the others are
-        computed here
+        ``"fit_expansion"`` (of the variance), ``"fit_expansion_mean"``, ``"seed_mean"`` (of the predictions),
+        ``"compare_to_theory"``, ``"kernel_drift"`` for stores with an NTK); the others are computed here
 
     Returns
     -------
@@ -104,7 +113,7 @@ def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
     from ._fit import fit_expansion, fit_rate
     from ._limit import compare_to_theory, kernel_limit_problems
     from ._select import at_common_time, time_units
-    from ._stats import bias_variance
+    from ._stats import bias_variance, seed_mean
 
     note = ""
     at = ds
@@ -123,6 +132,11 @@ def _analyses(ds: xr.Dataset, results: dict, say) -> tuple[dict, str]:
     if "fit_expansion" not in results:
         say("expansion fit")
         results["fit_expansion"] = fit_expansion(at, quantity="variance").compute()
+    if "fit_expansion_mean" not in results:
+        say("mean expansion fit")
+        results["fit_expansion_mean"] = fit_expansion(at, quantity="mean").compute()
+    if "seed_mean" not in results:
+        results["seed_mean"] = seed_mean(at).compute()
     if "compare_to_theory" not in results and not kernel_limit_problems(ds):
         say("variance collapse")
         results["compare_to_theory"] = compare_to_theory(ds, decomposition=results["bias_variance"]).compute()
@@ -174,7 +188,8 @@ def _png(fig, path: Path) -> str:
 
 def _write_report(ds: xr.Dataset, out: Path, results: dict, say) -> None:
     from . import plot
-    from ._assess import rate_table
+    from ._assess import expansion_table, rate_table
+    from ._provenance import history_line, source_attrs
 
     ds = ds.persist() if ds[schema.PREDICTION].nbytes < 2**30 else ds
     figures: list[tuple[str, str, str]] = []  # caption, file, data URI
@@ -222,7 +237,14 @@ def _write_report(ds: xr.Dataset, out: Path, results: dict, say) -> None:
             f"bias_variance{suffix}.png",
             plot.bias_variance(r["bias_variance"]),
         )
+        add(
+            "Seed mean at the first grid value vs N with its intervals, the fitted mean expansion sum_k c_k N^(-p_k) "
+            f"and its limit h_t (docs/theory.md §1.3){cap}",
+            f"mean_expansion{suffix}.png",
+            plot.mean_expansion(r["seed_mean"], r["fit_expansion_mean"]),
+        )
         tables.append(rate_table(r["fit_rate"], fit=r["fit_expansion"], fmt="html"))
+        tables.append(expansion_table(r["fit_expansion_mean"], fmt="html"))
         if "compare_to_theory" in r:
             add(
                 f"Parameter-free collapse N^(2 gamma - 1) Var / Var K_t (docs/theory.md §9.3){cap}",
@@ -249,12 +271,17 @@ def _write_report(ds: xr.Dataset, out: Path, results: dict, say) -> None:
     setting = [d for d in schema.SETTING_DIMS if d in ds.dims]
     if setting:
         dims += f" (figures and tables for each value of {', '.join(setting)})"
+    prov = source_attrs(ds)
+    trace = html.escape(
+        f"store_id {prov.get('source_store_ids', 'none')}, config hash {prov.get('source_config_hashes', 'none')}; "
+        f"written {history_line('report')}"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ensemble-stats report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}img{{max-width:100%}}
 figure{{margin:1.5em 0}}figcaption{{font-size:0.9em;color:#444}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}caption{{text-align:left;font-weight:bold}}</style>
-</head><body><h1>Ensemble report</h1><p>Store: <code>{src}</code><br>Dims: {html.escape(dims)}</p>
+</head><body><h1>Ensemble report</h1><p>Store: <code>{src}</code><br>Dims: {html.escape(dims)}<br>{trace}</p>
 <p>This page is self-contained (its figures are embedded); the same figures are saved as PNG files beside it.
 {html.escape(note)}</p>
 {table}{body}</body></html>

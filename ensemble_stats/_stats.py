@@ -19,6 +19,7 @@ from ._np_stats import (
     pair_bias_variance_kernel,
     seed_mean_kernel,
 )
+from ._provenance import with_provenance
 from ._ufunc import apply_ufunc
 from .errors import ValidationError
 
@@ -316,7 +317,7 @@ def bias_variance(
             "averaged_over": ",".join(dims),
         }
     )
-    return res
+    return with_provenance(res, ds, "bias_variance")
 
 
 _PAIRS = (
@@ -402,7 +403,7 @@ def seed_mean(
     res.attrs.update(
         {"ci": ci, "ci_method": "pair means, Student t with P-1 dof" if paired else "Student t with S-1 dof"}
     )
-    return res
+    return with_provenance(res, ds, f"seed_mean of {var}") if isinstance(ds, xr.Dataset) else res
 
 
 def variance_components(
@@ -481,4 +482,4 @@ def variance_components(
     res["component"].attrs["long_name"] = "init: initialization; data_order: minibatch order; interaction: the rest"
     _ci_status(res["ci_status"])
     res.attrs.update({"ci": ci, "method": "two-way random-effects ANOVA (method of moments), jackknife chi-square"})
-    return res
+    return with_provenance(res, ds, "variance_components")

@@ -55,9 +55,10 @@ def main(ctx, debug):
 @click.argument("store", type=click.Path())
 @click.option("--verify", is_flag=True, help="Read every chunk; report corrupt, missing, misplaced and partial files.")
 @click.option("--clean", is_flag=True, help="With --verify, remove stray partial files of writers that are gone.")
-def info(store, verify, clean):
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (es.store_summary, plus 'problems').")
+def info(store, verify, clean, as_json):
     """Dims, completeness per (gamma, width) cell, diverged runs."""
-    from ._info import format_info
+    from ._info import format_info, store_summary
     from .errors import ValidationError
     from .store import open_ensemble, verify_store
 
@@ -65,12 +66,22 @@ def info(store, verify, clean):
         raise ValidationError("--clean removes what --verify finds: give both (info STORE --verify --clean).")
     problems = verify_store(store, clean=clean) if verify else []
     try:
-        click.echo(format_info(open_ensemble(store)))
+        ds = open_ensemble(store)
+        summary = store_summary(ds) if as_json else format_info(ds)
     except Exception as e:
         if not problems:
             raise
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        click.echo(f"info: the store cannot be summarised until it is repaired ({first[:300]})")
+        summary = f"info: the store cannot be summarised until it is repaired ({first[:300]})"
+        summary = {"store": str(store), "error": summary} if as_json else summary
+    if as_json:
+        if verify:
+            summary["problems"] = [str(p) for p in problems]
+        _echo_json(summary)
+        if problems:
+            sys.exit(1)
+        return
+    click.echo(summary)
     if verify:
         click.echo(f"verify: {len(problems)} problem(s)")
         for p in problems:
@@ -124,7 +135,7 @@ def run(config, store, workers, scheduler, scheduler_file, device, repair, no_pr
 @click.option("--no-progress", is_flag=True)
 def demo(out, workers, no_progress):
     """Run the main job: a small real sweep (teacher task, 5 gammas x 5 widths x 64 seeds), fit and decompose."""
-    from collectors._demo import run_demo
+    from collectors import run_demo
 
     with _terminate_cleanly():
         run_demo(out, workers=workers, progress=not no_progress, echo=click.echo)
@@ -271,14 +282,12 @@ def _provenance(stores, command: str) -> dict:
     ``Conventions``, a ``history`` line (date, package version, command), and each source store's path,
     ``store_id`` and config hash.
     """
-    import datetime
-    import hashlib
-    import json
     import shlex
 
     import zarr
 
-    from . import __version__, schema
+    from . import schema
+    from ._provenance import CONVENTIONS, config_hash, history_line
     from .store import location
 
     paths, ids, configs = [], [], []
@@ -287,15 +296,11 @@ def _provenance(stores, command: str) -> dict:
         attrs = zarr.open_group(str(where), mode="r", zarr_format=3).attrs.asdict()
         paths.append(str(where))
         ids.append(str(attrs.get(schema.ATTR_STORE_ID, "none")))
-        config = attrs.get(schema.ATTR_CONFIG)
-        configs.append(
-            hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16] if config else "none"
-        )
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        configs.append(config_hash(attrs.get(schema.ATTR_CONFIG)))
     return {
         RESULT_ATTR: command,
-        "Conventions": "CF-1.10",
-        "history": f"{now}: ensemble-stats {__version__}: {shlex.join(['ensemble-stats', *sys.argv[1:]])}",
+        "Conventions": CONVENTIONS,
+        "history": history_line(shlex.join(["ensemble-stats", *sys.argv[1:]])),
         "source_stores": "; ".join(paths),
         "source_store_ids": "; ".join(ids),
         "source_config_hashes": "; ".join(configs),
@@ -358,11 +363,35 @@ def _reading(stores):
         raise
 
 
-def _table_over_extra(res, ds):
+def _echo_json(obj) -> None:
+    """One JSON object on stdout (NaN as null, numpy scalars as numbers), for scripts."""
+    import json
+    import math
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if hasattr(v, "item"):
+            v = v.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    click.echo(json.dumps(clean(obj)))
+
+
+def _rows(res, names) -> list[dict]:
+    """Return the records of ``names`` over every coordinate combination of a small result (for --json)."""
+    frame = res[list(names)].to_dataframe().reset_index()
+    return [{k: v for k, v in row.items() if k in (*res.dims, *names)} for row in frame.to_dict("records")]
+
+
+def _table_over_extra(res, ds, echo=True):
     """Results for the printed table: extra sweep dims (e.g. data_seed) averaged, with a note saying so."""
     extra = [d for d in ds.attrs.get("extra_dims", ()) if d in res.dims]
     if extra:
-        click.echo(f"(table averaged over {', '.join(extra)}; the written result keeps them)")
+        if echo:
+            click.echo(f"(table averaged over {', '.join(extra)}; the written result keeps them)")
         return res.mean(extra)
     return res
 
@@ -383,9 +412,16 @@ def _table_over_extra(res, ds):
 @click.option("--width-min", type=int, default=None, help="Use only widths N >= this.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
 @click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
-def fit(store, out, quantity, terms, readout, width_min, scheduler, scheduler_file):
-    """Fit the asymptotic expansion in N pointwise, and the pooled log-log rate."""
-    from ._assess import rate_table
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (cells fitted, the rate per gamma and time)."
+)
+def fit(store, out, quantity, terms, readout, width_min, scheduler, scheduler_file, as_json):
+    """Fit the asymptotic expansion in N pointwise; for the variance also the pooled log-log rate.
+
+    Prints the fit's table per gamma at the last time (exponents, median coefficients, cells fitted) and, for
+    ``--quantity variance``, the rate of the variance beside the theory's 1 - 2 gamma.
+    """
+    from ._assess import expansion_table, rate_table
     from ._fit import fit_expansion, fit_rate
     from ._select import time_units
     from .errors import ValidationError
@@ -406,12 +442,17 @@ def fit(store, out, quantity, terms, readout, width_min, scheduler, scheduler_fi
         with _reading(store):
             ds = open_ensemble(list(store))
             res = fit_expansion(ds, quantity=quantity, terms=terms, width_min=width_min, readout=readout).compute()
-            try:  # the rate compares widths at one scaled time; epoch- and step-indexed stores are selected
-                at = "record" if time_units(ds) == "scaled" else "common"
-                rate = fit_rate(ds, quantity="variance", width_min=width_min, at=at).compute()
-            except ValidationError:
-                click.echo("(the widths share no scaled time t = k / N: the rate compares them record by record)")
-                rate = fit_rate(ds, quantity="variance", width_min=width_min, at="record").compute()
+            rate = None
+            if quantity == "variance":
+                try:  # the rate compares widths at one scaled time; epoch- and step-indexed stores are selected
+                    at = "record" if time_units(ds) == "scaled" else "common"
+                    rate = fit_rate(ds, quantity="variance", width_min=width_min, at=at).compute()
+                except ValidationError:
+                    if not as_json:
+                        click.echo(
+                            "(the widths share no scaled time t = k / N: the rate compares them record by record)"
+                        )
+                    rate = fit_rate(ds, quantity="variance", width_min=width_min, at="record").compute()
         ok = int((res["status"] == 0).sum())
         if ok == 0:
             import numpy as np
@@ -431,12 +472,27 @@ def fit(store, out, quantity, terms, readout, width_min, scheduler, scheduler_fi
                 f"{hint}. Nothing was written to {out}."
             )
         _write(res, out, store, "fit")
-        rate = _table_over_extra(rate, ds)
+        if as_json:
+            summary = {
+                "out": str(out),
+                "quantity": quantity,
+                "terms": terms,
+                "readout_law": res.attrs["readout_law"],
+                "readout_law_source": res.attrs["readout_law_source"],
+                "cells": int(res["status"].size),
+                "cells_fitted": ok,
+            }
+            if rate is not None:
+                summary["rate"] = _rows(rate, ["slope", "slope_lo", "slope_hi", "theory", "n_widths", "n_seeds"])
+            _echo_json(summary)
+            return
         click.echo(
             f"fit_expansion({quantity}, terms={terms}, readout law {res.attrs['readout_law']} from "
             f"{res.attrs['readout_law_source']}): {ok} of {res['status'].size} cells fitted -> {out}"
         )
-        click.echo(rate_table(rate))
+        click.echo(expansion_table(_table_over_extra(res, ds)))
+        if rate is not None:
+            click.echo(rate_table(_table_over_extra(rate, ds, echo=False)))
     finally:
         if client is not None:
             client.close()
@@ -447,7 +503,10 @@ def fit(store, out, quantity, terms, readout, width_min, scheduler, scheduler_fi
 @click.option("--out", required=True, type=click.Path(), help="Result path (.zarr or .nc).")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler.")
 @click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
-def decompose(store, out, scheduler, scheduler_file):
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (the last time's rows per gamma and width)."
+)
+def decompose(store, out, scheduler, scheduler_file, as_json):
     """Bias^2 / variance / MSE against the target per (gamma, width, time), with seed-jackknife CIs."""
     from ._stats import bias_variance
     from .store import open_ensemble
@@ -459,7 +518,11 @@ def decompose(store, out, scheduler, scheduler_file):
             ds = open_ensemble(list(store))
             res = bias_variance(ds).compute()
         _write(res, out, store, "decompose")
-        last = _table_over_extra(res.isel(time=-1), ds)
+        last = _table_over_extra(res.isel(time=-1), ds, echo=not as_json)
+        if as_json:
+            names = ["mse", "bias2", "variance", "variance_lo", "variance_hi", "n_seeds"]
+            _echo_json({"out": str(out), "time": float(last.time), "rows": _rows(last, names)})
+            return
         click.echo(f"bias-variance decomposition -> {out}; at the last time (t = {float(last.time):g}):")
         click.echo(f"{'gamma':>7} {'width':>7} {'mse':>10} {'bias2':>10} {'variance':>10} {'seeds':>6}")
         for g in last["gamma"].values:

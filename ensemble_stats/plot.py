@@ -29,6 +29,7 @@ __all__ = [
     "gamma_alpha_maps",
     "kernel_drift",
     "main_effects",
+    "mean_expansion",
     "time_label",
     "variance_vs_width",
 ]
@@ -217,6 +218,78 @@ def variance_vs_width(bv: xr.Dataset, rate: xr.Dataset | None = None, *, time: i
     return a.figure
 
 
+def mean_expansion(sm: xr.Dataset, fit: xr.Dataset, *, point: int = 0, output: int = 0, time: int = -1, ax=None):
+    """Seed mean at one grid value against N with its interval, the fitted expansion and its limit h_t, per gamma.
+
+    Parameters
+    ----------
+    sm : :func:`seed_mean` result of the predictions, dims (gamma, width, time, point, output)
+    fit : :func:`fit_expansion` result with ``quantity="mean"`` on the same store
+    point, output, time : indices of the grid value and the time drawn
+
+    Returns
+    -------
+    matplotlib Figure: the seed means (markers, CI bars), the fitted sum_k c_k N^(-p_k) on a fine grid of N
+    (solid) and its constant term h_t, the N -> infinity limit, with its interval (dashed, shaded).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import ensemble_stats as es
+    >>> from ensemble_stats import plot
+    >>> from ensemble_stats.testing import synthetic_ensemble
+    >>> ds = synthetic_ensemble(gammas=[0.75, 1.0], widths=[64, 256, 1024], n_seeds=8, seed=0)
+    >>> fig = plot.mean_expansion(es.seed_mean(ds), es.fit_expansion(ds, quantity="mean"))
+    >>> fig.axes[0].get_xscale()
+    'log'
+    """
+    if fit.attrs.get("quantity", "mean") != "mean":
+        from .errors import ValidationError
+
+        raise ValidationError(
+            f"mean_expansion: the fit is of the {fit.attrs['quantity']}; pass fit_expansion(ds, quantity='mean')."
+        )
+    where = {schema.TIME: time, schema.POINT: point, schema.OUTPUT: output}
+    m = sm.isel({d: i for d, i in where.items() if d in sm.dims})
+    f = fit.isel({d: i for d, i in where.items() if d in fit.dims})
+    (a,) = _axes(ax, 1, (8.4, 4.2))
+    N = sm[schema.WIDTH].values.astype(float)
+    fine = np.geomspace(N[0], N[-1], 64)
+    for g, c in zip(sm[schema.GAMMA].values, _colors(sm.sizes[schema.GAMMA]), strict=True):
+        v, r = m.sel({schema.GAMMA: g}), f.sel({schema.GAMMA: g})
+        a.errorbar(
+            N, v["mean"], yerr=np.abs([v["mean"] - v["mean_lo"], v["mean_hi"] - v["mean"]]), fmt="o", color=c, capsize=3
+        )
+        if int(r["status"]) != 0:
+            a.plot(
+                [],
+                [],
+                "o",
+                color=c,
+                label=f"gamma = {g:g}: not fitted ({r['status'].attrs.get('flag_meanings', '').split()[int(r['status'])]})",
+            )
+            continue
+        p, coef = r["exponent"].values, r["coef"].values
+        on = np.isfinite(p) & np.isfinite(coef)
+        a.plot(fine, (coef[on][:, None] * fine[None, :] ** -p[on][:, None]).sum(0), color=c, lw=1.2)
+        label = f"gamma = {g:g}"
+        const = np.flatnonzero(on & (p == 0))
+        if const.size:
+            k = int(const[0])
+            h, lo, hi = (float(r[n].isel(term=k)) for n in ("coef", "coef_lo", "coef_hi"))
+            a.axhline(h, color=c, ls="--", lw=1)
+            a.axhspan(lo, hi, color=c, alpha=0.12, lw=0)
+            label += f": h_t = {h:.4g} [{lo:.4g}, {hi:.4g}]"
+        a.plot([], [], "o-", color=c, label=label)
+    _width_axis(a, N)
+    at = f" at {_at(m)}" if _at(m) else ""
+    a.set_ylabel(f"seed mean{at}\n(point {point}, output {output}; {float(sm.attrs.get('ci', 0.95)):.0%} CI)")
+    a.set_title("fitted expansion (solid), its limit h_t with interval (dashed, shaded)", fontsize=9)
+    a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return a.figure
+
+
 def kernel_drift(kd: xr.Dataset, *, time: int = -1, ax=None):
     """Lazy vs feature learning.
 
@@ -322,7 +395,7 @@ def bias_variance(bv: xr.Dataset, *, time: int = -1, ax=None):
         axes[1].plot(bv[schema.TIME], _positive(wmax.variance), color=c, ls="--")
     axes[0].set_yscale("log")
     _width_axis(axes[0], N)
-    axes[0].set_ylabel(f"against the target, {_at(last)}")
+    axes[0].set_ylabel(f"bias^2 (solid), variance (dashed)\nagainst the target, {_at(last)}")
     axes[1].set_yscale("log")
     axes[1].set_xlabel(time_label(bv))
     axes[1].set_ylabel(f"bias^2 (solid), variance (dashed)\nN = {int(N[-1])}")

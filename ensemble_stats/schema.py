@@ -83,7 +83,7 @@ RECORD_VARIABLES: tuple[str, ...] = (WRITTEN, STEP, PREDICTION, *SCALAR_VARIABLE
 """Variables with one entry per record, chunked alike along (run dims..., time); ``written`` first."""
 
 LONG_NAMES: dict[str, str] = {
-    PREDICTION: "raw network output (pre-softmax)",
+    PREDICTION: "network output",
     X: "evaluation grid inputs",
     TARGET: "target on the evaluation grid",
     X_TRAIN: "training inputs",
@@ -393,3 +393,131 @@ def label_bounds(ds, name: str, ci: float, of: str) -> None:
     """Set the long names of ``ds[name + "_lo"]`` and ``ds[name + "_hi"]`` (see :func:`bound_names`)."""
     for key, long_name in bound_names(name, ci, of).items():
         ds[key].attrs["long_name"] = long_name
+
+
+LABEL_CHARS = 30
+"""xarray wraps an automatic axis label, ``long_name [units]``, at 30 characters: long names stay within one line."""
+
+SHORT_NAMES: dict[str, str] = {
+    PREDICTION: "network output",
+    DIVERGED_STEP: "divergence step",
+    STEP: "optimizer steps",
+    NTK: "empirical NTK",
+    DISPLACEMENT: "parameter displacement",
+    TARGET: "target",
+    "mse": "MSE",
+    "bias2": "bias^2",
+    "variance": "seed variance",
+    "variance_dof": "variance dof",
+    "mean": "seed mean",
+    "coef": "coefficient c_k",
+    "cov": "covariance of c_k",
+    "model_stderr": "WLS std. error",
+    "exponent": "exponent p",
+    "slope": "slope in log N",
+    "intercept": "intercept (log fit)",
+    "chi2_dof": "chi^2 / dof",
+    "aic": "AIC",
+    "aicc": "AICc",
+    "ratio": "ratio",
+    "n_seeds": "seeds used",
+    "n_samples": "independent samples",
+    "drift": "kernel drift",
+    "drift_mean": "kernel drift, seed mean",
+    "drift_slope": "drift exponent",
+    "drift_theory": "drift exponent, theory",
+    "h": "kernel-limit mean h_t",
+    "var_k": "kernel-limit Var K_t",
+    "z": "rescaled fluctuation z",
+    "sd": "sd of z",
+    "ks": "KS statistic",
+    "pvalue": "KS p-value",
+    "pvalue_min": "smallest KS p-value",
+    "eta": "learning rate",
+    "lambda_0": "lambda_max at start",
+    "lambda_final": "lambda_max at end",
+    "loss_spike": "loss spike",
+    "as_predicted": "as predicted",
+    "diverged": "diverged",
+    "regime": "predicted regime",
+    "r_0": "r at start",
+    "r_final": "r at end",
+}
+"""One-line ``long_name`` of variables whose full sentence moves to ``description`` (:func:`set_labels`)."""
+
+UNITS: dict[str, str] = {
+    ACCURACY: "1",
+    TRAIN_ACCURACY: "1",
+    TRAIN_LOSS: "1",
+    TEST_LOSS: "1",
+    WIDTH: "1",
+    "n_seeds": "1",
+}
+"""CF ``units`` of dimensionless quantities (``"1"``), set by :func:`set_labels` where a variable has none."""
+
+_SUFFIXES = {"_lo": "lower CI", "_hi": "upper CI", "_stderr": "std. error"}
+
+
+def short_name(name: str, long_name: str) -> str:
+    """Return a one-line label for variable ``name``.
+
+    :data:`SHORT_NAMES`, its base's for a bound or standard error (``slope_lo`` -> ``"slope in log N, lower
+    CI"``), else ``long_name`` up to its first clause.
+
+    Examples
+    --------
+    >>> from ensemble_stats import schema
+    >>> schema.short_name("slope_hi", "upper 95% confidence bound of the slope")
+    'slope in log N, upper CI'
+    """
+    if name in SHORT_NAMES:
+        return SHORT_NAMES[name]
+    for suffix, word in _SUFFIXES.items():
+        base = name.removesuffix(suffix)
+        if base != name and base in SHORT_NAMES:
+            return f"{SHORT_NAMES[base]}, {word}"
+    if name in ("stderr",):
+        return "std. error"
+    for sep in (" (", ", ", ": ", "; ", " - "):
+        long_name = long_name.split(sep)[0]
+    return long_name
+
+
+def set_labels(ds):
+    """Give every variable of ``ds`` a one-line ``long_name`` (xarray's axis labels) and CF ``units`` where known.
+
+    A ``long_name`` that with its units would wrap (over :data:`LABEL_CHARS`) moves to ``description`` and is
+    replaced by :func:`short_name`. Modifies ``ds`` in place and returns it.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> from ensemble_stats import schema
+    >>> ds = xr.Dataset({"accuracy": ((), 0.5, {"long_name": "test accuracy"})})
+    >>> schema.set_labels(ds)["accuracy"].attrs
+    {'long_name': 'test accuracy', 'units': '1'}
+    """
+    for name, var in ds.variables.items():
+        attrs = var.attrs
+        if name in UNITS and "units" not in attrs:
+            attrs["units"] = UNITS[name]
+        long_name = attrs.get("long_name")
+        if not long_name:
+            continue
+        units = f" [{attrs['units']}]" if "units" in attrs else ""
+        if len(long_name) + len(units) > LABEL_CHARS:
+            attrs.setdefault("description", long_name)
+            attrs["long_name"] = short_name(str(name), long_name)
+    return ds
+
+
+def prediction_long_name(loss: str | None) -> str:
+    """Return the ``long_name`` of ``prediction`` for a store trained with ``loss`` (its config's optimizer.loss).
+
+    Examples
+    --------
+    >>> from ensemble_stats import schema
+    >>> schema.prediction_long_name("cross_entropy"), schema.prediction_long_name("mse")
+    ('logit (pre-softmax output)', 'network output')
+    """
+    return {"cross_entropy": "logit (pre-softmax output)"}.get(str(loss), "network output")

@@ -91,7 +91,7 @@ def main(out: Path, gammas=(0.5, 0.75, 1.0), widths=(64, 128, 256, 512), seeds=r
     print(f"trained {len(gammas) * len(widths) * len(seeds)} runs in {time.perf_counter() - start:.1f} s -> {path}")
 
     ds = es.open_ensemble(path)
-    print(es._info.format_info(ds))
+    print(es.format_info(ds))
     var = ds.prediction.isel(time=-1).var("seed", ddof=1).mean(("point", "output")).compute()
     print("\nseed variance at t = 1 (mean over grid points) and its log-log slope in N:")
     print(f"{'gamma':>6} " + " ".join(f"N={w:<8d}" for w in widths) + "  slope   theory 1-2gamma")

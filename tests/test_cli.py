@@ -21,8 +21,10 @@ def test_fit_and_decompose_on_a_real_store(tmp_path):
     assert r.exit_code == 0, r.output
     rate = es.fit_rate(es.open_ensemble(store.path)).isel(time=-1)
     assert "slope of log variance vs log N" in r.output  # es.rate_table, one row per gamma
+    assert "fit of the variance" in r.output  # es.expansion_table before it
+    rate_lines = r.output.split("slope of log variance vs log N")[1].splitlines()
     for g in (0.5, 0.75, 1.0):
-        row = [ln.split() for ln in r.output.splitlines() if ln.split()[:1] == [f"{g:g}"]]
+        row = [ln.split() for ln in rate_lines if ln.split()[:1] == [f"{g:g}"]]
         assert len(row) == 1 and float(row[0][1]) == round(float(rate.slope.sel(gamma=g)), 3), (g, r.output)
     got = xr.open_dataset(tmp_path / "fit.nc")
     want = es.fit_expansion(es.open_ensemble(store.path), quantity="variance")
@@ -44,6 +46,17 @@ def test_fit_and_decompose_on_a_real_store(tmp_path):
         main, ["fit", str(store.path), "--out", str(tmp_path / "f.zarr"), "--terms", "0,0.25", "--quantity", "mean"]
     )
     assert r.exit_code == 0, r.output
+    # the table asked for (issue 31, item 4): the mean's fit, not the variance's rate
+    assert "fit of the mean" in r.output and "slope of log variance" not in r.output, r.output
+    mean_fit = xr.open_zarr(tmp_path / "f.zarr").load()
+    row = next(ln for ln in r.output.splitlines() if ln.split()[:1] == ["0.75"])
+    want = float(
+        mean_fit.coef.sel(gamma=0.75)
+        .isel(time=-1, term=0)
+        .where(mean_fit.status.sel(gamma=0.75).isel(time=-1) == 0)
+        .median()
+    )
+    assert f"{want:.4g}," in row, (row, want)
     # the readout law sets the bias term of terms="leading": N^-(2 - 2 gamma) symmetric, N^-(1 - gamma) skewed
     g = ds.gamma.values[ds.gamma.values < 1]  # gamma = 1 has no bias term
     for law, p in (("symmetric", 2 - 2 * g), ("skewed", 1 - g)):
@@ -88,3 +101,54 @@ def test_a_fit_that_cannot_fit_any_cell_says_why_and_writes_nothing(tmp_path):
         main, ["fit", str(store.path), "--out", str(out), "--quantity", "variance", "--terms", "free"]
     )
     assert r.exit_code == 0 and out.exists(), r.output
+
+
+def test_json_output_for_scripts(tmp_path):
+    """Issue 31, item 6: info, fit and decompose print one JSON object with --json; its numbers are the API's."""
+    import json
+
+    ds = synthetic_ensemble(gammas=[0.5, 1.0], widths=[64, 256, 1024], n_seeds=8, n_points=4, seed=5, diverged_runs=1)
+    store = store_from_synthetic(tmp_path / "s.zarr", ds)
+    runner = CliRunner()
+    r = runner.invoke(main, ["info", str(store.path), "--json", "--verify"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    opened = es.open_ensemble(store.path)
+    assert info == json.loads(json.dumps(es.store_summary(opened))) | {"problems": []}
+    assert info["dims"]["seed"] == 8 and len(info["diverged"]) == 1 and set(info["completeness"]) == {"0.5", "1"}
+
+    r = runner.invoke(main, ["fit", str(store.path), "--out", str(tmp_path / "f.nc"), "--json"])
+    assert r.exit_code == 0, r.output
+    fit = json.loads(r.output)
+    rate = es.fit_rate(opened)
+    assert fit["quantity"] == "variance" and fit["cells_fitted"] <= fit["cells"] == 2 * 3 * 4
+    assert len(fit["rate"]) == rate.slope.size
+    one = next(x for x in fit["rate"] if x["gamma"] == 1.0 and x["time"] == float(rate.time[-1]))
+    np.testing.assert_allclose(one["slope"], float(rate.slope.sel(gamma=1.0).isel(time=-1)), rtol=1e-9)
+
+    r = runner.invoke(main, ["decompose", str(store.path), "--out", str(tmp_path / "bv.nc"), "--json"])
+    assert r.exit_code == 0, r.output
+    bv = json.loads(r.output)
+    want = es.bias_variance(opened).isel(time=-1)
+    assert len(bv["rows"]) == 2 * 3
+    row = next(x for x in bv["rows"] if x["gamma"] == 0.5 and x["width"] == 256)
+    np.testing.assert_allclose(row["variance"], float(want.variance.sel(gamma=0.5, width=256)), rtol=1e-9)
+
+
+def test_api_results_carry_their_stores_provenance_when_saved(tmp_path):
+    """Issue 31, item 3: a result the API computed from a store, saved by the user, names the store it came from."""
+    ds = synthetic_ensemble(gammas=[0.75], widths=[64, 256, 1024], n_seeds=8, n_points=3, seed=2)
+    store = store_from_synthetic(tmp_path / "s.zarr", ds)
+    opened = es.open_ensemble(store.path)
+    for name, res in (
+        ("bias_variance", es.bias_variance(opened)),
+        ("fit_rate", es.fit_rate(opened)),
+        ("fit_expansion", es.fit_expansion(opened, quantity="mean")),
+        ("seed_mean", es.seed_mean(opened)),
+    ):
+        res.to_netcdf(tmp_path / f"{name}.nc")
+        with xr.open_dataset(tmp_path / f"{name}.nc") as back:
+            assert back.attrs["source_store_ids"] == store.attrs["store_id"], name
+            assert back.attrs["source_stores"] == str(store.path) and back.attrs["Conventions"] == "CF-1.10"
+            assert f"ensemble-stats {es.__version__}: {name}" in back.attrs["history"]
+    assert "source_stores" not in es.bias_variance(ds).attrs  # in-memory data has no store to name

@@ -274,3 +274,16 @@ def test_wls_kernel_keeps_its_accuracy_where_terms_are_nearly_dependent():
         np.testing.assert_allclose(coef[i], fit.params, rtol=1e-6)
         np.testing.assert_allclose(se[i], fit.bse, rtol=1e-6)
         np.testing.assert_allclose(chi2_dof[i], fit.scale, rtol=1e-6)
+
+
+def test_jackknife_errors_of_a_gamma_with_fewer_terms_do_not_depend_on_its_neighbours():
+    """gamma = 1 has one variance term where gamma = 3/4 has two (its row is NaN-padded): its jackknife errors are
+    those of the gamma = 1 store alone, not NaN because the padding term counted as a failed replicate."""
+    ds = synthetic_ensemble(gammas=[0.75, 1.0], widths=[64, 128, 256, 1024], n_seeds=8, seed=0)
+    both = es.fit_expansion(ds, quantity="variance").sel(gamma=1.0).isel(term=0)
+    alone = es.fit_expansion(ds.sel(gamma=[1.0]), quantity="variance").sel(gamma=1.0).isel(term=0)
+    assert np.isfinite(both.stderr).all()
+    np.testing.assert_allclose(both.stderr, alone.stderr, rtol=1e-12)
+    np.testing.assert_allclose(both.coef_lo, alone.coef_lo, rtol=1e-12)
+    table = es.expansion_table(es.fit_expansion(ds, quantity="variance"))
+    assert "nan" not in table and "8 of 8" in table

@@ -72,6 +72,8 @@ def test_report_reuses_the_results_it_is_given_and_draws_the_collapse_from_the_s
         "bias_variance": es.bias_variance(ds).compute(),
         "fit_rate": es.fit_rate(ds).compute(),
         "fit_expansion": es.fit_expansion(ds, quantity="variance").compute(),
+        "fit_expansion_mean": es.fit_expansion(ds, quantity="mean").compute(),
+        "seed_mean": es.seed_mean(ds).compute(),
         "compare_to_theory": es.compare_to_theory(ds, activation="tanh").compute(),  # the store's training set
     }
 
@@ -85,8 +87,13 @@ def test_report_reuses_the_results_it_is_given_and_draws_the_collapse_from_the_s
     monkeypatch.setattr("ensemble_stats._limit.bias_variance", recomputed)
     index = es.report(ds, tmp_path / "rep", results=results)
     _, names = _images(index)
-    assert {"collapse.png", "test_loss.png", "train_loss.png", "variance_vs_width.png"} <= set(names)
-    assert rep.RESULTS == ("bias_variance", "fit_rate", "fit_expansion", "compare_to_theory")
+    assert {"collapse.png", "test_loss.png", "train_loss.png", "variance_vs_width.png", "mean_expansion.png"} <= set(
+        names
+    )
+    assert set(results) <= set(rep.RESULTS)
+    page = index.read_text()
+    assert ds.attrs["store_id"] in page and "config hash " in page and "ensemble-stats 0.1.0: report" in page
+    assert "fit of the mean" in page  # es.expansion_table of the mean fit beside the rate table
 
 
 def test_report_on_a_single_width_store_says_why_there_are_no_fits(tmp_path):
@@ -141,6 +148,6 @@ def test_report_page_renders_in_headless_chromium_without_errors(tmp_path):
         finally:
             browser.close()
     assert problems == []
-    assert len(images) == 3 and all(w > 100 for _, w in images), images  # every figure decoded by the browser
+    assert len(images) == 4 and all(w > 100 for _, w in images), images  # every figure decoded by the browser
     shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=float)
     assert shot.std() > 10 and (shot < 128).mean() > 0.01, "the screenshot is blank"

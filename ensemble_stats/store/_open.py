@@ -52,8 +52,26 @@ def _open_one(path: PathLike) -> xr.Dataset:
     problems = schema.validate_dataset(ds)
     ValidationError.raise_if(problems, f"{path} does not follow ensemble schema v{schema.SCHEMA_VERSION}")
     ds = _masked(ds, str(path))
+    ds[schema.PREDICTION].attrs["long_name"] = schema.prediction_long_name(_loss(ds.attrs))
+    schema.set_labels(ds)
     ds.encoding["source"] = str(path)
     return ds
+
+
+def _loss(attrs) -> str | None:
+    """Return the loss the store's runs were trained with (trainer's model description, else the sweep config)."""
+    model = attrs.get(schema.ATTR_MODEL)
+    if isinstance(model, dict) and model.get("loss"):
+        return str(model["loss"])
+    config = attrs.get(schema.ATTR_CONFIG)
+    if isinstance(config, str):
+        import json
+
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return None
+    return (config or {}).get("optimizer", {}).get("loss") if isinstance(config, dict) else None
 
 
 def corruption_error(path: PathLike, error: Exception) -> StoreCorruptionError:
