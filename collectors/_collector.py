@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -123,6 +124,8 @@ class OutputCollector:
         self.background = background
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self.taken: collections.deque[tuple[int, dict[str, float]]] = collections.deque()
+        """(step, scalars) of every record evaluated by this collector, in the order taken (a logger drains it)."""
         self._shadow: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (source model, private copy)
         # one writer per run: a second live collector for this run is refused; a dead one's lock is taken over
         self._records = RecordBuffer(store, self.index, self.schedule)
@@ -276,7 +279,9 @@ class OutputCollector:
         expected = (self.store.spec.n_points, self.store.spec.output_size)
         if out.shape != expected:
             raise ValidationError(f"output has shape {out.shape}, expected {expected} (point, output).")
-        self._records.add(j, int(step), out, {k: float(v) for k, v in scalars.items()})
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._records.add(j, int(step), out, scalars)
+        self.taken.append((int(step), dict(scalars)))
 
     def mark_diverged(self, step: int) -> None:
         """Record that the run produced non-finite values at optimizer ``step`` (earliest step kept)."""
@@ -290,6 +295,7 @@ class OutputCollector:
         out, auto = self.evaluate(model)
         auto.update(extra)
         self._records.add(j, step, out, auto, self._fields(model, step) if self.kernel else None)
+        self.taken.append((step, dict(auto)))  # deque.append is thread-safe: the background worker
 
     def _fields(self, model: torch.nn.Module, step: int) -> dict[str, np.ndarray]:
         from ._ntk import _check_layers, model_ntk, relative_displacement

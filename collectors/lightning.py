@@ -4,7 +4,8 @@ Needs ``lightning`` (``pip install 'ensemble-stats[lightning]'``). The callback 
 :class:`~collectors.OutputCollector` for one run (gamma, width, seed, extra coordinates): it records the
 ``LightningModule``'s outputs on the store's grid after every scheduled optimizer step
 (``trainer.global_step``), writes its position into Lightning checkpoints, and continues from one when
-``trainer.fit(..., ckpt_path=...)`` resumes, so no record is lost or taken twice.
+``trainer.fit(..., ckpt_path=...)`` resumes, so no record is lost or taken twice. With ``log=True`` it also
+sends each record's scalars (losses, accuracy, declared metrics) to the trainer's loggers at the record's step.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ensemble_stats.errors import ValidationError, require
+from ensemble_stats.errors import RunExistsError, ValidationError, require
 from ensemble_stats.store import EnsembleStore
 
 from ._collector import OutputCollector
@@ -38,6 +39,11 @@ class OutputCollectorCallback(pl.Callback):
         (training batches per epoch divided by ``accumulate_grad_batches``).
     loss_fn, metrics, background
         As for :class:`~collectors.OutputCollector`.
+    log
+        Send every record's scalars (``test_loss``, ``accuracy`` and the ``metrics``) to the trainer's loggers
+        (TensorBoard, CSV, W&B, ...) as ``<log_prefix><name>`` at the record's optimizer step.
+    log_prefix
+        Prefix of the logged names (default ``"grid/"``: the values are on the store's evaluation grid).
 
     Notes
     -----
@@ -60,6 +66,8 @@ class OutputCollectorCallback(pl.Callback):
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         metrics: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
         background: bool = False,
+        log: bool = False,
+        log_prefix: str = "grid/",
         **extra_coords: Any,
     ):
         super().__init__()
@@ -68,6 +76,7 @@ class OutputCollectorCallback(pl.Callback):
         store.run_index(gamma, width, seed, **extra_coords)  # an unknown run is refused now, not mid-fit
         self.steps_per_epoch = steps_per_epoch
         self._options = dict(loss_fn=loss_fn, metrics=metrics, background=background)
+        self.log, self.log_prefix = bool(log), str(log_prefix)
         self.collector: OutputCollector | None = None
         self._restored: dict[str, Any] | None = None  # from a checkpoint, for the next fit
         self._last: dict[str, Any] = {}  # the state at the end of the last fit, for a checkpoint saved after it
@@ -102,7 +111,16 @@ class OutputCollectorCallback(pl.Callback):
                 )
             spe = max(1, batches // trainer.accumulate_grad_batches)
         resume = bool(self._restored)
-        self.collector = OutputCollector(self.store, steps_per_epoch=spe, resume=resume, **self._options, **self.run)
+        try:
+            self.collector = OutputCollector(
+                self.store, steps_per_epoch=spe, resume=resume, **self._options, **self.run
+            )
+        except RunExistsError as e:
+            raise RunExistsError(
+                f"{str(e).split(';')[0]}; to continue it, resume the fit from the checkpoint that holds this "
+                "callback's state (trainer.fit(module, loader, ckpt_path=...), e.g. a ModelCheckpoint(save_last=True)"
+                "'s last.ckpt), or record another seed."
+            ) from None
         if resume:
             self.collector.load_state_dict(self._restored)
         if self.collector.step != trainer.global_step:
@@ -119,12 +137,24 @@ class OutputCollectorCallback(pl.Callback):
     def _maybe_record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.collector is not None and not self.collector.done:
             self.collector.on_step(pl_module, trainer.global_step)
+        self._send_to_loggers(trainer)
+
+    def _send_to_loggers(self, trainer: pl.Trainer) -> None:
+        if not self.log or self.collector is None:
+            return
+        taken = self.collector.taken
+        while taken:
+            step, scalars = taken.popleft()
+            values = {f"{self.log_prefix}{k}": v for k, v in scalars.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=step)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Flush the records, keep the state for a checkpoint saved after the fit, and release the run's lock."""
         if self.collector is not None:
             try:
-                self._last = self.collector.state_dict()
+                self._last = self.collector.state_dict()  # waits for background records
+                self._send_to_loggers(trainer)
             finally:
                 try:
                     self.collector.close()  # releases the run's lock even if the last flush failed
