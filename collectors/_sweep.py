@@ -23,6 +23,7 @@ from ensemble_stats.store import EnsembleStore, corruption_error, has_group, loc
 
 from ._config import SweepSpec, config_differences
 from ._ntk import NTKCollector
+from ._records import BlockCollector
 
 
 @dataclass
@@ -170,13 +171,55 @@ class Cell(NamedTuple):
         )
 
 
+PROGRESS_TOPIC = "ensemble-stats-cell-progress"
+"""Prefix of the Dask event topic (one per ``run_sweep`` call) on which running cells report their progress."""
+
+
+class CellProgress(BlockCollector):
+    """Report a cell's progress from inside its task: ``{"cell": key, "fraction": steps done / steps}``.
+
+    Sent as a Dask event on ``topic`` at most every ``every`` seconds, so ``run_sweep``'s bar moves during long
+    cells rather than only when one ends. Outside a Dask worker it does nothing.
+    """
+
+    def __init__(self, topic: str, key: str, every: float = 0.5):
+        self.topic, self.key, self.every = topic, key, float(every)
+        self._total, self._last = 1, 0.0
+
+    def on_block_start(self, block) -> None:
+        self._total = max(1, int(block.schedule[-1]))
+
+    def on_train_step(self, step: int, losses) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self._send(min(1.0, step / self._total))
+
+    def _send(self, fraction: float) -> None:
+        from distributed import get_worker
+
+        try:
+            worker = get_worker()
+        except ValueError:  # not in a Dask task
+            return
+        worker.log_event(self.topic, {"cell": self.key, "fraction": float(fraction)})
+
+
 def run_cell(
-    store_path: str, spec_json: str, device: str, cell: Cell, threads: int = 1, collectors=None, model_factory=None
+    store_path: str,
+    spec_json: str,
+    device: str,
+    cell: Cell,
+    threads: int = 1,
+    collectors=None,
+    model_factory=None,
+    progress: tuple[str, str] | None = None,
 ) -> dict:
     """One task: train one :class:`Cell` into the store. Idempotent.
 
     ``collectors``: a picklable callable returning further :class:`BlockCollector` s for this cell (fresh ones per
-    cell), or None. ``model_factory``: see :func:`run_sweep`.
+    cell), or None. ``model_factory``: see :func:`run_sweep`. ``progress``: (topic, key) to report progress on
+    (:class:`CellProgress`).
     """
     from dataclasses import replace
 
@@ -203,6 +246,7 @@ def run_cell(
         collectors=[
             *((NTKCollector(every=spec.ntk_every),) if store.spec.field_shapes else ()),
             *(collectors() if collectors is not None else ()),
+            *((CellProgress(*progress),) if progress is not None else ()),
         ],
         model_factory=model_factory,
     )
@@ -277,6 +321,66 @@ def local_cluster(workers: int = 2):
             signal.signal(signal.SIGINT, old)
 
 
+def _watch(client, futures: dict, report: SweepReport, failures: dict, total: int, progress, topic: str) -> None:
+    """Wait for the cells, collecting their results into ``report`` / ``failures``, and show progress.
+
+    Running cells report the fraction of their steps done (:class:`CellProgress`); the shown count of cells done
+    includes those fractions.
+    """
+    from dask.distributed import wait
+    from tqdm.auto import tqdm
+
+    running: dict[str, float] = {}
+
+    def on_event(event) -> None:
+        msg = event[1]
+        running[msg["cell"]] = float(msg["fraction"])
+
+    show = progress if callable(progress) else None
+    bar = tqdm(
+        total=total,
+        initial=report.skipped,
+        desc="cells",
+        unit="cell",
+        disable=progress is not True,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}{postfix}]",
+    )
+    if progress:
+        client.subscribe_topic(topic, on_event)
+    finished = 0
+    try:
+        with bar:
+            pending = set(futures)
+            while pending:
+                try:
+                    done, pending = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+                except TimeoutError:  # none finished in the last half second: show the running cells' progress
+                    done = set()
+                for fut in done:
+                    cell, key = futures[fut]
+                    running.pop(key, None)
+                    finished += 1
+                    try:
+                        out = fut.result()
+                    except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
+                        failures[cell.name()] = f"{type(e).__name__}: {e}"
+                    else:
+                        report.trained += 0 if out["skipped"] else 1
+                        report.records += out["records"]
+                        report.diverged += out["diverged"]
+                live = [f for k, f in running.items() if k in {futures[p][1] for p in pending}]
+                value = report.skipped + finished + sum(live)
+                bar.n = value
+                bar.set_postfix(records=report.records, failed=len(failures), refresh=False)
+                bar.refresh()
+                if show is not None:
+                    show(value, total)
+    finally:
+        if progress:
+            client.unsubscribe_topic(topic)
+
+
 def run_sweep(
     config,
     store,
@@ -284,7 +388,7 @@ def run_sweep(
     *,
     workers: int | None = None,
     device: str | None = None,
-    progress: bool = True,
+    progress=True,
     threads_per_worker: int = 1,
     repair: bool = False,
     collectors=None,
@@ -299,7 +403,10 @@ def run_sweep(
     client : dask.distributed.Client, optional
         Use this cluster. Default: a LocalCluster of ``workers`` processes (default 2), closed at the end.
     device : override the config's device ("cpu" or "cuda")
-    progress : show a progress bar (cells done / total, records written, ETA) on stderr
+    progress : bool or callable
+        True: a progress bar on stderr (cells done / total, counting the steps done inside running cells; records
+        written; ETA) and the Dask dashboard's address when the sweep starts its own cluster. A callable
+        ``progress(cells_done, cells_total)`` is called instead at every update (``cells_done`` a float).
     repair : verify the store first and un-commit every record it flags (corrupt, missing or misplaced chunks),
         so that their cells are retrained and rewritten
     collectors : a callable returning further :class:`BlockCollector` s, called in every cell's task (on the worker;
@@ -314,8 +421,7 @@ def run_sweep(
     SweepError
         Listing every failed cell; all other cells are complete in the store.
     """
-    from dask.distributed import Client, as_completed
-    from tqdm.auto import tqdm
+    from dask.distributed import Client
 
     t0 = time.perf_counter()
     spec = SweepSpec.parse(config)
@@ -331,9 +437,14 @@ def run_sweep(
         own = client is None
         cluster = local_cluster(workers or 2) if own else None
         client = Client(cluster) if own else client
+        if own and progress is True and cluster.dashboard_link:
+            import sys
+
+            print(f"Dask dashboard: {cluster.dashboard_link}", file=sys.stderr)
         failures = {}
         try:
             spec_json = spec.to_json()
+            run_id = f"{os.getpid()}-{time.time_ns()}"
             futures = {
                 client.submit(
                     run_cell,
@@ -345,33 +456,14 @@ def run_sweep(
                     threads_per_worker,
                     collectors,
                     model_factory,
-                    key=f"cell-{i}-{os.getpid()}-{time.time_ns()}",
+                    (f"{PROGRESS_TOPIC}-{run_id}", str(i)) if progress else None,
+                    key=f"cell-{i}-{run_id}",
                     pure=False,
                     retries=1,
-                ): cell
+                ): (cell, str(i))
                 for i, cell in enumerate(todo)
             }
-            bar = tqdm(
-                total=len(cells),
-                initial=report.skipped,
-                desc="cells",
-                unit="cell",
-                disable=not progress,
-                dynamic_ncols=True,
-            )
-            with bar:
-                for fut in as_completed(futures):
-                    name = futures[fut].name()
-                    try:
-                        out = fut.result()
-                    except Exception as e:  # noqa: BLE001 - a failed cell is reported, the others go on
-                        failures[name] = f"{type(e).__name__}: {e}"
-                    else:
-                        report.trained += 0 if out["skipped"] else 1
-                        report.records += out["records"]
-                        report.diverged += out["diverged"]
-                    bar.update(1)
-                    bar.set_postfix(records=report.records, failed=len(failures))
+            _watch(client, futures, report, failures, len(cells), progress, f"{PROGRESS_TOPIC}-{run_id}")
         finally:
             if own:
                 client.close()

@@ -246,3 +246,22 @@ def test_user_collectors_run_in_every_cell_on_the_cluster(tmp_path):
         assert log["members"] == [[g, s] for g in (0.5, 1.0) for s in (s0, s0 + 1)]
         assert [r[0] for r in log["records"]] == [round(t * w) for t in (0, 0.25, 0.5, 0.75, 1)]
         assert all(r[1] == [4, 4, 1] for r in log["records"])  # (member, point, output)
+
+
+def test_progress_moves_inside_a_long_cell_and_names_the_dashboard(tmp_path, capsys):
+    """Issue 31, item 6: one cell of ~4 s reports the fraction of its steps done while it runs (Dask events), so the
+    count of cells done passes through values between 0 and 1 before the cell ends."""
+    text = _configs.toml(
+        _configs.sweep(
+            sweep={"gammas": [0.75], "widths": [256], "seeds": 8, "seed_block": 8},
+            time={"horizon": 24.0, "n_times": 3},
+            optimizer={"alpha": 1.0},
+        )
+    )
+    seen: list[float] = []
+    run_sweep(_cfg(tmp_path, text), tmp_path / "s.zarr", workers=1, progress=lambda done, total: seen.append(done))
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+    assert any(0 < v < 1 for v in seen), seen
+    run_sweep(_cfg(tmp_path, text, "b.toml"), tmp_path / "b.zarr", workers=1, progress=True)
+    err = capsys.readouterr().err
+    assert "Dask dashboard: http://127.0.0.1:" in err and "1.0/1" in err
