@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint browser bench calibration reliability experiments clean
+.PHONY: demo test lint browser bench calibration reliability experiments notebook clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,11 @@ reliability: $(STAMP)
 SCALE ?= default
 experiments: $(STAMP)
 	$(BIN)/python examples/experiments/run.py --scale $(SCALE) --no-progress $(ARGS)
+
+# examples/analysis.ipynb executed top to bottom on the demo's store and committed with its outputs
+notebook: demo
+	cd examples && ENSEMBLE_STORE=../demo-out/demo.zarr NOTEBOOK_FIGURE=../demo-out/variance.png \
+		../$(BIN)/jupyter-execute --inplace analysis.ipynb
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .ruff_cache

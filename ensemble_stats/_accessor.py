@@ -211,6 +211,13 @@ class _PlotAccessor:
 
         return plot.bias_variance(bias_variance(self._ds), time=time, ax=ax)
 
+    def mean_expansion(self, *, point: int = 0, output: int = 0, time: int = -1, ax=None):
+        """See :func:`ensemble_stats.plot.mean_expansion` (with ``seed_mean`` and the mean's ``fit_expansion``)."""
+        from . import plot
+
+        fit = fit_expansion(self._ds, quantity="mean")
+        return plot.mean_expansion(seed_mean(self._ds), fit, point=point, output=output, time=time, ax=ax)
+
     def completeness(self, *, ax=None):
         """See :func:`ensemble_stats.plot.completeness`."""
         from . import plot

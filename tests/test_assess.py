@@ -389,6 +389,17 @@ def test_plots_return_figures_with_the_expected_axes():
         assert len(fig.axes[0].get_lines()) == ds.sizes["gamma"] and fig.axes[0].get_xlabel() == "scaled time t = k / N"
         fig = plot.bias_variance(bv)
         assert len(fig.axes) == 2 and fig.axes[1].get_xlabel() == "scaled time t = k / N"
+        assert fig.axes[0].get_ylabel().startswith("bias^2 (solid), variance (dashed)")  # says what is drawn
+        fig = ds.ens.plot.mean_expansion(point=1)
+        (ax,) = fig.axes
+        fit = es.fit_expansion(ds, quantity="mean").isel(time=-1, point=1, output=0)
+        h = [float(fit.coef.sel(gamma=g).isel(term=0)) for g in ds.gamma.values]
+        dashed = [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+        np.testing.assert_allclose(dashed, h)  # the limit h_t of each gamma, as fitted
+        assert (
+            len(ax.get_legend().get_texts()) == ds.sizes["gamma"]
+            and "h_t = " in ax.get_legend().get_texts()[0].get_text()
+        )
         fig = plot.completeness(ds)
         assert fig.axes[0].get_xlabel() == "width N" and len(fig.axes) == 2  # the map and its colour bar
         cmp = xr.Dataset({k: bv.variance for k in ("ratio", "ratio_lo", "ratio_hi")})

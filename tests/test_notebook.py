@@ -1,4 +1,5 @@
-"""examples/analysis.ipynb executes without errors on a store this test creates (so it cannot rot)."""
+"""examples/analysis.ipynb executes without errors on a store this test creates (so it cannot rot), and is committed
+executed on the demo's store (its tables and figure visible where the repository is browsed)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def test_analysis_notebook_executes(tmp_path, monkeypatch):
     assert (tmp_path / "variance.png").stat().st_size > 5000
     assert any("image/png" in o.get("data", {}) for o in outputs), "the figure is not shown inline"
     assert os.environ["ENSEMBLE_STORE"] == str(store.path)
+
+
+def test_the_committed_notebook_carries_its_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run top to bottom once, then commit"
+    assert all(c.get("outputs") for c in code), "every code cell shows what it computed"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the figure is committed inline"
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "cells fitted:" in text and "slope of log variance vs log N" in text
