@@ -598,7 +598,7 @@ def rate_table(rate: xr.Dataset, *, fit: xr.Dataset | None = None, fmt: str = "t
             "yes" if bool(inside.sel({schema.GAMMA: g})) else "no",
         ]
         if fit is not None:
-            f = fit.sel({schema.GAMMA: g})
+            f = fit.sel({schema.GAMMA: g}).compute()
             row += [f"{float(f.coef.isel(term=0).median()):.4g}", f"{100 * float((f.status == 0).mean()):.0f}%"]
         rows.append(row)
     at = f" at t = {float(r[schema.TIME]):g}" if schema.TIME in r.coords else ""
@@ -632,7 +632,7 @@ def expansion_table(fit: xr.Dataset, *, fmt: str = "text", time: int = -1) -> st
     >>> print(es.expansion_table(es.fit_expansion(ds, quantity="mean", terms=[0, 0.5])).splitlines()[0])
     fit of the mean: sum_k c_k N^(-p_k) per grid value at t = 1
     """
-    f = fit.isel({schema.TIME: time}) if schema.TIME in fit.dims else fit
+    f = (fit.isel({schema.TIME: time}) if schema.TIME in fit.dims else fit).compute()  # medians need the values
     grid = [d for d in f["status"].dims if d in (schema.POINT, schema.OUTPUT)]
     extra = [d for d in f["status"].dims if d not in (schema.GAMMA, *grid)]
     if extra:
