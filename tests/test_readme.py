@@ -10,6 +10,7 @@ job-queue cluster; nothing else of a block is changed.
 from __future__ import annotations
 
 import re
+import runpy
 import warnings
 from pathlib import Path
 
@@ -234,5 +235,7 @@ def test_readme_block_runs(block, tmp_path, monkeypatch):
         # the block's own output and third-party advice (Lightning's num_workers tips) are not under test
         warnings.filterwarnings("ignore", module=r"lightning\..*")
         warnings.filterwarnings("ignore", message=r".*(num_workers|does not have many workers|log_every_n_steps).*")
-        exec(compile(code, f"{doc}:{line}", "exec"), ns)
+        script = tmp_path / f"{Path(doc).stem}_{line}.py"  # run as a script, the way a user would paste it
+        script.write_text(code)
+        ns.update(runpy.run_path(str(script), init_globals=ns, run_name="__readme__"))
     assert check is not None and check(), f"{doc}:{line} ran but did not do what its prose says"
