@@ -26,8 +26,9 @@ lint: $(STAMP)
 browser:
 	./scripts/install-chromium.sh
 
+# two pytest workers: most of the suite waits on subprocesses, clusters and servers, so they overlap well
 test: lint browser
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_collector.py

@@ -123,18 +123,18 @@ def _quiet_trainer(init):
 def setup_convnet(tmp, ns, monkeypatch):
     from collectors import EnsembleStore, TrainConfig, cifar10
 
-    folder = tmp / "cifar-10-batches-bin"  # the binary format, 20 random images per file
+    folder = tmp / "cifar-10-batches-bin"  # the binary format, 2 random images per file
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        records = np.concatenate([rng.integers(0, 10, (20, 1)), rng.integers(0, 256, (20, 3072))], axis=1)
+        records = np.concatenate([rng.integers(0, 10, (2, 1)), rng.integers(0, 256, (2, 3072))], axis=1)
         records.astype(np.uint8).tofile(folder / name)
     ns["PATHS"] = {"/data/cifar-10-batches-bin": str(folder)}
     grid = cifar10(folder).grid
     ns["store"] = EnsembleStore.create(
         tmp / "cifar.zarr", grid, gammas=[0.5, 1.0], widths=[3000], seeds=range(8), times=[0, 1], time_units="step"
     )
-    ns["cfg"] = TrainConfig(loss="cross_entropy", batch_size=10)
+    ns["cfg"] = TrainConfig(loss="cross_entropy", batch_size=5)
     ns["_check"] = lambda: bool(ns["store"].written_mask(ns["store"].run_index(1.0, 3000, 7)).all())
 
 

@@ -102,7 +102,8 @@ def test_a_different_config_on_an_existing_store_is_refused(tmp_path, reference)
     assert "config" in es.open_ensemble(store).attrs
 
 
-def test_sigkill_at_five_random_moments_then_rerun_equals_uninterrupted(tmp_path, reference):
+@pytest.mark.parametrize("kills", [2, pytest.param(5, marks=pytest.mark.slow)])  # the full count in make reliability
+def test_sigkill_at_random_moments_then_rerun_equals_uninterrupted(tmp_path, reference, kills):
     # The moments are drawn in progress, not in seconds: a sweep this small takes a few seconds, and a
     # kill timed by the clock lands after it has finished once the trainer gets faster.  Each kill comes
     # a random delay after the first block the process commits, while the other worker is mid-block.
@@ -111,7 +112,7 @@ def test_sigkill_at_five_random_moments_then_rerun_equals_uninterrupted(tmp_path
     total = 2 * 4 * (8 // 4)
     rng = random.Random(7)
     killed_incomplete = 0
-    for _ in range(5):
+    for _ in range(kills):
         target = min(committed_chunks(store) + 1, total - 1)
         proc = subprocess.Popen(
             [EXE, "run", str(cfg), "--store", str(store), "--workers", "2", "--no-progress"],
@@ -128,7 +129,7 @@ def test_sigkill_at_five_random_moments_then_rerun_equals_uninterrupted(tmp_path
         proc.wait(timeout=30)
         if (store / "zarr.json").exists() and not bool(es.open_ensemble(store).written.all()):
             killed_incomplete += 1
-    assert killed_incomplete >= 3, f"only {killed_incomplete}/5 kills landed while the sweep was running"
+    assert killed_incomplete >= (kills + 1) // 2, f"only {killed_incomplete}/{kills} kills landed mid-sweep"
     done = subprocess.run(
         [EXE, "run", str(cfg), "--store", str(store), "--workers", "2", "--no-progress"],
         capture_output=True,
