@@ -201,8 +201,8 @@ def fit_expansion(
     scaled = cov == "scaled"
     W = schema.WIDTH
     jackknife = ci_method == "auto" and table is not None
-    # seed moments per width (lazy): the weights of the WLS paths and the fit's chi^2 for every path
-    mom = seed_moments(pred.chunk({W: -1}) if pred.chunks else pred)
+    # seed moments per width (lazy): the weights of the WLS paths and their chi^2 (the jackknife kernel has its own)
+    mom = None if jackknife else seed_moments(pred.chunk({W: -1}) if pred.chunks else pred)
     if jackknife:
         grid = [d for d in schema.GRID_DIMS if d in pred.dims]
         pred = pred.where(np.isfinite(pred).all(grid))  # a seed counts only if finite over the grid
@@ -214,15 +214,16 @@ def fit_expansion(
             table,
             kwargs={"widths": widths, "scaled": scaled, "quantity": quantity},
             input_core_dims=[[W, schema.SEED], ["term"]],
-            output_core_dims=[["term"], ["term"], ["term", "term2"], [], [], [], ["term"], []],
+            output_core_dims=[["term"], ["term"], ["term", "term2"], [], [], [], ["term"], [], [], [], []],
             dask="parallelized",
-            output_dtypes=[np.float64] * 4 + [np.int64, np.int8, np.float64, np.int64],
+            output_dtypes=[np.float64] * 4 + [np.int64, np.int8, np.float64, np.int64] + [np.float64] * 3,
             dask_gufunc_kwargs={"output_sizes": {"term2": table.sizes["term"]}},
         )
-        coef, se, covar, chi2_dof, n_used, status, jack_se, n_seeds = outs
+        coef, se, covar, chi2_dof, n_used, status, jack_se, n_seeds, chi2, aic, aicc = outs
         res = xr.Dataset(
             {"coef": coef, "stderr": jack_se, "model_stderr": se, "cov": covar, "exponent": table, "n_seeds": n_seeds}
         )
+        information = {"chi2": chi2, "aic": aic, "aicc": aicc}
         dof = n_seeds - 1
     else:
         if quantity == "mean":
@@ -292,7 +293,9 @@ def fit_expansion(
     res["n_widths"] = n_used
     res["status"] = status
     res["status"].attrs.update({"flag_values": list(STATUS), "flag_meanings": " ".join(STATUS.values())})
-    res = res.assign(_information(mom, res, quantity, free=table is None))
+    res = res.assign(
+        _information_names(information if jackknife else _information(mom, res, quantity, free=table is None))
+    )
     _fit_long_names(res, quantity, ci)
     method = (
         "whole-seed jackknife standard errors, Student t with S-1 dof"
@@ -347,10 +350,17 @@ def _information(mom: xr.Dataset, res: xr.Dataset, quantity: str, *, free: bool)
         dask="parallelized",
         output_dtypes=[np.float64] * 3,
     )
+    return {"chi2": chi2, "aic": aic, "aicc": aicc}
+
+
+def _information_names(info: dict[str, xr.DataArray]) -> dict[str, xr.DataArray]:
+    """Return the information criteria with their long names."""
     return {
-        "chi2": chi2.assign_attrs(long_name="chi^2 of the fit (the weights it used)"),
-        "aic": aic.assign_attrs(long_name="Akaike information criterion chi^2 + 2k (k fitted parameters)"),
-        "aicc": aicc.assign_attrs(long_name="small-sample AIC: AIC + 2k(k+1)/(n-k-1), n widths (NaN when n <= k + 1)"),
+        "chi2": info["chi2"].assign_attrs(long_name="chi^2 of the fit (the weights it used)"),
+        "aic": info["aic"].assign_attrs(long_name="Akaike information criterion chi^2 + 2k (k fitted parameters)"),
+        "aicc": info["aicc"].assign_attrs(
+            long_name="small-sample AIC: AIC + 2k(k+1)/(n-k-1), n widths (NaN when n <= k + 1)"
+        ),
     }
 
 

@@ -262,7 +262,13 @@ def _back_substitute(R: np.ndarray, B: np.ndarray) -> np.ndarray:
     return X
 
 
-def _variance_fit_kernel(v, n, p, *, widths, iterations: int = 4, scaled: bool = True, coef_only: bool = False):
+IRLS_ITERATIONS = 4
+"""Passes of the variance fit's iteratively reweighted least squares."""
+
+
+def _variance_fit_kernel(
+    v, n, p, *, widths, iterations: int = IRLS_ITERATIONS, scaled: bool = True, coef_only: bool = False
+):
     """Fit sample variances v (..., width) from n seeds by IRLS with weights (n - 1) / (2 * fitted^2).
 
     The outputs of :func:`wls_kernel` at the last iteration (only its coefficients with ``coef_only``).
@@ -453,9 +459,10 @@ def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True)
     Returns
     -------
     The six outputs of the fit, then ``jack_se`` (..., term): the jackknife standard error over seed indices
-    (seed i deleted at every width, moments and weights recomputed, the fit redone), and ``n_seeds`` (...).
-    The S deleted-seed moments come from the full sums by downdating, their S fits are solved as one batch, and
-    the cells are taken in blocks of about ``BLOCK_VALUES`` values.
+    (seed i deleted at every width, moments and weights recomputed, the fit redone), ``n_seeds`` (...), and the
+    fit's ``chi2``, ``aic``, ``aicc`` (...) of :func:`information_kernel`. Each cell's moments and its S
+    deleted-seed fits are computed in one compiled pass (``_nb_fit``); the cells are taken in blocks of about
+    ``BLOCK_VALUES`` values.
     """
     x = np.asarray(pred, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
@@ -475,6 +482,9 @@ def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True)
         np.empty(cells, dtype=np.int8),
         np.empty((cells, K)),
         np.empty(cells, dtype=np.int64),
+        np.empty(cells),
+        np.empty(cells),
+        np.empty(cells),
     ]
     step = max(1, BLOCK_VALUES // (W * S))
     for a in range(0, cells, step):
@@ -486,19 +496,61 @@ def jackknife_fit_kernel(pred, p, *, widths, quantity: str, scaled: bool = True)
 
 
 def _jackknife_block(x, p, *, widths, quantity: str, scaled: bool):
-    """:func:`jackknife_fit_kernel` on cells (C, width, seed) with exponents (K,) or (C, K)."""
-    xt = np.moveaxis(x, -1, 0).copy()  # (seed, C, width), contiguous
-    full, loo, ok = _seed_moments(xt)
-    full = _fit_moments(*full, p, widths=widths, quantity=quantity, scaled=scaled)
-    used = ok.any(-1)  # (seed, C): seed index present at some width
-    c = _fit_moments(*loo, p, widths=widths, quantity=quantity, scaled=scaled, coef_only=True)
-    c = np.where(used[..., None], c, np.nan)  # (seed, C, term)
-    k = (np.isfinite(c) | ~np.isfinite(p)).all(-1).sum(0)  # a term the cell does not use (NaN exponent) is no failure
+    """:func:`jackknife_fit_kernel` on cells (C, width, seed) with exponents (K,) or (C, K).
+
+    The seed moments and the S deleted-seed fits come from the compiled kernel (``_nb_fit``), replicates it flags
+    as nearly singular from the numpy path (:func:`_jackknife_block_numpy` is the reference it is tested against).
+    """
+    from ._nb_fit import jackknife_cells
+
+    per_cell = p.ndim == 2
+    pp = p if per_cell else p[None, :]
+    m, v, n, c, weak = jackknife_cells(
+        np.ascontiguousarray(x, dtype=np.float64),
+        np.ascontiguousarray(_basis(pp, widths)),
+        np.ascontiguousarray(np.isfinite(pp)),
+        quantity != "mean",
+        IRLS_ITERATIONS,
+        bool(scaled),
+        WEAK_PIVOT,
+    )
+    moments = (m, v, n)
+    full = _fit_moments(*moments, p, widths=widths, quantity=quantity, scaled=scaled)
+    if weak.any():
+        s_idx, c_idx = np.nonzero(weak)
+        cells, local = np.unique(c_idx, return_inverse=True)
+        _, loo, _ = _seed_moments(np.moveaxis(x[cells], -1, 0).copy())
+        rows = tuple(a[s_idx, local] for a in loo)
+        c[s_idx, c_idx] = _fit_moments(
+            *rows, p[c_idx] if per_cell else p, widths=widths, quantity=quantity, scaled=scaled, coef_only=True
+        )
+    info = information_kernel(*moments, full[0], p, full[5], widths=widths, quantity=quantity, free=False)
+    return (*full, *_jackknife_se(c, full[0], p), *info)
+
+
+def _jackknife_se(c, full_coef, p):
+    """Whole-seed jackknife standard error (..., term) and replicate count (...) of deleted-seed fits c (seed, ..., term).
+
+    A replicate counts when every term the cell uses (finite exponent in ``p``) has a finite coefficient.
+    """
+    k = (np.isfinite(c) | ~np.isfinite(p)).all(-1).sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         bar = np.nansum(c, 0) / k[..., None]
         se = np.sqrt((k - 1)[..., None] / k[..., None] * np.nansum((c - bar) ** 2, 0))
-    se = np.where(np.isfinite(full[0]) & (k >= MIN_SEEDS)[..., None], se, np.nan)
-    return (*full, se, k.astype(np.int64))
+    se = np.where(np.isfinite(full_coef) & (k >= MIN_SEEDS)[..., None], se, np.nan)
+    return se, k.astype(np.int64)
+
+
+def _jackknife_block_numpy(x, p, *, widths, quantity: str, scaled: bool):
+    """Compute :func:`_jackknife_block` all in numpy (its reference): moments by downdating, the S fits as one batch."""
+    xt = np.moveaxis(x, -1, 0).copy()  # (seed, C, width), contiguous
+    moments, loo, ok = _seed_moments(xt)
+    full = _fit_moments(*moments, p, widths=widths, quantity=quantity, scaled=scaled)
+    used = ok.any(-1)  # (seed, C): seed index present at some width
+    c = _fit_moments(*loo, p, widths=widths, quantity=quantity, scaled=scaled, coef_only=True)
+    c = np.where(used[..., None], c, np.nan)  # (seed, C, term)
+    info = information_kernel(*moments, full[0], p, full[5], widths=widths, quantity=quantity, free=False)
+    return (*full, *_jackknife_se(c, full[0], p), *info)
 
 
 def information_kernel(mean, var, n, coef, p, status, *, widths, quantity: str, free: bool):

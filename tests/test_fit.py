@@ -287,3 +287,43 @@ def test_jackknife_errors_of_a_gamma_with_fewer_terms_do_not_depend_on_its_neigh
     np.testing.assert_allclose(both.coef_lo, alone.coef_lo, rtol=1e-12)
     table = es.expansion_table(es.fit_expansion(ds, quantity="variance"))
     assert "nan" not in table and "8 of 8" in table
+
+
+@pytest.mark.parametrize(
+    ("quantity", "p"),
+    [
+        ("mean", [0.0, 0.25]),
+        ("mean", [0.0, 0.5, 1.0]),  # three terms: the general Cholesky
+        ("mean", [0.0, 0.5, np.nan]),  # a term this gamma does not use
+        ("mean", [0.0, 1e-5]),  # nearly dependent columns: every replicate goes to the QR path
+        ("variance", [0.5, 1.0]),
+        ("variance", [1.0, np.nan]),
+    ],
+)
+@pytest.mark.parametrize("scaled", [True, False])
+def test_compiled_jackknife_equals_the_numpy_reference(quantity, p, scaled):
+    """Issue 35: the compiled kernel (one pass per cell) gives the numpy path's numbers to 1e-10 in float64, and
+    the same NaN wherever a cell or a replicate cannot be fitted."""
+    from ensemble_stats._np_fit import _jackknife_block, _jackknife_block_numpy
+
+    rng = np.random.default_rng(11)
+    widths = np.array([64, 128, 256, 512, 1024, 2048])
+    N = widths.astype(float)[None, :, None]
+    x = 1 + 0.3 * N**-0.25 + N**-0.25 * rng.standard_t(4, size=(2000, widths.size, 16))
+    x[rng.random(x.shape) < 0.05] = np.nan  # scattered missing values
+    x[:5] = np.nan  # cells with nothing
+    x[5:10, :4] = np.nan  # cells with two widths
+    x[10:20, :, 3] = np.nan  # a seed absent everywhere
+    x[20:25, :, 2:] = np.nan  # two seeds: no variance
+    p = np.array(p)
+    fast = _jackknife_block(x, p, widths=widths, quantity=quantity, scaled=scaled)
+    ref = _jackknife_block_numpy(x, p, widths=widths, quantity=quantity, scaled=scaled)
+    assert len(fast) == len(ref) == 11
+    for got, want in zip(fast, ref, strict=True):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    per_cell = np.where(np.arange(2000)[:, None] % 2 == 0, p, np.array([0.0, 0.75, 1.5][: p.size]))
+    fast = _jackknife_block(x, per_cell, widths=widths, quantity=quantity, scaled=scaled)
+    ref = _jackknife_block_numpy(x, per_cell, widths=widths, quantity=quantity, scaled=scaled)
+    for got, want in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
