@@ -36,45 +36,84 @@ __all__ = [
     "verdict",
 ]
 
-OUTCOMES = ("holds", "does not hold", "inconclusive")
-"""The verdict vocabulary: every case agrees, no case agrees, or mixed / undecided cases / none."""
+OUTCOMES = ("holds", "does not hold", "inconclusive", "true by construction", "not tested")
+"""The verdict vocabulary: every case agrees, no case agrees, or mixed / undecided cases / none; and for claims
+with no case that is evidence: every case holds by construction (at t = 0 by the init law, or by common random
+numbers), or the claim's premise is not reached (e.g. the nets did not train as far as the claim is about)."""
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The outcome of a claim tested in several cases: ``holds`` only if every case agrees.
 
+    Cases true by construction and cases whose premise is not reached are reported beside the others and never
+    counted as evidence: the outcome is decided by the rest.
+
     Attributes
     ----------
     agree, disagree, undecided : number of cases for, against, and that could not be decided
+    by_construction : cases that hold by construction (reported, not evidence)
+    not_tested : cases whose premise is not reached (reported, not evidence)
     """
 
     agree: int
     disagree: int
     undecided: int = 0
+    by_construction: int = 0
+    not_tested: int = 0
 
     @property
     def cases(self) -> int:
+        """The cases that are evidence: agreeing, disagreeing and undecided."""
         return self.agree + self.disagree + self.undecided
 
     @property
     def outcome(self) -> str:
-        """``"holds"``, ``"does not hold"`` or ``"inconclusive"`` (mixed, any undecided case, or no cases)."""
-        if self.cases == 0 or self.undecided:
+        """One of :data:`OUTCOMES`.
+
+        Over the cases that are evidence: ``"holds"`` if all agree, ``"does not hold"`` if none does, else
+        ``"inconclusive"`` (mixed or any undecided). Without such cases: ``"not tested"`` if any premise was not
+        reached, ``"true by construction"`` if every case holds by construction, else ``"inconclusive"``.
+        """
+        if self.cases == 0:
+            if self.not_tested:
+                return "not tested"
+            return "true by construction" if self.by_construction else "inconclusive"
+        if self.undecided:
             return "inconclusive"
         if self.disagree == 0:
             return "holds"
         return "does not hold" if self.agree == 0 else "inconclusive"
 
     def __str__(self) -> str:
-        return f"{self.outcome} ({self.agree} of {self.cases} cases)"
+        aside = "".join(
+            f"; {n} {what}"
+            for n, what in ((self.by_construction, "true by construction"), (self.not_tested, "not tested"))
+            if n
+        )
+        if self.cases == 0 and aside:
+            return f"{self.outcome} ({aside[2:]})"
+        return f"{self.outcome} ({self.agree} of {self.cases} cases{aside})"
 
     def markdown(self) -> str:
         """Return the outcome in bold, as the studies' documents write it."""
         return f"**{self.outcome}**"
 
 
-def verdict(cases: Iterable[bool | None] | xr.DataArray | bool | None) -> Verdict:
+def _as_cases(cases) -> list:
+    if isinstance(cases, xr.DataArray):
+        return cases.values.ravel().tolist()
+    if cases is None or isinstance(cases, bool | np.bool_):
+        return [cases]
+    return list(cases)
+
+
+def verdict(
+    cases: Iterable[bool | None] | xr.DataArray | bool | None,
+    *,
+    by_construction: Iterable[bool] | xr.DataArray | None = None,
+    not_tested: Iterable[bool] | xr.DataArray | None = None,
+) -> Verdict:
     """Count cases into a :class:`Verdict`: ``True`` agrees, ``False`` disagrees, ``None`` / NaN is undecided.
 
     A boolean DataArray (e.g. from :func:`covers`) counts every element; a single bool or None is one case.
@@ -82,6 +121,9 @@ def verdict(cases: Iterable[bool | None] | xr.DataArray | bool | None) -> Verdic
     Parameters
     ----------
     cases : booleans (``None`` for an undecided case), a boolean or float DataArray (NaN undecided), or one case
+    by_construction : per case, whether it holds by construction (at t = 0 by the init law, or by common random
+        numbers): such a case is counted apart and is no evidence; a case that fails is counted as failing
+    not_tested : per case, whether the claim's premise is not reached: counted apart, no evidence
 
     Returns
     -------
@@ -92,23 +134,36 @@ def verdict(cases: Iterable[bool | None] | xr.DataArray | bool | None) -> Verdic
     >>> import ensemble_stats as es
     >>> v = es.verdict([True, True, False, None])
     >>> v
-    Verdict(agree=2, disagree=1, undecided=1)
+    Verdict(agree=2, disagree=1, undecided=1, by_construction=0, not_tested=0)
     >>> print(v)
     inconclusive (2 of 4 cases)
+    >>> print(es.verdict([True, True, True], by_construction=[True, True, False]))
+    holds (1 of 1 cases; 2 true by construction)
+    >>> print(es.verdict([False, None], not_tested=[True, True]))
+    not tested (2 not tested)
     """
-    if isinstance(cases, xr.DataArray):
-        cases = cases.values.ravel().tolist()
-    elif cases is None or isinstance(cases, bool | np.bool_):
-        cases = [cases]
-    agree = disagree = undecided = 0
-    for c in cases:
-        if c is None or (isinstance(c, float) and np.isnan(c)):
+    cases = _as_cases(cases)
+    trivial = _as_cases(by_construction) if by_construction is not None else [False] * len(cases)
+    untested = _as_cases(not_tested) if not_tested is not None else [False] * len(cases)
+    if not len(trivial) == len(untested) == len(cases):
+        raise ValidationError(
+            f"verdict: {len(cases)} cases but {len(trivial)} by_construction and {len(untested)} not_tested flags; "
+            "give one flag per case."
+        )
+    agree = disagree = undecided = n_trivial = n_untested = 0
+    for c, t, u in zip(cases, trivial, untested, strict=True):
+        undecided_case = c is None or (isinstance(c, float) and np.isnan(c))
+        if bool(u):
+            n_untested += 1
+        elif bool(t) and not undecided_case and bool(c):
+            n_trivial += 1
+        elif undecided_case:
             undecided += 1
         elif bool(c):
             agree += 1
         else:
             disagree += 1
-    return Verdict(agree, disagree, undecided)
+    return Verdict(agree, disagree, undecided, n_trivial, n_untested)
 
 
 def covers(

@@ -141,10 +141,12 @@ def conditioning_stores(folder, *, accuracy: dict[tuple[str, int], float], seeds
     return out
 
 
-def clt_stores(folder, *, n_var: dict[str, list[float]], bound: float = 10.0, widths=(64, 256), seeds: int = 32):
+def clt_stores(
+    folder, *, n_var: dict[str, list[float]], bound: float = 10.0, widths=(64, 256), seeds: int = 32, loss=None
+):
     """One gamma = 1 store per variant whose N x seed variance follows ``n_var[variant]`` over the times
     0, 1, ..., exactly at every grid point and width (standardized draws), with output weight norm ``bound``
-    and a training loss falling as 1 / (1 + t)."""
+    and a training loss ``loss(t)`` (default 1 / (1 + t): far from interpolation)."""
     out = {}
     T = len(next(iter(n_var.values())))
     times = [float(t) for t in range(T)]
@@ -163,7 +165,7 @@ def clt_stores(folder, *, n_var: dict[str, list[float]], bound: float = 10.0, wi
             store.write_records(
                 (0, wi, slice(0, seeds)), list(range(T)), pred, [round(t * n) for t in times],
                 scalars={"output_weight_norm": np.full((seeds, T), bound),
-                         "train_loss": np.tile(1 / (1 + np.asarray(times)), (seeds, 1))},
+                         "train_loss": np.tile((loss or (lambda t: 1 / (1 + t)))(np.asarray(times)), (seeds, 1))},
             )  # fmt: skip
         out[name] = store.path
     return out
@@ -198,9 +200,10 @@ def deep_stores(folder, *, accuracy, levels=(0.5, 1.0), seeds: int = 8) -> dict[
     return out
 
 
-def shallow_store(path, *, accuracy, widths=(32, 128), gammas=(0.5, 0.75, 1.0), seeds: int = 8):
+def shallow_store(path, *, accuracy, widths=(32, 128), gammas=(0.5, 0.75, 1.0), seeds: int = 8, flat_init=False):
     """A shallow-study store whose final test accuracy is ``accuracy(gamma)`` (+ seed noise sd 0.005, shared by
-    the gammas of a seed like common random numbers) and whose logits' seed variance is exactly N^(1 - 2 gamma)."""
+    the gammas of a seed like common random numbers) and whose logits' seed variance is exactly N^(1 - 2 gamma)
+    (at t = 0 too, as the init law gives it, unless ``flat_init``: then 1 for every gamma at t = 0)."""
     import json
 
     rng = np.random.default_rng(5)
@@ -217,7 +220,9 @@ def shallow_store(path, *, accuracy, widths=(32, 128), gammas=(0.5, 0.75, 1.0), 
         z = (z - z.mean(0)) / z.std(0, ddof=1)
         for gi, g in enumerate(gammas):
             acc = np.stack([np.full(seeds, 0.5), accuracy(g) - 0.05 + shared, accuracy(g) + shared], 1)
-            pred = np.broadcast_to(np.sqrt(n ** (1 - 2 * g)) * z[:, None], (seeds, 3, 6, 2))
+            pred = np.broadcast_to(np.sqrt(n ** (1 - 2 * g)) * z[:, None], (seeds, 3, 6, 2)).copy()
+            if flat_init:
+                pred[:, 0] = z
             store.write_records(
                 (gi, wi, slice(0, seeds)), [0, 1, 2], pred, [round(t * n) for t in times],
                 scalars={"accuracy": acc, "train_accuracy": acc},

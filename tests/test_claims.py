@@ -119,33 +119,50 @@ def test_conditioning(tmp_path, accuracy, outcome):
 
 FALLS = [1.0, 0.5, 0.25, 0.2, 0.22, 0.25, 0.28, 0.3]  # falls to a minimum, rebounds far below its start
 GROWS = [1.0, 0.5, 0.6, 1.2, 2.0, 3.0, 4.0, 5.0]  # passes its start again
+PEAKS = [1.0, 1.5, 1.2, 0.8, 0.5, 0.4, 0.3, 0.3]  # its largest value after t = 0: not settled by the init law
 
 
 @pytest.mark.parametrize(
     ("n_var", "bound", "outcomes"),
     [
-        ({"test": FALLS}, 10.0, ["holds", "holds"]),
+        ({"test": FALLS}, 10.0, ["true by construction"] * 2),  # the largest N Var at t = 0: no evidence
+        ({"test": PEAKS}, 10.0, ["holds", "holds"]),
         ({"test": GROWS}, 0.1, ["does not hold", "does not hold"]),
-        ({"test": FALLS, "test-b": GROWS}, 2.0, ["inconclusive", "inconclusive"]),
+        ({"test": PEAKS, "test-b": GROWS}, 2.0, ["inconclusive", "inconclusive"]),
+        ({"test": FALLS, "test-b": GROWS}, 2.0, ["does not hold", "does not hold"]),  # FALLS counts as no evidence
     ],
 )
 def test_clt_boundedness(tmp_path, n_var, bound, outcomes):
+    """Issue 33, item 2: cases whose largest N Var is at t = 0 hold by the init law alone (true by construction)
+    and are reported without being counted as evidence."""
     stores = _claim_stores.clt_stores(tmp_path, n_var=n_var, bound=bound)
     claims = es.claims.clt.claims(stores, {})
     assert [c.verdict.outcome for c in claims] == outcomes  # no train / regularized / data-order store
-    assert claims[0].verdict.cases == 2 * len(n_var)  # (variant, N)
+    v = claims[0].verdict
+    assert v.cases + v.by_construction == 2 * len(n_var)  # (variant, N)
+    assert v.by_construction == 2 * sum(curve is FALLS for curve in n_var.values())
     row = claims[1].rows[0]
     assert row[2].startswith("1.0000 [") and row[0] == "test"  # N Var at t = 0: exactly 1 by construction
 
 
-def test_clt_vanishing_on_the_training_points(tmp_path):
+def test_clt_vanishing_is_tested_only_where_the_nets_interpolate(tmp_path):
+    """Issue 33, item 2: the claim is about nets that interpolate their training points; with the training loss
+    still at 1/8 of its start it is not tested (it used to be "does not hold")."""
     vanishing = [0.5, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
-    stores = _claim_stores.clt_stores(tmp_path, n_var={"test": FALLS, "train": vanishing})
+    interpolating = lambda t: 10.0**-t  # noqa: E731 - 1e-7 of its start at the horizon
+    stores = _claim_stores.clt_stores(tmp_path, n_var={"test": FALLS, "train": vanishing}, loss=interpolating)
     claims = {c.label: c for c in es.claims.clt.claims(stores, {})}
     assert claims["Verdict 3"].verdict.outcome == "holds" and claims["Verdict 3"].verdict.cases == 2
-    stays = _claim_stores.clt_stores(tmp_path / "b", n_var={"test": FALLS, "train": FALLS})
+    stays = _claim_stores.clt_stores(tmp_path / "b", n_var={"test": FALLS, "train": FALLS}, loss=interpolating)
     claims = {c.label: c for c in es.claims.clt.claims(stays, {})}
-    assert claims["Verdict 3"].verdict.outcome == "does not hold"  # the loss still falls, N Var does not vanish
+    assert claims["Verdict 3"].verdict.outcome == "does not hold"  # interpolating, and N Var does not vanish
+    early = _claim_stores.clt_stores(tmp_path / "c", n_var={"test": FALLS, "train": FALLS})
+    claims = {c.label: c for c in es.claims.clt.claims(early, {})}
+    v = claims["Verdict 3"].verdict
+    assert v.outcome == "not tested" and v.not_tested == 2 and v.cases == 0
+    assert np.isnan(claims["Verdict 3"].cases.vanishes).all()
+    claims = {c.label: c for c in es.claims.clt.claims(early, {"interpolation": 0.5})}  # a looser premise: tested
+    assert claims["Verdict 3"].verdict.outcome == "does not hold"
 
 
 @pytest.mark.parametrize(("scale", "outcome"), [(1.0, "holds"), (1.6, "does not hold")])
@@ -197,12 +214,19 @@ def test_shallow(tmp_path, accuracy, outcome):
     path = _claim_stores.shallow_store(tmp_path / "s.zarr", accuracy=accuracy)
     mono, variance, slopes = es.claims.shallow.claims({"digits": path}, {})
     assert mono.verdict.outcome == outcome and mono.verdict.cases == 2  # (variant, N)
-    assert variance.verdict.outcome == "holds"  # N^(1 - 2 gamma) falls with gamma at every N
+    # N^(1 - 2 gamma) falls with gamma at every N, but already at t = 0 by the init law: no evidence (issue 33)
+    assert variance.verdict.outcome == "true by construction" and variance.verdict.by_construction == 2
     assert slopes.verdict.outcome == "holds" and slopes.verdict.cases == 3  # slope 1 - 2 gamma exactly
     to_md = es.claims.to_markdown([mono])
     assert to_md[0].startswith(
         f"**Verdict 1: does accuracy improve monotonically as gamma -> 1?** **{outcome}** overall"
     )
+
+
+def test_shallow_variance_counts_as_evidence_only_where_training_made_it_fall(tmp_path):
+    path = _claim_stores.shallow_store(tmp_path / "s.zarr", accuracy=lambda g: 0.7, flat_init=True)
+    variance = es.claims.shallow.claims({"digits": path}, {})[1]
+    assert variance.verdict.outcome == "holds" and variance.verdict.cases == 2 and variance.verdict.by_construction == 0
 
 
 def test_shallow_mixed_variants_are_inconclusive(tmp_path):

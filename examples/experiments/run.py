@@ -132,7 +132,10 @@ def assemble(figdir: Path) -> str:
         "Confidence intervals are 95%: t intervals over seeds for seed means, paired over seeds where two gammas "
         "share initial weights (the trainer's common random numbers), seed-jackknife intervals for variances and "
         "fitted slopes, intervals over pairs for antithetic seeds (ensemble_stats). A verdict says **holds** or "
-        "**does not hold** only when every case agrees; otherwise **inconclusive**, with the count.",
+        "**does not hold** only when every case agrees; otherwise **inconclusive**, with the count. Cases that hold "
+        "by construction (at t = 0 by the init law, or by common random numbers) and cases whose premise is not "
+        "reached (e.g. nets that did not train as far as the claim is about) are counted apart and are no "
+        "evidence; a claim with no other case is **true by construction** or **not tested**.",
         "",
     ]
     written = [n for n in STUDIES if (figdir / f"{n}.md").exists()]
