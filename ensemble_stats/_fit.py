@@ -27,7 +27,7 @@ from ._np_stats import jackknife_se, leave_one_out_kernel, log_variance_sd, t_qu
 from ._provenance import with_provenance
 from ._select import at_common_time, time_units
 from ._stats import _check_ci, _reference, _use_pairs, pair_members, seed_moments
-from ._ufunc import apply_ufunc
+from ._ufunc import apply_ufunc, whole_core
 from .errors import EnsembleStatsWarning, FitError, ScaledTimeWarning, ValidationError
 
 __all__ = ["fit_expansion", "fit_rate", "STATUS", "width_rate"]
@@ -205,9 +205,9 @@ def fit_expansion(
     mom = None if jackknife else seed_moments(pred.chunk({W: -1}) if pred.chunks else pred)
     if jackknife:
         grid = [d for d in schema.GRID_DIMS if d in pred.dims]
-        pred = pred.where(np.isfinite(pred).all(grid))  # a seed counts only if finite over the grid
-        if pred.chunks:
-            pred = pred.chunk({W: -1, schema.SEED: -1})
+        if not _whole_records(ds, pred, grid):
+            pred = pred.where(np.isfinite(pred).all(grid))  # a seed counts only if finite over the grid
+        pred = whole_core(pred, (W, schema.SEED))
         outs = apply_ufunc(
             jackknife_fit_kernel,
             pred,
@@ -327,6 +327,18 @@ def fit_expansion(
             code = int(res["status"].values[tuple(np.argwhere(failed.values)[0])])
             raise FitError(f"{int(failed.sum())} cell(s) could not be fitted; first at {first}: {STATUS[code]}.")
     return with_provenance(res, ds, f"fit_expansion(quantity={quantity!r}, terms={terms!r})")
+
+
+def _whole_records(ds: xr.Dataset, pred: xr.DataArray, grid: Sequence[str]) -> bool:
+    """Whether every record of ``pred`` is finite at all its grid values or at none (no grid pass needed).
+
+    Then "a seed counts only if finite over the grid" holds without computing it. True for a store's data
+    chunked along the grid: a store marks a record with any non-finite value diverged and ``open_ensemble``
+    masks it whole. Computing the rule there would be a reduction over the grid whose inputs Dask keeps in
+    memory until the fit reads them again.
+    """
+    chunked = pred.chunks is not None and any(len(pred.chunks[pred.get_axis_num(d)]) > 1 for d in grid)
+    return chunked and schema.WRITTEN in ds and schema.DIVERGED_STEP in ds
 
 
 def _information(mom: xr.Dataset, res: xr.Dataset, quantity: str, *, free: bool) -> dict[str, xr.DataArray]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dask
 import xarray as xr
+
+CORE_BLOCK = "32MiB"
+"""Block size the analyses rechunk to when they merge chunks along their core dims (kernels work in float64,
+with a few temporaries of the block's size: peak memory is a small multiple of this per thread)."""
 
 
 def apply_ufunc(func, *args, input_core_dims=None, **kwargs):
@@ -14,11 +19,22 @@ def apply_ufunc(func, *args, input_core_dims=None, **kwargs):
     """
     if input_core_dims:
         core = list(input_core_dims) + [()] * (len(args) - len(input_core_dims))
-        args = tuple(_whole(a, dims) for a, dims in zip(args, core, strict=True))
+        args = tuple(whole_core(a, dims) for a, dims in zip(args, core, strict=True))
     return xr.apply_ufunc(func, *args, input_core_dims=input_core_dims, **kwargs)
 
 
-def _whole(a, dims):
-    if isinstance(a, xr.DataArray | xr.Dataset) and a.chunks and dims:
-        return a.chunk({d: -1 for d in dims if d in a.dims})
-    return a
+def whole_core(a, dims):
+    """Return ``a`` with ``dims`` in one dask chunk each, its other dims rechunked so that blocks stay bounded.
+
+    Merging a store's chunks along seeds and widths multiplies the block size by their number (340 seeds in
+    chunks of 4 at 6 widths: 510 times); the other dims then take dask's ``"auto"`` chunks of about
+    ``CORE_BLOCK``, so a fit of a store larger than memory streams through it. A no-op for numpy-backed
+    arrays and for core dims already whole.
+    """
+    if not (isinstance(a, xr.DataArray | xr.Dataset) and a.chunks and dims):
+        return a
+    core = [d for d in dims if d in a.dims]
+    if all(len(a.chunksizes[d]) == 1 for d in core):
+        return a
+    with dask.config.set({"array.chunk-size": CORE_BLOCK}):  # read when "auto" is resolved, i.e. here
+        return a.chunk({d: (-1 if d in core else "auto") for d in a.dims})

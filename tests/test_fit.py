@@ -327,3 +327,21 @@ def test_compiled_jackknife_equals_the_numpy_reference(quantity, p, scaled):
     ref = _jackknife_block_numpy(x, per_cell, widths=widths, quantity=quantity, scaled=scaled)
     for got, want in zip(fast, ref, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_store_chunked_along_the_grid_is_fitted_without_a_pass_over_the_grid(tmp_path):
+    """Issue 35: "a seed counts only if finite over the grid" as a reduction over the grid made Dask keep every
+    chunk it read until the fit read it again (18 GB of RSS for an 8 GB store). A store's records are finite
+    everywhere or masked whole, so no such pass is built for it, and the result is the in-memory one."""
+    from .conftest import store_from_synthetic
+
+    ds = synthetic_ensemble(gammas=[0.75], widths=[64, 128, 256, 512], n_seeds=8, n_points=12, diverged_runs=2, seed=9)
+    opened = es.open_ensemble(store_from_synthetic(tmp_path / "s.zarr", ds).path).chunk({"point": 3})
+    lazy = es.fit_expansion(opened, quantity="variance")
+
+    def names(a):
+        return {str(k[0] if isinstance(k, tuple) else k).split("-")[0] for k in a.data.__dask_graph__()}
+
+    added = names(lazy.coef) - names(opened.prediction)  # what the fit builds on top of the opened store
+    assert "jackknife_fit_kernel" in added and not added & {"all", "isfinite", "where"}, added
+    xr.testing.assert_allclose(lazy.compute(), es.fit_expansion(opened.load(), quantity="variance"))
