@@ -34,7 +34,13 @@ def whole_core(a, dims):
     if not (isinstance(a, xr.DataArray | xr.Dataset) and a.chunks and dims):
         return a
     core = [d for d in dims if d in a.dims]
-    if all(len(a.chunksizes[d]) == 1 for d in core):
+    if all(len(chunks.get(d, (0,))) == 1 for chunks in _data_chunks(a) for d in core):
         return a
     with dask.config.set({"array.chunk-size": CORE_BLOCK}):  # read when "auto" is resolved, i.e. here
         return a.chunk({d: (-1 if d in core else "auto") for d in a.dims})
+
+
+def _data_chunks(a):
+    """Chunk sizes by dim of each data variable (coords may be chunked differently: a store's ``step``)."""
+    variables = [a.variable] if isinstance(a, xr.DataArray) else list(a.data_vars.values())
+    return [v.chunksizes for v in variables]
