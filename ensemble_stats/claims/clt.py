@@ -101,7 +101,8 @@ def _bounded(nvar: Mapping, bound: Mapping, opts: Mapping) -> list[Claim]:
             "does N Var stay bounded in t?",
             b,
             "after its minimum, N Var stays below its initial level (the upper 95% bound of its largest later value "
-            f"below the lower bound at t = 0) in {b.agree} of {b.cases} (variant, N) cases over the horizon t = "
+            f"below the lower bound at t = 0) in {b.agree} of the {b.cases} (variant, N) cases that are evidence over the "
+            f"horizon t = "
             f"{horizon:g}. Where the largest N Var is at t = 0 (the Monte-Carlo error of the initial weights, bounded "
             f"by |tanh| <= 1: {sum(at_init)} of {len(at_init)} cases) the case is true by construction and counts "
             "as no evidence; what follows is the test: N Var falls to a minimum, and the 'rebound' column is its largest "
@@ -116,7 +117,7 @@ def _bounded(nvar: Mapping, bound: Mapping, opts: Mapping) -> list[Claim]:
             "is N Var below the paper's bound sup|sigma|^2 (1/N) sum_i c_i^2 at every t?",
             u,
             "the lower 95% bound of N Var lies below the bound (the recorded 2-norm of the output weights, seed "
-            f"mean) at every recorded t in {u.agree} of {u.cases} cases; the last column is the largest N Var / bound "
+            f"mean) at every recorded t in {u.agree} of the {u.cases} cases that are evidence; the last column is the largest N Var / bound "
             "over t. The bound is the Monte-Carlo resampling error's upper estimate, loose by construction: at t = 0 "
             "it holds by the init law, so a case whose largest N Var is at t = 0 is true by construction.",
             cases=cases[["below_bound"]],
