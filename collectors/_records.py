@@ -67,7 +67,21 @@ class RecordBuffer:
         self._time_chunk = store.spec.time_chunk
         self._buffer: list[tuple[int, int, np.ndarray, dict]] = []
         self._mutex = threading.Lock()  # records may arrive from a background evaluation thread
-        self.run_lock = store.lock(self.index).acquire()
+        seed = self.index[2]
+        # a unit of several seeds that are chunks of their own holds each run's lock; a seed block, its block's
+        runs = (
+            [(*self.index[:2], k, *self.index[3:]) for k in range(seed.start, seed.stop)]
+            if self.block and store.spec.seed_chunk == 1
+            else [self.index]
+        )
+        self._locks = []
+        try:
+            for run in runs:
+                self._locks.append(store.lock(run).acquire())
+        except BaseException:
+            self.release()
+            raise
+        self.run_lock = self._locks[0]
 
     def check_scalars(self, names) -> None:
         """Refuse scalar names the store does not record, saying how to declare them."""
@@ -118,7 +132,8 @@ class RecordBuffer:
         return bool(self.store.written_mask(self.index).all())
 
     def release(self) -> None:
-        self.run_lock.release()
+        for lock in self._locks:
+            lock.release()
 
     def close(self) -> None:
         """Flush, then release the lock (also when the flush fails)."""
@@ -271,30 +286,37 @@ def call_hooks(collectors: Sequence[BlockCollector], hook: str, *args) -> None:
 class StoreWriter(BlockCollector):
     """The trainer's store writer, the first of a block's collectors: one :class:`RecordBuffer` per writer unit.
 
-    With seed blocks (``seed_chunk > 1``) a unit is one gamma's whole seed block; otherwise one member's run.
+    A unit is one gamma's seeds when they are contiguous in the store (with seed blocks, ``seed_chunk > 1``,
+    they must be), so that a record of the block is written in one call per gamma, whole chunks at once;
+    otherwise one member's run.
     """
 
     def __init__(self, block: Block):
         store, width, extra = block.store, block.width, dict(block.extra_coords)
         self.S = len(block.seeds)
         self.units: list[RecordBuffer] = []
+        self._rows: list[int | slice] = []  # the members (rows of a record) each unit takes
+        self._member: list[tuple[int, int | None]] = []  # member -> (its unit, its offset in a seed block)
         try:  # the units hold the locks: released however this ends, so a retry can take them
-            if store.spec.seed_chunk > 1:
-                for g in block.gammas:
-                    idx = [store.run_index(g, width, s, **extra) for s in block.seeds]
-                    si = [i[2] for i in idx]
-                    if si != list(range(si[0], si[0] + self.S)):
-                        raise ValidationError(
-                            f"seeds {list(block.seeds)} are not contiguous in the store; a block must be whole "
-                            "seed chunks."
-                        )
+            for gi, g in enumerate(block.gammas):
+                idx = [store.run_index(g, width, s, **extra) for s in block.seeds]
+                si = [i[2] for i in idx]
+                contiguous = si == list(range(si[0], si[0] + self.S))
+                if store.spec.seed_chunk > 1 and not contiguous:
+                    raise ValidationError(
+                        f"seeds {list(block.seeds)} are not contiguous in the store; a block must be whole seed chunks."
+                    )
+                first = gi * self.S
+                if contiguous:
                     index = (idx[0][0], idx[0][1], slice(si[0], si[0] + self.S), *idx[0][3:])
                     self.units.append(RecordBuffer(store, index, block.schedule))
-                self.per_unit = self.S
-            else:
-                for g, s in block.members:
-                    self.units.append(RecordBuffer(store, store.run_index(g, width, s, **extra), block.schedule))
-                self.per_unit = 1
+                    self._rows.append(slice(first, first + self.S))
+                    self._member += [(len(self.units) - 1, k) for k in range(self.S)]
+                else:
+                    for k, i in enumerate(idx):
+                        self.units.append(RecordBuffer(store, i, block.schedule))
+                        self._rows.append(first + k)
+                        self._member.append((len(self.units) - 1, None))
         except BaseException:
             self.close()
             raise
@@ -307,9 +329,7 @@ class StoreWriter(BlockCollector):
         self, step: int, outputs: np.ndarray, scalars: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]
     ) -> None:
         j = int(np.searchsorted(self.units[0].schedule, step))
-        n = self.per_unit
-        for u, unit in enumerate(self.units):
-            rows = u if n == 1 else slice(u * n, (u + 1) * n)  # a run takes one member, a seed block n
+        for unit, rows in zip(self.units, self._rows, strict=True):
             unit.add(
                 j,
                 step,
@@ -319,8 +339,8 @@ class StoreWriter(BlockCollector):
             )
 
     def on_diverged(self, member: int, step: int) -> None:
-        unit, offset = divmod(member, self.per_unit)
-        self.units[unit].mark_diverged(step, offset if self.per_unit > 1 else None)
+        unit, offset = self._member[member]
+        self.units[unit].mark_diverged(step, offset)
 
     def on_block_end(self, result) -> None:
         for unit in self.units:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ensemble_stats as es
-from collectors import EnsembleStore, ScaledMLP, TrainConfig, digits, teacher, train_block
+from collectors import BlockCollector, EnsembleStore, ScaledMLP, TrainConfig, digits, teacher, train_block
 from ensemble_stats import errors
 
 from ._models import sgd_in_block_order
@@ -450,3 +450,55 @@ def test_the_old_collector_name_and_hook_signature_still_work_with_a_deprecation
     c = Old()
     train_block(st, data, width=8, gammas=[0.5], seeds=[0], config=TrainConfig(), collectors=[c])
     assert c.steps == [0, 3]
+
+
+def test_a_block_writes_each_gammas_seeds_in_one_call_and_equals_member_by_member_writes(tmp_path, monkeypatch):
+    """On a store with a chunk per seed, a record of a block is one write per gamma (the fixed cost of a large
+    block), holds every run's lock, and stores what writes run by run store, divergence marks included."""
+    data = teacher()
+    gammas, width, times = [0.5, 1.0], 16, [0, 5, 10, 20, 40]
+    cfg = TrainConfig(alpha=200.0, activation="relu", dtype="float64")  # the gamma = 1 members blow up
+    calls = []
+    real = EnsembleStore.write_records
+    monkeypatch.setattr(
+        EnsembleStore, "write_records", lambda self, index, *a, **k: calls.append(index) or real(self, index, *a, **k)
+    )
+    stores = {}
+    for name, blocks in {"together": [[0, 1, 2, 3]], "apart": [[0, 2], [1, 3]]}.items():
+        st = EnsembleStore.create(
+            tmp_path / f"{name}.zarr", data.grid, gammas=gammas, widths=[width], seeds=[0, 1, 2, 3], times=times,
+            time_units="step", time_chunk=5,
+        )  # fmt: skip
+        calls.clear()
+        for seeds in blocks:
+            probe = _LockProbe(st, gammas, width, seeds)
+            train_block(st, data, width=width, gammas=gammas, seeds=seeds, config=cfg, collectors=[probe])
+            assert probe.held == [True] * (len(gammas) * len(seeds))  # every run of the block was locked
+        if name == "together":  # one call per gamma (a slice of the seeds); apart: seeds 0, 2 are not contiguous
+            assert len(calls) == 2 and all(isinstance(i[2], slice) for i in calls), calls
+        else:
+            assert len(calls) == 8 and not any(isinstance(i[2], slice) for i in calls), calls
+        stores[name] = es.open_ensemble(st.path, diverged="keep").load()
+    a, b = stores["together"], stores["apart"]
+    np.testing.assert_array_equal(a.prediction.values, b.prediction.values)
+    np.testing.assert_array_equal(a.diverged_step.values, b.diverged_step.values)
+    assert (a.diverged_step.sel(gamma=1.0) >= 0).all() and (a.diverged_step.sel(gamma=0.5) < 0).all()
+    st = EnsembleStore.open(tmp_path / "together.zarr")
+    for g in gammas:  # and released them all
+        for s in range(4):
+            st.lock(st.run_index(g, width, s)).acquire().release()
+
+
+class _LockProbe(BlockCollector):
+    """Records, once training starts, whether each run of the block is locked against another writer."""
+
+    def __init__(self, store, gammas, width, seeds):
+        self.store, self.runs, self.held = store, [(g, width, s) for g in gammas for s in seeds], []
+
+    def on_train_start(self, model):
+        for run in self.runs:
+            try:
+                self.store.lock(self.store.run_index(*run)).acquire().release()
+                self.held.append(False)
+            except errors.RunLockedError:
+                self.held.append(True)
