@@ -228,3 +228,36 @@ def shallow_store(path, *, accuracy, widths=(32, 128), gammas=(0.5, 0.75, 1.0), 
                 scalars={"accuracy": acc, "train_accuracy": acc},
             )  # fmt: skip
     return store.path
+
+
+def anchor_stores(folder, *, configs: dict[str, dict[float, tuple[float, float, float]]], seeds: int = 8, diverge=()):
+    """One classification store per variant over alpha, whose runs end at ``configs[variant][alpha]`` =
+    (test accuracy, train accuracy, train loss): the test accuracy's seed mean is exact (standardized noise, sd
+    0.02). The (variant, alpha) pairs in ``diverge`` have one run diverged (non-finite outputs) at the end."""
+    x_train = _circle(8)
+    grid = EvalGrid(_circle(5, 0.3), np.eye(2)[np.arange(5) % 2])
+    rng = np.random.default_rng(9)
+    out = {}
+    for name, by_alpha in configs.items():
+        alphas = sorted(by_alpha)
+        store = EnsembleStore.create(
+            f"{folder}/{name}.zarr", grid, gammas=[0.5], widths=[64], seeds=list(range(seeds)), times=[0.0, 1.0],
+            dtype="float64", train=(x_train, np.eye(2)[np.arange(8) % 2]), seed_chunk=seeds,
+            extra_dims={"alpha": alphas},
+        )  # fmt: skip
+        for ai, a in enumerate(alphas):
+            test, train, loss = by_alpha[a]
+            z = rng.normal(size=seeds)
+            z = (z - z.mean()) / z.std(ddof=1)
+            start = np.full(seeds, 0.5)
+            pred = np.zeros((seeds, 2, 5, 2))
+            if (name, a) in diverge:
+                pred[0, 1] = np.nan
+            store.write_records(
+                (0, 0, slice(0, seeds), ai), [0, 1], pred, [0, 64],
+                scalars={"accuracy": np.stack([start, test + 0.02 * z], 1),
+                         "train_accuracy": np.stack([start, np.full(seeds, train)], 1),
+                         "train_loss": np.stack([np.full(seeds, 2.0), np.full(seeds, loss)], 1)},
+            )  # fmt: skip
+        out[name] = store.path
+    return out

@@ -251,3 +251,32 @@ def test_a_slope_decides_for_its_law_only_when_it_excludes_the_other_law(lo, hi,
     # gamma = 3/4: the symmetric law's bias slope is -1/2, the skewed law's -1/4
     r = xr.Dataset({"slope": (lo + hi) / 2, "slope_lo": lo, "slope_hi": hi, "theory": -0.5})
     assert _covered(r, -0.25) is outcome
+
+
+@pytest.mark.parametrize(
+    ("test", "train", "outcome"),
+    [
+        (0.70, 1.0, "holds"),  # the whole interval above the reference
+        (0.60, 1.0, "does not hold"),  # the whole interval below it
+        (0.665, 1.0, "inconclusive"),  # the interval (half-width 0.017 at 8 seeds) straddles it
+        (0.70, 0.5, "not tested"),  # a net that has not trained is no evidence either way
+    ],
+)
+def test_anchor_judges_the_named_configuration_against_the_reference(tmp_path, test, train, outcome):
+    configs = {"A": {1.0: (0.5, 1.0, 0.5), 2.0: (test, train, 0.1)}, "B": {1.0: (0.62, 1.0, 0.01)}}
+    stores = _claim_stores.anchor_stores(tmp_path, configs=configs)
+    named, chosen = es.claims.anchor.claims(stores, {"preregistered": {"variant": "A", "alpha": 2.0}})
+    assert named.verdict.outcome == outcome
+    assert float(named.cases.accuracy.sel(case="A")) == pytest.approx(test, abs=1e-6)
+    assert float(named.cases.alpha.sel(case="A")) == 2.0
+    # the training loss chooses alpha = 2 in A (0.1 < 0.5) and B's only alpha, which misses the reference
+    assert list(chosen.cases.alpha.values) == [2.0, 1.0]
+    assert len(chosen.rows) == 3 and "0.620 [" in chosen.rows[-1][6]
+
+
+def test_anchor_never_chooses_a_configuration_with_a_diverged_run(tmp_path):
+    configs = {"A": {1.0: (0.70, 1.0, 0.2), 2.0: (0.60, 1.0, 0.01)}}
+    stores = _claim_stores.anchor_stores(tmp_path, configs=configs, diverge=[("A", 2.0)])
+    (chosen,) = es.claims.anchor.claims(stores, {})
+    assert list(chosen.cases.alpha.values) == [1.0] and chosen.verdict.outcome == "holds"
+    assert chosen.rows[1][-1] == "1"  # the diverged run is counted in the table

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "examples" / "experiments" / "run.py"
 
 
-STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult")
+STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult", "anchor")
 
 
 @pytest.fixture(scope="module")

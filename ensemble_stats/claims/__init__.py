@@ -8,15 +8,16 @@ studies' documents do. Torch-free; matplotlib is imported only when a figure is 
 
 >>> import ensemble_stats as es
 >>> sorted(es.claims.STUDIES)
-['catapult', 'clt', 'collapse', 'conditioning', 'deep', 'expansion', 'lazy', 'shallow']
+['anchor', 'catapult', 'clt', 'collapse', 'conditioning', 'deep', 'expansion', 'lazy', 'shallow']
 
 ``es.claims.collapse.claims({"default": "my.zarr"}, {})`` decides the collapse claim on ``my.zarr``.
 """
 
-from . import catapult, clt, collapse, conditioning, deep, expansion, lazy, shallow
+from . import anchor, catapult, clt, collapse, conditioning, deep, expansion, lazy, shallow
 from ._claim import Claim, to_markdown
 
 STUDIES = {
+    "anchor": anchor,
     "catapult": catapult,
     "clt": clt,
     "collapse": collapse,
@@ -31,6 +32,7 @@ STUDIES = {
 __all__ = [
     "STUDIES",
     "Claim",
+    "anchor",
     "catapult",
     "clt",
     "collapse",

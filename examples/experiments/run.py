@@ -25,7 +25,7 @@ import ensemble_stats as es
 from collectors import Architecture, digits, learning_rates, load_study, run_sweep
 
 HERE = Path(__file__).resolve().parent
-STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult")
+STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult", "anchor")
 SCALES = ("smoke", "default", "full")
 
 
@@ -57,6 +57,7 @@ ANALYSES = {
     "expansion": _claims("expansion"),
     "lazy": _claims("lazy"),
     "catapult": _claims("catapult"),
+    "anchor": _claims("anchor"),
 }
 
 
