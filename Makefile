@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint browser bench calibration reliability experiments notebook clean
+.PHONY: demo test lint browser bench calibration reliability experiments notebook gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,6 +56,11 @@ experiments: $(STAMP)
 notebook: demo
 	cd examples && ENSEMBLE_STORE=../demo-out/demo.zarr NOTEBOOK_FIGURE=../demo-out/variance.png \
 		../$(BIN)/jupyter-execute --inplace analysis.ipynb
+
+# the GPU path on one CUDA GPU (about 8 minutes, nothing downloaded): CUDA tests, the trainer bench on CUDA, a
+# paper-budget slice (10^5 steps); PYTHON=... picks a Python whose torch has CUDA (see scripts/gpu-check.sh)
+gpu-check:
+	./scripts/gpu-check.sh
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache .ruff_cache

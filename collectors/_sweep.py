@@ -12,13 +12,14 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
 from ensemble_stats import schema
-from ensemble_stats.errors import ConfigError, SpecMismatchError, SweepError
+from ensemble_stats.errors import ConfigError, SpecMismatchError, SweepError, ValidationError
 from ensemble_stats.store import EnsembleStore, corruption_error, has_group, location, sweep_partial_files
 
 from ._config import SweepSpec, config_differences
@@ -232,6 +233,16 @@ def run_cell(
     spec = SweepSpec.from_json(spec_json, device)
     store = EnsembleStore.open(store_path)
     _check_config(store, spec, store_path)  # never train one config into another's store
+    if str(spec.train.device).startswith("cuda"):
+        dev = torch.device(spec.train.device)
+        ValidationError.raise_if(
+            gpu_fit_problems(
+                spec.cell_bytes(_data_for(spec_json)),
+                torch.cuda.get_device_properties(dev).total_memory,
+                f"{torch.cuda.get_device_name(dev)} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+            ),
+            f"cell {cell.name()}",
+        )
     extra = dict(cell.coords)
     config = replace(spec.train, alpha=float(extra[schema.ALPHA])) if schema.ALPHA in extra else spec.train
     res = train_block(
@@ -290,17 +301,73 @@ def _complete(store: EnsembleStore, spec: SweepSpec, cell: Cell) -> bool:
     return bool(np.all(store.array(schema.WRITTEN)[index]))
 
 
-def local_cluster(workers: int = 2):
+GPU = "GPU"
+"""The Dask worker resource of one GPU: a cell on a GPU asks for one, so no two cells share a device."""
+
+
+def gpu_devices(gpus: int | str, visible: Sequence[str] | None = None) -> list[str]:
+    """Return the GPUs a sweep's workers take, one worker each.
+
+    Parameters
+    ----------
+    gpus : ``"all"`` or a number N >= 1 (the first N visible GPUs)
+    visible : the GPUs this process may use, by ``CUDA_VISIBLE_DEVICES`` entry; default: that variable's
+        entries when it is set, else ``0 .. torch.cuda.device_count() - 1``
+
+    Returns
+    -------
+    list of str : each worker's ``CUDA_VISIBLE_DEVICES`` value
+    """
+    if visible is None:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if env is not None:
+            visible = [v.strip() for v in env.split(",") if v.strip()]
+        else:
+            import torch
+
+            visible = [str(i) for i in range(torch.cuda.device_count())]
+    visible = list(visible)
+    if gpus == "all":
+        n = len(visible)
+    elif isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1:
+        n = gpus
+    else:
+        raise ValidationError(f"gpus must be 'all' or a number >= 1, got {gpus!r}.")
+    if not visible:
+        raise ValidationError(
+            "gpus: no GPU is visible to this process (CUDA_VISIBLE_DEVICES or torch.cuda.device_count()); run on a "
+            "machine with GPUs, or drop --gpus to train on the CPU."
+        )
+    if n > len(visible):
+        raise ValidationError(
+            f"gpus = {gpus!r} asks for {n} GPUs but {len(visible)} are visible ({', '.join(visible)}); ask for at "
+            f"most {len(visible)} or 'all'."
+        )
+    return visible[:n]
+
+
+def gpu_fit_problems(need: int, device_memory: int, device: str) -> list[str]:
+    """List why one cell (``need`` bytes, :meth:`SweepSpec.cell_bytes`) cannot fit the GPU it is given alone."""
+    if device_memory and need > 0.9 * device_memory:
+        return [
+            f"one cell needs about {need / 1e9:.3g} GB and {device} has {device_memory / 1e9:.3g} GB: a cell never "
+            "shares a GPU, and this one does not fit one. Lower [sweep].seed_block or the widths."
+        ]
+    return []
+
+
+def local_cluster(workers: int = 2, gpus: Sequence[str] | None = None):
     """Return the sweep's own Dask cluster.
 
     Worker processes on this machine, every port (the scheduler's, the workers' and the unauthenticated
-    dashboard's) bound to 127.0.0.1 only.
+    dashboard's) bound to 127.0.0.1 only. With ``gpus`` (the devices of :func:`gpu_devices`): one worker per
+    GPU instead, each seeing only its own (``CUDA_VISIBLE_DEVICES``) and offering one :data:`GPU` resource.
     """
     import logging
     import signal
     import threading
 
-    from dask.distributed import LocalCluster
+    from dask.distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     # Workers are started with SIGINT ignored (inherited across exec): a Ctrl-C at the terminal reaches the whole
     # process group, and only this process should act on it, closing the cluster in order, not each worker
@@ -308,6 +375,24 @@ def local_cluster(workers: int = 2):
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
+        if gpus:
+            return SpecCluster(
+                workers={
+                    f"gpu-{d}": {
+                        "cls": Nanny,
+                        "options": {
+                            "nthreads": 1,
+                            "host": "127.0.0.1",
+                            "env": {"CUDA_VISIBLE_DEVICES": d},
+                            "resources": {GPU: 1},
+                            "silence_logs": logging.CRITICAL,
+                        },
+                    }
+                    for d in gpus
+                },
+                scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}},
+                silence_logs=logging.CRITICAL,
+            )
         return LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -319,6 +404,17 @@ def local_cluster(workers: int = 2):
     finally:
         if main:
             signal.signal(signal.SIGINT, old)
+
+
+def _check_gpu_workers(client) -> None:
+    """Refuse a cluster none of whose workers offers a :data:`GPU`: its cells would wait for ever."""
+    workers = client.scheduler_info().get("workers", {})
+    if not any(w.get("resources", {}).get(GPU, 0) >= 1 for w in workers.values()):
+        raise ValidationError(
+            f"gpus: none of the cluster's {len(workers)} workers offers the resource {GPU!r}, so no cell could start. "
+            f"Start one worker per GPU with it: CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nthreads 1 "
+            f"--resources {GPU}=1 (docs/gpu.md)."
+        )
 
 
 def _watch(client, futures: dict, report: SweepReport, failures: dict, total: int, progress, topic: str) -> None:
@@ -393,6 +489,7 @@ def run_sweep(
     repair: bool = False,
     collectors=None,
     model_factory=None,
+    gpus: int | str | None = None,
 ) -> SweepReport:
     """Run (or resume) a sweep on a Dask cluster.
 
@@ -415,6 +512,10 @@ def run_sweep(
         class, or a ``functools.partial`` of one): train its modules instead of the config's ScaledMLP (see
         :func:`train_block`). Its qualified name is stored in the model attrs; the config's [model] table then
         only names the run.
+    gpus : ``"all"`` or a number N: train on GPUs, one cell per GPU at a time (the device becomes ``"cuda"``).
+        With the sweep's own cluster: one worker per GPU, each seeing only its own (:func:`gpu_devices`; the
+        first N of ``CUDA_VISIBLE_DEVICES``). With ``client``: its workers must offer the resource ``GPU``
+        (``dask worker ... --resources GPU=1``, one worker per GPU, e.g. a SLURM job per GPU); cells ask for one.
 
     Raises
     ------
@@ -425,6 +526,15 @@ def run_sweep(
 
     t0 = time.perf_counter()
     spec = SweepSpec.parse(config)
+    if gpus is not None:
+        if device not in (None, "cuda"):
+            raise ValidationError(f"gpus={gpus!r} trains on GPUs; device={device!r} contradicts it: drop one.")
+        if workers and client is None:
+            raise ValidationError("give gpus (one worker per GPU) or workers (CPU worker processes), not both.")
+        device = "cuda"
+        devices = gpu_devices(gpus) if client is None else None
+        if client is not None:
+            _check_gpu_workers(client)
     if device is not None:
         spec = spec.with_device(device)
     st = prepare_store(spec, store, model_factory)
@@ -435,7 +545,7 @@ def run_sweep(
     report = SweepReport(str(st.path), len(cells), len(cells) - len(todo), 0, 0, 0.0)
     if todo:
         own = client is None
-        cluster = local_cluster(workers or 2) if own else None
+        cluster = (local_cluster(gpus=devices) if gpus is not None else local_cluster(workers or 2)) if own else None
         client = Client(cluster) if own else client
         if own and progress is True and cluster.dashboard_link:
             import sys
@@ -460,6 +570,7 @@ def run_sweep(
                     key=f"cell-{i}-{run_id}",
                     pure=False,
                     retries=1,
+                    resources={GPU: 1} if gpus is not None else None,
                 ): (cell, str(i))
                 for i, cell in enumerate(todo)
             }

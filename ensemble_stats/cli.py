@@ -104,9 +104,16 @@ def info(store, verify, clean, as_json):
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler to join instead.")
 @click.option("--scheduler-file", type=click.Path(), default=None, help="Scheduler file of an existing cluster.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Override the config's device.")
+@click.option(
+    "--gpus",
+    default=None,
+    metavar="all|N",
+    help="Train on GPUs, one cell per GPU at a time: 'all' or the first N visible (one worker each; with "
+    "--scheduler, workers that offer the resource GPU=1).",
+)
 @click.option("--repair", is_flag=True, help="Verify the store first and retrain every cell with damaged records.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config, store, workers, scheduler, scheduler_file, device, repair, no_progress):
+def run(config, store, workers, scheduler, scheduler_file, device, gpus, repair, no_progress):
     """Run or resume the sweep described by CONFIG (TOML) into STORE."""
     from collectors import run_sweep  # lazy: only run/demo need torch
 
@@ -114,12 +121,17 @@ def run(config, store, workers, scheduler, scheduler_file, device, repair, no_pr
 
     if workers and (scheduler or scheduler_file):
         raise ValidationError("give either --workers (a local cluster) or --scheduler (an existing one), not both.")
+    if gpus is not None and gpus != "all":
+        if not gpus.isdigit() or int(gpus) < 1:
+            raise ValidationError(f"--gpus {gpus}: give 'all' or a number of GPUs >= 1.")
+        gpus = int(gpus)
     with _terminate_cleanly():
         client = _client(scheduler, scheduler_file)
         try:
             rep = run_sweep(
-                config, store, client, workers=workers, device=device, progress=not no_progress, repair=repair
-            )
+                config, store, client, workers=workers, device=device, progress=not no_progress, repair=repair,
+                gpus=gpus,
+            )  # fmt: skip
         finally:
             if client is not None:
                 client.close()
