@@ -7,7 +7,8 @@ float32 matmul peak measured before, in every round and after (percentages use t
 - shallow: S = 32, N = 1024, d = 64, batch 32, 500 steps;
 - deep: 3 hidden layers of 256, S = 32, d = 64, batch 32, 200 steps (both: the block trainer's hand-written step,
   ``collectors/_fused.py``);
-- the block trainer's scaling table over S in {8, 64, 512} x N in {256, 1024, 4096} (steps scaled to equal work).
+- the block trainer's scaling table over S in {8, 64, 512} x N in {256, 1024, 4096} (steps scaled to equal work):
+  seconds per step from the difference of two step counts, and the fixed cost of a block (init, records, writes).
 
 Beside each comparison, a bound: the kernels no SGD step of the net can skip (every GEMM, the readout's two
 products, one sigmoid pass and one backward pass per hidden activation), each timed alone at the trainer's
@@ -250,17 +251,27 @@ def main() -> None:
         if not args.no_table:
             small = teacher(kind="mlp", d=D, n_train=BATCH * 8, n_test=64, seed=0)  # cheap records at large S x N
             print(
-                "block trainer scaling (steps for about 2e10 matmul FLOPs per cell; the time of the same block's records subtracted):"
+                "block trainer scaling (steps for about 2e10 matmul FLOP per cell; seconds per step from two runs of "
+                "the same block, k and k/10 steps, best of 2 each: their difference holds no fixed cost; fixed: "
+                "the rest of the shorter run, i.e. initialisation, the records and the writes):"
             )
-            print(f"  {'S':>5} {'N':>6} {'steps':>6} {'s':>7} {'GFLOP/s':>8} {'% peak':>7}")
+            print(
+                f"  {'S':>5} {'N':>6} {'steps':>6} {'s':>7} {'ms/step':>8} {'GFLOP/s':>8} {'% peak':>7} {'fixed s':>8}"
+            )
             for S in (8, 64, 512):
                 for N in (256, 1024, 4096):
                     per_step = step_flops((N,)) * S
                     steps = max(20, min(500, int(2e10 / per_step)))
-                    # training alone: the same block without steps (its initial evaluation and one record) subtracted
-                    t = block_trainer(small, S, (N,), steps, dev, root) - block_trainer(small, S, (N,), 0, dev, root)
+                    short = steps // 10
+                    run = lambda k, S=S, N=N: min(block_trainer(small, S, (N,), k, dev, root) for _ in range(2))  # noqa: E731
+                    t_long, t_short = run(steps), run(short)
+                    step_s = max(t_long - t_short, 1e-9) / (steps - short)
+                    t = step_s * steps
                     f = per_step * steps
-                    print(f"  {S:>5} {N:>6} {steps:>6} {t:>7.2f} {f / t / 1e9:>8.1f} {100 * f / t / peak:>6.1f}%")
+                    print(
+                        f"  {S:>5} {N:>6} {steps:>6} {t:>7.2f} {1e3 * step_s:>8.3f} {f / t / 1e9:>8.1f} "
+                        f"{100 * f / t / peak:>6.1f}% {t_short - short * step_s:>8.2f}"
+                    )
         peak2 = matmul_peak(dev)
         print(f"matmul peak again at the end: {peak2 / 1e9:.1f} GFLOP/s")
 

@@ -387,7 +387,7 @@ def test_records_evaluate_in_chunks_of_points_with_the_same_result(tmp_path, mon
 
     data = teacher(kind="mlp", d=3, n_train=40, n_test=7)
     out = []
-    for limit in (1 << 25, 16):  # 16 elements: one point per pass
+    for limit in (1 << 25, 16):  # 16 elements: as many points per pass as the block's 64 parameters allow, 4
         monkeypatch.setattr(trainer, "EVAL_ELEMENTS", limit)
         st = EnsembleStore.create(
             tmp_path / f"c{limit}.zarr", data.grid, gammas=[0.5], widths=[8], seeds=[0, 1], times=[0, 3],
