@@ -24,12 +24,15 @@ def _circle(n: int, phase: float = 0.0) -> np.ndarray:
     return np.stack([np.cos(a), np.sin(a)], axis=1)
 
 
-def collapse_store(path, *, scale: dict[float, float], widths=(64, 256), seeds: int = 64, times=(0.0, 0.5, 1.0)):
-    """A shallow kernel-limit store whose seed variance is exactly ``scale[gamma]**2`` times the limit's.
+def collapse_store(
+    path, *, scale: dict[float, float], widths=(64, 256, 1024), seeds: int = 256, times=(0.0, 0.5, 1.0), excess=0.0
+):
+    """A shallow kernel-limit store whose seed variance is exactly ``scale[gamma]**2`` times the limit's, times
+    ``1 + excess N^(2 gamma - 2)`` (the theory's order of the relative correction).
 
     Each width's predictions are h_t + N^(1/2 - gamma) sqrt(Var K_t) c z with z standardized over the seeds at
-    every grid point (sample mean 0, variance 1): the collapse ratio N^(2 gamma - 1) Var / Var K_t is c^2 at
-    every t, exactly, and its interval is that of a seed variance from ``seeds`` draws.
+    every grid point (sample mean 0, variance 1): the collapse ratio N^(2 gamma - 1) Var / Var K_t is c^2 (times
+    the correction) at every t, exactly, and its interval is that of a seed variance from ``seeds`` draws.
     """
     x_train, y_train = _circle(8), np.sin(3 * np.arange(8.0))[:, None]
     grid = EvalGrid(_circle(5, 0.3), np.zeros((5, 1)))
@@ -44,7 +47,7 @@ def collapse_store(path, *, scale: dict[float, float], widths=(64, 256), seeds: 
         for wi, n in enumerate(widths):
             z = rng.normal(size=(seeds, grid.n_points))
             z = (z - z.mean(0)) / z.std(0, ddof=1)
-            sd = n ** (0.5 - g) * np.sqrt(lim.var_k.values) * scale[g]  # (time, point)
+            sd = n ** (0.5 - g) * np.sqrt(lim.var_k.values * (1 + excess * n ** (2 * g - 2))) * scale[g]
             pred = lim.h.values[None] + sd[None, :, :, None] * z[:, None, :, None]  # (seed, time, point, output)
             steps = [round(t * n) for t in times]
             store.write_records((gi, wi, slice(0, seeds)), list(range(len(times))), pred, steps)
@@ -118,25 +121,31 @@ def lazy_store(path, *, drift: dict[float, float], displacement: dict[float, flo
     return store.path
 
 
-def conditioning_stores(folder, *, accuracy: dict[tuple[str, int], float], seeds: int = 8) -> dict[str, object]:
+def conditioning_stores(
+    folder, *, accuracy: dict[tuple[str, int], float | dict[float, float]], seeds: int = 8
+) -> dict[str, object]:
     """One store per (activation, depth), named as the conditioning study names them, whose runs end at the
-    given training accuracy (seed noise sd 0.005) and at training loss 0.1 (1 - accuracy)."""
+    given training accuracy (seed noise sd 0.005) and at training loss 0.1 (1 - accuracy); a dict of
+    ``{alpha: accuracy}`` makes a store over that alpha grid."""
     x_train = _circle(8)
     grid = EvalGrid(_circle(5, 0.3), np.eye(2)[np.arange(5) % 2])
     rng = np.random.default_rng(2)
     out = {}
     for (act, L), acc in accuracy.items():
         name = f"{act}-L{L}"
+        by_alpha = acc if isinstance(acc, dict) else {None: acc}
+        extra = {"extra_dims": {"alpha": sorted(by_alpha)}} if isinstance(acc, dict) else {}
         store = EnsembleStore.create(
             f"{folder}/{name}.zarr", grid, gammas=[0.5], widths=[128], seeds=list(range(seeds)), times=[0.0, 1.0],
-            dtype="float64", train=(x_train, np.eye(2)[np.arange(8) % 2]), seed_chunk=seeds,
+            dtype="float64", train=(x_train, np.eye(2)[np.arange(8) % 2]), seed_chunk=seeds, **extra,
         )  # fmt: skip
-        final = acc + 0.005 * rng.normal(size=seeds)
-        store.write_records(
-            (0, 0, slice(0, seeds)), [0, 1], np.zeros((seeds, 2, 5, 2)), [0, 128],
-            scalars={"train_accuracy": np.stack([np.full(seeds, 0.5), final], 1),
-                     "train_loss": np.stack([np.full(seeds, 0.5), 0.1 * (1 - final)], 1)},
-        )  # fmt: skip
+        for ai, a in enumerate(sorted(by_alpha) if extra else [None]):
+            final = by_alpha[a] + 0.005 * rng.normal(size=seeds)
+            store.write_records(
+                (0, 0, slice(0, seeds), *([ai] if extra else [])), [0, 1], np.zeros((seeds, 2, 5, 2)), [0, 128],
+                scalars={"train_accuracy": np.stack([np.full(seeds, 0.5), final], 1),
+                         "train_loss": np.stack([np.full(seeds, 0.5), 0.1 * (1 - final)], 1)},
+            )  # fmt: skip
         out[name] = store.path
     return out
 
@@ -261,3 +270,36 @@ def anchor_stores(folder, *, configs: dict[str, dict[float, tuple[float, float, 
             )  # fmt: skip
         out[name] = store.path
     return out
+
+
+def rates_store(path, *, accuracy, edge: dict, widths=(32,), gammas=(0.5, 0.75, 1.0), alphas=(1.0, 2.0, 4.0), seeds=8):
+    """A (gamma, alpha) map of the rates study: runs at alpha <= ``edge[gamma]`` end at test accuracy
+    ``accuracy(gamma, alpha)`` (standardized seed noise, sd 0.005), their training accuracy plateaued over the last
+    half of training; above the edge one seed diverges (non-finite outputs at the last record)."""
+    import json
+
+    rng = np.random.default_rng(11)
+    times = [0.0, 1.0, 2.0, 3.0, 4.0]
+    grid = EvalGrid(rng.normal(size=(6, 3)), np.eye(2)[np.arange(6) % 2])
+    config = {"model": {"init": "paper", "bias": True}, "data": {"name": "digits"}, "optimizer": {}}
+    store = EnsembleStore.create(
+        path, grid, gammas=list(gammas), widths=list(widths), seeds=list(range(seeds)), times=times,
+        time_units="epoch", dtype="float64", seed_chunk=seeds, config=json.dumps(config),
+        extra_dims={"alpha": list(alphas)},
+    )  # fmt: skip
+    train = np.broadcast_to([0.5, 0.9, 0.99, 0.99, 0.99], (seeds, 5))
+    for wi, _ in enumerate(widths):
+        for gi, g in enumerate(gammas):
+            for ai, a in enumerate(alphas):
+                z = rng.normal(size=seeds)
+                z = (z - z.mean()) / z.std(ddof=1)
+                acc = np.linspace(0.5, 1.0, 5)[None, :] * 0 + accuracy(g, a) + 0.005 * z[:, None]
+                acc[:, 0] = 0.5
+                pred = rng.normal(size=(seeds, 5, 6, 2))
+                if a > edge[g]:
+                    pred[0, -1] = np.nan
+                store.write_records(
+                    (gi, wi, slice(0, seeds), ai), list(range(5)), pred, [0, 10, 20, 30, 40],
+                    scalars={"accuracy": acc, "train_accuracy": train},
+                )  # fmt: skip
+    return store.path

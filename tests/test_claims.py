@@ -25,8 +25,35 @@ def test_collapse(tmp_path, scale, outcome):
     assert claim.verdict.cases == 2 and claim.figures == ()  # no figdir: nothing drawn
     expected = np.array([scale[g] ** 2 for g in (0.75, 0.875)])
     np.testing.assert_allclose(claim.cases.ratio.values, expected, rtol=1e-9)  # the truth put in
+    np.testing.assert_allclose(claim.cases.limit.values, expected, rtol=1e-9)  # no correction: the same limit
     assert claim.cases.holds.values.tolist() == [s == 1.0 for s in (scale[0.75], scale[0.875])]
     assert len(claim.rows) == 2 and len(claim.rows[0]) == len(claim.columns)
+
+
+def test_collapse_extrapolates_the_predicted_correction_and_leaves_gamma_one_untested(tmp_path):
+    """A ratio 1 + 3 N^(2 gamma - 2): off 1 at every width (at gamma = 7/8 the widest N's interval excludes it),
+    yet its limit is 1; at gamma = 1 the correction does not vanish and the gamma is not tested."""
+    scale = {0.75: 1.0, 0.875: 1.0, 1.0: 1.0}
+    path = _claim_stores.collapse_store(tmp_path / "c.zarr", scale=scale, widths=(64, 256, 1024, 4096), excess=3.0)
+    (claim,) = es.claims.collapse.claims({"default": path}, {})
+    at = claim.cases.sel(case=0.875)
+    assert float(at.ratio_lo) > 1.2  # the widest width alone would reject the collapse
+    assert float(at.limit_lo) < 1 < float(at.limit_hi) and float(at.limit_hi) - float(at.limit_lo) < 0.4
+    assert claim.verdict.outcome == "holds" and claim.verdict.cases == 2 and claim.verdict.not_tested == 1
+    assert np.isnan(float(claim.cases.holds.sel(case=1.0))) and "no limit" in claim.rows[-1][4]
+
+
+def test_collapse_limit_is_a_weighted_fit_of_the_log_ratio():
+    widths = np.array([64, 256, 1024])
+    truth = 1.3 + 0.8 * widths**-0.5  # exactly the first-order law
+    se = np.array([0.1, 0.05, 0.02])
+    fit = es.claims.collapse.extrapolate(truth, truth - 1.96 * se, truth + 1.96 * se, widths, -0.5)
+    assert fit["limit"] == pytest.approx(1.3) and fit["a"] == pytest.approx(0.8) and fit["chi2"] < 1e-20
+    # the intercept's standard error is the weighted least-squares one, (X' W X)^-1 at [0, 0]
+    X = np.stack([np.ones(3), widths**-0.5], 1)
+    want = 1.959964 * np.sqrt(np.linalg.inv(X.T @ (X / se[:, None] ** 2))[0, 0])
+    assert fit["dof"] == 1 and fit["limit_hi"] - 1.3 == pytest.approx(want, rel=1e-4)
+    assert np.isnan(es.claims.collapse.extrapolate(truth, truth - se, truth + se, widths, 0.0)["limit"])
 
 
 def test_collapse_draws_its_figure_and_writes_the_documents_markdown(tmp_path):
@@ -34,7 +61,7 @@ def test_collapse_draws_its_figure_and_writes_the_documents_markdown(tmp_path):
     claims = es.claims.collapse.claims({"default": path}, {"figdir": tmp_path})
     assert claims[0].figures == (("collapse", "collapse.png"),) and (tmp_path / "collapse.png").stat().st_size > 0
     text = es.claims.to_markdown(claims, figure_dir="experiments/")
-    assert text[0].startswith("**Verdict: does the ratio collapse to 1 for every gamma?** **holds**: at N = 256")
+    assert text[0].startswith("**Verdict: does the ratio collapse to 1 for every gamma?** **holds**: extrapolated")
     assert text[-1] == "![collapse](experiments/collapse.png)"
     assert text[2].startswith("| gamma | N = 64, t = 1 |") and "| 0.75 | 1.000 [" in text[2]
 
@@ -280,3 +307,46 @@ def test_anchor_never_chooses_a_configuration_with_a_diverged_run(tmp_path):
     (chosen,) = es.claims.anchor.claims(stores, {})
     assert list(chosen.cases.alpha.values) == [1.0] and chosen.verdict.outcome == "holds"
     assert chosen.rows[1][-1] == "1"  # the diverged run is counted in the table
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "outcome"),
+    [
+        (lambda g, a: 0.9 - 0.05 * g + 0.01 * a, "does not hold"),  # tuned accuracy falls towards gamma = 1
+        (lambda g, a: 0.7 + 0.2 * g + 0.001 * a, "holds"),  # ... or rises
+    ],
+)
+def test_rates_finds_each_gammas_stable_edge_and_judges_the_tuned_rates(tmp_path, accuracy, outcome):
+    edge = {0.5: 4.0, 0.75: 2.0, 1.0: 1.0}  # gamma = 1 diverges from alpha = 2, gamma = 3/4 from 4
+    path = _claim_stores.rates_store(tmp_path / "r.zarr", accuracy=accuracy, edge=edge)
+    equal, tuned, table = es.claims.rates.claims({"digits-alpha-map": path}, {})
+    assert tuned.verdict.outcome == outcome and tuned.verdict.cases == 1
+    np.testing.assert_array_equal(table.cases.edge.values, [4.0, 2.0, 1.0])
+    # the best stable alpha is each gamma's edge here (accuracy grows with alpha), its accuracy the truth
+    np.testing.assert_array_equal(table.cases.best_alpha.values, [4.0, 2.0, 1.0])
+    want = [accuracy(g, edge[g]) for g in (0.5, 0.75, 1.0)]
+    np.testing.assert_allclose(table.cases.accuracy.values, want, atol=1e-6)
+    assert (table.cases.lo.values < want).all() and (table.cases.hi.values > want).all()
+    assert "diverges from 2" in table.rows[2][3] and "grid's top" in table.rows[0][3]
+    assert equal.verdict.cases == 1  # only alpha = 1 has every gamma stable and plateaued
+
+
+def test_conditioning_tunes_alpha_per_net_and_tests_only_nets_that_trained(tmp_path):
+    accuracy = {
+        ("relu", 2): {10.0: 0.70, 100.0: 0.80},  # tuned: alpha = 100
+        ("normalized_relu", 2): {10.0: 0.95, 100.0: 0.60},  # tuned: alpha = 10
+        ("relu", 8): {10.0: 0.20, 100.0: 0.30},  # never trains: the depth is not tested
+        ("normalized_relu", 8): {10.0: 0.90, 100.0: 0.20},
+    }
+    stores = _claim_stores.conditioning_stores(tmp_path, accuracy=accuracy)
+    x = np.random.default_rng(0).normal(size=(12, 4))
+    _, training = es.claims.conditioning.claims(
+        stores, {"kernel_x": x, "kernel_depths": [1, 4], "learned_accuracy": 0.5}
+    )
+    assert training.verdict.outcome == "holds" and training.verdict.cases == 1 and training.verdict.not_tested == 1
+    assert float(training.cases.train_accuracy.sel(activation="normalized_relu", layers=2)) == pytest.approx(
+        0.95, abs=0.01
+    )
+    alphas = {(r[0], r[1]): r[2] for r in training.rows}
+    assert alphas[("relu", "2")] == "100" and alphas[("normalized_relu", "2")] == "10"
+    assert "not tested" in training.summary and "10, 100" in training.notes

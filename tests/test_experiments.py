@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "examples" / "experiments" / "run.py"
 
 
-STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult", "anchor")
+STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult", "anchor", "rates")
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ studies' documents do. Torch-free; matplotlib is imported only when a figure is 
 
 >>> import ensemble_stats as es
 >>> sorted(es.claims.STUDIES)
-['anchor', 'catapult', 'clt', 'collapse', 'conditioning', 'deep', 'expansion', 'lazy', 'shallow']
+['anchor', 'catapult', 'clt', 'collapse', 'conditioning', 'deep', 'expansion', 'lazy', 'rates', 'shallow']
 
 ``es.claims.collapse.claims({"default": "my.zarr"}, {})`` decides the collapse claim on ``my.zarr``.
 """
 
-from . import anchor, catapult, clt, collapse, conditioning, deep, expansion, lazy, shallow
+from . import anchor, catapult, clt, collapse, conditioning, deep, expansion, lazy, rates, shallow
 from ._claim import Claim, to_markdown
 
 STUDIES = {
@@ -25,6 +25,7 @@ STUDIES = {
     "deep": deep,
     "expansion": expansion,
     "lazy": lazy,
+    "rates": rates,
     "shallow": shallow,
 }
 """Study name -> its module (each with ``claims(stores, opts)``)."""
@@ -40,5 +41,6 @@ __all__ = [
     "deep",
     "expansion",
     "lazy",
+    "rates",
     "to_markdown",
 ]

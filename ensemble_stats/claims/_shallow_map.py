@@ -33,6 +33,24 @@ def _alpha_map(parts: list[xr.Dataset]) -> xr.Dataset:
     return out.sortby(schema.ALPHA).transpose(schema.ALPHA, ...)
 
 
+def at_plateau(ds: xr.Dataset, tol: float, window: float):
+    """Each (alpha, gamma, width) run group of a map where its training accuracy has plateaued.
+
+    Returns
+    -------
+    (plateau, ok, acc, last) : :func:`ensemble_stats.plateau` of the training accuracy; whether the group plateaued
+    and no seed diverged; the test accuracy (seed, ...) at the group's own plateau epoch (the last epoch where none);
+    the seed-mean test accuracy at the last epoch, NaN where a seed diverged
+    """
+    alive = (ds.diverged_step < 0).all(schema.SEED)  # no seed diverged
+    pl = plateau(ds.train_accuracy, tol=tol, window=window).compute()
+    t_pl = pl.plateau_time.fillna(float(ds.time[-1]))
+    acc = ds.accuracy.sel(time=t_pl)  # each (alpha, gamma, width) at its own plateau epoch
+    last = ds.accuracy.isel(time=-1).mean(schema.SEED).where(alive)
+    last.attrs["long_name"] = "test accuracy, last epoch"
+    return pl, pl.reached & alive, acc, last
+
+
 def map_claims(base: Mapping[str, object], maps: Mapping[str, object], opts: Mapping) -> list[Claim]:
     """Decide the map claims: test accuracy where each run's training accuracy has plateaued, and the variance."""
     tol, window = float(opts.get("plateau_tol", 0.01)), float(opts.get("plateau_window", 0.2))
@@ -45,17 +63,12 @@ def map_claims(base: Mapping[str, object], maps: Mapping[str, object], opts: Map
         ds = _alpha_map([open_ensemble(p).load() for p in parts if p is not None])
         spe = int(ds.step.max()) / float(ds.time[-1])  # optimizer steps per epoch
         data = sweep_config(ds)["data"]["name"]
-        alive = (ds.diverged_step < 0).all(schema.SEED)  # no seed diverged
-        pl = plateau(ds.train_accuracy, tol=tol, window=window).compute()
-        ok = pl.reached & alive
+        pl, ok, acc, last = at_plateau(ds, tol, window)
         t_pl = pl.plateau_time.fillna(float(ds.time[-1]))
-        acc = ds.accuracy.sel(time=t_pl)  # each (alpha, gamma, width) at its own plateau epoch
         acc_mean = acc.mean(schema.SEED).where(ok)
         acc_mean.attrs["long_name"] = "test accuracy at the plateau"
         var = bias_variance(ds).variance.isel(time=-1).compute()
         var.attrs["long_name"] = "seed variance, last epoch"
-        last = ds.accuracy.isel(time=-1).mean(schema.SEED).where(alive)
-        last.attrs["long_name"] = "test accuracy, last epoch"
         if opts.get("figdir"):
             fig = _maps_figure([last, acc_mean, var], f"{name} (blank: no plateau / diverged)")
             figs.append((f"{name} map", save_figure(fig, opts, f"shallow-{name}.png")))

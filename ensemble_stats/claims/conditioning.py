@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from .. import theory
+from .. import schema, theory
 from .._assess import interval, verdict
 from .._stats import seed_mean
 from ..store import open_ensemble
@@ -27,10 +27,12 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
 
     Parameters
     ----------
-    stores : ``{"<activation>-L<depth>": path}``
+    stores : ``{"<activation>-L<depth>": path}``, each one gamma and one width, with or without an ``alpha`` grid
+        (with one, each net is judged at the alpha of its best final training accuracy)
     opts : ``kernel_x`` (inputs (n, d) of the Gram matrices; default the first store's grid inputs),
         ``kernel_depths`` (default [1, 2, 4, 8, 16]), ``kernel_activations`` (default relu, normalized_relu,
-        tanh, erf), ``figdir``
+        tanh, erf), ``learned_accuracy`` (default 0.5: a depth is tested only where both nets compared reach this
+        final training accuracy), ``figdir``
 
     Returns
     -------
@@ -41,13 +43,19 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
     depths = [int(d) for d in opts.get("kernel_depths", [1, 2, 4, 8, 16])]
     acts = list(opts.get("kernel_activations", ["relu", "normalized_relu", "tanh", "erf"]))
     cond = {a: list(theory.kernel_condition_number(x, activation=a, depth=depths)) for a in acts}
-    loss_end, start, acc_end, div, zero_loss = {}, {}, {}, {}, None
+    floor = float(opts.get("learned_accuracy", 0.5))
+    loss_end, start, acc_end, div, zero_loss, alpha, grid = {}, {}, {}, {}, None, {}, set()
     for name, path in stores.items():
         ds = open_ensemble(path).load().isel(gamma=0, width=0)
-        if zero_loss is None:  # the loss of the predictor that outputs 0: what a collapsed net reaches
-            zero_loss = 0.5 * float(np.mean(np.square(ds.y_train))) if "y_train" in ds else np.nan
         act, _, L = name.rpartition("-L")
         key = (act, int(L))
+        if schema.ALPHA in ds.dims:  # tuned: the alpha of the best final training accuracy (seed mean)
+            best = int(ds.train_accuracy.isel(time=-1).mean(schema.SEED).fillna(-1).argmax(schema.ALPHA))
+            alpha[key] = float(ds[schema.ALPHA][best])
+            grid |= {float(a) for a in ds[schema.ALPHA].values}
+            ds = ds.isel({schema.ALPHA: best})
+        if zero_loss is None:  # the loss of the predictor that outputs 0: what a collapsed net reaches
+            zero_loss = 0.5 * float(np.mean(np.square(ds.y_train))) if "y_train" in ds else np.nan
         loss_end[key] = seed_mean(ds.train_loss.isel(time=-1))
         acc_end[key] = seed_mean(ds.train_accuracy.isel(time=-1))
         start[key] = float(ds.train_loss.isel(time=0).median())
@@ -57,26 +65,36 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
         for L in sorted(L for act, L in loss_end if act == a):
             q, r = loss_end[(a, L)], acc_end[(a, L)]
             rows.append(
-                (a, str(L), f"{start[(a, L)]:.4f}", interval(q["mean"], q.mean_lo, q.mean_hi, 4),
-                 interval(r["mean"], r.mean_lo, r.mean_hi), str(div[(a, L)]))
+                (a, str(L), *([f"{alpha[(a, L)]:g}"] if alpha else []), f"{start[(a, L)]:.4f}",
+                 interval(q["mean"], q.mean_lo, q.mean_hi, 4), interval(r["mean"], r.mean_lo, r.mean_hi),
+                 str(div[(a, L)]))
             )  # fmt: skip
     kernel_ok = cond["normalized_relu"][-1] < cond["relu"][-1] if {"relu", "normalized_relu"} <= set(cond) else None
     # "trains better" is read off training accuracy: a collapsed net reaches the zero predictor's low MSE
     # with chance accuracy, so a lower loss alone would reward collapse
+    # a comparison is about nets that trained: where either side's final training accuracy is below the floor,
+    # its premise is not reached and the depth is not tested
+    untrained = lambda *nets: any(float(q["mean"]) < floor for q in nets)  # noqa: E731
     better, depth_rows, layers = [], [], sorted(_depths(acc_end, "relu") & _depths(acc_end, "normalized_relu"))
+    short = []
     for L in layers:
         n, r = acc_end[("normalized_relu", L)], acc_end[("relu", L)]
         better.append(bool(n.mean_lo > r.mean_hi))
+        short.append(untrained(n, r))
         depth_rows.append(
-            f"L = {L}: {float(n['mean']):.3f} vs {float(r['mean']):.3f} ({'yes' if better[-1] else 'no'})"
+            f"L = {L}: {float(n['mean']):.3f} vs {float(r['mean']):.3f} "
+            f"({'not tested' if short[-1] else 'yes' if better[-1] else 'no'})"
         )
-    bn_rows, bn_cases = [], []  # the paper's comparison: normalized ReLU against ReLU with BatchNorm
+    bn_rows, bn_cases, bn_short = [], [], []  # the paper's comparison: normalized ReLU against ReLU with BatchNorm
     bn_layers = sorted(_depths(acc_end, "relu_batchnorm") & _depths(acc_end, "normalized_relu"))
     for L in bn_layers:
         n, b = acc_end[("normalized_relu", L)], acc_end[("relu_batchnorm", L)]
         bn_cases.append(bool(n.mean_hi >= b.mean_lo))  # normalized ReLU at least as good: intervals not below
-        bn_rows.append(f"L = {L}: {float(n['mean']):.3f} vs {float(b['mean']):.3f}")
-    k, t = verdict(kernel_ok), verdict(better)
+        bn_short.append(untrained(n, b))
+        bn_rows.append(
+            f"L = {L}: {float(n['mean']):.3f} vs {float(b['mean']):.3f}{' (not tested)' if bn_short[-1] else ''}"
+        )
+    k, t = verdict(kernel_ok), verdict(better, not_tested=short)
     nan = [np.nan]
     cond_da = xr.DataArray(
         [cond[a] for a in acts], dims=("activation", "depth"), coords={"activation": acts, "depth": depths}
@@ -90,12 +108,20 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
     )
     notes = (
         f"For scale: a net that outputs 0 everywhere has training loss {zero_loss:.4f}; a loss near it with chance "
-        "accuracy is a collapsed net, not a trained one."
+        f"accuracy is a collapsed net, not a trained one. A depth is tested only where both nets compared reach a "
+        f"final training accuracy of {floor:g}"
+        + (
+            "; each net at the alpha of its best final training accuracy (seed mean) on the grid "
+            f"{', '.join(f'{a:g}' for a in sorted(grid))}."
+            if alpha
+            else "."
+        )
     )
     table = {
         "columns": (
             "activation",
             "hidden layers",
+            *(["alpha (tuned)"] if alpha else []),
             "training loss at t = 0 (median)",
             "training loss after the budget, 95% CI",
             "training accuracy after the budget, 95% CI",
@@ -122,7 +148,7 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
             "Verdict (training)",
             "does normalized ReLU train better at depth?",
             t,
-            f"its training accuracy's 95% CI lies above plain ReLU's at {t.agree} of {t.cases} depths ("
+            f"its training accuracy's 95% CI lies above plain ReLU's at {t.agree} of {t.cases} tested depths ("
             + "; ".join(depth_rows)
             + "). A diverged seed is left out and counted.",
             cases=trained.sel(layers=layers) if layers else xr.Dataset(),
@@ -130,13 +156,13 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
         ),
     ]
     if bn_cases:
-        b = verdict(bn_cases)
+        b = verdict(bn_cases, not_tested=bn_short)
         out.append(
             Claim(
                 "",
                 "Does normalized ReLU train as well as ReLU with BatchNorm?",
                 b,
-                f"its training accuracy's 95% CI reaches BatchNorm's at {b.agree} of {len(bn_cases)} depths ("
+                f"its training accuracy's 95% CI reaches BatchNorm's at {b.agree} of {b.cases} tested depths ("
                 + "; ".join(bn_rows)
                 + ", normalized ReLU vs BatchNorm).",
                 cases=trained.sel(layers=bn_layers),

@@ -25,7 +25,7 @@ import ensemble_stats as es
 from collectors import Architecture, digits, learning_rates, load_study, run_sweep
 
 HERE = Path(__file__).resolve().parent
-STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult", "anchor")
+STUDIES = ("shallow", "deep", "clt", "conditioning", "collapse", "expansion", "lazy", "catapult", "anchor", "rates")
 SCALES = ("smoke", "default", "full")
 
 
@@ -58,6 +58,7 @@ ANALYSES = {
     "lazy": _claims("lazy"),
     "catapult": _claims("catapult"),
     "anchor": _claims("anchor"),
+    "rates": _claims("rates"),
 }
 
 
