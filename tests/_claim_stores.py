@@ -122,11 +122,16 @@ def lazy_store(path, *, drift: dict[float, float], displacement: dict[float, flo
 
 
 def conditioning_stores(
-    folder, *, accuracy: dict[tuple[str, int], float | dict[float, float]], seeds: int = 8
+    folder,
+    *,
+    accuracy: dict[tuple[str, int], float | dict[float, float]],
+    seeds: int = 8,
+    diverged: dict[tuple[str, int, float], int] | None = None,
 ) -> dict[str, object]:
     """One store per (activation, depth), named as the conditioning study names them, whose runs end at the
     given training accuracy (seed noise sd 0.005) and at training loss 0.1 (1 - accuracy); a dict of
-    ``{alpha: accuracy}`` makes a store over that alpha grid."""
+    ``{alpha: accuracy}`` makes a store over that alpha grid, and ``diverged[(activation, depth, alpha)] = k``
+    makes its first k seeds diverge at the last record (non-finite outputs)."""
     x_train = _circle(8)
     grid = EvalGrid(_circle(5, 0.3), np.eye(2)[np.arange(5) % 2])
     rng = np.random.default_rng(2)
@@ -141,8 +146,10 @@ def conditioning_stores(
         )  # fmt: skip
         for ai, a in enumerate(sorted(by_alpha) if extra else [None]):
             final = by_alpha[a] + 0.005 * rng.normal(size=seeds)
+            pred = np.zeros((seeds, 2, 5, 2))
+            pred[: (diverged or {}).get((act, L, a), 0), 1] = np.nan
             store.write_records(
-                (0, 0, slice(0, seeds), *([ai] if extra else [])), [0, 1], np.zeros((seeds, 2, 5, 2)), [0, 128],
+                (0, 0, slice(0, seeds), *([ai] if extra else [])), [0, 1], pred, [0, 128],
                 scalars={"train_accuracy": np.stack([np.full(seeds, 0.5), final], 1),
                          "train_loss": np.stack([np.full(seeds, 0.5), 0.1 * (1 - final)], 1)},
             )  # fmt: skip
@@ -272,10 +279,14 @@ def anchor_stores(folder, *, configs: dict[str, dict[float, tuple[float, float, 
     return out
 
 
-def rates_store(path, *, accuracy, edge: dict, widths=(32,), gammas=(0.5, 0.75, 1.0), alphas=(1.0, 2.0, 4.0), seeds=8):
+def rates_store(
+    path, *, accuracy, edge: dict, widths=(32,), gammas=(0.5, 0.75, 1.0), alphas=(1.0, 2.0, 4.0), seeds=8,
+    plateaued: bool = True,
+):  # fmt: skip
     """A (gamma, alpha) map of the rates study: runs at alpha <= ``edge[gamma]`` end at test accuracy
     ``accuracy(gamma, alpha)`` (standardized seed noise, sd 0.005), their training accuracy plateaued over the last
-    half of training; above the edge one seed diverges (non-finite outputs at the last record)."""
+    half of training (``plateaued=False``: still rising by 0.1 an epoch); above the edge one seed diverges
+    (non-finite outputs at the last record)."""
     import json
 
     rng = np.random.default_rng(11)
@@ -287,7 +298,7 @@ def rates_store(path, *, accuracy, edge: dict, widths=(32,), gammas=(0.5, 0.75, 
         time_units="epoch", dtype="float64", seed_chunk=seeds, config=json.dumps(config),
         extra_dims={"alpha": list(alphas)},
     )  # fmt: skip
-    train = np.broadcast_to([0.5, 0.9, 0.99, 0.99, 0.99], (seeds, 5))
+    train = np.broadcast_to([0.5, 0.9, 0.99, 0.99, 0.99] if plateaued else [0.5, 0.6, 0.7, 0.8, 0.9], (seeds, 5))
     for wi, _ in enumerate(widths):
         for gi, g in enumerate(gammas):
             for ai, a in enumerate(alphas):

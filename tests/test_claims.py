@@ -319,8 +319,9 @@ def test_anchor_never_chooses_a_configuration_with_a_diverged_run(tmp_path):
 def test_rates_finds_each_gammas_stable_edge_and_judges_the_tuned_rates(tmp_path, accuracy, outcome):
     edge = {0.5: 4.0, 0.75: 2.0, 1.0: 1.0}  # gamma = 1 diverges from alpha = 2, gamma = 3/4 from 4
     path = _claim_stores.rates_store(tmp_path / "r.zarr", accuracy=accuracy, edge=edge)
-    equal, tuned, table = es.claims.rates.claims({"digits-alpha-map": path}, {})
+    equal, tuned, at_budget, table = es.claims.rates.claims({"digits-alpha-map": path}, {})
     assert tuned.verdict.outcome == outcome and tuned.verdict.cases == 1
+    assert at_budget.verdict.outcome == outcome and at_budget.rows[0][2] == "4 / 2 / 1"
     np.testing.assert_array_equal(table.cases.edge.values, [4.0, 2.0, 1.0])
     # the best stable alpha is each gamma's edge here (accuracy grows with alpha), its accuracy the truth
     np.testing.assert_array_equal(table.cases.best_alpha.values, [4.0, 2.0, 1.0])
@@ -331,22 +332,38 @@ def test_rates_finds_each_gammas_stable_edge_and_judges_the_tuned_rates(tmp_path
     assert equal.verdict.cases == 1  # only alpha = 1 has every gamma stable and plateaued
 
 
+def test_rates_judges_the_fixed_budget_where_training_has_not_plateaued(tmp_path):
+    edge = {0.5: 4.0, 0.75: 2.0, 1.0: 1.0}
+    falls = lambda g, a: 0.9 - 0.3 * g + 0.01 * a  # noqa: E731
+    path = _claim_stores.rates_store(tmp_path / "r.zarr", accuracy=falls, edge=edge, plateaued=False)
+    _, tuned, at_budget, _ = es.claims.rates.claims({"digits-alpha-map": path}, {})
+    assert tuned.verdict.undecided == 1 and tuned.verdict.outcome == "inconclusive"  # no plateau: undecided
+    assert at_budget.verdict.outcome == "does not hold" and at_budget.verdict.cases == 1  # ... the budget decides
+    lo, hi = (float(x) for x in at_budget.rows[0][4].split(" [")[1].rstrip("]").split(", "))
+    truth = falls(1.0, 1.0) - falls(0.5, 4.0)
+    assert lo < truth < hi
+
+
 def test_conditioning_tunes_alpha_per_net_and_tests_only_nets_that_trained(tmp_path):
     accuracy = {
         ("relu", 2): {10.0: 0.70, 100.0: 0.80},  # tuned: alpha = 100
         ("normalized_relu", 2): {10.0: 0.95, 100.0: 0.60},  # tuned: alpha = 10
         ("relu", 8): {10.0: 0.20, 100.0: 0.30},  # never trains: the depth is not tested
         ("normalized_relu", 8): {10.0: 0.90, 100.0: 0.20},
+        ("relu", 4): {10.0: 0.90, 100.0: 0.99},  # 6 of 8 seeds diverge at 100: tuned to 10
+        ("normalized_relu", 4): {10.0: 0.80, 100.0: 0.95},
     }
-    stores = _claim_stores.conditioning_stores(tmp_path, accuracy=accuracy)
+    stores = _claim_stores.conditioning_stores(tmp_path, accuracy=accuracy, diverged={("relu", 4, 100.0): 6})
     x = np.random.default_rng(0).normal(size=(12, 4))
     _, training = es.claims.conditioning.claims(
         stores, {"kernel_x": x, "kernel_depths": [1, 4], "learned_accuracy": 0.5}
     )
-    assert training.verdict.outcome == "holds" and training.verdict.cases == 1 and training.verdict.not_tested == 1
+    assert training.verdict.outcome == "holds" and training.verdict.cases == 2 and training.verdict.not_tested == 1
     assert float(training.cases.train_accuracy.sel(activation="normalized_relu", layers=2)) == pytest.approx(
         0.95, abs=0.01
     )
     alphas = {(r[0], r[1]): r[2] for r in training.rows}
     assert alphas[("relu", "2")] == "100" and alphas[("normalized_relu", "2")] == "10"
+    # a diverged seed is a net that failed: the 2 survivors' 0.99 at alpha = 100 do not make it the best rate
+    assert alphas[("relu", "4")] == "10" and alphas[("normalized_relu", "4")] == "100"
     assert "not tested" in training.summary and "10, 100" in training.notes

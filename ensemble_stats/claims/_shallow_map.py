@@ -51,8 +51,13 @@ def at_plateau(ds: xr.Dataset, tol: float, window: float):
     return pl, pl.reached & alive, acc, last
 
 
-def map_claims(base: Mapping[str, object], maps: Mapping[str, object], opts: Mapping) -> list[Claim]:
-    """Decide the map claims: test accuracy where each run's training accuracy has plateaued, and the variance."""
+def map_claims(
+    base: Mapping[str, object], maps: Mapping[str, object], opts: Mapping, *, prefix: str = "shallow"
+) -> list[Claim]:
+    """Decide the map claims: test accuracy where each run's training accuracy has plateaued, and the variance.
+
+    Figures are saved as ``{prefix}-{map}.png``.
+    """
     tol, window = float(opts.get("plateau_tol", 0.01)), float(opts.get("plateau_window", 0.2))
     rows, best_rows, figs, equal, tuned, not_reached, n_runs = [], [], [], [], [], 0, 0
     for name, path in maps.items():
@@ -71,7 +76,7 @@ def map_claims(base: Mapping[str, object], maps: Mapping[str, object], opts: Map
         var.attrs["long_name"] = "seed variance, last epoch"
         if opts.get("figdir"):
             fig = _maps_figure([last, acc_mean, var], f"{name} (blank: no plateau / diverged)")
-            figs.append((f"{name} map", save_figure(fig, opts, f"shallow-{name}.png")))
+            figs.append((f"{name} map", save_figure(fig, opts, f"{prefix}-{name}.png")))
         n_runs += int(ok.size)
         not_reached += int((~pl.reached).sum())
         for w in ds.width.values:

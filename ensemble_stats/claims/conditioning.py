@@ -50,7 +50,10 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
         act, _, L = name.rpartition("-L")
         key = (act, int(L))
         if schema.ALPHA in ds.dims:  # tuned: the alpha of the best final training accuracy (seed mean)
-            best = int(ds.train_accuracy.isel(time=-1).mean(schema.SEED).fillna(-1).argmax(schema.ALPHA))
+            # a diverged seed (masked: NaN) is a net that failed, counted at accuracy 0, so that a rate at which
+            # most seeds diverge is not chosen for its few survivors
+            final = ds.train_accuracy.isel(time=-1).fillna(0.0)
+            best = int(final.mean(schema.SEED).argmax(schema.ALPHA))
             alpha[key] = float(ds[schema.ALPHA][best])
             grid |= {float(a) for a in ds[schema.ALPHA].values}
             ds = ds.isel({schema.ALPHA: best})
@@ -111,7 +114,7 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
         f"accuracy is a collapsed net, not a trained one. A depth is tested only where both nets compared reach a "
         f"final training accuracy of {floor:g}"
         + (
-            "; each net at the alpha of its best final training accuracy (seed mean) on the grid "
+            "; each net at the alpha of its best final training accuracy (seed mean, a diverged seed counted as 0) on the grid "
             f"{', '.join(f'{a:g}' for a in sorted(grid))}."
             if alpha
             else "."

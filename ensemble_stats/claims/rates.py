@@ -15,9 +15,9 @@ import numpy as np
 import xarray as xr
 
 from .. import schema
-from .._assess import interval
+from .._assess import interval, trend, verdict
 from .._stats import seed_mean
-from ..store import open_ensemble
+from ..store import open_ensemble, sweep_config
 from ._claim import Claim
 from ._shallow_map import at_plateau, map_claims
 
@@ -34,14 +34,19 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
 
     Returns
     -------
-    :class:`Claim` 1b (equal alpha), 1c (alpha tuned per gamma) and an observation: per (variant, N, gamma) the
+    :class:`Claim` 1b (equal alpha), 1c (alpha tuned per gamma, at the plateau), 1d (tuned, after the fixed
+    budget) and an observation: per (variant, N, gamma) the
     stable edge and the best stable alpha's plateau accuracy; its cases (dim ``case``) hold those numbers
     """
     tol, window = float(opts.get("plateau_tol", 0.01)), float(opts.get("plateau_window", 0.2))
-    rows, cases = [], []
+    rows, cases, budget_rows, budget = [], [], [], []
     for name, path in stores.items():
         ds = open_ensemble(path).load()
         _, ok, acc, last = at_plateau(ds, tol, window)
+        for w in ds.width.values:  # the paper's protocol: every gamma after the same number of epochs
+            row, rises = _at_budget(ds, last, name, int(w))
+            budget_rows.append(row)
+            budget.append((sweep_config(ds)["data"]["name"], rises))
         alphas = ds[schema.ALPHA].values
         stable = (ds.diverged_step < 0).all(schema.SEED)
         for w in ds.width.values:
@@ -101,4 +106,47 @@ def claims(stores: Mapping[str, object], opts: Mapping) -> list[Claim]:
         ),
         rows=tuple(rows),
     )  # fmt: skip
-    return [*map_claims({}, stores, opts), observation]
+    v = verdict([x for _, x in budget])
+    by_data = {d: verdict([x for dd, x in budget if dd == d]) for d in dict.fromkeys(d for d, _ in budget)}
+    at_budget = Claim(
+        "Verdict 1d",
+        "with alpha tuned per gamma, judged after the same number of epochs (the paper's fixed budget), does test "
+        "accuracy improve as gamma -> 1?",
+        v,
+        f"({v.agree} of {v.cases} (variant, N) cases); by data set: "
+        + "; ".join(f"{d} {x.markdown()} ({x.agree} of {x.cases})" for d, x in by_data.items())
+        + ". Each gamma at its best stable alpha (as in the table below), its test accuracy at the last epoch "
+        "whether or not training has plateaued: a statement about this budget, not about the nets' limit; "
+        "monotone as in Verdict 1b (`es.trend`, paired over seeds).",
+        joiner=" ",
+        cases=xr.Dataset(
+            {"increasing": ("case", [np.nan if x is None else float(x) for _, x in budget])},
+            coords={"data": ("case", [d for d, _ in budget])},
+        ),
+        columns=(
+            "variant", "N", "best stable alpha, gamma ascending", "final test accuracy", "acc(1) - acc(1/2), 95% CI",
+            "drops", "monotone",
+        ),
+        rows=tuple(budget_rows),
+    )  # fmt: skip
+    return [*map_claims({}, stores, opts, prefix="rates"), at_budget, observation]
+
+
+def _at_budget(ds: xr.Dataset, last: xr.DataArray, name: str, width: int) -> tuple[tuple[str, ...], bool | None]:
+    """One (variant, N) case of Verdict 1d: each gamma at its best stable alpha, at the last epoch."""
+    here = last.sel(width=width)  # (alpha, gamma), NaN where a seed diverged
+    if bool(here.isnull().all(schema.ALPHA).any()):  # a gamma with no stable alpha: no tuned rate to judge
+        return (name, str(width), "-", "-", "a gamma has no stable alpha", "-", "undecided"), None
+    pick = here.fillna(-1).argmax(schema.ALPHA)
+    final = ds.accuracy.isel(time=-1).sel(width=width).isel({schema.ALPHA: pick}).drop_vars(schema.ALPHA)
+    tr = trend(final).compute()
+    rises = bool(tr.increasing)
+    return (
+        name,
+        str(width),
+        " / ".join(f"{float(ds[schema.ALPHA][i]):g}" for i in pick.values),
+        " / ".join(f"{float(x):.3f}" for x in final.mean(schema.SEED).values),
+        interval(tr.rise, tr.rise_lo, tr.rise_hi),
+        str(int(tr.drops)),
+        "yes" if rises else "no",
+    ), rises
