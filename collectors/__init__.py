@@ -12,6 +12,7 @@ from ._config import SweepSpec
 from ._convnet import ScaledConvNet
 from ._data import DataSet, cifar10, digits, load_dataset, mnist, mnist1d, teacher
 from ._demo import run_demo
+from ._diagnostics import layer_diagnostics
 from ._models import ACTIVATIONS, Architecture, ScaledMLP, init_params, learning_rates, paper_init, theory_init
 from ._ntk import NTKCollector, empirical_ntk, model_ntk, relative_displacement, shallow_ntk
 from ._records import Block, BlockCollector, BlockModel, RecordBuffer
@@ -43,6 +44,7 @@ __all__ = [
     "digits",
     "empirical_ntk",
     "init_params",
+    "layer_diagnostics",
     "learning_rates",
     "load_dataset",
     "load_study",

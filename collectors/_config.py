@@ -77,6 +77,7 @@ TOML_KEYS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "ntk_points": ((int, list, str), 0),
         "ntk_every": ((int,), 1),
         "displacement": ((bool,), False),
+        "layer_diagnostics": ((bool,), False),
     },
 }
 
@@ -204,7 +205,7 @@ class SweepSpec:
             times=tuple(float(t) for t in times),
             data_name=dt["name"],
             data_options=tuple(sorted(dt["options"].items())),
-            train=_train_config(md, op, rn, sw["antithetic"], name),
+            train=_train_config(md, op, rn, sw["antithetic"], name, bool(rec["layer_diagnostics"])),
             data_seed=int(op["data_seed"]),
             alphas=tuple(float(a) for a in sw["alphas"]),
             ntk_points=tuple(rec["ntk_points"]) if isinstance(rec["ntk_points"], list) else rec["ntk_points"],
@@ -251,7 +252,11 @@ class SweepSpec:
             },
             "run": {"dtype": t.dtype},
             # written only when used: older configs keep their canonical form
-            **({"record": self._record_table()} if self.ntk_points or self.displacement else {}),
+            **(
+                {"record": self._record_table()}
+                if self.ntk_points or self.displacement or self.train.layer_diagnostics
+                else {}
+            ),
         }
 
     def _record_table(self) -> dict:
@@ -260,6 +265,8 @@ class SweepSpec:
             "ntk_points": list(pts) if isinstance(pts, tuple) else pts,
             "ntk_every": self.ntk_every,
             "displacement": self.displacement,
+            # written only when used: older configs keep their canonical form
+            **({"layer_diagnostics": True} if self.train.layer_diagnostics else {}),
         }
 
     def ntk_grid(self, n_points: int) -> tuple[int, ...] | None:
@@ -383,6 +390,12 @@ class SweepSpec:
         fields = StoreSpec(**base, time_chunk=1).field_bytes
         tc = default_time_chunk(len(self.times), data.grid.n_points, data.output_size, self.seed_block, fields)
         return problems + size_problems(StoreSpec(**base, time_chunk=tc), Path(store) if store is not None else None)
+
+    def metrics(self) -> dict[str, str]:
+        """Return the further per-record scalars the store declares: the layer diagnostics, when recorded."""
+        if not self.train.layer_diagnostics:
+            return {}
+        return schema.layer_diagnostic_metrics(len(self.train.inner_widths) + 1)
 
     def layers(self, data: DataSet) -> tuple[str, ...]:
         """Return the parameter tensors whose displacement is recorded (all of the model's), or () when not recorded."""
@@ -565,7 +578,9 @@ def _choice_problems(md: dict, dt: dict, op: dict, rn: dict) -> list[str]:
     return problems
 
 
-def _train_config(md: dict, op: dict, rn: dict, antithetic: bool, name: str) -> TrainConfig:
+def _train_config(
+    md: dict, op: dict, rn: dict, antithetic: bool, name: str, layer_diagnostics: bool = False
+) -> TrainConfig:
     try:
         return TrainConfig(
             inner_widths=tuple(md["inner_widths"]),
@@ -585,6 +600,7 @@ def _train_config(md: dict, op: dict, rn: dict, antithetic: bool, name: str) -> 
             batchnorm=md["batchnorm"],
             dtype=rn["dtype"],
             device=rn["device"],
+            layer_diagnostics=layer_diagnostics,
         )
     except ValidationError as e:  # TrainConfig's own checks: re-raise as a config error naming the tables
         raise ConfigError([f"[model]/[optimizer]/[run]: {p}" for p in getattr(e, "problems", [str(e)])], name) from None

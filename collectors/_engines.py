@@ -70,6 +70,12 @@ class MLPEngine:
     def scalars(self) -> dict[str, torch.Tensor]:
         return {schema.OUTPUT_WEIGHT_NORM: self._output_weight_norm()}
 
+    def diagnostics(self, x, y, labels) -> dict[str, torch.Tensor]:
+        """Every member's per-layer diagnostics on the training set (:func:`collectors.layer_diagnostics`)."""
+        from ._diagnostics import layer_diagnostics
+
+        return layer_diagnostics(self.params, self.arch, self.scales, self.lr, x, y, labels, self.config.loss)
+
     def _losses(self, out, y, labels) -> torch.Tensor:
         losses = member_losses(out, y, labels, self.config.loss)
         if self.config.output_weight_decay:

@@ -120,6 +120,7 @@ def prepare_store(spec: SweepSpec, path: str | os.PathLike, model_factory=None) 
         train=(data.x_train, data.y_train) if keep_train else None,
         ntk_points=spec.ntk_grid(data.grid.n_points),
         layers=spec.layers(data) or None,
+        metrics=spec.metrics() or None,
         **{
             schema.ATTR_CONFIG: spec.to_json(),
             schema.ATTR_TRAIN_SET: "stored as x_train, y_train"

@@ -91,6 +91,11 @@ class TrainConfig:
         (docs/theory.md, "Antithetic pairs"). The second seed number is a label; it draws nothing.
     dtype, device
         ``"float32"`` (default) or ``"float64"``; ``"cpu"`` (default) or ``"cuda"``.
+    layer_diagnostics
+        Record each member's per-layer diagnostics (saturation, input spread, gradient norm and relative update
+        of every layer: :func:`layer_diagnostics`) at every record, as metrics the store must declare
+        (``metrics=ensemble_stats.schema.layer_diagnostic_metrics(depth)``; a sweep's ``[record]
+        layer_diagnostics = true`` does). ScaledMLP members only (not with ``batchnorm`` or a model factory).
     """
 
     inner_widths: tuple[int, ...] = ()
@@ -110,6 +115,7 @@ class TrainConfig:
     batchnorm: bool = False
     dtype: str = "float32"
     device: str = "cpu"
+    layer_diagnostics: bool = False
 
     def __post_init__(self):
         problems = []
@@ -162,6 +168,11 @@ class TrainConfig:
             and self.output_weight_decay >= 0
         ):
             problems.append(f"output_weight_decay must be a finite number >= 0, got {self.output_weight_decay!r}.")
+        if self.layer_diagnostics and self.batchnorm:
+            problems.append(
+                "layer_diagnostics measure ScaledMLP members; with batchnorm=True the members are modules. Turn "
+                "one of them off."
+            )
         for name, low in (("blowup", 1.0), ("max_output", 0.0)):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > low):
@@ -274,6 +285,11 @@ def train_block(
                 *(
                     ["antithetic pairs negate a ScaledMLP's readout; a factory's model has no known readout."]
                     if config.antithetic
+                    else []
+                ),
+                *(
+                    ["layer_diagnostics measure ScaledMLP members' layers; a factory's model has no known layers."]
+                    if config.layer_diagnostics and model_factory is not None
                     else []
                 ),
                 *(
@@ -435,6 +451,8 @@ def _measure(engine, config, task: str, train, grid, widest: int, bound, alive):
         schema.TRAIN_LOSS: train_loss.cpu().numpy(),
         **{k: v.detach().cpu().numpy() for k, v in engine.scalars().items()},
     }
+    if config.layer_diagnostics:
+        sc.update({k: v.cpu().numpy() for k, v in engine.diagnostics(x, y, labels).items()})
     if task == "classification":
         sc[schema.ACCURACY] = (out.argmax(-1) == lg).to(out.dtype).mean(-1).cpu().numpy()
         sc[schema.TRAIN_ACCURACY] = (out_train.argmax(-1) == labels).to(out.dtype).mean(-1).cpu().numpy()

@@ -190,6 +190,24 @@ def record_variables(attrs: Mapping) -> tuple[str, ...]:
     return (*RECORD_VARIABLES, *attrs.get(ATTR_METRICS, {}), *field_names(attrs))
 
 
+def layer_diagnostic_metrics(depth: int) -> dict[str, str]:
+    """Return the per-record metrics of the trainer's layer diagnostics for a net of ``depth`` hidden layers.
+
+    ``saturation_l`` and ``spread_l`` for hidden layers l = 1..depth, ``spread_out`` for the outputs, and
+    ``grad_norm_P`` and ``update_ratio_P`` for P = W1..W{depth}, C; name -> long_name (``[record]
+    layer_diagnostics`` declares them; :func:`collectors.layer_diagnostics` computes them).
+    """
+    out: dict[str, str] = {}
+    for layer in range(1, depth + 1):
+        out[f"saturation_{layer}"] = f"saturated fraction of layer {layer}"
+        out[f"spread_{layer}"] = f"input spread of layer {layer}"
+    out["spread_out"] = "input spread of the outputs"
+    for p in (*(f"W{layer}" for layer in range(1, depth + 1)), "C"):
+        out[f"grad_norm_{p.lower()}"] = f"gradient norm of {p}"
+        out[f"update_ratio_{p.lower()}"] = f"relative update of {p}"
+    return out
+
+
 def validate_metrics(metrics) -> list[str]:
     """Problems with further per-record scalar names (a mapping name -> long_name, or names)."""
     import re
