@@ -314,3 +314,43 @@ def rates_store(
                     scalars={"accuracy": acc, "train_accuracy": train},
                 )  # fmt: skip
     return store.path
+
+
+def deep_search_store(path, *, cases: dict[float, dict[float, dict]], g1=0.5, g2=1.0, seeds: int = 8):
+    """A deep x2-search store of one (gamma_1, gamma_2) over gamma_3 and alpha, with layer diagnostics:
+    ``cases[g3][alpha]`` gives the final test ``acc`` (seed noise sd 0.005) and the diagnostics at both records
+    (``saturation``: 3 layers, ``spread``: 3 layers and the output, ``ratio``: W1, W2, W3, C), ``diverged``: how
+    many seeds diverge at the last record."""
+    import json
+
+    from ensemble_stats import schema
+
+    g3s = sorted(cases)
+    alphas = sorted(next(iter(cases.values())))
+    config = {
+        "model": {"inner_gammas": [g1, g2], "inner_widths": [32, 32]},
+        "optimizer": {"alpha": 1.0, "layer_alpha": {"W1": 100.0, "W2": 1.0, "W3": 0.01}},
+    }
+    rng = np.random.default_rng(5)
+    grid = EvalGrid(rng.normal(size=(10, 4)), np.eye(10)[np.arange(10)])
+    store = EnsembleStore.create(
+        path, grid, gammas=g3s, widths=[100], seeds=list(range(seeds)), times=[0.0, 1.0], dtype="float64",
+        seed_chunk=seeds, config=json.dumps(config), extra_dims={"alpha": alphas},
+        metrics=schema.layer_diagnostic_metrics(3),
+    )  # fmt: skip
+    for gi, g3 in enumerate(g3s):
+        for ai, a in enumerate(alphas):
+            c = cases[g3][a]
+            acc = c["acc"] + 0.005 * rng.normal(size=seeds)
+            pred = rng.normal(size=(seeds, 2, 10, 10))
+            pred[: c.get("diverged", 0), 1] = np.nan
+            sc = {"accuracy": np.stack([np.full(seeds, 0.1), acc], 1)}
+            for i, v in enumerate(c["saturation"]):
+                sc[f"saturation_{i + 1}"] = np.full((seeds, 2), v)
+            for i, v in enumerate(c["spread"]):
+                sc[f"spread_{i + 1}" if i < 3 else "spread_out"] = np.full((seeds, 2), v)
+            for w, v in zip(("w1", "w2", "w3", "c"), c["ratio"], strict=True):
+                sc[f"update_ratio_{w}"] = np.full((seeds, 2), v)
+                sc[f"grad_norm_{w}"] = np.full((seeds, 2), 1.0)
+            store.write_records((gi, 0, slice(0, seeds), ai), [0, 1], pred, [0, 100], scalars=sc)
+    return store.path

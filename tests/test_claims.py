@@ -367,3 +367,28 @@ def test_conditioning_tunes_alpha_per_net_and_tests_only_nets_that_trained(tmp_p
     # a diverged seed is a net that failed: the 2 survivors' 0.99 at alpha = 100 do not make it the best rate
     assert alphas[("relu", "4")] == "10" and alphas[("normalized_relu", "4")] == "100"
     assert "not tested" in training.summary and "10, 100" in training.notes
+
+
+def test_deep_diagnosis_names_the_measured_reason_each_configuration_does_not_learn(tmp_path):
+    from ensemble_stats.claims._deep_search import alpha_search
+
+    healthy = dict(saturation=[0.1, 0.1, 0.1], spread=[0.9, 0.8, 0.7, 0.6], ratio=[1e-3, 1e-3, 1e-3, 1e-3])
+    blind = dict(saturation=[0.8, 0.2, 0.1], spread=[0.9, 0.5, 0.01, 0.02], ratio=[1e-7, 1e-3, 1e-3, 1e-3])
+    cases = {
+        0.5: {2.0: dict(acc=0.90, **healthy), 4.0: dict(acc=0.95, **healthy)},  # learns, best at alpha = 4
+        1.0: {2.0: dict(acc=0.10, **blind), 4.0: dict(acc=0.12, diverged=1, **blind)},  # best stable: alpha = 2
+    }
+    path = _claim_stores.deep_search_store(tmp_path / "s.zarr", cases=cases)
+    claims = alpha_search({}, {"g1=0.5,g2=1.0,alpha-search-x2,equal-rates": path}, {"bootstrap": 20})
+    why = next(c for c in claims if c.question.startswith("Why"))
+    rows = {r[2]: r for r in why.rows}
+    assert rows["0.5"][3] == "4" and rows["0.5"][-1] == "learns"
+    assert rows["1"][3] == "2"  # a rate where a seed diverged is not the best stable one
+    reason = rows["1"][-1]
+    assert "layer 3 sees one input (spread 0.01 at t = 0, 0.01 at the end)" in reason
+    assert "saturated (layer 1: 0.80)" in reason and "frozen (W1: 1e-07)" in reason
+    assert "1 of 2 did not learn" in why.summary
+    # the search's own table carries the x2 alphas, and the balanced comparison is stated (too few here)
+    search = next(c for c in claims if c.question == "The alpha search")
+    assert "alpha = 2" in search.columns and "alpha = 4" in search.columns
+    assert any("balanced" in c.label for c in claims)

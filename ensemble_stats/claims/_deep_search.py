@@ -17,6 +17,7 @@ from .._assess import interval, verdict
 from .._stats import seed_mean
 from ..store import open_ensemble, sweep_config
 from ._claim import Claim
+from ._deep_diagnosis import diagnosis
 from .deep import outer_sensitivity
 
 
@@ -30,7 +31,7 @@ def alpha_search(base: Mapping[str, object], search: Mapping[str, object], opts:
     layer_rates = opts.get("layer_rates")
     runs = _runs({**base, **search}, threshold)
     alphas = sorted({r["alpha"] for r in runs})
-    table, best = [], []
+    table, best, tops = [], [], []
     keys = sorted({(r["rule"] != "paper", r["g1"], r["g2"], r["g3"]) for r in runs})
     for slowed, g1, g2, g3 in keys:
         mine = {
@@ -85,9 +86,12 @@ def alpha_search(base: Mapping[str, object], search: Mapping[str, object], opts:
         )
         if top is not None and top["learned"]:
             best.append(top)
+        if top is not None:
+            tops.append(top)
     rules = sorted({r["rule"] for r in runs}, key=lambda r: (r != "paper", r))
     n_cfg = {rule: len({(r["g1"], r["g2"], r["g3"]) for r in runs if r["rule"] == rule}) for rule in rules}
     n_learned = {rule: sum(r["rule"] == rule for r in best) for rule in rules}
+    why = diagnosis(search, threshold)
     observation = Claim(
         "",
         "The alpha search",
@@ -111,9 +115,14 @@ def alpha_search(base: Mapping[str, object], search: Mapping[str, object], opts:
             "if not, why",
         ),
         rows=tuple(tuple(str(c) for c in row) for row in table),
-        postscript=_none_learned(runs),
+        postscript=_none_learned(runs, measured=why is not None),
     )
-    return [observation, *(_rule_claim(rule, [r for r in best if r["rule"] == rule], opts) for rule in rules)]
+    return [
+        observation,
+        *([why] if why is not None else []),
+        *(_rule_claim(rule, [r for r in best if r["rule"] == rule], opts) for rule in rules),
+        *(_rule_claim(rule, [r for r in tops if r["rule"] == rule], opts, balanced=True) for rule in rules),
+    ]
 
 
 def _runs(stores: Mapping[str, object], threshold: float) -> list[dict]:
@@ -149,7 +158,7 @@ def _runs(stores: Mapping[str, object], threshold: float) -> list[dict]:
     return runs
 
 
-def _none_learned(runs: list[dict]) -> str:
+def _none_learned(runs: list[dict], measured: bool = False) -> str:
     """Why no configuration with some gamma_i = 1 learned (empty when one did)."""
     ones = [r for r in runs if 1.0 in (r["g1"], r["g2"], r["g3"])]
     outer_only = [r for r in ones if r["g1"] < 1 and r["g2"] < 1]  # gamma_3 = 1 alone
@@ -160,9 +169,11 @@ def _none_learned(runs: list[dict]) -> str:
     return (
         f"No configuration with some gamma_i = 1 learned, under either rule ({n_const} of "
         f"{len({(r['g1'], r['g2'], r['g3'], r['rule']) for r in ones})} predict one class for every image at some "
-        "alpha). A likely reason where gamma_1 or gamma_2 = 1, not measured here: such a layer outputs "
+        "alpha). The expected reason where gamma_1 or gamma_2 = 1: such a layer outputs "
         "N^-1 sum_j w_j s(.), an average of N non-centred sigmoid units, whose input-dependent part is of relative "
-        "order N^(-1/2), so the layer after it sees nearly the same input for every image, whatever the rates. "
+        "order N^(-1/2), so the layer after it sees nearly the same input for every image, whatever the rates"
+        + (" (measured: the table below)" if measured else " (not measured: no store recorded the layer diagnostics)")
+        + ". "
         "With gamma_3 = 1 alone the best any run reached is "
         + (
             f"{top_outer['mean']:.3f} (alpha = {top_outer['alpha']:g}); they diverge from alpha = "
@@ -174,12 +185,18 @@ def _none_learned(runs: list[dict]) -> str:
     )
 
 
-def _rule_claim(rule: str, learners: list[dict], opts: Mapping) -> Claim:
+def _rule_claim(rule: str, learners: list[dict], opts: Mapping, balanced: bool = False) -> Claim:
     """Decide, among the configurations that learned under one rate rule, whether accuracy depends most on gamma_3.
 
-    Each configuration is taken at its best alpha.
+    Each configuration is taken at its best alpha. ``balanced``: every configuration of the rule (learned or
+    not) at its best stable alpha, the same budget: a full factorial design.
     """
-    label, question = f"Verdict (`{rule}` rates)", "among the configurations that learned, is test accuracy more "
+    label = f"Verdict (`{rule}` rates{', balanced' if balanced else ''})"
+    question = (
+        "every configuration at its own best stable alpha and the same budget, is test accuracy more "
+        if balanced
+        else "among the configurations that learned, is test accuracy more "
+    )
     question += "sensitive to gamma_3?"
     if len(learners) < 4 or len({r["g3"] for r in learners}) < 2:
         return Claim(
@@ -199,10 +216,17 @@ def _rule_claim(rule: str, learners: list[dict], opts: Mapping) -> Claim:
         label,
         question,
         v,
-        f"the {len(learners)} that learned, each at its best alpha; partial eta^2 of gamma_3 minus the larger inner "
+        (
+            f"all {len(learners)} configurations (a balanced design), each at its best stable alpha"
+            if balanced
+            else f"the {len(learners)} that learned, each at its best alpha"
+        )
+        + "; partial eta^2 of gamma_3 minus the larger inner "
         f"one = {e_acc['g3'] - max(e_acc['g1'], e_acc['g2']):+.3f}, 95% seed-bootstrap CI [{lo:+.3f}, {hi:+.3f}] "
         f"({len(diffs)} resamples); partial eta^2: gamma_1 {e_acc['g1']:.3f}, gamma_2 {e_acc['g2']:.3f}, gamma_3 "
-        f"{e_acc['g3']:.3f} (an unbalanced design when some configurations did not learn). With alpha tuned per "
+        f"{e_acc['g3']:.3f}"
+        + ("" if balanced else " (an unbalanced design when some configurations did not learn)")
+        + ". With alpha tuned per "
         "configuration this asks how much each gamma_i limits the accuracy a tuned rate reaches. The best: "
         f"({top['g1']:g}, {top['g2']:g}, {top['g3']:g}) at alpha = {top['alpha']:g}, {top['mean']:.3f}; all "
         "gamma_i = 1 "
