@@ -88,6 +88,7 @@ def test_smoke_scale_runs_every_study_and_writes_the_document(runner, tmp_path):
     sections = re.findall(r"^## \d+\. (.+)$", text, flags=re.M)
     assert len(sections) == n, sections
     assert text.count("Training took") == n and text.count("FLOP in all") >= n
+    assert "Why the configurations that do not learn do not (measured)" in text  # the recorded diagnostics
     verdicts = re.findall(r"\*\*(holds|does not hold|inconclusive)\*\*", text)
     assert len(verdicts) >= 5, verdicts
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
