@@ -121,7 +121,10 @@ def alpha_search(base: Mapping[str, object], search: Mapping[str, object], opts:
         observation,
         *([why] if why is not None else []),
         *(_rule_claim(rule, [r for r in best if r["rule"] == rule], opts) for rule in rules),
-        *(_rule_claim(rule, [r for r in tops if r["rule"] == rule], opts, balanced=True) for rule in rules),
+        *(
+            _rule_claim(rule, [r for r in tops if r["rule"] == rule], opts, balanced=True, of=n_cfg[rule])
+            for rule in rules
+        ),
     ]
 
 
@@ -185,11 +188,12 @@ def _none_learned(runs: list[dict], measured: bool = False) -> str:
     )
 
 
-def _rule_claim(rule: str, learners: list[dict], opts: Mapping, balanced: bool = False) -> Claim:
+def _rule_claim(rule: str, learners: list[dict], opts: Mapping, balanced: bool = False, of: int = 0) -> Claim:
     """Decide, among the configurations that learned under one rate rule, whether accuracy depends most on gamma_3.
 
     Each configuration is taken at its best alpha. ``balanced``: every configuration of the rule (learned or
-    not) at its best stable alpha, the same budget: a full factorial design.
+    not) at its best stable alpha, the same budget: a full factorial design when all ``of`` configurations have
+    a stable alpha.
     """
     label = f"Verdict (`{rule}` rates{', balanced' if balanced else ''})"
     question = (
@@ -203,7 +207,8 @@ def _rule_claim(rule: str, learners: list[dict], opts: Mapping, balanced: bool =
             label,
             question,
             verdict(None),
-            f"{len(learners)} configurations learned, too few (or one gamma_3 only) for the comparison.",
+            f"{len(learners)} configurations{'' if balanced else ' learned'}, too few (or one gamma_3 only) for the "
+            "comparison.",
         )
     acc = pd.DataFrame(
         [dict(g1=r["g1"], g2=r["g2"], g3=r["g3"], seed=i, acc=a) for r in learners for i, a in enumerate(r["acc"])]
@@ -217,7 +222,12 @@ def _rule_claim(rule: str, learners: list[dict], opts: Mapping, balanced: bool =
         question,
         v,
         (
-            f"all {len(learners)} configurations (a balanced design), each at its best stable alpha"
+            (
+                f"all {len(learners)} configurations (a balanced design), each at its best stable alpha"
+                if len(learners) >= of
+                else f"{len(learners)} of {of} configurations, each at its best stable alpha ({of - len(learners)} "
+                "diverged at every alpha: the design is not balanced)"
+            )
             if balanced
             else f"the {len(learners)} that learned, each at its best alpha"
         )
