@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+import xarray as xr
+
 from .. import schema
 from .._stats import seed_mean
 from ..store import open_ensemble, sweep_config
@@ -53,9 +56,10 @@ def diagnosis(stores: Mapping[str, object], threshold: float) -> Claim | None:
             mean = acc.mean(schema.SEED).where(stable)
             i = int(mean.fillna(-1).argmax(schema.ALPHA)) if bool(stable.any()) else 0
             run = cfg.isel({schema.ALPHA: i})
-            mm = seed_mean(acc.isel({schema.ALPHA: i}, drop=True)).compute()
-            m = float(mm["mean"])
-            learned = bool(stable.any()) and float(mm.mean_lo) > threshold
+            summary = learned_summary(
+                acc.isel({schema.ALPHA: i}).values, int((run.diverged_step >= 0).sum()), threshold
+            )
+            m, learned = summary["mean"], summary["learned"]
 
             def at(name, t, run=run):
                 return float(run[name].isel(time=t).median(schema.SEED))
@@ -97,6 +101,20 @@ def diagnosis(stores: Mapping[str, object], threshold: float) -> Claim | None:
         ),
         rows=tuple(rows),
     )  # fmt: skip
+
+
+def learned_summary(acc, diverged: int, threshold: float) -> dict:
+    """Return the seeds' mean final accuracy, its 95% interval and whether the run learned.
+
+    A run learned when no seed diverged and the interval's lower end is above ``threshold``. ``acc``: per-seed
+    final accuracies (seed,); ``diverged``: how many seeds diverged.
+    """
+    out = dict(mean=np.nan, lo=np.nan, hi=np.nan)
+    if not diverged:
+        m = seed_mean(xr.DataArray(np.asarray(acc, dtype=float), dims="seed")).compute()
+        out.update(mean=float(m["mean"]), lo=float(m.mean_lo), hi=float(m.mean_hi))
+    out["learned"] = diverged == 0 and out["lo"] > threshold
+    return out
 
 
 def _why(sat, spread0, spread, ratio, weights) -> list[str]:

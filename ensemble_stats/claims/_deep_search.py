@@ -14,10 +14,9 @@ import xarray as xr
 
 from .. import schema
 from .._assess import interval, verdict
-from .._stats import seed_mean
 from ..store import open_ensemble, sweep_config
 from ._claim import Claim
-from ._deep_diagnosis import diagnosis
+from ._deep_diagnosis import diagnosis, learned_summary
 from .deep import outer_sensitivity
 
 
@@ -153,11 +152,7 @@ def _runs(stores: Mapping[str, object], threshold: float) -> list[dict]:
                     )
                 )  # fmt: skip
     for r in runs:
-        r["mean"] = r["lo"] = r["hi"] = np.nan
-        if not r["diverged"]:
-            m = seed_mean(xr.DataArray(r["acc"], dims="seed")).compute()
-            r["mean"], r["lo"], r["hi"] = float(m["mean"]), float(m.mean_lo), float(m.mean_hi)
-        r["learned"] = r["diverged"] == 0 and r["lo"] > threshold
+        r.update(learned_summary(r["acc"], r["diverged"], threshold))
     return runs
 
 

@@ -39,7 +39,8 @@ def at_plateau(ds: xr.Dataset, tol: float, window: float):
     Returns
     -------
     (plateau, ok, acc, last) : :func:`ensemble_stats.plateau` of the training accuracy; whether the group plateaued
-    and no seed diverged; the test accuracy (seed, ...) at the group's own plateau epoch (the last epoch where none);
+    and no seed diverged; the test accuracy (seed, ...) at the group's own plateau epoch (the last epoch where none; its ``time``
+    coordinate);
     the seed-mean test accuracy at the last epoch, NaN where a seed diverged
     """
     alive = (ds.diverged_step < 0).all(schema.SEED)  # no seed diverged
@@ -69,7 +70,7 @@ def map_claims(
         spe = int(ds.step.max()) / float(ds.time[-1])  # optimizer steps per epoch
         data = sweep_config(ds)["data"]["name"]
         pl, ok, acc, last = at_plateau(ds, tol, window)
-        t_pl = pl.plateau_time.fillna(float(ds.time[-1]))
+        t_pl = acc.time  # each group's plateau epoch (the last epoch where none)
         acc_mean = acc.mean(schema.SEED).where(ok)
         acc_mean.attrs["long_name"] = "test accuracy at the plateau"
         var = bias_variance(ds).variance.isel(time=-1).compute()

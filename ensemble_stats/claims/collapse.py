@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import xarray as xr
+from scipy import stats
 
 from .._assess import covers, interval, verdict
 from .._limit import compare_to_theory
@@ -20,16 +21,19 @@ from ._claim import Claim, save_figure
 __all__ = ["claims", "extrapolate"]
 
 
-def extrapolate(ratio: np.ndarray, lo: np.ndarray, hi: np.ndarray, widths: np.ndarray, power: float) -> dict:
+def extrapolate(
+    ratio: np.ndarray, lo: np.ndarray, hi: np.ndarray, widths: np.ndarray, power: float, ci: float = 0.95
+) -> dict:
     """Extrapolate the ratio to N -> infinity from several widths: r_N = c + a N^power, weighted least squares.
 
-    The correction's first order is linear in N^power; each width's standard error is read off its 95% interval
-    (half its width over 1.96) and the widths are independent draws. Returns ``limit`` (c) with ``limit_lo``,
-    ``limit_hi`` (95%), ``a``, ``chi2`` and ``dof``; NaN where fewer than three finite widths remain or ``power``
+    The correction's first order is linear in N^power; each width's standard error is read off its interval
+    (``lo``, ``hi``: normal, at ``ci``) and the widths are independent draws. Returns ``limit`` (c) with ``limit_lo``,
+    ``limit_hi`` (at ``ci``), ``a``, ``chi2`` and ``dof``; NaN where fewer than three finite widths remain or ``power``
     is 0 (a correction that does not vanish: no limit to extrapolate to).
     """
     nan = dict.fromkeys(("limit", "limit_lo", "limit_hi", "a", "chi2"), np.nan) | {"dof": 0}
-    y, se = np.asarray(ratio, float), (np.asarray(hi, float) - np.asarray(lo, float)) / (2 * 1.959964)
+    z = float(stats.norm.ppf(0.5 + ci / 2))
+    y, se = np.asarray(ratio, float), (np.asarray(hi, float) - np.asarray(lo, float)) / (2 * z)
     ok = np.isfinite(y) & np.isfinite(se) & (se > 0)
     if ok.sum() < 3 or power == 0:
         return nan
@@ -37,7 +41,7 @@ def extrapolate(ratio: np.ndarray, lo: np.ndarray, hi: np.ndarray, widths: np.nd
     w = 1 / se[ok] ** 2
     cov = np.linalg.inv(X.T @ (w[:, None] * X))
     b = cov @ (X.T @ (w * y[ok]))
-    half = 1.959964 * np.sqrt(cov[0, 0])
+    half = z * np.sqrt(cov[0, 0])
     resid = y[ok] - X @ b
     return {
         "limit": float(b[0]),
