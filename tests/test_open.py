@@ -47,6 +47,9 @@ def test_more_seeds_later_combine_along_seed(tmp_path, small_grid):
     _fill(b, [2])
     ds = es.open_ensemble([b.path, a.path])
     assert ds.seed.values.tolist() == [0, 1, 2]
+    # open stores stand for their paths, alone or in a list
+    assert es.open_ensemble([b, a]).identical(ds)
+    assert es.open_ensemble(a).seed.values.tolist() == [0, 1]
     for s in range(3):
         np.testing.assert_array_equal(
             ds.prediction.sel(gamma=0.5, width=4, seed=s).values,

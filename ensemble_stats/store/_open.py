@@ -17,6 +17,7 @@ from .._ufunc import apply_ufunc
 from ..errors import GridMismatchError, StoreCorruptionError, StoreNotFoundError, ValidationError
 from . import _integrity
 from ._paths import has_group, is_url, location
+from ._store import EnsembleStore
 from ._verify import diverged_mismatches, verify_store
 
 PathLike = str | os.PathLike
@@ -324,7 +325,8 @@ def open_ensemble(
     Parameters
     ----------
     path_or_paths
-        A store path (or fsspec URL), or a list of stores with identical grids that differ along one sweep dim.
+        A store path (or fsspec URL, or an open :class:`EnsembleStore`), or a list of them with identical grids
+        that differ along one sweep dim.
     verify
         Read every chunk first and raise :class:`StoreCorruptionError` listing missing, corrupt and stray
         partial files.
@@ -359,7 +361,8 @@ def open_ensemble(
     2
     >>> folder.cleanup()
     """
-    paths = [path_or_paths] if isinstance(path_or_paths, str | os.PathLike) else list(path_or_paths)
+    one = isinstance(path_or_paths, str | os.PathLike | EnsembleStore)
+    paths = [p.path if isinstance(p, EnsembleStore) else p for p in ([path_or_paths] if one else path_or_paths)]
     if not paths:
         raise ValidationError("no store paths given; pass a path or a non-empty list of paths.", "open_ensemble")
     if diverged not in ("exclude", "keep"):
