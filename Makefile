@@ -33,6 +33,7 @@ test: lint browser
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_collector.py
 	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/bench_precision.py
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_ntk.py

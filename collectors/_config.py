@@ -72,7 +72,7 @@ TOML_KEYS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "max_output": ((int, float), 0.0),
         "data_seed": ((int,), 0),
     },
-    "run": {"dtype": ((str,), "float32"), "device": ((str,), "cpu")},
+    "run": {"dtype": ((str,), "float32"), "device": ((str,), "cpu"), "precision": ((str,), "ieee")},
     "record": {
         "ntk_points": ((int, list, str), 0),
         "ntk_every": ((int,), 1),
@@ -250,7 +250,8 @@ class SweepSpec:
                 **({"max_output": t.max_output} if t.max_output else {}),
                 "data_seed": self.data_seed,
             },
-            "run": {"dtype": t.dtype},
+            # precision written only when not exact: older configs keep their canonical form
+            "run": {"dtype": t.dtype, **({"precision": t.precision} if t.precision != "ieee" else {})},
             # written only when used: older configs keep their canonical form
             **(
                 {"record": self._record_table()}
@@ -600,6 +601,7 @@ def _train_config(
             batchnorm=md["batchnorm"],
             dtype=rn["dtype"],
             device=rn["device"],
+            precision=rn["precision"],
             layer_diagnostics=layer_diagnostics,
         )
     except ValidationError as e:  # TrainConfig's own checks: re-raise as a config error naming the tables

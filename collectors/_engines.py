@@ -82,17 +82,22 @@ class MLPEngine:
             losses = losses + self.config.output_weight_decay * self._output_weight_norm()
         return losses
 
-    def step(self, xb, yb, lb, alive: torch.Tensor) -> torch.Tensor:
-        """One SGD step of every live member whose loss is finite; returns the losses (B,) before the step."""
+    def step(self, xb, yb, lb, alive: torch.Tensor, every_alive: bool = False) -> tuple[torch.Tensor, bool]:
+        """One SGD step of every live member whose loss is finite.
+
+        Returns the losses (B,) before the step, and True where every loss is known to be finite (the fused step
+        checked), so the caller need not read them back again. ``every_alive``: the caller knows no member is
+        frozen (a host flag: reading ``alive`` back would cost a device sync per step).
+        """
         cfg = self.config
-        if self.fast and bool(alive.all()):
+        if self.fast and every_alive:
             with torch.no_grad():
                 losses, applied = mlp_step(
                     self.params, self.arch, self.scales, xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
                     self.width, self._ws,
                 )  # fmt: skip
             if applied:
-                return losses  # updated in place; otherwise nothing was changed: the step below handles it
+                return losses, True  # updated in place; otherwise nothing was changed: the step below handles it
         losses = self._losses(self.forward(xb), yb, lb)
         keep = alive & torch.isfinite(losses)
         every = bool(keep.all())
@@ -105,7 +110,7 @@ class MLPEngine:
                     p.addcmul_(self.lr[name], g, value=-1.0)  # p -= lr * g in one pass
                 else:  # frozen members keep their parameters (their gradients may be NaN)
                     p.sub_(torch.where(_broadcast(keep, p), self.lr[name] * g, 0.0))
-        return losses.detach()
+        return losses.detach(), False
 
 
 def module_rates(module: torch.nn.Module, alpha: float, layer_alpha: Mapping[str, float]) -> dict[str, float]:
@@ -202,7 +207,8 @@ class ModuleEngine:
     def scalars(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def step(self, xb, yb, lb, alive: torch.Tensor) -> torch.Tensor:
+    def step(self, xb, yb, lb, alive: torch.Tensor, every_alive: bool = False) -> tuple[torch.Tensor, bool]:
+        """One SGD step of every live member whose loss is finite; the losses (B,) before it, and False (unchecked)."""
         loss_name = self.config.loss
 
         def one(base, sl):
@@ -223,4 +229,4 @@ class ModuleEngine:
                 g = torch.cat([r[0][name] for r in results])
                 lr = _broadcast(self.lr[name], p)
                 p.sub_(torch.where(_broadcast(keep, p), lr * g, 0.0))
-        return losses
+        return losses, False

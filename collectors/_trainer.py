@@ -34,6 +34,7 @@ from ._models import (
     layer_alpha_problems,
     learning_rates,
 )
+from ._precision import PRECISIONS, matmul_precision, precision_problems
 from ._records import Block, BlockCollector, BlockModel, StoreWriter, call_hooks
 
 LOSSES = ("mse", "cross_entropy")
@@ -91,6 +92,10 @@ class TrainConfig:
         (docs/theory.md, "Antithetic pairs"). The second seed number is a label; it draws nothing.
     dtype, device
         ``"float32"`` (default) or ``"float64"``; ``"cpu"`` (default) or ``"cuda"``.
+    precision
+        How a float32 block's matrix products round their operands (``PRECISIONS``): ``"ieee"`` (default, exact
+        float32), ``"tf32"`` (CUDA tensor cores) or ``"bf16"`` (the CPU's bfloat16 units). Weights and updates stay
+        float32; the deviation from float64 is measured in docs/gpu.md.
     layer_diagnostics
         Record each member's per-layer diagnostics (saturation, input spread, gradient norm and relative update
         of every layer: :func:`layer_diagnostics`) at every record, as metrics the store must declare
@@ -115,6 +120,7 @@ class TrainConfig:
     batchnorm: bool = False
     dtype: str = "float32"
     device: str = "cpu"
+    precision: str = "ieee"
     layer_diagnostics: bool = False
 
     def __post_init__(self):
@@ -154,6 +160,7 @@ class TrainConfig:
             problems.append(f"device {self.device!r}: use 'cpu' or 'cuda'.")
         elif str(self.device).startswith("cuda") and not torch.cuda.is_available():
             problems.append(f"device {self.device!r} requested but CUDA is not available here; use device='cpu'.")
+        problems += precision_problems(self.precision, self.dtype, self.device)
         if self.init not in INIT_DESCRIPTIONS:
             problems.append(f"init {self.init!r} is not one of {sorted(INIT_DESCRIPTIONS)}.")
         elif self.antithetic and self.init != "theory":
@@ -213,6 +220,7 @@ class TrainConfig:
                 else {}
             ),
             "dtype": self.dtype,
+            **({"precision": f"{self.precision}: {PRECISIONS[self.precision]}"} if self.precision != "ieee" else {}),
         }
 
 
@@ -318,7 +326,7 @@ def train_block(
         # a factory's dropout draws from the global RNG, seeded by data_seed: the caller's random state is restored
         cpu = not str(config.device).startswith("cuda")
         rng = torch.random.fork_rng(devices=[] if cpu else None) if model_factory else contextlib.nullcontext()
-        with rng:
+        with rng, matmul_precision(config.precision, torch.device(config.device)):
             result = _train(
                 data,
                 config,
@@ -487,6 +495,7 @@ def _train(
     yg = torch.tensor(data.grid.target, dtype=dtype, device=dev)
     lg = yg.argmax(-1)
     alive = torch.ones(B, dtype=torch.bool, device=dev)
+    every_alive = True  # the host's copy of alive.all(): no device sync per step to learn it
     diverged: dict[tuple[float, int], int] = {}
     gen = torch.Generator().manual_seed(int(data_seed))
     n = len(x)
@@ -499,10 +508,11 @@ def _train(
             bound = config.blowup * member_losses(_evaluate(engine, x, widest, B), y, labels, config.loss)
 
     def record(step: int) -> None:
-        nonlocal written
+        nonlocal written, every_alive
         out_np, sc, blown = _measure(engine, config, data.task, (x, y, labels), (xg, yg, lg), widest, bound, alive)
         for b in torch.nonzero(blown).flatten().tolist():
             diverged[members[b]] = step
+            every_alive = False
             call_hooks(hooks, "on_diverged", b, step)
         alive.logical_and_(~blown)  # frozen from here on, as after non-finite values
         fields = {}
@@ -532,10 +542,12 @@ def _train(
                 order = torch.randperm(n, generator=gen)
             idx = order[i : i + config.batch_size].to(dev)
             xb, yb, lb = x[idx], y[idx], labels[idx] if labels is not None else None
-        losses = engine.step(xb, yb, lb, alive)
-        if not math.isfinite(float(losses.sum())):  # one reduction per step while every loss is finite
+        losses, finite = engine.step(xb, yb, lb, alive, every_alive)
+        # one reduction per step while every loss is finite, none where the fused step checked already
+        if not finite and not math.isfinite(float(losses.sum())):
             bad = ~torch.isfinite(losses) & alive
             for b in torch.nonzero(bad).flatten().tolist():
+                every_alive = False
                 diverged[members[b]] = k
                 call_hooks(hooks, "on_diverged", b, k)
             alive &= ~bad

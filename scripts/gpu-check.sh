@@ -3,7 +3,8 @@
 #   1. the CUDA tests (block trainer, module engine and NTK recorder equal to the CPU in float64; GPU workers);
 #   2. the trainer bench on CUDA: block trainer, torch.func recipe, recipe + torch.compile, per-seed loop
 #      (seconds, % of the fp32 peak and of the kernel floor), and the scaling table with each block's fixed cost;
-#   3. a paper-budget slice: the shallow paper protocol on mnist1d, N = 1000, 10^5 steps per run, timed.
+#   3. a paper-budget slice: the shallow paper protocol on mnist1d, N = 1000, 10^5 steps per run, timed;
+#   4. precision = "tf32" against float64 and exact float32 (deviation beside the seed spread, speed).
 # Python: $PYTHON if set, else the first of .venv/bin/python and python3 whose torch sees a GPU (the set-up's
 # .venv holds the CPU build of torch; a GPU machine's own torch with CUDA runs the repository in place).
 set -euo pipefail
@@ -40,4 +41,6 @@ print(f"slice: {steps:,} steps per run, {ds.sizes['gamma'] * ds.sizes['seed']} r
       f"(store creation and records included); final test accuracy by gamma: "
       + ", ".join(f"{float(g):g}: {float(a):.3f}" for g, a in zip(ds.gamma.values, acc.squeeze().values)))
 PY
+echo "== 4. precision: tf32 against float64"
+timeout 120 "$PYTHON" benchmarks/bench_precision.py --device cuda --seeds 16 --width 1024 --steps 1000
 echo "gpu-check done in $(( $(date +%s) - start )) s"
