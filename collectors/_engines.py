@@ -82,22 +82,26 @@ class MLPEngine:
             losses = losses + self.config.output_weight_decay * self._output_weight_norm()
         return losses
 
-    def step(self, xb, yb, lb, alive: torch.Tensor, every_alive: bool = False) -> tuple[torch.Tensor, bool]:
+    def step(
+        self, xb, yb, lb, alive: torch.Tensor, every_alive: bool = False, defer: bool = False
+    ) -> tuple[torch.Tensor, bool | None]:
         """One SGD step of every live member whose loss is finite.
 
-        Returns the losses (B,) before the step, and True where every loss is known to be finite (the fused step
-        checked), so the caller need not read them back again. ``every_alive``: the caller knows no member is
-        frozen (a host flag: reading ``alive`` back would cost a device sync per step).
+        Returns the losses (B,) before the step and what is known of them: True, every one is finite (the fused
+        step checked: the caller need not read them back); False, unchecked (the caller checks); None, applied
+        unchecked (``defer``: the fused step did not sync, and a member whose loss is not finite now has
+        non-finite parameters: the caller finds it from the losses before it records). ``every_alive``: the
+        caller knows no member is frozen (a host flag: reading ``alive`` back would cost a device sync per step).
         """
         cfg = self.config
         if self.fast and every_alive:
             with torch.no_grad():
                 losses, applied = mlp_step(
                     self.params, self.arch, self.scales, xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
-                    self.width, self._ws,
+                    self.width, self._ws, check=not defer,
                 )  # fmt: skip
-            if applied:
-                return losses, True  # updated in place; otherwise nothing was changed: the step below handles it
+            if applied:  # updated in place; otherwise nothing was changed: the step below handles it
+                return losses, None if defer else True
         losses = self._losses(self.forward(xb), yb, lb)
         keep = alive & torch.isfinite(losses)
         every = bool(keep.all())
@@ -207,7 +211,9 @@ class ModuleEngine:
     def scalars(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def step(self, xb, yb, lb, alive: torch.Tensor, every_alive: bool = False) -> tuple[torch.Tensor, bool]:
+    def step(
+        self, xb, yb, lb, alive: torch.Tensor, every_alive: bool = False, defer: bool = False
+    ) -> tuple[torch.Tensor, bool]:
         """One SGD step of every live member whose loss is finite; the losses (B,) before it, and False (unchecked)."""
         loss_name = self.config.loss
 

@@ -47,7 +47,9 @@ def workspace(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Te
     return t
 
 
-def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: float, width: int, ws: dict):
+def mlp_step(
+    params, arch, scales, x, y, labels, loss: str, lr, weight_decay: float, width: int, ws: dict, check: bool = True
+):
     """One SGD step of every member of a ScaledMLP block, in place.
 
     Returns the members' losses (B,) before it and whether it was applied.
@@ -61,7 +63,9 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
     ws : the workspace dict, kept by the caller across steps
 
     The update is applied only if the losses' sum is finite; otherwise nothing is changed (the caller steps the
-    members whose loss is finite another way).
+    members whose loss is finite another way). ``check=False`` applies it without looking (no device sync): a
+    member whose loss is not finite gets non-finite parameters, the others are untouched by it (every product is
+    per member), and the caller finds it from the losses later.
     """
     L, n, act = arch.depth, x.shape[0], arch.activation
     W1, C = params["W1"], params["C"]
@@ -79,7 +83,7 @@ def mlp_step(params, arch, scales, x, y, labels, loss: str, lr, weight_decay: fl
         G = (logp.exp() - F.one_hot(labels, out.shape[-1]).to(out.dtype)) / n
     if weight_decay:
         losses = losses + weight_decay * (C * C).sum(dim=(-2, -1)) / width
-    if not math.isfinite(float(losses.sum())):  # one reduction: a non-finite sum means some loss may be one
+    if check and not math.isfinite(float(losses.sum())):  # one reduction: a non-finite sum: some loss is one
         return losses, False
 
     # backward, top down. Gs = dloss/d(C h_L) (B, O, n): tiny, so scales and a, k fold in here

@@ -249,7 +249,11 @@ class BlockCollector:
         """
 
     def on_diverged(self, member: int, step: int) -> None:
-        """Member ``member`` produced non-finite values at ``step`` and is frozen from now on."""
+        """Member ``member`` produced non-finite values at ``step`` and is frozen from now on.
+
+        Called before the next record (on a GPU the trainer checks the losses once per window of steps, so
+        ``on_train_step`` may have seen later steps first).
+        """
 
     def on_block_end(self, result) -> None:
         """Training finished; ``result`` is the :class:`~collectors.BlockResult`."""

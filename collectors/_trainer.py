@@ -494,12 +494,10 @@ def _train(
     model = BlockModel(engine.params, engine.buffers, engine.apply, xg, engine.architecture)
     yg = torch.tensor(data.grid.target, dtype=dtype, device=dev)
     lg = yg.argmax(-1)
-    alive = torch.ones(B, dtype=torch.bool, device=dev)
-    every_alive = True  # the host's copy of alive.all(): no device sync per step to learn it
-    diverged: dict[tuple[float, int], int] = {}
+    watch = _Divergence(members, hooks, dev, defer=_defers_check(dev))
+    alive = watch.alive
     gen = torch.Generator().manual_seed(int(data_seed))
     n = len(x)
-    order = torch.arange(n)
     total = int(schedule[-1])
     written = 0
     bound = None
@@ -508,13 +506,10 @@ def _train(
             bound = config.blowup * member_losses(_evaluate(engine, x, widest, B), y, labels, config.loss)
 
     def record(step: int) -> None:
-        nonlocal written, every_alive
+        nonlocal written
+        watch.check_window()
         out_np, sc, blown = _measure(engine, config, data.task, (x, y, labels), (xg, yg, lg), widest, bound, alive)
-        for b in torch.nonzero(blown).flatten().tolist():
-            diverged[members[b]] = step
-            every_alive = False
-            call_hooks(hooks, "on_diverged", b, step)
-        alive.logical_and_(~blown)  # frozen from here on, as after non-finite values
+        watch.mark(blown, lambda b: step)  # frozen from here on, as after non-finite values
         fields = {}
         for c in hooks:
             got = c.record_fields(step, model)
@@ -528,6 +523,7 @@ def _train(
 
     call_hooks(hooks, "on_train_start", model)
     next_rec = 0
+    order_dev = torch.arange(n, device=dev)
     for k in range(total + 1):
         if next_rec < len(schedule) and schedule[next_rec] == k:
             record(k)
@@ -538,18 +534,67 @@ def _train(
             xb, yb, lb = x, y, labels
         else:
             i = (k % steps_per_epoch) * config.batch_size
-            if i == 0 and config.shuffle:
-                order = torch.randperm(n, generator=gen)
-            idx = order[i : i + config.batch_size].to(dev)
+            if i == 0 and config.shuffle:  # one copy of the epoch's order to the device, none per step
+                order_dev = torch.randperm(n, generator=gen).to(dev)
+            idx = order_dev[i : i + config.batch_size]
             xb, yb, lb = x[idx], y[idx], labels[idx] if labels is not None else None
-        losses, finite = engine.step(xb, yb, lb, alive, every_alive)
-        # one reduction per step while every loss is finite, none where the fused step checked already
-        if not finite and not math.isfinite(float(losses.sum())):
-            bad = ~torch.isfinite(losses) & alive
-            for b in torch.nonzero(bad).flatten().tolist():
-                every_alive = False
-                diverged[members[b]] = k
-                call_hooks(hooks, "on_diverged", b, k)
-            alive &= ~bad
+        losses, finite = engine.step(xb, yb, lb, alive, watch.every_alive, defer=watch.defer)
+        watch.after_step(k, losses, finite)
         call_hooks(hooks, "on_train_step", k + 1, losses)
-    return BlockResult(int(width), B, total, False, diverged, time.perf_counter() - t_start)
+    watch.check_window()
+    return BlockResult(int(width), B, total, False, watch.diverged, time.perf_counter() - t_start)
+
+
+class _Divergence:
+    """Which members of a block have diverged (non-finite losses, or a blow-up at a record), frozen from then on.
+
+    ``alive`` (B,) is the device mask the engines read; ``every_alive`` its copy on the host (reading the mask
+    back would cost a device sync per step). With ``defer`` the fused step's losses are kept and checked once per
+    ``DEFER_WINDOW`` steps and before every record, each member marked at its first non-finite step.
+    """
+
+    def __init__(self, members, hooks, dev: torch.device, defer: bool):
+        self.members, self.hooks, self.defer = members, hooks, defer
+        self.alive = torch.ones(len(members), dtype=torch.bool, device=dev)
+        self.every_alive = True
+        self.diverged: dict[tuple[float, int], int] = {}
+        self.window: list[tuple[int, torch.Tensor]] = []
+
+    def mark(self, bad: torch.Tensor, step_of) -> None:
+        """Freeze the live members flagged in ``bad`` (B,), each diverged at ``step_of(member)``."""
+        for b in torch.nonzero(bad & self.alive).flatten().tolist():
+            self.every_alive = False
+            self.diverged[self.members[b]] = step_of(b)
+            call_hooks(self.hooks, "on_diverged", b, step_of(b))
+        self.alive.logical_and_(~bad)
+
+    def after_step(self, k: int, losses: torch.Tensor, finite: bool | None) -> None:
+        """Take step ``k``'s losses; ``finite`` as the engine's step returns it."""
+        if finite is None:
+            self.window.append((k, losses))
+            if len(self.window) >= DEFER_WINDOW:
+                self.check_window()
+        # one reduction per step while every loss is finite, none where the fused step checked already
+        elif not finite and not math.isfinite(float(losses.sum())):
+            self.mark(~torch.isfinite(losses), lambda b: k)
+
+    def check_window(self) -> None:
+        """Mark the members whose loss was not finite at a deferred step: one device sync for the window."""
+        if not self.window:
+            return
+        bad = ~torch.isfinite(torch.stack([lo for _, lo in self.window]))  # (steps, B)
+        if bool(bad.any()):
+            first = bad.int().argmax(0).tolist()  # each member's first non-finite step in the window
+            steps = [k for k, _ in self.window]
+            self.mark(bad.any(0), lambda b: steps[first[b]])
+        self.window.clear()
+
+
+DEFER_WINDOW = 64
+"""On a GPU, the fused step's losses are checked for non-finite values once per this many steps (and before every
+record), not once per step: a device sync per step would leave the GPU idle while the host launches the next."""
+
+
+def _defers_check(dev: torch.device) -> bool:
+    """Whether the finiteness check is deferred to windows: on CUDA (a sync is free on the CPU)."""
+    return dev.type == "cuda"

@@ -190,6 +190,38 @@ def test_a_diverging_member_stops_alone_and_is_recorded(tmp_path):
     assert int(es.bias_variance(ds).n_seeds.sel(gamma=1.0, width=width, time=40)) == 0
 
 
+@pytest.mark.parametrize("window", [3, 64])
+def test_the_gpu_paths_deferred_finiteness_check_marks_the_same_steps_and_trains_the_same(
+    tmp_path, monkeypatch, window
+):
+    """On CUDA the fused step's losses are checked once per window of steps (no device sync per step); forced
+    here on the CPU, the block must equal the per-step check: the same first non-finite step of every member,
+    whether it falls inside a window, at its end, or two members in one window at different steps."""
+    import collectors._trainer as trainer
+
+    data = teacher()
+    gammas, seeds, times = [0.5, 1.0], [0, 1, 2], [0, 5, 10, 20, 40]
+    # relu at alpha = 200, N = 16, no blow-up rule: members go non-finite at steps 7 and 8, between records
+    cfg = TrainConfig(alpha=200.0, activation="relu", dtype="float64", batch_size=4, blowup=None)
+
+    def run(name):
+        store = EnsembleStore.create(
+            tmp_path / f"{name}.zarr", data.grid, gammas=gammas, widths=[16], seeds=seeds, times=times,
+            time_units="step",
+        )  # fmt: skip
+        result = train_block(store, data, width=16, gammas=gammas, seeds=seeds, config=cfg)
+        return result.diverged, es.open_ensemble(store.path).prediction.values
+
+    per_step, expected = run("per-step")
+    assert len(set(per_step.values())) > 1 and not set(per_step.values()) & set(times), per_step
+    assert len(per_step) < len(gammas) * len(seeds)  # some members train on
+    monkeypatch.setattr(trainer, "_defers_check", lambda dev: True)
+    monkeypatch.setattr(trainer, "DEFER_WINDOW", window)
+    deferred, got = run("deferred")
+    assert deferred == per_step
+    np.testing.assert_array_equal(got, expected)  # the diverged members' records read as NaN from their step
+
+
 def test_bad_input_fails_before_any_training(tmp_path):
     data = teacher()
     store = EnsembleStore.create(
