@@ -25,6 +25,7 @@ from ensemble_stats.store import EnsembleStore
 
 from ._data import DataSet
 from ._engines import ModelFactory, member_losses
+from ._graphs import Batches, StepWindow
 from ._models import (
     INIT_DESCRIPTIONS,
     LR_FORMULA,
@@ -522,27 +523,63 @@ def _train(
             progress(B)
 
     call_hooks(hooks, "on_train_start", model)
-    next_rec = 0
-    order_dev = torch.arange(n, device=dev)
-    for k in range(total + 1):
-        if next_rec < len(schedule) and schedule[next_rec] == k:
-            record(k)
-            next_rec += 1
-        if k == total:
-            break
-        if config.batch_size is None:
-            xb, yb, lb = x, y, labels
-        else:
-            i = (k % steps_per_epoch) * config.batch_size
-            if i == 0 and config.shuffle:  # one copy of the epoch's order to the device, none per step
-                order_dev = torch.randperm(n, generator=gen).to(dev)
-            idx = order_dev[i : i + config.batch_size]
+    batches = Batches(n, config.batch_size, steps_per_epoch, config.shuffle, gen, dev) if config.batch_size else None
+    window = _step_window(engine, (x, y, labels), batches, dev)
+
+    def step_one(k: int) -> None:
+        xb, yb, lb = x, y, labels
+        if batches is not None:
+            idx = batches.device_rows(k)
             xb, yb, lb = x[idx], y[idx], labels[idx] if labels is not None else None
         losses, finite = engine.step(xb, yb, lb, alive, watch.every_alive, defer=watch.defer)
         watch.after_step(k, losses, finite)
         call_hooks(hooks, "on_train_step", k + 1, losses)
-    watch.check_window()
+
+    def step_window(k: int) -> None:
+        losses = window.run(batches.host_rows(k, window.steps) if batches is not None else None)
+        watch.after_window(k, losses)
+        for j in range(window.steps):
+            call_hooks(hooks, "on_train_step", k + j + 1, losses[j])
+
+    k = 0
+    for at in schedule:  # strictly increasing record steps, the last one the block's end
+        while k < at:
+            if window is not None and watch.every_alive and k + window.steps <= at:
+                step_window(k)
+                k += window.steps
+            else:
+                step_one(k)
+                k += 1
+        record(at)
     return BlockResult(int(width), B, total, False, watch.diverged, time.perf_counter() - t_start)
+
+
+DEFER_WINDOW = 64
+"""On a GPU, the fused step's losses are checked for non-finite values once per this many steps (and before every
+record), not once per step, and this many steps make one CUDA graph (:class:`StepWindow`)."""
+
+
+def _defers_check(dev: torch.device) -> bool:
+    """Whether the finiteness check is deferred to windows: on CUDA (a sync is free on the CPU)."""
+    return dev.type == "cuda"
+
+
+def _captures(dev: torch.device) -> bool:
+    """Whether full windows of fused steps run as CUDA graphs: on CUDA (launches cost little on the CPU)."""
+    return dev.type == "cuda"
+
+
+def _step_window(engine, data: tuple, batches: Batches | None, dev: torch.device) -> StepWindow | None:
+    """Return the window of fused steps a block replays between records, or None where they go one by one.
+
+    Only the fused step (every member live), and minibatches that all have the batch size (the data divide into
+    them).
+    """
+    if not (getattr(engine, "fast", False) and _captures(dev)) or (batches is not None and not batches.full):
+        return None
+    x, y, labels = data
+    size = batches.batch if batches is not None else None
+    return StepWindow(engine, x, y, labels, size, DEFER_WINDOW, capture=dev.type == "cuda")
 
 
 class _Divergence:
@@ -578,6 +615,11 @@ class _Divergence:
         elif not finite and not math.isfinite(float(losses.sum())):
             self.mark(~torch.isfinite(losses), lambda b: k)
 
+    def after_window(self, k: int, losses: torch.Tensor) -> None:
+        """Take the losses (steps, B) of a window of steps starting at ``k``, and check them (one device sync)."""
+        self.window.extend((k + j, lo) for j, lo in enumerate(losses))
+        self.check_window()
+
     def check_window(self) -> None:
         """Mark the members whose loss was not finite at a deferred step: one device sync for the window."""
         if not self.window:
@@ -588,13 +630,3 @@ class _Divergence:
             steps = [k for k, _ in self.window]
             self.mark(bad.any(0), lambda b: steps[first[b]])
         self.window.clear()
-
-
-DEFER_WINDOW = 64
-"""On a GPU, the fused step's losses are checked for non-finite values once per this many steps (and before every
-record), not once per step: a device sync per step would leave the GPU idle while the host launches the next."""
-
-
-def _defers_check(dev: torch.device) -> bool:
-    """Whether the finiteness check is deferred to windows: on CUDA (a sync is free on the CPU)."""
-    return dev.type == "cuda"

@@ -190,16 +190,32 @@ def test_a_diverging_member_stops_alone_and_is_recorded(tmp_path):
     assert int(es.bias_variance(ds).n_seeds.sel(gamma=1.0, width=width, time=40)) == 0
 
 
-@pytest.mark.parametrize("window", [3, 64])
-def test_the_gpu_paths_deferred_finiteness_check_marks_the_same_steps_and_trains_the_same(
-    tmp_path, monkeypatch, window
+class _StepLog(BlockCollector):
+    """Every on_train_step call and every divergence, in order."""
+
+    def __init__(self):
+        self.steps, self.losses, self.diverged = [], [], []
+
+    def on_train_step(self, step, losses):
+        self.steps.append(step)
+        self.losses.append(losses.detach().cpu().numpy().copy())
+
+    def on_diverged(self, member, step):
+        self.diverged.append((member, step))
+
+
+@pytest.mark.parametrize(("window", "graphs"), [(3, False), (64, False), (3, True), (4, True)])
+def test_the_gpu_paths_deferred_check_and_step_windows_train_exactly_the_per_step_loop(
+    tmp_path, monkeypatch, window, graphs
 ):
-    """On CUDA the fused step's losses are checked once per window of steps (no device sync per step); forced
-    here on the CPU, the block must equal the per-step check: the same first non-finite step of every member,
-    whether it falls inside a window, at its end, or two members in one window at different steps."""
+    """On CUDA the fused step's losses are checked once per window of steps (no device sync per step), and full
+    windows between records run as one CUDA graph. Forced here on the CPU (the window runs eagerly: the same code
+    minus capture), the block must equal the per-step loop: the same first non-finite step of every member
+    (inside a window, at its end, or two members in one window at different steps), the same records, the same
+    losses handed to the collectors at every step."""
     import collectors._trainer as trainer
 
-    data = teacher()
+    data = teacher()  # 8 training points: batches of 4 divide them, as a window needs
     gammas, seeds, times = [0.5, 1.0], [0, 1, 2], [0, 5, 10, 20, 40]
     # relu at alpha = 200, N = 16, no blow-up rule: members go non-finite at steps 7 and 8, between records
     cfg = TrainConfig(alpha=200.0, activation="relu", dtype="float64", batch_size=4, blowup=None)
@@ -209,17 +225,53 @@ def test_the_gpu_paths_deferred_finiteness_check_marks_the_same_steps_and_trains
             tmp_path / f"{name}.zarr", data.grid, gammas=gammas, widths=[16], seeds=seeds, times=times,
             time_units="step",
         )  # fmt: skip
-        result = train_block(store, data, width=16, gammas=gammas, seeds=seeds, config=cfg)
-        return result.diverged, es.open_ensemble(store.path).prediction.values
+        log = _StepLog()
+        result = train_block(store, data, width=16, gammas=gammas, seeds=seeds, config=cfg, collectors=[log])
+        return result.diverged, es.open_ensemble(store.path).prediction.values, log
 
-    per_step, expected = run("per-step")
+    per_step, expected, log = run("per-step")
     assert len(set(per_step.values())) > 1 and not set(per_step.values()) & set(times), per_step
     assert len(per_step) < len(gammas) * len(seeds)  # some members train on
     monkeypatch.setattr(trainer, "_defers_check", lambda dev: True)
+    monkeypatch.setattr(trainer, "_captures", lambda dev: graphs)
     monkeypatch.setattr(trainer, "DEFER_WINDOW", window)
-    deferred, got = run("deferred")
+    deferred, got, log2 = run("deferred")
     assert deferred == per_step
     np.testing.assert_array_equal(got, expected)  # the diverged members' records read as NaN from their step
+    assert log2.steps == log.steps == list(range(1, 41))
+    assert sorted(log2.diverged) == sorted(log.diverged)
+    # every member's losses up to its divergence (after it, a frozen member's losses are not data); to rounding:
+    # between a divergence and its window's check the others' losses come from the fused step, not autograd
+    first = dict.fromkeys(range(len(gammas) * len(seeds)), 40) | {b: k for b, k in log.diverged}
+    live = np.arange(40)[:, None] <= np.array([first[b] for b in sorted(first)])[None, :]
+    np.testing.assert_allclose(np.stack(log2.losses)[live], np.stack(log.losses)[live], rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("batch_size", [4, None])
+def test_step_windows_replay_long_stretches_between_records_exactly(tmp_path, monkeypatch, batch_size):
+    """Windows of 16 steps over 200 steps (epochs of 2 batches, reshuffled; or full batch), records every 50:
+    the trained block equals the per-step loop bit for bit."""
+    import collectors._trainer as trainer
+
+    data = teacher()
+    kw = dict(gammas=[0.75], widths=[32], seeds=[0, 1, 2, 3], times=[0, 50, 100, 150, 200], time_units="step")
+    cfg = TrainConfig(dtype="float64", batch_size=batch_size, inner_widths=(8,), inner_gammas=(0.5,))
+
+    def run(name):
+        store = EnsembleStore.create(tmp_path / f"{name}.zarr", data.grid, **kw)
+        train_block(store, data, width=32, gammas=[0.75], seeds=[0, 1, 2, 3], config=cfg)
+        return es.open_ensemble(store.path)
+
+    expected = run("per-step")
+    calls = []
+    monkeypatch.setattr(trainer, "_captures", lambda dev: True)
+    monkeypatch.setattr(trainer, "DEFER_WINDOW", 16)
+    real = trainer.StepWindow.run
+    monkeypatch.setattr(trainer.StepWindow, "run", lambda self, rows: calls.append(rows) or real(self, rows))
+    got = run("windows")
+    assert len(calls) == 4 * 3  # 50 steps between records: three windows of 16, two single steps
+    np.testing.assert_array_equal(got.prediction.values, expected.prediction.values)
+    np.testing.assert_array_equal(got.train_loss.values, expected.train_loss.values)
 
 
 def test_bad_input_fails_before_any_training(tmp_path):
@@ -259,6 +311,37 @@ def test_cuda_block_matches_cpu(tmp_path):
         train_block(store, data, width=64, gammas=[0.75], seeds=[0, 1], config=TrainConfig(device=dev, dtype="float64"))
         out[dev] = es.open_ensemble(store.path).prediction.values
     np.testing.assert_allclose(out["cuda"], out["cpu"], atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+@pytest.mark.parametrize("batch_size", [4, None])
+def test_cuda_graph_windows_match_the_cpu_and_the_uncaptured_steps(tmp_path, monkeypatch, batch_size):
+    """256 steps in windows of 64 on CUDA: one warm-up window, one capture, three replays (minibatches of 4,
+    reshuffled each epoch; or full batch), equal to the uncaptured steps and to the CPU. (Divergence inside a
+    window: the CPU tests above, which run the same window code without the capture.)"""
+    import collectors._trainer as trainer
+
+    data = teacher()
+    cfg = dict(dtype="float64", batch_size=batch_size, inner_widths=(8,), inner_gammas=(0.5,))
+    kw = dict(gammas=[0.5, 1.0], widths=[16], seeds=[0, 1, 2, 3], times=[0, 64, 256], time_units="step")
+
+    def run(name, dev):
+        store = EnsembleStore.create(tmp_path / f"{name}.zarr", data.grid, dtype="float64", **kw)
+        res = train_block(store, data, width=16, gammas=kw["gammas"], seeds=kw["seeds"],
+                          config=TrainConfig(device=dev, **cfg))  # fmt: skip
+        return res.diverged, es.open_ensemble(store.path).prediction.values
+
+    cpu = run("cpu", "cpu")
+    replays = []
+    real = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda g: replays.append(1) or real(g))
+    graphs = run("graphs", "cuda")
+    assert len(replays) == 3  # steps 0-63 warm up and capture, 64-255 replay (64-step windows)
+    monkeypatch.setattr(trainer, "_captures", lambda dev: False)
+    steps = run("steps", "cuda")
+    assert graphs[0] == steps[0] == cpu[0] == {}
+    np.testing.assert_allclose(graphs[1], steps[1], atol=1e-12)
+    np.testing.assert_allclose(graphs[1], cpu[1], atol=1e-10)
 
 
 class Recorder:
