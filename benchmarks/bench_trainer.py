@@ -21,13 +21,19 @@ whole step under ``torch.compile`` (the ecosystem's fuser; compile time not coun
 includes one record of the outputs at the end (a 256-point grid). Matmul FLOPs count the forward and both
 backward products of every layer.
 
-Run: make bench   (or python benchmarks/bench_trainer.py [--device cuda] [--repeats 3] [--no-table])
+On CUDA (or with --large) also a large shallow block, S = 1000, N = 4096: seconds per step of each step kernel
+(torch's, and the one-pass Triton kernel, ``step_kernel="onepass"``) at float32 and TF32, and of the recipe, as a
+percentage of the roofline floor (the larger of the GEMM time at the fp32 peak and W1's memory traffic at the
+measured bandwidth), and each block's fixed cost.
+
+Run: make bench   (or python benchmarks/bench_trainer.py [--device cuda] [--repeats 3] [--no-table] [--large])
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import itertools
 import tempfile
 import time
@@ -175,13 +181,17 @@ def torch_func_recipe(data, S, widths, steps, device, compiled: bool = False) ->
     return time.perf_counter() - t0
 
 
-def block_trainer(data, S, widths, steps, device, root: Path) -> float:
+def block_trainer(data, S, widths, steps, device, root: Path, **cfg) -> float:
     store = EnsembleStore.create(
         root / f"v{time.time_ns()}.zarr", data.grid, gammas=[GAMMA], widths=[widths[-1]], seeds=list(range(S)),
         times=[steps], time_units="step", seed_chunk=S, check_space=False,
     )  # fmt: skip
     cfg = TrainConfig(
-        batch_size=BATCH, device=device, inner_widths=tuple(widths[:-1]), inner_gammas=(GAMMA,) * (len(widths) - 1)
+        batch_size=BATCH,
+        device=device,
+        inner_widths=tuple(widths[:-1]),
+        inner_gammas=(GAMMA,) * (len(widths) - 1),
+        **cfg,
     )
     _sync(device)
     t0 = time.perf_counter()
@@ -231,12 +241,56 @@ def compare(name, data, S, widths, steps, device, root, repeats, peak) -> tuple[
     return ref, peak
 
 
+def memory_bandwidth(device: str, gb: float = 1.0) -> float:
+    """Bytes per second of a device-to-device copy (read + write counted)."""
+    a = torch.empty(int(gb * 2**28), device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        b.copy_(a)
+    _sync(device)
+    return 2 * a.numel() * 4 * 5 / (time.perf_counter() - t0)
+
+
+def large(data, device: str, root: Path, peak: float, S: int = 1000, N: int = 4096) -> None:
+    """Seconds per step of a large shallow block (from 50 and 550 steps), each step kernel and precision, and
+    the recipe, beside the roofline floor: the larger of the step's GEMM FLOP at the fp32 peak and its memory
+    traffic at the measured bandwidth (W1 read for the forward product, read and written by the update)."""
+    bw = memory_bandwidth(device)
+    flop = step_flops((N,)) * S
+    traffic = 3 * S * N * D * 4
+    floor = max(flop / peak, traffic / bw)
+    print(
+        f"large shallow block: S={S}, N={N}, d={D}, batch={BATCH}, float32; floor {1e3 * floor:.3f} ms per step "
+        f"(GEMM {1e3 * flop / peak:.3f} ms at {peak / 1e12:.1f} TFLOP/s, traffic {traffic / 1e9:.2f} GB at "
+        f"{bw / 1e12:.2f} TB/s: {1e3 * traffic / bw:.3f} ms)"
+    )
+    runs = {"block trainer (torch kernels)": {}}
+    if device.startswith("cuda"):
+        runs["block trainer (torch kernels, tf32)"] = dict(precision="tf32")
+        if importlib.util.find_spec("triton") is not None:
+            runs["block trainer (one pass)"] = dict(step_kernel="onepass")
+            runs["block trainer (one pass, tf32)"] = dict(step_kernel="onepass", precision="tf32")
+    for name, cfg in runs.items():
+        t = {k: block_trainer(data, S, (N,), k, device, root, **cfg) for k in (50, 550)}
+        step = (t[550] - t[50]) / 500
+        print(
+            f"  {name:<36} {1e3 * step:8.3f} ms per step  {100 * floor / step:5.1f}% of the floor  "
+            f"fixed {t[50] - 50 * step:6.2f} s per block"
+        )
+    recipe = (torch_func_recipe(data, S, (N,), 60, device) - torch_func_recipe(data, S, (N,), 10, device)) / 50
+    print(f"  {'torch.func recipe':<36} {1e3 * recipe:8.3f} ms per step  {100 * floor / recipe:5.1f}% of the floor")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-table", action="store_true")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--large", action="store_true", help="the S = 1000, N = 4096 block (default on CUDA)")
     args = ap.parse_args()
     dev = args.device
     data = teacher(kind="mlp", d=D, n_train=BATCH * 64, n_test=256, seed=0)
@@ -272,6 +326,9 @@ def main() -> None:
                         f"  {S:>5} {N:>6} {steps:>6} {t:>7.2f} {1e3 * step_s:>8.3f} {f / t / 1e9:>8.1f} "
                         f"{100 * f / t / peak:>6.1f}% {t_short - short * step_s:>8.2f}"
                     )
+        if args.large or (dev.startswith("cuda") and not args.table_only):
+            small = teacher(kind="mlp", d=D, n_train=BATCH * 8, n_test=64, seed=0)
+            large(small, dev, root, peak)
         peak2 = matmul_peak(dev)
         print(f"matmul peak again at the end: {peak2 / 1e9:.1f} GFLOP/s")
 

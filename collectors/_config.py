@@ -72,7 +72,12 @@ TOML_KEYS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "max_output": ((int, float), 0.0),
         "data_seed": ((int,), 0),
     },
-    "run": {"dtype": ((str,), "float32"), "device": ((str,), "cpu"), "precision": ((str,), "ieee")},
+    "run": {
+        "dtype": ((str,), "float32"),
+        "device": ((str,), "cpu"),
+        "precision": ((str,), "ieee"),
+        "step_kernel": ((str,), "torch"),
+    },
     "record": {
         "ntk_points": ((int, list, str), 0),
         "ntk_every": ((int,), 1),
@@ -250,8 +255,12 @@ class SweepSpec:
                 **({"max_output": t.max_output} if t.max_output else {}),
                 "data_seed": self.data_seed,
             },
-            # precision written only when not exact: older configs keep their canonical form
-            "run": {"dtype": t.dtype, **({"precision": t.precision} if t.precision != "ieee" else {})},
+            # precision and step kernel written only when not the defaults: older configs keep their canonical form
+            "run": {
+                "dtype": t.dtype,
+                **({"precision": t.precision} if t.precision != "ieee" else {}),
+                **({"step_kernel": t.step_kernel} if t.step_kernel != "torch" else {}),
+            },
             # written only when used: older configs keep their canonical form
             **(
                 {"record": self._record_table()}
@@ -602,6 +611,7 @@ def _train_config(
             dtype=rn["dtype"],
             device=rn["device"],
             precision=rn["precision"],
+            step_kernel=rn["step_kernel"],
             layer_diagnostics=layer_diagnostics,
         )
     except ValidationError as e:  # TrainConfig's own checks: re-raise as a config error naming the tables

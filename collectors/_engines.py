@@ -10,6 +10,7 @@ forward pass of every member, one optimizer step with frozen members left alone,
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -50,6 +51,7 @@ class MLPEngine:
         self.config, self.width = config, width
         self.fast = fused_applies(arch, lr)
         self._ws: dict[str, torch.Tensor] = {}
+        self.onepass = None
         B = params["C"].shape[0]
         self.buffers = {f"scale{layer}": s.view(B) for layer, s in enumerate(scales)}
         self.architecture = arch
@@ -58,7 +60,31 @@ class MLPEngine:
         """One member's forward pass (see :class:`BlockModel`)."""
         return forward(p, self.arch, x, [b[f"scale{layer}"] for layer in range(self.arch.depth)])
 
+    def use_onepass(self, batch: int) -> bool:
+        """Step with the one-pass kernel (``_onepass``) where it applies; ``batch``: every minibatch's size."""
+        from . import _onepass
+
+        if self.fast and _onepass.applies(self.arch):
+            cfg = self.config
+            self.onepass = _onepass.OnePass(
+                self.params, self.arch, self.scales[-1], self.lr, cfg.loss, cfg.output_weight_decay, self.width,
+                batch, cfg.precision,
+            )  # fmt: skip
+        return self.onepass is not None
+
+    def settle(self) -> None:
+        """Apply a pending one-pass update: the parameters are then those after every step taken."""
+        if self.onepass is not None:
+            with torch.no_grad():
+                self.onepass.flush()
+
+    def replayed(self) -> None:
+        """Note that a window of steps was replayed as a CUDA graph (the Python side of its steps did not run)."""
+        if self.onepass is not None:
+            self.onepass.pending = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.settle()
         if isinstance(self.arch.activation, str) and not torch.is_grad_enabled():  # the records: the fused pass
             return mlp_forward(self.params, self.arch, self.scales, x)
         return forward(self.params, self.arch, x, self.scales)
@@ -68,12 +94,14 @@ class MLPEngine:
         return (self.params["C"] ** 2).sum(dim=(-2, -1)) / self.width
 
     def scalars(self) -> dict[str, torch.Tensor]:
+        self.settle()
         return {schema.OUTPUT_WEIGHT_NORM: self._output_weight_norm()}
 
     def diagnostics(self, x, y, labels) -> dict[str, torch.Tensor]:
         """Every member's per-layer diagnostics on the training set (:func:`collectors.layer_diagnostics`)."""
         from ._diagnostics import layer_diagnostics
 
+        self.settle()
         return layer_diagnostics(self.params, self.arch, self.scales, self.lr, x, y, labels, self.config.loss)
 
     def _losses(self, out, y, labels) -> torch.Tensor:
@@ -94,7 +122,15 @@ class MLPEngine:
         caller knows no member is frozen (a host flag: reading ``alive`` back would cost a device sync per step).
         """
         cfg = self.config
-        if self.fast and every_alive:
+        if self.fast and every_alive and self.onepass is not None:
+            with torch.no_grad():
+                losses = self.onepass.step(xb, yb, lb)
+            if defer:
+                return losses, None
+            if math.isfinite(float(losses.sum())):
+                return losses, True
+            self.onepass.discard()  # this step is taken below, the non-finite members left alone
+        elif self.fast and every_alive:
             with torch.no_grad():
                 losses, applied = mlp_step(
                     self.params, self.arch, self.scales, xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
@@ -102,6 +138,7 @@ class MLPEngine:
                 )  # fmt: skip
             if applied:  # updated in place; otherwise nothing was changed: the step below handles it
                 return losses, None if defer else True
+        self.settle()
         losses = self._losses(self.forward(xb), yb, lb)
         keep = alive & torch.isfinite(losses)
         every = bool(keep.all())

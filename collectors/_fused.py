@@ -67,22 +67,12 @@ def mlp_step(
     member whose loss is not finite gets non-finite parameters, the others are untouched by it (every product is
     per member), and the caller finds it from the losses later.
     """
-    L, n, act = arch.depth, x.shape[0], arch.activation
+    L, act = arch.depth, arch.activation
     W1, C = params["W1"], params["C"]
-    B = W1.shape[0]
     a, k, c = SIGMOID_FAMILY.get(act, (1.0, 1.0, 0.0))
     out, S, Z, U = _forward(params, arch, scales, x, ws)
     H, scale = S[-1], scales[-1]
-    if loss == "mse":
-        r = out - y
-        losses = 0.5 * (r * r).mean(dim=(-2, -1))
-        G = r / (n * out.shape[-1])
-    else:
-        logp = torch.log_softmax(out, -1)
-        losses = -logp.gather(-1, labels.expand(B, n)[..., None])[..., 0].mean(-1)
-        G = (logp.exp() - F.one_hot(labels, out.shape[-1]).to(out.dtype)) / n
-    if weight_decay:
-        losses = losses + weight_decay * (C * C).sum(dim=(-2, -1)) / width
+    losses, G = loss_and_gradient(out, y, labels, loss, C, weight_decay, width)
     if check and not math.isfinite(float(losses.sum())):  # one reduction: a non-finite sum: some loss is one
         return losses, False
 
@@ -115,6 +105,26 @@ def mlp_step(
         params["c0"].sub_(lr["c0"] * G.sum(1))
     C.sub_(lr["C"] * dC)
     return losses, True
+
+
+def loss_and_gradient(out, y, labels, loss: str, C, weight_decay: float, width: int):
+    """Every member's loss (B,) and its gradient with respect to the outputs ``out`` (B, n, O).
+
+    ``weight_decay`` adds the readout's 2-norm penalty wd (1/N) sum c_i^2 to the loss (its gradient is the
+    caller's: it is C's, not the outputs').
+    """
+    B, n, O = out.shape  # noqa: E741
+    if loss == "mse":
+        r = out - y
+        losses = 0.5 * (r * r).mean(dim=(-2, -1))
+        G = r / (n * O)
+    else:
+        logp = torch.log_softmax(out, -1)
+        losses = -logp.gather(-1, labels.expand(B, n)[..., None])[..., 0].mean(-1)
+        G = (logp.exp() - F.one_hot(labels, O).to(out.dtype)) / n
+    if weight_decay:
+        losses = losses + weight_decay * (C * C).sum(dim=(-2, -1)) / width
+    return losses, G
 
 
 def mlp_forward(params, arch, scales, x: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,7 @@ class StepWindow:
             self._warm_up_and_capture()
         else:
             self.graph.replay()
+            self.engine.replayed()
         return self.losses.clone()
 
     def _warm_up_and_capture(self) -> None:

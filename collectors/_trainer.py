@@ -39,6 +39,7 @@ from ._precision import PRECISIONS, matmul_precision, precision_problems
 from ._records import Block, BlockCollector, BlockModel, StoreWriter, call_hooks
 
 LOSSES = ("mse", "cross_entropy")
+STEP_KERNELS = ("torch", "onepass")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -97,6 +98,10 @@ class TrainConfig:
         How a float32 block's matrix products round their operands (``PRECISIONS``): ``"ieee"`` (default, exact
         float32), ``"tf32"`` (CUDA tensor cores) or ``"bf16"`` (the CPU's bfloat16 units). Weights and updates stay
         float32; the deviation from float64 is measured in docs/gpu.md.
+    step_kernel
+        ``"torch"`` (default): the fused step of torch's kernels (``_fused``); ``"onepass"``: a Triton kernel that
+        reads and writes the first layer's weights once per step and keeps the activations in registers
+        (``_onepass``; CUDA, shallow nets without biases, tanh, sigmoid or relu, minibatches of one size).
     layer_diagnostics
         Record each member's per-layer diagnostics (saturation, input spread, gradient norm and relative update
         of every layer: :func:`layer_diagnostics`) at every record, as metrics the store must declare
@@ -122,6 +127,7 @@ class TrainConfig:
     dtype: str = "float32"
     device: str = "cpu"
     precision: str = "ieee"
+    step_kernel: str = "torch"
     layer_diagnostics: bool = False
 
     def __post_init__(self):
@@ -162,6 +168,7 @@ class TrainConfig:
         elif str(self.device).startswith("cuda") and not torch.cuda.is_available():
             problems.append(f"device {self.device!r} requested but CUDA is not available here; use device='cpu'.")
         problems += precision_problems(self.precision, self.dtype, self.device)
+        problems += self._kernel_problems()
         if self.init not in INIT_DESCRIPTIONS:
             problems.append(f"init {self.init!r} is not one of {sorted(INIT_DESCRIPTIONS)}.")
         elif self.antithetic and self.init != "theory":
@@ -185,6 +192,29 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > low):
                 problems.append(f"{name} must be None (off) or a finite number > {low:g}, got {v!r}.")
+        return problems
+
+    def _kernel_problems(self) -> list[str]:
+        from . import _onepass
+
+        if self.step_kernel not in STEP_KERNELS:
+            return [f"step_kernel {self.step_kernel!r} is not one of {STEP_KERNELS}."]
+        if self.step_kernel == "torch":
+            return []
+        problems = []
+        if self.inner_widths or self.bias or self.activation not in _onepass.ACTIVATIONS or self.batchnorm:
+            problems.append(
+                f"step_kernel 'onepass' steps shallow nets without biases or BatchNorm, activation one of "
+                f"{_onepass.ACTIVATIONS}; this one has {len(self.inner_widths) + 1} hidden layer(s), bias={self.bias}, "
+                f"batchnorm={self.batchnorm}, activation {self.activation!r}. Use step_kernel='torch'."
+            )
+        if not _onepass.available():
+            problems.append("step_kernel 'onepass' needs Triton (pip install triton); use step_kernel='torch'.")
+        elif not str(self.device).startswith("cuda") and not _onepass.interpreted():
+            problems.append(
+                "step_kernel 'onepass' is a CUDA kernel; on the CPU it runs only in Triton's interpreter "
+                "(TRITON_INTERPRET=1, for tests). Use device='cuda' or step_kernel='torch'."
+            )
         return problems
 
     def architecture(self, d_in: int, d_out: int, width: int, gamma: float) -> Architecture:
@@ -222,6 +252,7 @@ class TrainConfig:
             ),
             "dtype": self.dtype,
             **({"precision": f"{self.precision}: {PRECISIONS[self.precision]}"} if self.precision != "ieee" else {}),
+            **({"step_kernel": self.step_kernel} if self.step_kernel != "torch" else {}),
         }
 
 
@@ -524,6 +555,8 @@ def _train(
 
     call_hooks(hooks, "on_train_start", model)
     batches = Batches(n, config.batch_size, steps_per_epoch, config.shuffle, gen, dev) if config.batch_size else None
+    if config.step_kernel == "onepass":
+        _use_onepass(engine, config, batches, n)
     window = _step_window(engine, (x, y, labels), batches, dev)
 
     def step_one(k: int) -> None:
@@ -567,6 +600,17 @@ def _defers_check(dev: torch.device) -> bool:
 def _captures(dev: torch.device) -> bool:
     """Whether full windows of fused steps run as CUDA graphs: on CUDA (launches cost little on the CPU)."""
     return dev.type == "cuda"
+
+
+def _use_onepass(engine, config, batches: Batches | None, n: int) -> None:
+    """Switch the engine to the one-pass kernel, or say why it cannot."""
+    if batches is not None and not batches.full:
+        raise ValidationError(
+            f"step_kernel 'onepass' needs minibatches of one size: {n} training points are not a multiple of the "
+            f"batch size {config.batch_size}. Choose a batch size that divides them, or step_kernel='torch'."
+        )
+    if not engine.use_onepass(config.batch_size or n):
+        raise ValidationError("step_kernel 'onepass' does not apply to this block; use step_kernel='torch'.")
 
 
 def _step_window(engine, data: tuple, batches: Batches | None, dev: torch.device) -> StepWindow | None:

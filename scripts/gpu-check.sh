@@ -23,9 +23,9 @@ fi
 "$PYTHON" -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(), '|', torch.cuda.device_count(), 'GPU(s)')"
 start=$(date +%s)
 echo "== 1. CUDA tests"
-timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_trainer.py tests/test_factory.py tests/test_gpus.py -k "cuda or gpu"
+timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_trainer.py tests/test_factory.py tests/test_gpus.py tests/test_onepass.py -k "cuda or gpu"
 echo "== 2. trainer bench on CUDA"
-timeout 240 "$PYTHON" benchmarks/bench_trainer.py --device cuda --repeats 2
+timeout 300 "$PYTHON" benchmarks/bench_trainer.py --device cuda --repeats 2
 echo "== 3. paper-budget slice (benchmarks/gpu_paper_slice.toml)"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
