@@ -43,6 +43,21 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def too_large(d: int, batch: int, outputs: int, itemsize: int) -> str | None:
+    """Why a program's tiles would not fit on chip (about 96 KB), or None.
+
+    A program holds W1's (32, d) tile and the (batch, d) inputs of two steps; the bound is a conservative
+    estimate, not a measurement (the kernel does not loop over d yet).
+    """
+    nbytes = itemsize * (2 * _pow2(batch) * _pow2(d) + TILE * _pow2(d) + 2 * TILE * _pow2(outputs))
+    if nbytes > 96 * 1024:
+        return (
+            f"a program of the one-pass kernel would hold {nbytes // 1024} KB of tiles (inputs d = {d}, batch "
+            f"{batch}, {outputs} outputs; at most about 96 KB fit on chip)"
+        )
+    return None
+
+
 def applies(arch) -> bool:
     """Whether :class:`OnePass` handles this architecture: one hidden layer, no biases, a supported activation."""
     return arch.depth == 1 and not arch.bias and arch.activation in ACTIVATIONS
@@ -56,7 +71,7 @@ def _kernel(interpret: bool):
 
     @triton.jit
     def onepass(
-        W, C, XP, GP, ON, XN, P, LRW, LRC, wd2, N, D, NB, O, T,  # noqa: E741
+        W, C, XP, GP, ON, XN, P, LRW, LRC, WD2, N, D, NB, O, T,  # noqa: E741
         A: tl.constexpr, K: tl.constexpr, CC: tl.constexpr, RELU: tl.constexpr, FORWARD: tl.constexpr,
         BN: tl.constexpr, DP: tl.constexpr, NP: tl.constexpr, OP: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
@@ -89,7 +104,7 @@ def _kernel(interpret: bool):
         dct = tl.dot(h, tl.trans(g), input_precision=PREC)  # (BN, OP): dC^T = h Gs^T
         w = w - (on * tl.load(LRW + b)) * tl.dot(dz, xp, input_precision=PREC)
         # rows past N: zero, as loaded (h = phi(0) is not zero for sigmoid, and they would reach the outputs)
-        ct = tl.where(c_mask, ct - (on * tl.load(LRC + b)) * (dct + wd2 * ct), 0.0)
+        ct = tl.where(c_mask, ct - (on * tl.load(LRC + b)) * (dct + tl.load(WD2) * ct), 0.0)
         tl.store(w_at, w, mask=w_mask)
         tl.store(c_at, ct, mask=c_mask)
         if FORWARD:  # this tile's share of the outputs on the next batch, C h, with the new weights
@@ -131,6 +146,7 @@ class OnePass:
         self.x_prev = torch.zeros(batch, d, **like)
         self.g_prev = torch.zeros(B, O, batch, **like)
         self.on = torch.zeros((), **like)
+        self.wd2 = torch.full((), 2 * weight_decay / width, **like)  # a tensor: a Python float would go as float32
         self.parts = torch.zeros(B, self.tiles, O, batch, **like)
         a, k, c = SIGMOID_FAMILY.get(arch.activation, (1.0, 1.0, 0.0))
         self.meta = dict(
@@ -144,7 +160,7 @@ class OnePass:
         forward = x_next is not None
         _kernel(interpreted())[(self.W.shape[0], self.tiles)](
             self.W, self.C, self.x_prev, self.g_prev, self.on, x_next if forward else self.x_prev, self.parts,
-            self.lrw, self.lrc, 2 * self.wd / self.width, *self.sizes, FORWARD=forward, **self.meta,
+            self.lrw, self.lrc, self.wd2, *self.sizes, FORWARD=forward, **self.meta,
         )  # fmt: skip
 
     def step(self, x, y, labels) -> torch.Tensor:

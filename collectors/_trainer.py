@@ -609,6 +609,17 @@ def _use_onepass(engine, config, batches: Batches | None, n: int) -> None:
             f"step_kernel 'onepass' needs minibatches of one size: {n} training points are not a multiple of the "
             f"batch size {config.batch_size}. Choose a batch size that divides them, or step_kernel='torch'."
         )
+    from ._onepass import too_large
+
+    if not hasattr(engine, "use_onepass"):
+        raise ValidationError(
+            "step_kernel 'onepass' steps ScaledMLP members; a model factory's modules are stepped through "
+            "torch.func. Use step_kernel='torch'."
+        )
+    W1, C = engine.params["W1"], engine.params["C"]
+    why = too_large(W1.shape[-1], config.batch_size or n, C.shape[1], W1.element_size())
+    if why:
+        raise ValidationError(f"step_kernel 'onepass': {why}. Use step_kernel='torch'.")
     if not engine.use_onepass(config.batch_size or n):
         raise ValidationError("step_kernel 'onepass' does not apply to this block; use step_kernel='torch'.")
 

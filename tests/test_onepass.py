@@ -114,6 +114,9 @@ def test_where_the_one_pass_step_cannot_run_it_is_refused_saying_why(tmp_path, m
     data = teacher(kind="mlp", d=5, n_train=40, n_test=6, seed=1)
     with pytest.raises(errors.ValidationError, match="40 training points are not a multiple of the batch size 16"):
         _block(tmp_path, "b", data, TrainConfig(step_kernel="onepass", batch_size=16))
+    wide = teacher(kind="mlp", d=300, n_train=64, n_test=6, seed=1)
+    with pytest.raises(errors.ValidationError, match=r"inputs d = 300, batch 64.*Use step_kernel='torch'"):
+        _block(tmp_path, "w", wide, TrainConfig(step_kernel="onepass", batch_size=64))
 
 
 def test_the_config_records_the_step_kernel_only_where_it_is_not_the_default(tmp_path, interpreter):
