@@ -6,8 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from . import _configs
+
+# Without CUDA, Triton kernels (the one-pass step) run in Triton's interpreter. The switch is read when Triton is
+# imported, and torch._dynamo and lightning import it, so it is set here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def tree_digest(path: Path) -> str:

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import os
 
-import torch
-
-if not torch.cuda.is_available():  # before Triton is first imported: its kernels then run on CPU tensors
-    os.environ["TRITON_INTERPRET"] = "1"
-
 import numpy as np
 import pytest
+import torch
 
 import ensemble_stats as es
 from collectors import EnsembleStore, SweepSpec, TrainConfig, digits, teacher, train_block
@@ -25,9 +21,11 @@ pytest.importorskip("triton")
 
 @pytest.fixture
 def interpreter():
-    """Triton's interpreter (set before Triton was imported): on a GPU machine the compiled kernel is tested."""
+    """Triton's interpreter (conftest sets it before Triton is imported): on a GPU machine the compiled kernel is
+    tested instead."""
     if torch.cuda.is_available():
         pytest.skip("CUDA is available: the compiled kernel is tested instead of the interpreter")
+    assert os.environ.get("TRITON_INTERPRET") == "1", "conftest sets TRITON_INTERPRET=1 where there is no CUDA"
 
 
 def _block(tmp_path, name, data, cfg, gammas=(0.5, 1.0), seeds=(0, 3), width=40, times=(0, 20, 60)):
