@@ -58,8 +58,9 @@ notebook: demo
 	cd examples && ENSEMBLE_STORE=../demo-out/demo.zarr NOTEBOOK_FIGURE=../demo-out/variance.png \
 		../$(BIN)/jupyter-execute --inplace analysis.ipynb
 
-# the GPU path on one CUDA GPU (about 8 minutes, nothing downloaded): CUDA tests, the trainer bench on CUDA, a
-# paper-budget slice (10^5 steps); PYTHON=... picks a Python whose torch has CUDA (see scripts/gpu-check.sh)
+# the GPU path on one CUDA GPU (about 8 minutes, nothing downloaded): CUDA tests, the trainer bench on CUDA (with
+# the one-pass kernel and TF32 at S = 1000, N = 4096), a paper-budget slice (10^5 steps), TF32's deviation from
+# float64; PYTHON=... picks a Python whose torch has CUDA (see scripts/gpu-check.sh)
 gpu-check:
 	./scripts/gpu-check.sh
 

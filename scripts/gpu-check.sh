@@ -2,7 +2,8 @@
 # make gpu-check: the GPU path on one CUDA GPU, at most about 8 minutes, nothing downloaded.
 #   1. the CUDA tests (block trainer, module engine and NTK recorder equal to the CPU in float64; GPU workers);
 #   2. the trainer bench on CUDA: block trainer, torch.func recipe, recipe + torch.compile, per-seed loop
-#      (seconds, % of the fp32 peak and of the kernel floor), and the scaling table with each block's fixed cost;
+#      (seconds, % of the fp32 peak and of the kernel floor), the scaling table with each block's fixed cost, and
+#      the S = 1000, N = 4096 block per step kernel (torch's, one pass) and precision against the roofline floor;
 #   3. a paper-budget slice: the shallow paper protocol on mnist1d, N = 1000, 10^5 steps per run, timed;
 #   4. precision = "tf32" against float64 and exact float32 (deviation beside the seed spread, speed).
 # Python: $PYTHON if set, else the first of .venv/bin/python and python3 whose torch sees a GPU (the set-up's
