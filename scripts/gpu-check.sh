@@ -2,8 +2,9 @@
 # make gpu-check: the GPU path on one CUDA GPU, at most about 8 minutes, nothing downloaded.
 #   1. the CUDA tests (block trainer, module engine and NTK recorder equal to the CPU in float64; GPU workers);
 #   2. the trainer bench on CUDA: block trainer, torch.func recipe, recipe + torch.compile, per-seed loop
-#      (seconds, % of the fp32 peak and of the kernel floor), the scaling table with each block's fixed cost, and
-#      the S = 1000, N = 4096 block per step kernel (torch's, one pass) and precision against the roofline floor;
+#      (seconds, % of the fp32 peak and of the kernel floor), and the S = 1000, N = 4096 block per step kernel
+#      (torch's, one pass) and precision against the roofline floor, with its fixed cost per block (the scaling
+#      table: bench_trainer.py --device cuda --table-only);
 #   3. a paper-budget slice: the shallow paper protocol on mnist1d, N = 1000, 10^5 steps per run, timed;
 #   4. precision = "tf32" against float64 and exact float32 (deviation beside the seed spread, speed).
 # Python: $PYTHON if set, else the first of .venv/bin/python and python3 whose torch sees a GPU (the set-up's
@@ -24,9 +25,9 @@ fi
 "$PYTHON" -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(), '|', torch.cuda.device_count(), 'GPU(s)')"
 start=$(date +%s)
 echo "== 1. CUDA tests"
-timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_trainer.py tests/test_factory.py tests/test_gpus.py tests/test_onepass.py -k "cuda or gpu"
+timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_trainer.py tests/test_factory.py tests/test_gpus.py tests/test_onepass.py -k "cuda or gpu"
 echo "== 2. trainer bench on CUDA"
-timeout 300 "$PYTHON" benchmarks/bench_trainer.py --device cuda --repeats 2
+timeout 240 "$PYTHON" benchmarks/bench_trainer.py --device cuda --repeats 2 --no-table
 echo "== 3. paper-budget slice (benchmarks/gpu_paper_slice.toml)"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -43,5 +44,5 @@ print(f"slice: {steps:,} steps per run, {ds.sizes['gamma'] * ds.sizes['seed']} r
       + ", ".join(f"{float(g):g}: {float(a):.3f}" for g, a in zip(ds.gamma.values, acc.squeeze().values)))
 PY
 echo "== 4. precision: tf32 against float64"
-timeout 120 "$PYTHON" benchmarks/bench_precision.py --device cuda --seeds 16 --width 1024 --steps 1000
+timeout 90 "$PYTHON" benchmarks/bench_precision.py --device cuda --seeds 16 --width 1024 --steps 1000
 echo "gpu-check done in $(( $(date +%s) - start )) s"
