@@ -52,6 +52,7 @@ class MLPEngine:
         self.fast = fused_applies(arch, lr)
         self._ws: dict[str, torch.Tensor] = {}
         self.onepass = None
+        self._kept = None  # (keep mask, its version, the rates masked by it)
         B = params["C"].shape[0]
         self.buffers = {f"scale{layer}": s.view(B) for layer, s in enumerate(scales)}
         self.architecture = arch
@@ -71,6 +72,14 @@ class MLPEngine:
                 batch, cfg.precision,
             )  # fmt: skip
         return self.onepass is not None
+
+    def _rates(self, keep: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Return the rates, zero for the members not in ``keep`` (recomputed only when ``keep`` changed: no sync)."""
+        if keep is None:
+            return self.lr
+        if self._kept is None or self._kept[0] is not keep or self._kept[1] != keep._version:
+            self._kept = (keep, keep._version, {k: v * _broadcast(keep, v).to(v.dtype) for k, v in self.lr.items()})
+        return self._kept[2]
 
     def settle(self) -> None:
         """Apply a pending one-pass update: the parameters are then those after every step taken."""
@@ -130,11 +139,13 @@ class MLPEngine:
             if math.isfinite(float(losses.sum())):
                 return losses, True
             self.onepass.discard()  # this step is taken below, the non-finite members left alone
-        elif self.fast and every_alive:
+        elif self.fast:
+            self.settle()
+            keep = None if every_alive else alive  # frozen members: the fused step leaves them be
             with torch.no_grad():
                 losses, applied = mlp_step(
-                    self.params, self.arch, self.scales, xb, yb, lb, cfg.loss, self.lr, cfg.output_weight_decay,
-                    self.width, self._ws, check=not defer,
+                    self.params, self.arch, self.scales, xb, yb, lb, cfg.loss, self._rates(keep),
+                    cfg.output_weight_decay, self.width, self._ws, check=not defer, keep=keep,
                 )  # fmt: skip
             if applied:  # updated in place; otherwise nothing was changed: the step below handles it
                 return losses, None if defer else True

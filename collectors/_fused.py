@@ -48,8 +48,9 @@ def workspace(ws: dict, name: str, shape: tuple, like: torch.Tensor) -> torch.Te
 
 
 def mlp_step(
-    params, arch, scales, x, y, labels, loss: str, lr, weight_decay: float, width: int, ws: dict, check: bool = True
-):
+    params, arch, scales, x, y, labels, loss: str, lr, weight_decay: float, width: int, ws: dict, check: bool = True,
+    keep: torch.Tensor | None = None,
+):  # fmt: skip
     """One SGD step of every member of a ScaledMLP block, in place.
 
     Returns the members' losses (B,) before it and whether it was applied.
@@ -66,6 +67,11 @@ def mlp_step(
     members whose loss is finite another way). ``check=False`` applies it without looking (no device sync): a
     member whose loss is not finite gets non-finite parameters, the others are untouched by it (every product is
     per member), and the caller finds it from the losses later.
+
+    ``keep`` (B,) bool: step only these members; the others (frozen after a divergence) get no update, their
+    outputs' gradient and readout update zeroed and ``lr`` zero for them (the caller's). Their parameters stay as
+    they are wherever their values are finite; a frozen member whose values overflowed may turn NaN (its records
+    are non-finite from its divergence on either way). Only the kept members' losses are checked.
     """
     L, act = arch.depth, arch.activation
     W1, C = params["W1"], params["C"]
@@ -73,7 +79,11 @@ def mlp_step(
     out, S, Z, U = _forward(params, arch, scales, x, ws)
     H, scale = S[-1], scales[-1]
     losses, G = loss_and_gradient(out, y, labels, loss, C, weight_decay, width)
-    if check and not math.isfinite(float(losses.sum())):  # one reduction: a non-finite sum: some loss is one
+    total = losses.sum()
+    if keep is not None:  # the frozen members' losses may be non-finite: only the others count
+        G = torch.where(keep[:, None, None], G, 0.0)
+        total = torch.where(keep, losses, 0.0).sum()
+    if check and not math.isfinite(float(total)):  # one reduction: a non-finite sum: some loss is one
         return losses, False
 
     # backward, top down. Gs = dloss/d(C h_L) (B, O, n): tiny, so scales and a, k fold in here
@@ -83,6 +93,8 @@ def mlp_step(
         dC = dC.mul_(a).add_(Gs.sum(-1, keepdim=True), alpha=c)
     if weight_decay:
         dC = dC + (2 * weight_decay / width) * C
+    if keep is not None:  # 0 * inf: a frozen member's overflowed activations must not reach its readout
+        dC = torch.where(keep[:, None, None], dC, 0.0)
     if L == 1:
         _first_layer_update(params, arch, x, Gs * (lr["W1"] * (a * k)), S[0], Z[0], ws)
     else:

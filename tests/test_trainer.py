@@ -274,6 +274,30 @@ def test_step_windows_replay_long_stretches_between_records_exactly(tmp_path, mo
     np.testing.assert_array_equal(got.train_loss.values, expected.train_loss.values)
 
 
+def test_after_a_divergence_the_others_keep_the_fused_step(tmp_path, monkeypatch):
+    """Frozen members no longer send the block to autograd: it steps only where a live member's loss turns
+    non-finite (that step is taken with the non-finite members left alone), and the survivors equal a block
+    trained without the diverging members."""
+    import collectors._engines as engines
+
+    calls = []
+    real = torch.autograd.grad
+    monkeypatch.setattr(engines.torch.autograd, "grad", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = teacher()
+    cfg = TrainConfig(alpha=200.0, activation="relu", dtype="float64", batch_size=4, blowup=None)
+    kw = dict(widths=[16], seeds=[0, 1, 2], times=[0, 5, 10, 20, 40], time_units="step")
+    mixed = EnsembleStore.create(tmp_path / "m.zarr", data.grid, gammas=[0.5, 1.0], **kw)
+    res = train_block(mixed, data, width=16, gammas=[0.5, 1.0], seeds=[0, 1, 2], config=cfg)
+    assert res.diverged and len(calls) == len(set(res.diverged.values())) < 40 - min(res.diverged.values())
+    alone = EnsembleStore.create(tmp_path / "a.zarr", data.grid, gammas=[0.5], **kw)  # without the gamma = 1 ones
+    train_block(alone, data, width=16, gammas=[0.5], seeds=[0, 1, 2], config=cfg)
+    m, a = es.open_ensemble(mixed.path), es.open_ensemble(alone.path)
+    survivors = [s for s in [0, 1, 2] if (0.5, s) not in res.diverged]
+    assert survivors and all((1.0, s) in res.diverged for s in [0, 1, 2])
+    for s in survivors:
+        np.testing.assert_array_equal(m.prediction.sel(gamma=0.5, seed=s), a.prediction.sel(gamma=0.5, seed=s))
+
+
 def test_bad_input_fails_before_any_training(tmp_path):
     data = teacher()
     store = EnsembleStore.create(
