@@ -61,17 +61,15 @@ class MLPEngine:
         """One member's forward pass (see :class:`BlockModel`)."""
         return forward(p, self.arch, x, [b[f"scale{layer}"] for layer in range(self.arch.depth)])
 
-    def use_onepass(self, batch: int) -> bool:
-        """Step with the one-pass kernel (``_onepass``) where it applies; ``batch``: every minibatch's size."""
-        from . import _onepass
+    def use_onepass(self, batch: int) -> None:
+        """Step with the one-pass kernel (``_onepass``; the config admitted the net); ``batch``: every minibatch's size."""
+        from ._onepass import OnePass
 
-        if self.fast and _onepass.applies(self.arch):
-            cfg = self.config
-            self.onepass = _onepass.OnePass(
-                self.params, self.arch, self.scales[-1], self.lr, cfg.loss, cfg.output_weight_decay, self.width,
-                batch, cfg.precision,
-            )  # fmt: skip
-        return self.onepass is not None
+        cfg = self.config
+        self.onepass = OnePass(
+            self.params, self.arch, self.scales[-1], self.lr, cfg.loss, cfg.output_weight_decay, self.width, batch,
+            cfg.precision,
+        )  # fmt: skip
 
     def _rates(self, keep: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Return the rates, zero for the members not in ``keep`` (recomputed only when ``keep`` changed: no sync)."""

@@ -79,10 +79,9 @@ def mlp_step(
     out, S, Z, U = _forward(params, arch, scales, x, ws)
     H, scale = S[-1], scales[-1]
     losses, G = loss_and_gradient(out, y, labels, loss, C, weight_decay, width)
-    total = losses.sum()
     if keep is not None:  # the frozen members' losses may be non-finite: only the others count
         G = torch.where(keep[:, None, None], G, 0.0)
-        total = torch.where(keep, losses, 0.0).sum()
+    total = losses.sum() if keep is None else torch.where(keep, losses, 0.0).sum()
     if check and not math.isfinite(float(total)):  # one reduction: a non-finite sum: some loss is one
         return losses, False
 

@@ -58,9 +58,18 @@ def too_large(d: int, batch: int, outputs: int, itemsize: int) -> str | None:
     return None
 
 
-def applies(arch) -> bool:
-    """Whether :class:`OnePass` handles this architecture: one hidden layer, no biases, a supported activation."""
-    return arch.depth == 1 and not arch.bias and arch.activation in ACTIVATIONS
+def unsupported(hidden_layers: int, bias: bool, activation, batchnorm: bool) -> str | None:
+    """Return why :class:`OnePass` cannot step this net, or None.
+
+    It takes one hidden layer without biases or BatchNorm and a supported activation.
+    """
+    if hidden_layers == 1 and not bias and not batchnorm and activation in ACTIVATIONS:
+        return None
+    return (
+        f"step_kernel 'onepass' steps shallow nets without biases or BatchNorm, activation one of {ACTIVATIONS}; "
+        f"this one has {hidden_layers} hidden layer(s), bias={bias}, batchnorm={batchnorm}, activation "
+        f"{activation!r}"
+    )
 
 
 @functools.cache

@@ -202,12 +202,9 @@ class TrainConfig:
         if self.step_kernel == "torch":
             return []
         problems = []
-        if self.inner_widths or self.bias or self.activation not in _onepass.ACTIVATIONS or self.batchnorm:
-            problems.append(
-                f"step_kernel 'onepass' steps shallow nets without biases or BatchNorm, activation one of "
-                f"{_onepass.ACTIVATIONS}; this one has {len(self.inner_widths) + 1} hidden layer(s), bias={self.bias}, "
-                f"batchnorm={self.batchnorm}, activation {self.activation!r}. Use step_kernel='torch'."
-            )
+        why = _onepass.unsupported(len(self.inner_widths) + 1, self.bias, self.activation, self.batchnorm)
+        if why:
+            problems.append(f"{why}. Use step_kernel='torch'.")
         if not _onepass.available():
             problems.append("step_kernel 'onepass' needs Triton (pip install triton); use step_kernel='torch'.")
         elif not str(self.device).startswith("cuda") and not _onepass.interpreted():
@@ -620,8 +617,7 @@ def _use_onepass(engine, config, batches: Batches | None, n: int) -> None:
     why = too_large(W1.shape[-1], config.batch_size or n, C.shape[1], W1.element_size())
     if why:
         raise ValidationError(f"step_kernel 'onepass': {why}. Use step_kernel='torch'.")
-    if not engine.use_onepass(config.batch_size or n):
-        raise ValidationError("step_kernel 'onepass' does not apply to this block; use step_kernel='torch'.")
+    engine.use_onepass(config.batch_size or n)  # the net itself was checked with the config
 
 
 def _step_window(engine, data: tuple, batches: Batches | None, dev: torch.device) -> StepWindow | None:

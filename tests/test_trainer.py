@@ -190,20 +190,6 @@ def test_a_diverging_member_stops_alone_and_is_recorded(tmp_path):
     assert int(es.bias_variance(ds).n_seeds.sel(gamma=1.0, width=width, time=40)) == 0
 
 
-class _StepLog(BlockCollector):
-    """Every on_train_step call and every divergence, in order."""
-
-    def __init__(self):
-        self.steps, self.losses, self.diverged = [], [], []
-
-    def on_train_step(self, step, losses):
-        self.steps.append(step)
-        self.losses.append(losses.detach().cpu().numpy().copy())
-
-    def on_diverged(self, member, step):
-        self.diverged.append((member, step))
-
-
 @pytest.mark.parametrize(("window", "graphs"), [(3, False), (64, False), (3, True), (4, True)])
 def test_the_gpu_paths_deferred_check_and_step_windows_train_exactly_the_per_step_loop(
     tmp_path, monkeypatch, window, graphs
@@ -225,7 +211,7 @@ def test_the_gpu_paths_deferred_check_and_step_windows_train_exactly_the_per_ste
             tmp_path / f"{name}.zarr", data.grid, gammas=gammas, widths=[16], seeds=seeds, times=times,
             time_units="step",
         )  # fmt: skip
-        log = _StepLog()
+        log = type("Rec", (Recorder, BlockCollector), {})()
         result = train_block(store, data, width=16, gammas=gammas, seeds=seeds, config=cfg, collectors=[log])
         return result.diverged, es.open_ensemble(store.path).prediction.values, log
 
@@ -238,13 +224,15 @@ def test_the_gpu_paths_deferred_check_and_step_windows_train_exactly_the_per_ste
     deferred, got, log2 = run("deferred")
     assert deferred == per_step
     np.testing.assert_array_equal(got, expected)  # the diverged members' records read as NaN from their step
-    assert log2.steps == log.steps == list(range(1, 41))
-    assert sorted(log2.diverged) == sorted(log.diverged)
+    assert [s for s, _ in log2.losses] == [s for s, _ in log.losses] == list(range(1, 41))
+    diverged = sorted(c for c in log.calls if c[0] == "diverged")
+    assert sorted(c for c in log2.calls if c[0] == "diverged") == diverged
     # every member's losses up to its divergence (after it, a frozen member's losses are not data); to rounding:
     # between a divergence and its window's check the others' losses come from the fused step, not autograd
-    first = dict.fromkeys(range(len(gammas) * len(seeds)), 40) | {b: k for b, k in log.diverged}
-    live = np.arange(40)[:, None] <= np.array([first[b] for b in sorted(first)])[None, :]
-    np.testing.assert_allclose(np.stack(log2.losses)[live], np.stack(log.losses)[live], rtol=1e-13, atol=0)
+    first = dict.fromkeys(log.block.members, 40) | {member: k for _, member, k in diverged}
+    live = np.arange(40)[:, None] <= np.array([first[m] for m in log.block.members])[None, :]
+    losses = [np.stack([lo for _, lo in rec.losses]) for rec in (log2, log)]
+    np.testing.assert_allclose(losses[0][live], losses[1][live], rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize("batch_size", [4, None])
